@@ -1,0 +1,62 @@
+"""The metric vocabulary: every name a job may use in objectives, constraints and selection rules.
+
+The quality metric is named by the job's evaluation (``accuracy``, ``cosine``, a custom name); it is
+also always available as ``quality``.  ``<quality>_drop`` is how much worse a configuration is than
+the unmodified baseline measured in the same job (positive = worse), in the metric's own units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    direction: Direction
+    unit: str
+    description: str
+
+
+_BUILTIN: tuple[MetricInfo, ...] = (
+    MetricInfo("latency_p50_ms", "minimize", "ms", "median latency of one batch"),
+    MetricInfo("latency_p90_ms", "minimize", "ms", "90th percentile latency of one batch"),
+    MetricInfo("latency_p95_ms", "minimize", "ms", "95th percentile latency of one batch"),
+    MetricInfo("latency_p99_ms", "minimize", "ms", "99th percentile latency of one batch"),
+    MetricInfo("latency_mean_ms", "minimize", "ms", "mean latency of one batch"),
+    MetricInfo("latency_ratio", "minimize", "x", "p50 latency relative to the baseline"),
+    MetricInfo("throughput_ips", "maximize", "items/s", "items per second at the batch size"),
+    MetricInfo("peak_memory_mb", "minimize", "MiB", "peak resident memory of the measuring process"),
+    MetricInfo("gpu_memory_mb", "minimize", "MiB", "peak GPU memory allocated"),
+    MetricInfo("model_size_mb", "minimize", "MiB", "size of the model artifact on disk"),
+    MetricInfo("cost_usd_per_million", "minimize", "$", "cost of one million inferences"),
+    MetricInfo("achieved_gflops", "maximize", "GFLOP/s", "achieved floating-point rate"),
+    MetricInfo("roofline_pct", "maximize", "%", "share of the machine's measured peak FLOP/s"),
+    MetricInfo("sparsity", "maximize", "", "share of zero weights"),
+)
+BUILTIN_METRICS: dict[str, MetricInfo] = {m.name: m for m in _BUILTIN}
+
+
+def quality_metrics(name: str, higher_is_better: bool) -> dict[str, MetricInfo]:
+    """The metrics a job's quality measure adds: its own name, ``quality`` and the drops."""
+    direction: Direction = "maximize" if higher_is_better else "minimize"
+    out = {
+        "quality": MetricInfo("quality", direction, "", f"the job's quality metric ({name})"),
+        "quality_drop": MetricInfo(
+            "quality_drop", "minimize", "", "quality lost against the baseline (positive = worse)"
+        ),
+    }
+    if name not in out and name not in BUILTIN_METRICS:
+        out[name] = MetricInfo(name, direction, "", "the job's quality metric")
+        out[f"{name}_drop"] = MetricInfo(
+            f"{name}_drop", "minimize", "", f"{name} lost against the baseline (positive = worse)"
+        )
+    return out
+
+
+def vocabulary(quality_name: str, higher_is_better: bool) -> dict[str, MetricInfo]:
+    """All metric names valid for a job whose quality metric is ``quality_name``."""
+    return {**BUILTIN_METRICS, **quality_metrics(quality_name, higher_is_better)}
