@@ -27,7 +27,6 @@ _BUILTIN: tuple[MetricInfo, ...] = (
     MetricInfo("latency_p95_ms", "minimize", "ms", "95th percentile latency of one batch"),
     MetricInfo("latency_p99_ms", "minimize", "ms", "99th percentile latency of one batch"),
     MetricInfo("latency_mean_ms", "minimize", "ms", "mean latency of one batch"),
-    MetricInfo("latency_ratio", "minimize", "x", "p50 latency relative to the baseline"),
     MetricInfo("throughput_ips", "maximize", "items/s", "items per second at the batch size"),
     MetricInfo("peak_memory_mb", "minimize", "MiB", "peak resident memory of the measuring process"),
     MetricInfo("gpu_memory_mb", "minimize", "MiB", "peak GPU memory allocated"),

@@ -1,0 +1,45 @@
+"""Search agents behind one interface (:class:`~autotune.agents.base.Agent`).
+
+The registry maps the names jobs use (``agent: {name: tpe}``) to their classes, imported lazily
+so that validating a job does not import optuna, scikit-optimize or stable-baselines3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autotune.agents.base import Agent
+
+#: name -> "module:Class"; options are passed to the class as keyword arguments
+AGENTS: dict[str, str] = {
+    "tpe": "autotune.agents.optuna:OptunaAgent",
+    "gp": "autotune.agents.optuna:OptunaAgent",
+    "nsga2": "autotune.agents.optuna:OptunaAgent",
+    "nsga3": "autotune.agents.optuna:OptunaAgent",
+    "qmc": "autotune.agents.optuna:OptunaAgent",
+    "random": "autotune.agents.optuna:OptunaAgent",
+    "grid": "autotune.agents.optuna:OptunaAgent",
+}
+
+DEFAULT_AGENT = "tpe"
+
+
+def create_agent(name: str, *args: Any, **kwargs: Any) -> Agent:
+    """Instantiate the agent registered as ``name``."""
+    from autotune.errors import SpecError
+
+    try:
+        target = AGENTS[name]
+    except KeyError:
+        raise SpecError(
+            f"unknown agent '{name}'.", path="agent.name",
+            hint=f"Available agents: {', '.join(sorted(AGENTS))}.",
+        ) from None
+    module, cls = target.split(":")
+    klass = getattr(importlib.import_module(module), cls)
+    return klass(*args, sampler=name, **kwargs) if cls == "OptunaAgent" else klass(*args, **kwargs)
+
+
+__all__ = ["AGENTS", "DEFAULT_AGENT", "create_agent"]

@@ -1,0 +1,125 @@
+"""Optuna's samplers as agents: TPE, GP, NSGA-II, NSGA-III, QMC, random, grid.
+
+The agent keeps its own in-memory study and drives the sampler through Optuna's ask/tell; the
+tuner's persistent study stays the record.  Constraints go through ``trial.set_constraint`` (the
+Optuna 5 API), so every sampler that supports constraints sees them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from autotune.agents.base import Agent, Observation, finite
+from autotune.errors import SpecError
+from autotune.metrics import Direction
+from autotune.space import Config, SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(
+    name: str, space: SearchSpace, n_objectives: int, seed: int | None, **options: Any
+) -> optuna.samplers.BaseSampler:
+    s = optuna.samplers
+    try:
+        if name == "tpe":
+            options.setdefault("multivariate", True)
+            options.setdefault("n_startup_trials", 8)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return s.TPESampler(seed=seed, **options)
+        if name == "gp":
+            return s.GPSampler(seed=seed, **options)
+        if name == "nsga2":
+            options.setdefault("population_size", 16)
+            return s.NSGAIISampler(seed=seed, **options)
+        if name == "nsga3":
+            options.setdefault("population_size", 16)
+            return s.NSGAIIISampler(seed=seed, **options)
+        if name == "qmc":
+            return s.QMCSampler(seed=seed, **options)
+        if name == "random":
+            return s.RandomSampler(seed=seed, **options)
+        if name == "grid":
+            grid = _grid_values(space)
+            return s.GridSampler(grid, seed=seed, **options)
+    except TypeError as exc:
+        raise SpecError(f"bad option for agent '{name}': {exc}.", path="agent.options") from None
+    raise SpecError(f"unknown Optuna agent '{name}'.", path="agent.name")
+
+
+def _grid_values(space: SearchSpace) -> dict[str, list[Any]]:
+    try:
+        return {p.name: p.values() for p in space}
+    except ValueError as exc:
+        raise SpecError(
+            f"the grid agent needs a discrete space: {exc}.", path="agent.name",
+            hint="Give continuous parameters a 'step', or pick another agent.",
+        ) from None
+
+
+class OptunaAgent(Agent):
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: Sequence[tuple[str, Direction]],
+        n_constraints: int = 0,
+        *,
+        sampler: str = "tpe",
+        seed: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(space, objectives, n_constraints, seed=seed, **options)
+        self.name = sampler
+        self._sampler_options = options
+        self._study: optuna.Study | None = None
+        self._pending: dict[str, optuna.Trial] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            sampler = make_sampler(
+                self.name, self.space, len(self.directions), self.seed, **self._sampler_options
+            )
+            self._study = optuna.create_study(directions=self.directions, sampler=sampler)
+        return self._study
+
+    def suggest(self) -> Config:
+        trial = self.study.ask()
+        config = self.space.sample(trial)
+        self._pending[_key(config)] = trial
+        return config
+
+    def observe(self, obs: Observation) -> None:
+        trial = self._pending.pop(_key(obs.config), None)
+        ok = obs.state == "complete" and finite(obs.values)
+        constraints = {f"c{i}": float(v) for i, v in enumerate(obs.violations)}
+        if trial is not None:
+            for k, v in constraints.items():
+                trial.set_constraint(k, v if v == v else float("inf"))
+            if ok:
+                self.study.tell(trial, list(obs.values))  # type: ignore[arg-type]
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+            return
+        dists: dict[str, BaseDistribution] = self.space.distributions()
+        params = {k: v for k, v in obs.config.items() if k in dists}
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                values=list(obs.values) if ok else None,  # type: ignore[arg-type]
+                params=params,
+                distributions={k: dists[k] for k in params},
+                constraints=constraints if ok else None,
+            )
+        )
+
+
+def _key(config: Any) -> str:
+    return repr(sorted(config.items()))

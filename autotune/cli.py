@@ -1,0 +1,196 @@
+"""Command line: ``autotune validate|run|status JOB``."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from autotune.errors import AutotuneError
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible trials)") -> Any:
+    from rich.table import Table
+
+    from autotune.tuner import front_row
+
+    table = Table(title=title, title_justify="left")
+    rows = [front_row(t, job) for t in summary.front]
+    cols = list(rows[0]) if rows else ["trial"]
+    for c in cols:
+        table.add_column(c, justify="right" if c not in job.space.names else "left")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    return table
+
+
+class _Bar:
+    """Progress: trial k of n, best so far per objective, front size, ETA."""
+
+    def __init__(self, console: Any, job: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+            TimeElapsedColumn, TimeRemainingColumn
+
+        self.job = job
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]trial"), MofNCompleteColumn(), BarColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.description}"), console=console, transient=False,
+        )
+        self.task: Any = None
+
+    def start(self, done: int, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("", total=total, completed=done)
+
+    def trial(self, view: Any, done: int, total: int, front: Sequence[Any]) -> None:
+        best = []
+        for m, d in self.job.objective_pairs:
+            vals = [t.metrics[m] for t in front if m in t.metrics]
+            if vals:
+                best.append(f"{m}={_fmt(min(vals) if d == 'minimize' else max(vals))}")
+        state = view.state if view.state != "complete" else (
+            "ok" if view.feasible else "infeasible")
+        if view.state == "failed":
+            self.progress.console.print(
+                f"[yellow]trial {view.number} failed:[/] {view.reason.splitlines()[0][:200]}")
+        desc = f"#{view.number} {state} · front {len(front)} · best " + ", ".join(best)
+        self.progress.update(self.task, completed=done, description=desc)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+@click.group()
+@click.version_option(package_name="autotune")
+def main() -> None:
+    """autotune: hardware-aware tuning of how to run ML models."""
+
+
+def _load(path: str) -> Any:
+    from autotune.spec import load_job
+
+    return load_job(path)
+
+
+def _fail(exc: AutotuneError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def validate(job_file: str) -> None:
+    """Check a job file and show what it will search."""
+    try:
+        job = _load(job_file)
+        space = job.space
+    except AutotuneError as exc:
+        _fail(exc)
+    console = _console()
+    console.print(f"[green]ok[/] {job_file}: job '{job.name}'")
+    console.print(f"  objectives : {', '.join(f'{d} {m}' for m, d in job.objective_pairs)}")
+    console.print(f"  constraints: {', '.join(job.constraints) or 'none'}")
+    console.print(f"  agent      : {job.agent.name}   budget: {job.budget.max_trials} trials")
+    for p in space:
+        rng = ", ".join(map(str, p.choices)) if p.kind == "categorical" else \
+            f"{p.low}..{p.high}" + (f" step {p.step}" if p.step else "") + (" log" if p.log else "")
+        cond = f"  (when {dict(p.when)})" if p.when else ""
+        console.print(f"  {p.name:<20} {rng}{cond}")
+    console.print(f"  study      : {job.storage_url}")
+    console.print(f"  tracking   : {job.tracking_uri}")
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--max-trials", type=int, default=None, help="Override budget.max_trials.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
+    """Run the job (or continue it where it stopped)."""
+    from autotune.tuner import Progress
+    from autotune.tuner import run as run_job
+
+    console = _console()
+    try:
+        job = _load(job_file)
+    except AutotuneError as exc:
+        _fail(exc)
+    bar = _Bar(console, job)
+    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
+    if not quiet:
+        prog.on_start, prog.on_trial = bar.start, bar.trial
+    t0 = time.monotonic()
+    try:
+        summary = run_job(job, max_trials=max_trials, progress=prog)
+    except AutotuneError as exc:
+        bar.stop()
+        _fail(exc)
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print("[yellow]interrupted[/]: finished trials are kept; run the same command "
+                      "again to continue.")
+        sys.exit(130)
+    bar.stop()
+    _report(console, job, summary)
+    console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
+
+
+def _report(console: Any, job: Any, summary: Any) -> None:
+    n = len([t for t in summary.trials if t.state != "invalid"])
+    console.print(
+        f"job '{job.name}': {n} trials, {summary.n_complete} complete, {summary.n_failed} failed"
+        f"{', finished' if summary.finished else ''}"
+    )
+    if summary.baseline:
+        b = summary.baseline
+        shown = [m for m, _ in job.objective_pairs] + [c.metric for c in job.parsed_constraints]
+        console.print("baseline: " + ", ".join(f"{m}={_fmt(b[m])}" for m in dict.fromkeys(shown)
+                                               if m in b))
+    console.print(front_table(summary, job))
+    if summary.tracking_error:
+        console.print(f"[yellow]MLflow was unavailable ({summary.tracking_error}); run "
+                      f"'autotune sync' to write the missing runs.[/]")
+    console.print(f"study   : {job.storage_url}\nMLflow  : mlflow ui --backend-store-uri "
+                  f"{job.tracking_uri}")
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def status(job_file: str) -> None:
+    """Trials done and failed, and the current Pareto front."""
+    from autotune.tuner import status as job_status
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        summary = job_status(job)
+    except AutotuneError as exc:
+        _fail(exc)
+    _report(console, job, summary)
+    failed = [t for t in summary.trials if t.state == "failed"]
+    for t in failed[-10:]:
+        console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

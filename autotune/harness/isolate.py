@@ -1,0 +1,197 @@
+"""Run the evaluator in a child process, with a timeout and a memory limit.
+
+The child imports torch/onnxruntime and loads the model once, then serves evaluation requests over
+a pipe.  A crash, a hang or too much memory kills only the child: the call raises
+:class:`~autotune.errors.TrialFailed` with the reason and the tail of the child's output, and the
+next call starts a fresh child.  Only one request runs at a time, so two latency measurements never
+overlap on this host through this object.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import AutotuneError, TrialFailed
+from autotune.spec import Job
+
+
+def _child(job: Job, conn: Any, log_path: str) -> None:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from autotune.harness.evaluate import Evaluator
+
+    ev = Evaluator(job)
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:
+            return
+        if method == "close":
+            return
+        try:
+            conn.send(("ok", getattr(ev, method)(*args)))
+        except TrialFailed as exc:
+            conn.send(("failed", str(exc), ""))
+        except AutotuneError as exc:
+            conn.send(("user_error", type(exc).__name__, str(exc)))
+        except BaseException as exc:  # a candidate broke: report, keep serving
+            tb = traceback.format_exc(limit=8)
+            print(tb, flush=True)
+            conn.send(("failed", f"{type(exc).__name__}: {exc}", tb))
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        data = path.read_bytes()[-n:]
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace").strip()
+
+
+class IsolatedHarness:
+    """Evaluator proxy living in a child process.
+
+    ``timeout_s`` bounds one call; ``memory_limit_mb`` bounds the child's resident memory.
+    """
+
+    def __init__(self, job: Job, *, timeout_s: float | None = None,
+                 memory_limit_mb: int | None = None) -> None:
+        self.job = job
+        self.timeout_s = timeout_s or job.measurement.trial_timeout_s
+        self.memory_limit_mb = memory_limit_mb or job.measurement.memory_limit_mb
+        self.log_path = job.out_dir / "logs" / "harness.log"
+        self._proc: Any = None
+        self._conn: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child, args=(self.job, child, str(self.log_path)),
+                                 daemon=True, name="autotune-harness")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._conn.send(("close", ()))
+            self._proc.join(5)
+        except (OSError, BrokenPipeError):
+            pass
+        if self._proc.is_alive():
+            self._kill()
+        self._proc = self._conn = None
+
+    def _kill(self) -> None:
+        try:
+            import psutil
+
+            for c in psutil.Process(self._proc.pid).children(recursive=True):
+                c.kill()
+        except Exception:
+            pass
+        self._proc.kill()
+        self._proc.join(5)
+
+    def __enter__(self) -> IsolatedHarness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ calls
+    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._conn.send((method, args))
+        limit = timeout_s or self.timeout_s
+        deadline = time.monotonic() + limit
+        import psutil
+
+        proc = psutil.Process(self._proc.pid)
+        while True:
+            if self._conn.poll(0.1):
+                try:
+                    msg = self._conn.recv()
+                except EOFError:
+                    msg = None
+                if msg is not None:
+                    break
+            if not self._proc.is_alive():
+                self._proc.join(1)
+                raise self._died(offset)
+            if time.monotonic() > deadline:
+                self._kill()
+                self._proc = None
+                raise TrialFailed(
+                    f"timed out after {limit:.0f} s (measurement.trial_timeout_s); the measuring "
+                    f"process was killed.{self._output(offset)}"
+                )
+            if self.memory_limit_mb:
+                try:
+                    rss = proc.memory_info().rss + sum(
+                        c.memory_info().rss for c in proc.children(recursive=True))
+                except psutil.Error:
+                    rss = 0
+                if rss > self.memory_limit_mb * 2**20:
+                    self._kill()
+                    self._proc = None
+                    raise TrialFailed(
+                        f"out of memory: the measuring process used {rss / 2**20:.0f} MiB, over "
+                        f"the limit of {self.memory_limit_mb} MiB (measurement.memory_limit_mb)."
+                    )
+        status = msg[0]
+        if status == "ok":
+            return msg[1]
+        if status == "failed":
+            raise TrialFailed(msg[1])
+        from autotune import errors
+
+        raise getattr(errors, msg[1], AutotuneError)(msg[2])
+
+    def _output(self, offset: int) -> str:
+        tail = _tail(self.log_path)
+        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if size <= offset or not tail:
+            return ""
+        return f" Last output:\n{tail[-1500:]}"
+
+    def _died(self, offset: int) -> TrialFailed:
+        code = self._proc.exitcode
+        self._proc = None
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        return TrialFailed(f"the measuring process {how} (crash).{self._output(offset)}")
+
+    # ------------------------------------------------------------------ API
+    def evaluate(self, config: dict[str, Any]) -> Any:
+        return self.call("evaluate", dict(config))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.call("fingerprint")
+
+    def capabilities(self) -> dict[str, Any]:
+        return self.call("capabilities")

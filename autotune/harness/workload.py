@@ -1,0 +1,138 @@
+"""What a job measures: the model, its evaluation data and the quality metric.
+
+Loaded inside the measuring process (it imports torch).  Everything the harness needs about the
+user's code goes through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.errors import SpecError
+from autotune.refs import resolve
+from autotune.spec import Job
+
+
+@dataclass
+class Workload:
+    module: Any | None  # torch.nn.Module, or None for an ONNX-file model
+    onnx_path: Path | None
+    inputs: list[np.ndarray]  # evaluation inputs, first axis = samples
+    targets: np.ndarray | None
+    quality_fn: Callable[[np.ndarray, np.ndarray], float]
+    model_id: str  # content hash of the unmodified model, keys the transform cache
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+    def batch(self, batch_size: int, offset: int = 0) -> list[np.ndarray]:
+        n = self.n_samples
+        idx = (np.arange(batch_size) + offset) % n
+        return [x[idx] for x in self.inputs]
+
+    def example_inputs(self) -> list[Any]:
+        import torch
+
+        return [torch.from_numpy(x[:2]) for x in self.inputs]
+
+
+def _as_list(x: Any) -> list[np.ndarray]:
+    items = list(x) if isinstance(x, list | tuple) else [x]
+    return [np.ascontiguousarray(i.detach().cpu().numpy() if hasattr(i, "detach") else np.asarray(i))
+            for i in items]
+
+
+def _accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    pred = outputs.argmax(axis=-1) if outputs.ndim > 1 else (outputs > 0.5).astype(int)
+    return float((pred.reshape(-1) == np.asarray(targets).reshape(-1)).mean())
+
+
+def fidelity_fn(name: str, reference: np.ndarray) -> Callable[[np.ndarray, Any], float]:
+    """Built-in fidelity metrics against the unmodified model's outputs."""
+    ref = reference.astype(np.float64)
+
+    def top1_agreement(out: np.ndarray, _t: Any) -> float:
+        return float((out.argmax(-1) == ref.argmax(-1)).mean())
+
+    def cosine(out: np.ndarray, _t: Any) -> float:
+        a = out.astype(np.float64).reshape(len(out), -1)
+        b = ref.reshape(len(ref), -1)
+        num = (a * b).sum(1)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12
+        return float((num / den).mean())
+
+    def mse(out: np.ndarray, _t: Any) -> float:
+        return float(((out.astype(np.float64) - ref) ** 2).mean())
+
+    return {"top1_agreement": top1_agreement, "cosine": cosine, "mse": mse}[name]
+
+
+def load_workload(job: Job) -> Workload:
+    import torch
+
+    search = [job.base_dir]
+    ev = job.evaluation
+    module = onnx_path = None
+    example: list[np.ndarray] | None = None
+    if job.model.factory:
+        factory = resolve(job.model.factory, search_paths=search, field="model.factory")
+        made = factory(**job.model.options)
+        if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
+            raise SpecError(
+                f"the model factory '{job.model.factory}' must return (torch.nn.Module, "
+                f"example_inputs); it returned {type(made).__name__}.",
+                path="model.factory",
+            )
+        module = made[0].eval()
+        example = _as_list(made[1])
+        h = hashlib.sha256()
+        for k, v in module.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        model_id = h.hexdigest()[:16]
+    else:
+        onnx_path = (Path(job.base_dir) / str(job.model.onnx)).resolve()
+        if not onnx_path.is_file():
+            raise SpecError(f"no ONNX file at {onnx_path}.", path="model.onnx")
+        model_id = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+
+    targets = None
+    if ev.dataset:
+        data_fn = resolve(ev.dataset, search_paths=search, field="evaluation.dataset")
+        data = data_fn()
+        if not (isinstance(data, tuple) and len(data) == 2):
+            raise SpecError(
+                f"the dataset function '{ev.dataset}' must return (inputs, targets).",
+                path="evaluation.dataset",
+            )
+        inputs = _as_list(data[0])
+        targets = None if data[1] is None else _as_list(data[1])[0]
+    elif example is not None:
+        rng = np.random.default_rng(0)
+        inputs = [rng.standard_normal((ev.max_samples, *x.shape[1:])).astype(x.dtype)
+                  if np.issubdtype(x.dtype, np.floating) else np.repeat(x[:1], ev.max_samples, 0)
+                  for x in example]
+    else:
+        raise SpecError("an ONNX model with a fidelity metric needs evaluation.dataset for inputs.",
+                        path="evaluation.dataset")
+    n = min(ev.max_samples, int(inputs[0].shape[0]))
+    inputs = [x[:n] for x in inputs]
+    if targets is not None:
+        targets = targets[:n]
+
+    if ev.metric == "accuracy":
+        if targets is None:
+            raise SpecError("metric 'accuracy' needs targets from the dataset.", path="evaluation")
+        quality_fn: Callable[[np.ndarray, Any], float] = _accuracy
+    elif ev.is_fidelity:
+        quality_fn = lambda out, t: 0.0  # noqa: E731 - replaced once the baseline has run
+    else:
+        quality_fn = resolve(ev.metric, search_paths=search, field="evaluation.metric")
+    return Workload(module, onnx_path, inputs, targets, quality_fn, model_id)

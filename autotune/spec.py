@@ -1,0 +1,392 @@
+"""The job spec: YAML in, an immutable validated :class:`Job` out.
+
+Parsing and validation only.  Every error names the file, the line and the field path, says what
+was expected and what was found (:class:`autotune.errors.SpecError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constraint
+from autotune.errors import SpecError
+from autotune.metrics import Direction, MetricInfo, vocabulary
+from autotune.space import SearchSpace, merge_overrides, parse_space, preset_path
+from autotune.yamlsrc import Located, dotted, load_located
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
+BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ref(v: str | None) -> str | None:
+    if v is not None and not _REF.match(v):
+        raise ValueError(
+            f"expected 'package.module:function', found {v!r}"
+        )
+    return v
+
+
+class ModelSpec(_Strict):
+    """Either a torch model factory (``module:function`` → (module, example_inputs)) or an ONNX
+    file."""
+
+    factory: str | None = None
+    onnx: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _ref = field_validator("factory")(_check_ref)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.factory is None) == (self.onnx is None):
+            raise ValueError("give exactly one of 'factory' (module:function) or 'onnx' (a file)")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    """How quality is judged: a dataset and a metric, or fidelity to the unmodified model."""
+
+    dataset: str | None = None
+    metric: str = "accuracy"
+    higher_is_better: bool | None = None
+    max_samples: int = Field(default=1024, ge=1)
+    calibration_samples: int = Field(default=128, ge=1)
+
+    _ref = field_validator("dataset")(_check_ref)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in BUILTIN_QUALITY and not _REF.match(v):
+            raise ValueError(
+                f"expected one of {', '.join(BUILTIN_QUALITY)} or 'module:function', found {v!r}"
+            )
+        return v
+
+    @property
+    def is_fidelity(self) -> bool:
+        return self.metric in FIDELITY_METRICS
+
+    @property
+    def quality_name(self) -> str:
+        return self.metric.rsplit(":", 1)[-1]
+
+    @property
+    def quality_higher_is_better(self) -> bool:
+        if self.higher_is_better is not None:
+            return self.higher_is_better
+        return self.metric != "mse"
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> EvaluationSpec:
+        if self.dataset is None and not self.is_fidelity:
+            raise ValueError(
+                f"metric '{self.metric}' needs a 'dataset' (module:function returning "
+                f"(inputs, targets)); or use a fidelity metric ({', '.join(FIDELITY_METRICS)})"
+            )
+        return self
+
+
+class ObjectiveSpec(_Strict):
+    metric: str
+    direction: Direction | None = None
+
+
+class AgentSpec(_Strict):
+    name: str = "tpe"
+    seed: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    warm_start: list[dict[str, Any]] = Field(default_factory=list)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+
+
+def parse_duration(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    m = _DURATION.match(str(v))
+    if not m:
+        raise ValueError(f"expected seconds or a duration like '90s', '10m', '2h', found {v!r}")
+    return float(m[1]) * {"s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
+class BudgetSpec(_Strict):
+    max_trials: int = Field(default=20, ge=1)
+    timeout: float | None = None  # seconds of tuning (not counting the baseline)
+
+    _dur = field_validator("timeout", mode="before")(classmethod(lambda cls, v: parse_duration(v)))
+
+
+class MeasurementSpec(_Strict):
+    warmup: int = Field(default=5, ge=0)
+    min_repeats: int = Field(default=20, ge=1)
+    max_repeats: int = Field(default=1000, ge=1)
+    target_ci: float = Field(default=0.03, gt=0, lt=1)
+    max_time_s: float = Field(default=2.0, gt=0)
+    trial_timeout_s: float = Field(default=300.0, gt=0)
+    memory_limit_mb: int | None = Field(default=None, ge=64)
+    price_per_hour: float | None = Field(default=None, gt=0)
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = None
+    experiment: str | None = None
+    enabled: bool = True
+
+
+class Job(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    description: str = ""
+    model: ModelSpec
+    evaluation: EvaluationSpec
+    search_space: dict[str, Any]
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    constraints: list[str] = Field(default_factory=list)
+    agent: AgentSpec = Field(default_factory=AgentSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    measurement: MeasurementSpec = Field(default_factory=MeasurementSpec)
+    storage: str | None = None
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    output_dir: str | None = None
+    # Filled by the loader, not by users:
+    source: str = Field(default="<memory>", exclude=True)
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objective_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"metric": o} if isinstance(o, str) else o for o in v]
+        return v
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_shorthand(cls, v: Any) -> Any:
+        return {"uri": v} if isinstance(v, str) else v
+
+    # ---------------------------------------------------------------- derived views
+    @property
+    def out_dir(self) -> Path:
+        p = Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out_dir / 'study.db').resolve()}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.out_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def metric_vocabulary(self) -> dict[str, MetricInfo]:
+        ev = self.evaluation
+        return vocabulary(ev.quality_name, ev.quality_higher_is_better)
+
+    @property
+    def objective_pairs(self) -> list[tuple[str, Direction]]:
+        vocab = self.metric_vocabulary
+        return [(o.metric, o.direction or vocab[o.metric].direction) for o in self.objectives]
+
+    @property
+    def parsed_constraints(self) -> list[Constraint]:
+        return [parse_constraint(c) for c in self.constraints]
+
+    @property
+    def space(self) -> SearchSpace:
+        return _build_space(self.search_space, Path(self.base_dir))
+
+
+def _build_space(raw: Mapping[str, Any], base_dir: Path) -> SearchSpace:
+    if "preset" in raw:
+        unknown = set(raw) - {"preset", "overrides"}
+        if unknown:
+            raise SpecError(
+                f"unknown key '{sorted(unknown)[0]}' next to 'preset'.",
+                path=f"search_space.{sorted(unknown)[0]}",
+                hint="With a preset, change parameters under 'overrides:' (null removes one).",
+            )
+        path = preset_path(str(raw["preset"]), [base_dir, base_dir / "search_spaces"])
+        located = load_located(path)
+        if not isinstance(located.data, Mapping):
+            raise SpecError("a preset must be a mapping with 'parameters'.", file=str(path))
+        unknown = set(located.data) - {"parameters", "description"}
+        if unknown:
+            k = sorted(unknown)[0]
+            raise SpecError(
+                f"unknown key '{k}'.", file=str(path), line=located.line_of((k,)), path=k
+            )
+        try:
+            parse_space(located.data, name=path.stem, where="parameters")
+        except SpecError as exc:  # errors inside the preset file itself
+            p = (exc.path or "").removeprefix("parameters.")
+            loc = tuple(p.split(".")) if p else ()
+            raise SpecError(exc.reason, file=str(path), line=located.line_of(loc), path=p,
+                            hint=exc.hint) from None
+        merged = merge_overrides(located.data, raw.get("overrides"))
+        return parse_space(merged, name=path.stem)
+    unknown = set(raw) - {"parameters"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise SpecError(
+            f"unknown key '{k}'.",
+            path=f"search_space.{k}",
+            hint="Use 'parameters:' for an inline space or 'preset:' (+ 'overrides:').",
+        )
+    return parse_space(raw)
+
+
+# -------------------------------------------------------------------- loading
+_TOP_KEYS = tuple(Job.model_fields)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"'{value}' (text)"
+    if isinstance(value, bool):
+        return f"{value} (boolean)"
+    if isinstance(value, int | float):
+        return f"{value} (number)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return repr(value)
+
+
+def _pydantic_to_spec_error(err: ValidationError, doc: Located) -> SpecError:
+    e = err.errors()[0]
+    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    path = dotted(loc)
+    kind = e["type"]
+    line = doc.line_of(loc)
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        model = Job
+        for part in parent:
+            field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+            ann = getattr(field, "annotation", None)
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None  # type: ignore[assignment]
+            if model is None:
+                break
+        allowed = [k for k in (model.model_fields if model else {}) if k not in ("source", "base_dir")]
+        import difflib
+
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        hint += f"Allowed here: {', '.join(allowed)}." if allowed else ""
+        return SpecError(f"unknown key '{loc[-1]}'.", file=doc.file, line=line, path=path,
+                         hint=hint or None)
+    if kind == "missing":
+        return SpecError("this required field is missing.", file=doc.file,
+                         line=doc.line_of(loc[:-1]), path=path)
+    msg = e["msg"].removeprefix("Value error, ")
+    found = e.get("input")
+    text = f"{msg}; found {_describe(found)}." if found is not None and kind != "value_error" \
+        else f"{msg}."
+    return SpecError(text, file=doc.file, line=line, path=path)
+
+
+def job_from_located(doc: Located) -> Job:
+    if not isinstance(doc.data, Mapping):
+        raise SpecError("a job file must be a YAML mapping (name:, model:, ...).", file=doc.file)
+    data = dict(doc.data)
+    for k in ("source", "base_dir"):
+        if k in data:
+            raise SpecError(f"unknown key '{k}'.", file=doc.file, line=doc.line_of((k,)), path=k)
+    base_dir = str(Path(doc.file).resolve().parent) if doc.file != "<memory>" else "."
+    try:
+        job = Job.model_validate({**data, "source": doc.file, "base_dir": base_dir})
+    except ValidationError as err:
+        raise _pydantic_to_spec_error(err, doc) from None
+    _check_semantics(job, doc)
+    return job
+
+
+def _check_semantics(job: Job, doc: Located) -> None:
+    """Checks that need more than one field: metric names, the space, constraints."""
+    vocab = job.metric_vocabulary
+    known = ", ".join(sorted(vocab))
+
+    def unknown_metric(name: str, loc: tuple[str | int, ...]) -> SpecError:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(vocab), n=1)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        return SpecError(f"unknown metric '{name}'.", file=doc.file, line=doc.line_of(loc),
+                         path=dotted(loc), hint=f"{hint}Known metrics: {known}.")
+
+    for i, o in enumerate(job.objectives):
+        if o.metric not in vocab:
+            raise unknown_metric(o.metric, ("objectives", i))
+    seen = [o.metric for o in job.objectives]
+    if len(set(seen)) != len(seen):
+        raise SpecError("an objective is listed twice.", file=doc.file,
+                        line=doc.line_of(("objectives",)), path="objectives")
+    for i, text in enumerate(job.constraints):
+        try:
+            c = parse_constraint(text)
+        except ConstraintSyntaxError as exc:
+            raise SpecError(str(exc), file=doc.file, line=doc.line_of(("constraints", i)),
+                            path=f"constraints[{i}]") from None
+        if c.metric not in vocab:
+            raise unknown_metric(c.metric, ("constraints", i))
+    try:
+        space = job.space
+    except SpecError as exc:
+        if exc.file:  # already located (inside a preset file)
+            raise
+        loc = tuple(_split_path(exc.path or "search_space"))
+        raise SpecError(exc.reason, file=doc.file, line=doc.line_of(loc), path=exc.path,
+                        hint=exc.hint) from None
+    for i, cfg in enumerate(job.agent.warm_start):
+        problems = space.validate(cfg)
+        if problems:
+            loc = ("agent", "warm_start", i)
+            raise SpecError(f"warm-start configuration is not in the space: {problems[0]}.",
+                            file=doc.file, line=doc.line_of(loc), path=dotted(loc))
+    from autotune.agents import AGENTS  # light: registry of names only
+
+    if job.agent.name not in AGENTS:
+        raise SpecError(f"unknown agent '{job.agent.name}'.", file=doc.file,
+                        line=doc.line_of(("agent", "name")), path="agent.name",
+                        hint=f"Available agents: {', '.join(sorted(AGENTS))}.")
+
+
+def _split_path(path: str) -> list[str | int]:
+    out: list[str | int] = []
+    for part in path.split("."):
+        m = re.match(r"^([^\[]*)((?:\[\d+\])*)$", part)
+        if not m:
+            out.append(part)
+            continue
+        if m[1]:
+            out.append(m[1])
+        out += [int(i) for i in re.findall(r"\[(\d+)\]", m[2])]
+    return out
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job file; raises :class:`SpecError` on any problem."""
+    return job_from_located(load_located(path))
+
+
+def dump_job(job: Job) -> dict[str, Any]:
+    """The job as plain data (for MLflow params/artifacts and reports)."""
+    return job.model_dump(mode="json", exclude={"source", "base_dir"})
+
+
+Runtime = Literal["torch", "onnxruntime"]

@@ -1,0 +1,211 @@
+"""The Optuna study as the record of every trial, whichever agent proposed it.
+
+Trials are written with their full configuration (params), every measurement (user attrs
+``metrics``), the constraint violations (``trial.set_constraint``) and, for failures, the reason.
+Everything else (MLflow, reports, export, re-tuning) reads from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.agents.base import Observation
+from autotune.constraints import Constraint
+from autotune.errors import StudyError
+from autotune.metrics import Direction
+from autotune.space import SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+INTERRUPTED = "interrupted: the run stopped before this trial finished"
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One trial as autotune reads it back from the study."""
+
+    number: int
+    state: str  # complete | failed | invalid | running
+    config: Mapping[str, Any]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
+    violations: tuple[float, ...] = ()
+    reason: str = ""
+    agent: str = ""
+    duration_s: float | None = None
+    user_attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == "complete" and all(v <= 0 for v in self.violations)
+
+    def observation(self) -> Observation:
+        return Observation(
+            config=self.config, values=self.values, violations=self.violations,
+            state=self.state if self.state != "running" else "failed",  # type: ignore[arg-type]
+            number=self.number, metrics=self.metrics,
+        )
+
+
+
+def derive_metrics(
+    metrics: Mapping[str, float], baseline: Mapping[str, float] | None, quality_name: str,
+    higher_is_better: bool,
+) -> dict[str, float]:
+    """Add the job-specific names: ``<quality>``, ``quality_drop``, ``<quality>_drop``."""
+    out = dict(metrics)
+    q = out.get("quality")
+    if q is not None:
+        out.setdefault(quality_name, q)
+        if baseline and "quality" in baseline:
+            drop = baseline["quality"] - q if higher_is_better else q - baseline["quality"]
+            out["quality_drop"] = drop
+            out.setdefault(f"{quality_name}_drop", drop)
+    return out
+
+
+class StudyRecord:
+    """A job's Optuna study (created on first use, continued afterwards)."""
+
+    def __init__(
+        self,
+        storage_url: str,
+        study_name: str,
+        objectives: Sequence[tuple[str, Direction]],
+        constraints: Sequence[Constraint] = (),
+        *,
+        create: bool = True,
+    ) -> None:
+        self.objectives = list(objectives)
+        self.constraints = list(constraints)
+        self.storage = optuna.storages.get_storage(storage_url) if "://" in storage_url \
+            else storage_url
+        try:
+            if create:
+                self.study = optuna.create_study(
+                    study_name=study_name, storage=self.storage,
+                    directions=[d for _, d in objectives], load_if_exists=True,
+                )
+            else:
+                self.study = optuna.load_study(study_name=study_name, storage=self.storage)
+        except KeyError:
+            raise StudyError(
+                f"no study named '{study_name}' in {storage_url}; run the job first."
+            ) from None
+        self._check_objectives()
+
+    def _check_objectives(self) -> None:
+        saved = self.study.user_attrs.get("objectives")
+        mine = [list(o) for o in self.objectives]
+        if saved is None:
+            self.study.set_user_attr("objectives", mine)
+            self.study.set_user_attr("constraints", [c.text for c in self.constraints])
+        elif saved != mine:
+            raise StudyError(
+                f"the study '{self.study.study_name}' was created with objectives {saved}, but "
+                f"the job now asks for {mine}. Give the job a new name (or output_dir) to start a "
+                "new study, or restore the objectives."
+            )
+
+    # ------------------------------------------------------------------ study-level attrs
+    @property
+    def baseline(self) -> dict[str, float] | None:
+        return self.study.user_attrs.get("baseline")
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self.study.set_user_attr(key, value)
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.study.user_attrs.get(key, default)
+
+    # ------------------------------------------------------------------ writing trials
+    def start(self, config: Mapping[str, Any], space: SearchSpace, *, agent: str) -> int:
+        """Create a RUNNING trial holding ``config``; returns its number."""
+        dists = space.distributions()
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            params=dict(config),
+            distributions={k: dists[k] for k in config},
+            user_attrs={"agent": agent},
+        )
+        trial_id = self.storage.create_new_trial(self.study._study_id, template_trial=template)
+        return self.storage.get_trial_number_from_id(trial_id)
+
+    def _trial(self, number: int) -> optuna.Trial:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, number
+        )
+        return optuna.Trial(self.study, trial_id)
+
+    def complete(self, number: int, metrics: Mapping[str, float],
+                 details: Mapping[str, Any] | None = None) -> TrialView:
+        trial = self._trial(number)
+        baseline = self.baseline
+        values = [float(metrics[m]) for m, _ in self.objectives]
+        violations = [c.violation(metrics, baseline) for c in self.constraints]
+        trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
+        if details:
+            trial.set_user_attr("details", dict(details))
+        for i, v in enumerate(violations):
+            trial.set_constraint(f"c{i}", min(v, 1e300))
+        if not all(math.isfinite(v) for v in values):
+            trial.set_user_attr("fail_reason", f"non-finite objective values {values}")
+            self.study.tell(number, state=TrialState.FAIL)
+        else:
+            self.study.tell(number, values)
+        return self.view(self.study._storage.get_trial(trial._trial_id))
+
+    def fail(self, number: int, reason: str, *, invalid: bool = False) -> None:
+        trial = self._trial(number)
+        trial.set_user_attr("fail_reason", reason[:4000])
+        if invalid:
+            trial.set_user_attr("invalid", True)
+        self.study.tell(number, state=TrialState.PRUNED if invalid else TrialState.FAIL)
+
+    def mark_interrupted(self) -> list[int]:
+        """Fail the RUNNING trials a crashed or killed single-process run left behind."""
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial = optuna.Trial(self.study, t._trial_id)
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(t.number, state=TrialState.FAIL)
+            out.append(t.number)
+        return out
+
+    # ------------------------------------------------------------------ reading
+    def view(self, t: FrozenTrial) -> TrialView:
+        state: str = {
+            TrialState.COMPLETE: "complete", TrialState.FAIL: "failed",
+            TrialState.PRUNED: "invalid", TrialState.RUNNING: "running",
+            TrialState.WAITING: "running",
+        }[t.state]
+        cons = t.constraints
+        violations = tuple(cons[f"c{i}"] for i in range(len(cons)) if f"c{i}" in cons)
+        duration = t.duration.total_seconds() if isinstance(t.duration, dt.timedelta) else None
+        return TrialView(
+            number=t.number, state=state, config=dict(t.params),
+            metrics=dict(t.user_attrs.get("metrics", {})),
+            values=tuple(t.values) if t.values is not None else None,
+            violations=violations, reason=t.user_attrs.get("fail_reason", ""),
+            agent=t.user_attrs.get("agent", ""), duration_s=duration,
+            user_attrs=dict(t.user_attrs),
+        )
+
+    def trials(self) -> list[TrialView]:
+        return [self.view(t) for t in self.study.get_trials(deepcopy=False)]
+
+    def counted(self) -> int:
+        """Trials that use up the budget: finished ones, not interrupted or invalid ones."""
+        return sum(
+            1 for t in self.study.get_trials(deepcopy=False,
+                                             states=(TrialState.COMPLETE, TrialState.FAIL))
+            if not t.user_attrs.get("interrupted")
+        )

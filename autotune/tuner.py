@@ -1,0 +1,263 @@
+"""The tuning loop: propose → apply and measure (isolated) → record → track.
+
+The Optuna study is the source of truth; running the same job again continues it.  The agent is
+rebuilt on every run by replaying the study's finished trials, so any agent can resume any study.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.agents import create_agent
+from autotune.agents.base import Observation
+from autotune.errors import AutotuneError, SpecError, TrialFailed
+from autotune.space import SearchSpace
+from autotune.spec import Job
+from autotune.study import StudyRecord, TrialView, derive_metrics
+
+#: how many invalid combinations in a row an agent may propose before the run gives up
+MAX_INVALID_IN_A_ROW = 200
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    job: str
+    finished: bool  # the budget is used up
+    trials: tuple[TrialView, ...]
+    front: tuple[TrialView, ...]
+    baseline: Mapping[str, float]
+    new_trials: int
+    wall_s: float
+    notices: tuple[str, ...] = ()
+    tracking_error: str | None = None
+
+    @property
+    def n_complete(self) -> int:
+        return sum(t.state == "complete" for t in self.trials)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(t.state == "failed" for t in self.trials)
+
+
+@dataclass
+class Progress:
+    """Callbacks for a UI; the CLI draws a progress bar from them."""
+
+    on_start: Callable[[int, int], None] = lambda done, total: None
+    on_trial: Callable[[TrialView, int, int, Sequence[TrialView]], None] = (
+        lambda view, done, total, front: None
+    )
+    on_message: Callable[[str], None] = lambda msg: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def open_record(job: Job, *, create: bool = True) -> StudyRecord:
+    if create:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+    return StudyRecord(job.storage_url, job.name, job.objective_pairs, job.parsed_constraints,
+                       create=create)
+
+
+def baseline_config(space: SearchSpace, runtime_default: str) -> dict[str, Any]:
+    """The unmodified model: fp32, unpruned, batch size and threads as the space's first/low."""
+    cfg: dict[str, Any] = {"runtime": runtime_default, "quantization": "fp32",
+                           "pruning_ratio": 0.0}
+    if "batch_size" in space:
+        p = space["batch_size"]
+        cfg["batch_size"] = p.choices[0] if p.kind == "categorical" else int(p.low)
+    return cfg
+
+
+def pareto_views(trials: Sequence[TrialView], job: Job) -> list[TrialView]:
+    from autotune.pareto import Record, front
+
+    by_number = {t.number: t for t in trials}
+    records = [Record(t.number, t.metrics, t.feasible, t.config) for t in trials
+               if t.state == "complete"]
+    return [by_number[r.number] for r in front(records, job.objective_pairs)]
+
+
+def pareto_ranks(trials: Sequence[TrialView], job: Job) -> dict[int, int]:
+    import numpy as np
+
+    from autotune.pareto import non_dominated_sort
+
+    done = [t for t in trials if t.feasible]
+    if not done:
+        return {}
+    pts = np.array([[t.metrics.get(m, np.nan) for m, _ in job.objective_pairs] for t in done],
+                   dtype=float)
+    ranks = non_dominated_sort(pts, [d for _, d in job.objective_pairs])
+    return {t.number: int(r) for t, r in zip(done, ranks, strict=True)}
+
+
+def check_space(job: Job, space: SearchSpace) -> None:
+    from autotune.harness.evaluate import HARNESS_PARAMS
+
+    for p in space:
+        if p.name not in HARNESS_PARAMS:
+            raise SpecError(
+                f"the harness does not know the parameter '{p.name}'.",
+                file=job.source, path=f"search_space.parameters.{p.name}",
+                hint=f"Known parameters: {', '.join(HARNESS_PARAMS)}.",
+            )
+
+
+def restrict_to_machine(space: SearchSpace, caps: Mapping[str, Any]) -> tuple[SearchSpace, list[str]]:
+    """Remove choices this machine cannot run; each removal is a notice the user sees."""
+    notices: list[str] = []
+    allowed_devices = ["cpu"] + (["cuda"] if caps.get("cuda") else [])
+    space, n = space.restrict("device", allowed_devices, "no CUDA device on this machine")
+    if n:
+        notices.append(str(n))
+    if not caps.get("ort_available", True):
+        space, n = space.restrict("runtime", ["torch"], "onnxruntime is not installed")
+        if n:
+            notices.append(str(n))
+    return space, notices
+
+
+def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = None,
+        harness: Any = None) -> RunSummary:
+    """Run (or continue) the job until its budget is used up."""
+    t_start = time.monotonic()
+    progress = progress or Progress()
+    full_space = job.space
+    check_space(job, full_space)
+    record = open_record(job)
+    budget = max_trials or job.budget.max_trials
+    interrupted = record.mark_interrupted()
+    if interrupted:
+        progress.on_message(
+            f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "
+            "they are marked failed and will not count towards the budget"
+        )
+    from autotune.tracking import Tracker
+
+    tracker = Tracker(job, record)
+    done = record.counted()
+    if done >= budget:
+        views = record.trials()
+        progress.on_message(f"the job is already finished: {done} of {budget} trials done")
+        return _summary(job, record, views, 0, t_start, finished=True,
+                        tracking_error=tracker.last_error)
+
+    from autotune.harness.isolate import IsolatedHarness
+
+    own_harness = harness is None
+    harness = harness or IsolatedHarness(job)
+    new = 0
+    try:
+        space, notices = restrict_to_machine(full_space, harness.capabilities())
+        for n in notices:
+            progress.on_message(n)
+        baseline = record.baseline
+        if baseline is None:
+            progress.on_message("measuring the unmodified model (baseline)")
+            runtime_default = "torch" if job.model.factory else "onnxruntime"
+            try:
+                result = harness.evaluate(baseline_config(space, runtime_default))
+            except TrialFailed as exc:
+                raise AutotuneError(f"the unmodified model could not be measured: {exc}") from None
+            ev = job.evaluation
+            baseline = derive_metrics(result.metrics, None, ev.quality_name,
+                                      ev.quality_higher_is_better)
+            record.set_attr("baseline", baseline)
+            record.set_attr("fingerprint", harness.fingerprint())
+        tracker.start(record.attr("fingerprint"), baseline)
+        tracker.sync(record.trials())
+
+        agent = create_agent(job.agent.name, space, job.objective_pairs,
+                             len(job.parsed_constraints), seed=job.agent.seed,
+                             **job.agent.options)
+        views = record.trials()
+        measured = {_key(t.config) for t in views}
+        for t in views:
+            if t.state in ("complete", "failed"):
+                agent.observe(t.observation())
+        warm = [c for c in job.agent.warm_start if _key(c) not in measured]
+
+        progress.on_start(done, budget)
+        deadline = t_start + job.budget.timeout if job.budget.timeout else None
+        invalid_in_a_row = 0
+        while done < budget and (deadline is None or time.monotonic() < deadline):
+            config = dict(warm.pop(0)) if warm else agent.suggest()
+            reason = space.invalid_reason(config)
+            if reason:
+                number = record.start(config, full_space, agent=agent.name)
+                record.fail(number, f"invalid combination: {reason}", invalid=True)
+                agent.observe(Observation(config, None, state="invalid", number=number))
+                invalid_in_a_row += 1
+                if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                    raise AutotuneError(
+                        f"the agent proposed {invalid_in_a_row} invalid combinations in a row; "
+                        "check the 'invalid:' rules of the search space"
+                    )
+                continue
+            invalid_in_a_row = 0
+            number = record.start(config, full_space, agent=agent.name)
+            try:
+                result = harness.evaluate(config)
+            except TrialFailed as exc:
+                record.fail(number, str(exc))
+                view = record.view(record.study._storage.get_trial(
+                    record._trial(number)._trial_id))
+            else:
+                ev = job.evaluation
+                metrics = derive_metrics(result.metrics, baseline, ev.quality_name,
+                                         ev.quality_higher_is_better)
+                view = record.complete(number, metrics, result.details)
+            agent.observe(view.observation())
+            done += 1
+            new += 1
+            tracker.log_trial(view)
+            progress.on_trial(view, done, budget, pareto_views(record.trials(), job))
+        agent.close()
+    finally:
+        if own_harness:
+            harness.close()
+    views = record.trials()
+    summary = _summary(job, record, views, new, t_start, finished=done >= budget,
+                       tracking_error=tracker.last_error, notices=notices)
+    front_rows = [_row(t, job) for t in summary.front]
+    tracker.finish(front_rows, list(front_rows[0]) if front_rows else ["trial"])
+    return summary
+
+
+def _row(t: TrialView, job: Job) -> dict[str, Any]:
+    row: dict[str, Any] = {"trial": t.number}
+    row.update(t.config)
+    for m, _ in job.objective_pairs:
+        row[m] = t.metrics.get(m)
+    for c in job.parsed_constraints:
+        row.setdefault(c.metric, t.metrics.get(c.metric))
+    return row
+
+
+def _summary(job: Job, record: StudyRecord, views: list[TrialView], new: int, t0: float, *,
+             finished: bool, tracking_error: str | None,
+             notices: Sequence[str] = ()) -> RunSummary:
+    return RunSummary(
+        job=job.name, finished=finished, trials=tuple(views),
+        front=tuple(pareto_views(views, job)), baseline=record.baseline or {},
+        new_trials=new, wall_s=time.monotonic() - t0, tracking_error=tracking_error,
+        notices=tuple(notices),
+    )
+
+
+def _key(config: Mapping[str, Any]) -> str:
+    return repr(sorted(config.items()))
+
+
+def status(job: Job) -> RunSummary:
+    record = open_record(job, create=False)
+    views = record.trials()
+    return _summary(job, record, views, 0, time.monotonic(),
+                    finished=record.counted() >= job.budget.max_trials, tracking_error=None)
+
+
+front_row = _row
