@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture
+def write_job(tmp_path: Path):
+    """Write a job file (dedented) into a fresh folder beside a copy of the digits model."""
+
+    def _write(text: str, name: str = "job.yaml") -> Path:
+        shutil.copy(EXPERIMENTS / "digits_model.py", tmp_path / "digits_model.py")
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return _write
+
+
+TINY_JOB = """
+name: tiny
+model:
+  factory: digits_model:build
+  options: {hidden: 64, epochs: 3}
+evaluation:
+  dataset: digits_model:validation_data
+  metric: accuracy
+  max_samples: 256
+search_space:
+  parameters:
+    runtime: [onnxruntime, torch]
+    quantization: [fp32, int8_dynamic]
+    pruning_ratio: {low: 0.0, high: 0.6, step: 0.3}
+    batch_size: [1, 8]
+    threads: {low: 1, high: 1}
+objectives: [latency_p95_ms, accuracy]
+constraints:
+  - accuracy_drop <= 5%
+agent: {name: tpe, seed: 1}
+budget: {max_trials: MAXTRIALS}
+measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2}
+"""
+
+
+@pytest.fixture
+def tiny_job(write_job):
+    def _make(max_trials: int = 4, **replace: str) -> Path:
+        text = TINY_JOB.replace("MAXTRIALS", str(max_trials))
+        for k, v in replace.items():
+            text = text.replace(k, v)
+        return write_job(text)
+
+    return _make
