@@ -36,7 +36,8 @@ comparing runs.
 
 :func:`default_reference` rule: for each objective take the worst value among the (finite) points
 and move it further in the worse direction by ``margin`` times the range of that objective; when
-the range is 0, by ``margin × |value|``; when the value is 0 too, by ``margin``.
+the range is 0, by ``margin × |value|``; when the value is 0 too, by ``margin``.  The result is
+always strictly worse than every finite point (at least by one ulp), so each of them counts.
 
 Knee point
 ----------
@@ -312,7 +313,8 @@ def default_reference(
 
     Per objective: the worst finite value, moved further in the worse direction by
     ``margin × (max − min)``; if that range is 0, by ``margin × |value|``; if the value is 0 too,
-    by ``margin``.  Raises ``ValueError`` if no row is finite.
+    by ``margin`` (and always by at least one ulp, so the reference is strictly worse than every
+    point).  Raises ``ValueError`` if no row is finite.
     """
     p = to_minimization(points, directions)
     p = p[np.all(np.isfinite(p), axis=1)]
@@ -322,7 +324,9 @@ def default_reference(
     spread = worst - p.min(axis=0)
     step = np.where(spread > 0, margin * spread, margin * np.abs(worst))
     step = np.where(step > 0, step, margin)
-    return (worst + step) * _signs(directions)
+    # when the step is below the values' resolution, still end up strictly worse than every point
+    ref = np.maximum(worst + step, np.nextafter(worst, np.inf))
+    return ref * _signs(directions)
 
 
 def hypervolume_history(

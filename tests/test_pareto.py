@@ -222,6 +222,10 @@ def test_default_reference_rule():
     assert ref.tolist() == pytest.approx([1.5, 1.5])
     with pytest.raises(ValueError):
         default_reference([[math.nan, 1.0]], MIN2)
+    # a range below the values' resolution still gives a strictly worse reference
+    above = np.nextafter(5.0, 10.0)
+    assert default_reference([[5.0], [above]], ["minimize"])[0] > above
+    assert default_reference([[-5.0], [-above]], ["maximize"])[0] < -above
 
 
 @PROPS
@@ -233,7 +237,9 @@ def test_default_reference_is_worse_than_every_point(problem):
     ref = default_reference(raw, directions)
     ref_q = to_minimization(ref[None, :], directions)[0]
     assert np.all(q < ref_q)
-    assert hypervolume(raw, directions, ref) > 0
+    # every point counts: the first one alone gets its whole box
+    box = float(np.prod(ref_q - q[0]))
+    assert hypervolume(raw[:1], directions, ref) == pytest.approx(box, rel=1e-12, abs=0)
 
 
 # --------------------------------------------------------------------------------------------
