@@ -46,8 +46,14 @@ class _Bar:
     """Progress: trial k of n, best so far per objective, front size, ETA."""
 
     def __init__(self, console: Any, job: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-            TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.job = job
         self.console = console

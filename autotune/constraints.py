@@ -59,10 +59,7 @@ class Constraint:
         if value is None or not math.isfinite(float(value)):
             return math.inf
         bound = self.bound(baseline)
-        if self.op in ("<=", "<"):
-            gap = float(value) - bound
-        else:
-            gap = bound - float(value)
+        gap = float(value) - bound if self.op in ("<=", "<") else bound - float(value)
         if self.op in ("<", ">") and gap == 0:
             return 1e-12  # strict inequality: equality is a (tiny) violation
         return gap

@@ -49,7 +49,7 @@ class DependencyError(AutotuneError):
     """An optional dependency (or a device / runtime) that a job asks for is not available."""
 
 
-class TrialFailed(AutotuneError):  # noqa: N818 - reads better at the raise site
+class TrialFailed(AutotuneError):
     """A candidate configuration could not be applied or measured.
 
     The tuner records the trial as failed with this reason; the study goes on.

@@ -93,7 +93,7 @@ class Param:
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step:
-            n = int(round((self.high - self.low) / self.step))  # type: ignore[operator]
+            n = round((self.high - self.low) / self.step)  # type: ignore[operator]
             return [round(self.low + i * self.step, 12) for i in range(n + 1)]  # type: ignore[operator]
         raise ValueError(f"parameter '{self.name}' is continuous; it has no finite value list")
 
@@ -103,7 +103,7 @@ class Param:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b or (
+    return (type(a) is type(b) and a == b) or (
         isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
         and not isinstance(b, bool) and a == b
     )

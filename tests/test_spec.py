@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from autotune.errors import SpecError
 from autotune.spec import load_job
@@ -20,7 +21,7 @@ def test_quickstart_job_is_valid():
     assert job.objective_pairs == [("latency_p95_ms", "minimize"), ("accuracy", "maximize")]
     assert "quantization" in job.space
     assert job.storage_url.startswith("sqlite:///")
-    with pytest.raises(Exception):  # immutable
+    with pytest.raises(ValidationError):  # immutable
         job.name = "x"  # type: ignore[misc]
 
 

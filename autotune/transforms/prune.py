@@ -35,7 +35,9 @@ def magnitude_prune(model: nn.Module, ratio: float, *, scope: str = "global") ->
         for module, name in params:
             tprune.l1_unstructured(module, name, amount=ratio)
     else:
-        raise ValueError(f"The 'scope' parameter of magnitude_prune must be 'global' or 'layer'. Got {scope!r}.")
+        raise ValueError(
+            f"The 'scope' parameter of magnitude_prune must be 'global' or 'layer'. Got {scope!r}."
+        )
     for module, name in params:
         tprune.remove(module, name)
     return out
