@@ -354,7 +354,7 @@ def measure(
        of ``max_time_s``, at most ``10 * max_repeats`` extra calls); none with ``warmup=0``.
     2. Timed calls, one sample each: ``timer(); fn(); sync(); timer()`` -- ``sync`` (e.g.
        ``torch.cuda.synchronize``) runs inside the timed region so asynchronous work is counted.
-       The garbage collector is paused meanwhile, as :mod:`timeit` does.
+       The cyclic garbage collector is paused meanwhile, as :mod:`timeit` does.
     3. Every 10 samples or so (the gap grows with n) once ``min_repeats`` samples are in and
        ``min_time_s`` has passed, the stability checks run (see the module docstring); the loop
        stops with ``stop_reason="stable"`` when both hold.  Otherwise it stops at ``max_repeats``
@@ -416,7 +416,6 @@ def measure(
     next_check = max(min_repeats, MIN_STABLE_N)
     reason = "max_repeats"
     gc_was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         while True:
