@@ -14,9 +14,12 @@ from autotune.errors import AutotuneError
 
 
 def _console() -> Any:
+    import shutil
+
     from rich.console import Console
 
-    return Console(highlight=False)
+    width = shutil.get_terminal_size((160, 40)).columns if sys.stdout.isatty() else 160
+    return Console(highlight=False, width=max(width, 100))
 
 
 def _fmt(v: Any) -> str:

@@ -206,9 +206,8 @@ class SearchSpace:
                     p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
                 )
             else:
-                config[p.name] = trial.suggest_float(
-                    p.name, float(p.low), float(p.high), step=p.step, log=p.log
-                )
+                v = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+                config[p.name] = round(v, 10) if p.step else v
         return config
 
     def complete(self, values: Mapping[str, Any]) -> Config:

@@ -28,10 +28,26 @@ def torch_int8_dynamic(model: nn.Module) -> nn.Module:
 def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
                      reduce_range: bool = False) -> Path:
     """ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time."""
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-        reduce_range=reduce_range,
-    )
+    # The exporter's value_info describes initializers in their pre-quantization layout; the
+    # quantizer rewrites them (e.g. transposed Gemm weights) and shape inference then clashes.
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    staged = dst.with_suffix(".stage.onnx")
+    onnx.save(model, str(staged))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "consider pre-processing" is advice, not a problem
+    try:
+        quantize_dynamic(
+            str(staged), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+            reduce_range=reduce_range,
+        )
+    finally:
+        root.setLevel(level)
+        staged.unlink(missing_ok=True)
     return dst
