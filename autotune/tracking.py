@@ -52,6 +52,9 @@ class Tracker:
     @property
     def client(self) -> Any:
         if self._client is None:
+            import os
+
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
             logging.getLogger("alembic").setLevel(logging.WARNING)
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             from mlflow.tracking import MlflowClient
