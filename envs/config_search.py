@@ -75,10 +75,7 @@ def param_values(p: Param, bins: int) -> list[Any]:
             idx = np.unique(np.round(np.linspace(0, len(vals) - 1, bins)).astype(int))
         return [vals[i] for i in idx]
     lo, hi = float(p.low), float(p.high)  # type: ignore[arg-type]
-    if p.log:
-        pts = np.exp(np.linspace(math.log(lo), math.log(hi), bins))
-    else:
-        pts = np.linspace(lo, hi, bins)
+    pts = np.geomspace(lo, hi, bins) if p.log else np.linspace(lo, hi, bins)
     return [float(v) for v in pts]
 
 
