@@ -273,6 +273,11 @@ class ConfigSearchEnv(gym.Env):
             return 0.0
         return hypervolume(pts, self.directions, self.reference) / self.box
 
+    def add_point(self, values: Sequence[float]) -> None:
+        """Add a feasible point measured elsewhere to the front (no reward, no budget)."""
+        pts = np.vstack([self._front, np.asarray(values, dtype=float)[None, :]])
+        self._front = self._clean_front(pts)
+
     def _finish(self, config: Config) -> tuple[float, dict[str, Any]]:
         reason = self.space.invalid_reason(config)
         if reason:
