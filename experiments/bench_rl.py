@@ -35,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.agents import create_agent  # noqa: E402
-from autotune.agents.base import Observation  # noqa: E402
-from autotune.pareto import hypervolume  # noqa: E402
-from autotune.space import SearchSpace, parse_space  # noqa: E402
+from autotune.agents import create_agent
+from autotune.agents.base import Observation
+from autotune.pareto import hypervolume
+from autotune.space import SearchSpace, parse_space
 
 Problem = tuple[SearchSpace, list[tuple[str, str]], int, Callable[[dict[str, Any]], Any],
                 np.ndarray, float]
