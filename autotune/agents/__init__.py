@@ -21,6 +21,9 @@ AGENTS: dict[str, str] = {
     "qmc": "autotune.agents.optuna:OptunaAgent",
     "random": "autotune.agents.optuna:OptunaAgent",
     "grid": "autotune.agents.optuna:OptunaAgent",
+    "rl-ppo": "autotune.agents.rl:PPOAgent",
+    "rl-a2c": "autotune.agents.rl:A2CAgent",
+    "rl-dqn": "autotune.agents.rl:DQNAgent",
 }
 
 DEFAULT_AGENT = "tpe"

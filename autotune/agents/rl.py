@@ -1,0 +1,380 @@
+"""Reinforcement-learning agents: a Stable-Baselines3 policy builds configurations dimension by
+dimension in :class:`envs.config_search.ConfigSearchEnv`.
+
+Names: ``rl-ppo``, ``rl-a2c``, ``rl-dqn`` (or ``options.algorithm: ppo|a2c|dqn``).
+
+Real measurements are expensive, so by default (``surrogate: true``) the agent is model-based:
+
+1. the first ``n_initial`` suggestions are random (unmeasured, valid) grid configurations;
+2. then, before each suggestion, an ExtraTrees regressor (multi-output: every objective and every
+   constraint) is fitted on the features of the configurations observed so far, the policy is
+   trained for ``train_steps`` environment steps on a ConfigSearchEnv whose ``evaluate`` is that
+   surrogate (measured configurations answer with their real values) and whose episodes start
+   from the *real* front, so the reward is the predicted hypervolume gain over what is known;
+3. the proposal is a stochastic rollout of the policy; configurations already measured (or
+   invalid) are re-drawn up to ``max_retries`` times, then a random unmeasured one is used.
+
+``surrogate: false`` trains on real evaluations only: SB3's ``learn`` runs in a worker thread on
+a ConfigSearchEnv whose ``evaluate`` hands the configuration to :meth:`RLAgent.suggest` and waits
+for :meth:`RLAgent.observe` (a strict hand-off, so runs stay deterministic).  Already measured
+configurations are answered from the table without a measurement.
+
+The work per suggestion is bounded by ``train_steps`` (plus the proposal rollouts); the time each
+suggestion took is kept in :attr:`RLAgent.overhead_s`.  Determinism: the SB3 model gets the
+agent's seed, torch is re-seeded before each training/proposal and torch runs on one thread
+while the agent trains.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from autotune.agents.base import Agent, Observation, finite
+from autotune.errors import SpecError
+from autotune.metrics import Direction
+from autotune.space import Config, SearchSpace
+
+ALGORITHMS = ("ppo", "a2c", "dqn")
+
+_DEFAULTS: dict[str, Any] = {
+    "surrogate": True,
+    "n_initial": 8,
+    "train_steps": 512,
+    "n_steps": 64,
+    "bins": 8,
+    "episode_configs": 4,
+    "max_retries": 20,
+    "n_candidates": 8,
+    "learning_rate": 3e-4,
+    "ent_coef": 0.01,
+}
+
+
+class _Stop(Exception):
+    """Raised inside the training thread to end ``learn`` when the agent closes."""
+
+
+def _key(config: Any) -> str:
+    return repr(sorted(config.items()))
+
+
+class RLAgent(Agent):
+    name = "rl-ppo"
+    default_algorithm = "ppo"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: Sequence[tuple[str, Direction]],
+        n_constraints: int = 0,
+        *,
+        seed: int | None = None,
+        algorithm: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(space, objectives, n_constraints, seed=seed, **options)
+        unknown = set(options) - set(_DEFAULTS)
+        if unknown:
+            raise SpecError(
+                f"unknown option(s) {', '.join(sorted(unknown))} for agent '{self.name}'.",
+                path="agent.options", hint=f"The RL agents take: algorithm, {', '.join(_DEFAULTS)}.",
+            )
+        algo = (algorithm or self.default_algorithm).lower()
+        if algo not in ALGORITHMS:
+            raise SpecError(f"The 'algorithm' option of the RL agent must be one of "
+                            f"{', '.join(ALGORITHMS)}. Got {algorithm!r}.", path="agent.options")
+        self.algorithm = algo
+        self.name = f"rl-{algo}"
+        self.cfg = {**_DEFAULTS, **options}
+        for k in ("n_initial", "train_steps", "n_steps", "bins", "episode_configs", "max_retries"):
+            if not isinstance(self.cfg[k], int) or self.cfg[k] < (2 if k == "bins" else 1):
+                raise SpecError(f"The '{k}' option of the RL agent must be a positive int. "
+                                f"Got {self.cfg[k]!r}.", path=f"agent.options.{k}")
+        self._seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        self._rng = np.random.default_rng(self._seed)
+        self._codec: Any = None
+        self._observed: list[Observation] = []
+        self._table: dict[str, Observation] = {}
+        self._model: Any = None
+        self._n_suggested = 0
+        #: wall-clock seconds spent inside each suggest() call
+        self.overhead_s: list[float] = []
+        #: environment steps the policy was trained for, per suggestion
+        self.train_steps_done: list[int] = []
+        # real-evaluation (surrogate: false) hand-off
+        self._thread: threading.Thread | None = None
+        self._requests: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._replies: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._waiting: str | None = None
+        self._foreign: list[Observation] = []
+        self._lock = threading.Lock()
+        self._threads_before: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def codec(self) -> Any:
+        if self._codec is None:
+            from envs.config_search import SpaceCodec
+
+            self._codec = SpaceCodec.from_space(self.space, self.cfg["bins"])
+        return self._codec
+
+    def _measured(self, config: Config) -> bool:
+        return _key(config) in self._table or _key(self.codec.snap(config)) in self._table
+
+    def _random_config(self) -> Config:
+        """A random valid grid configuration not measured yet (any valid one if all are)."""
+        fallback: Config | None = None
+        for _ in range(200):
+            config: Config = {}
+            for d, p in enumerate(self.space.params):
+                if self.space.is_active(p, config):
+                    vals = self.codec.values[d]
+                    config[p.name] = vals[int(self._rng.integers(len(vals)))]
+            if self.space.invalid_reason(config):
+                continue
+            if not self._measured(config):
+                return config
+            fallback = fallback or config
+        return fallback if fallback is not None else config
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(reference, ideal, real front points) from the finite observations, or None."""
+        done = [o for o in self._observed if o.state == "complete" and finite(o.values)]
+        if not done:
+            return None
+        sign = np.array([1.0 if d == "minimize" else -1.0 for d in self.directions])
+        pts = np.array([o.values for o in done], dtype=float)
+        mins = pts * sign
+        lo, hi = mins.min(axis=0), mins.max(axis=0)
+        span = np.where(hi > lo, hi - lo, np.maximum(np.abs(hi), 1e-9))
+        reference = (hi + 0.1 * span) * sign
+        ideal = (lo - 0.1 * span) * sign
+        feas = np.array([o.feasible for o in done])
+        return reference, ideal, pts[feas]
+
+    def _make_env(self, evaluate: Any, reference: np.ndarray, ideal: np.ndarray, front: np.ndarray,
+                  budget: int) -> Any:
+        from envs.config_search import ConfigSearchEnv
+
+        return ConfigSearchEnv(self.space, self.directions, evaluate, reference=reference,
+                               ideal=ideal, budget=budget, bins=self.cfg["bins"], initial_front=front)
+
+    def _new_model(self, env: Any) -> Any:
+        import stable_baselines3 as sb3
+
+        common = {"seed": self._seed, "device": "cpu", "verbose": 0,
+                  "learning_rate": self.cfg["learning_rate"],
+                  "policy_kwargs": {"net_arch": [64, 64]}}
+        if self.algorithm == "ppo":
+            n = self.cfg["n_steps"]
+            return sb3.PPO("MlpPolicy", env, n_steps=n, batch_size=min(n, 64), n_epochs=4,
+                           ent_coef=self.cfg["ent_coef"], **common)
+        if self.algorithm == "a2c":
+            return sb3.A2C("MlpPolicy", env, n_steps=min(self.cfg["n_steps"], 16),
+                           ent_coef=self.cfg["ent_coef"], **common)
+        return sb3.DQN("MlpPolicy", env, buffer_size=20_000,
+                       learning_starts=min(256, self.cfg["train_steps"]), train_freq=4,
+                       target_update_interval=200, exploration_fraction=0.5,
+                       exploration_final_eps=0.1, **common)
+
+    # ------------------------------------------------------------------ Agent API
+    def suggest(self) -> Config:
+        t0 = time.perf_counter()
+        steps = 0
+        if self.cfg["surrogate"]:
+            config, steps = self._suggest_surrogate()
+        else:
+            config = self._suggest_real()
+        self._n_suggested += 1
+        self.overhead_s.append(time.perf_counter() - t0)
+        self.train_steps_done.append(steps)
+        return config
+
+    def observe(self, obs: Observation) -> None:
+        with self._lock:
+            self._observed.append(obs)
+            self._table[_key(obs.config)] = obs
+            key = _key(obs.config)
+            if self._waiting is not None and key == self._waiting:
+                self._waiting = None
+                self._replies.put(obs)
+            elif self._thread is not None:
+                self._foreign.append(obs)
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._replies.put(None)  # wakes the worker with a stop signal
+            self._thread.join(timeout=30)
+        self._thread = None
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+
+    # ------------------------------------------------------------------ surrogate mode
+    def _suggest_surrogate(self) -> tuple[Config, int]:
+        bounds = self._bounds()
+        if len(self._observed) < self.cfg["n_initial"] or bounds is None:
+            return self._random_config(), 0
+        import torch
+
+        reference, ideal, front = bounds
+        done = [o for o in self._observed if o.state == "complete" and finite(o.values)]
+        x = np.array([self.codec.features(o.config) for o in done])
+        n_c = self.n_constraints
+        y = np.array([list(o.values) + [v if math.isfinite(v) else 1e6 for v in o.violations][:n_c]
+                      + [0.0] * (n_c - len(o.violations)) for o in done], dtype=float)
+        model = KernelRidge().fit(x, y)
+        m = len(self.directions)
+        cache: dict[str, tuple[Any, tuple[float, ...]]] = {}
+
+        def evaluate(config: Config) -> tuple[Any, tuple[float, ...]]:
+            k = _key(config)
+            if k in self._table:
+                o = self._table[k]
+                ok = o.state == "complete" and finite(o.values)
+                return (tuple(o.values) if ok else None), tuple(o.violations)  # type: ignore[arg-type]
+            if k not in cache:
+                pred = model.predict(self.codec.features(config)[None, :])[0]
+                cache[k] = (tuple(pred[:m]), tuple(pred[m:]))
+            return cache[k]
+
+        env = self._make_env(evaluate, reference, ideal, front, self.cfg["episode_configs"])
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            torch.manual_seed(self._seed + self._n_suggested)
+            if self._model is None:
+                self._model = self._new_model(env)
+            else:
+                self._model.set_env(env)
+            self._model.learn(self.cfg["train_steps"], reset_num_timesteps=False)
+            best: tuple[float, Config] | None = None
+            probe = self._make_env(evaluate, reference, ideal, front, 1)
+            tries = 0
+            while tries < self.cfg["max_retries"] and (
+                    best is None or tries < self.cfg["n_candidates"]):
+                tries += 1
+                obs, _ = probe.reset(seed=int(self._rng.integers(2**31)))
+                truncated, info, reward = False, {}, 0.0
+                while not truncated:
+                    action, _ = self._model.predict(obs, deterministic=False)
+                    obs, reward, _, truncated, info = probe.step(int(action))
+                    if "invalid" in info:
+                        break
+                if "invalid" in info or self._measured(info["config"]):
+                    continue
+                if best is None or reward > best[0]:
+                    best = (reward, dict(info["config"]))
+            if best is not None:
+                return best[1], self.cfg["train_steps"]
+        finally:
+            torch.set_num_threads(before)
+        return self._random_config(), self.cfg["train_steps"]
+
+    # ------------------------------------------------------------------ real-evaluation mode
+    def _suggest_real(self) -> Config:
+        if self._thread is None:
+            bounds = self._bounds()
+            if len(self._observed) < self.cfg["n_initial"] or bounds is None:
+                return self._random_config()
+            self._start_worker(*bounds)
+        item = self._requests.get()
+        if isinstance(item, BaseException):
+            raise item
+        with self._lock:
+            self._waiting = _key(item)
+        return dict(item)
+
+    def _start_worker(self, reference: np.ndarray, ideal: np.ndarray, front: np.ndarray) -> None:
+        import torch
+
+        max_dupes = self.cfg["max_retries"]
+        dupes = [0]
+
+        def evaluate(config: Config) -> tuple[Any, tuple[float, ...]]:
+            with self._lock:
+                foreign, self._foreign = self._foreign, []
+            for o in foreign:  # measurements this policy did not ask for join its front
+                if o.feasible and finite(o.values):
+                    env.add_point(o.values)
+            known = self._table.get(_key(config))
+            if known is not None and dupes[0] < max_dupes:
+                dupes[0] += 1
+            else:
+                dupes[0] = 0
+                if known is not None:  # the policy is stuck on measured configurations
+                    config = self._random_config()
+                self._requests.put(config)
+                known = self._replies.get()
+                if known is None:
+                    raise _Stop
+            ok = known.state == "complete" and finite(known.values)
+            return (tuple(known.values) if ok else None), tuple(known.violations)
+
+        env = self._make_env(evaluate, reference, ideal, front, 10**9)
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        torch.manual_seed(self._seed)
+        self._model = self._new_model(env)
+
+        def work() -> None:
+            try:
+                self._model.learn(10**9)
+            except _Stop:
+                return
+            except BaseException as exc:  # surfaced by the next suggest()
+                self._requests.put(exc)
+
+        self._thread = threading.Thread(target=work, name=f"{self.name}-learner", daemon=True)
+        self._thread.start()
+
+
+class KernelRidge:
+    """The surrogate: Gaussian-kernel ridge regression (a GP posterior mean) on standardized
+    targets, one column per objective and constraint.  Predicting one configuration costs one
+    kernel row (microseconds), which keeps thousands of surrogate steps per suggestion cheap.
+    Length scale: the median pairwise distance of the observed features."""
+
+    def __init__(self, alpha: float = 1e-3) -> None:
+        self.alpha = alpha
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> KernelRidge:
+        self.x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        self.mu = y.mean(axis=0)
+        self.sd = np.where(y.std(axis=0) > 0, y.std(axis=0), 1.0)
+        d2 = ((self.x[:, None, :] - self.x[None, :, :]) ** 2).sum(-1)
+        med = float(np.median(d2[np.triu_indices(len(self.x), 1)])) if len(self.x) > 1 else 1.0
+        self.gamma = 1.0 / (med if med > 0 else 1.0)
+        k = np.exp(-self.gamma * d2)
+        self.coef = np.linalg.solve(k + self.alpha * np.eye(len(self.x)), (y - self.mu) / self.sd)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        d2 = ((np.asarray(x, dtype=float)[:, None, :] - self.x[None, :, :]) ** 2).sum(-1)
+        return np.exp(-self.gamma * d2) @ self.coef * self.sd + self.mu
+
+
+class PPOAgent(RLAgent):
+    name = "rl-ppo"
+    default_algorithm = "ppo"
+
+
+class A2CAgent(RLAgent):
+    name = "rl-a2c"
+    default_algorithm = "a2c"
+
+
+class DQNAgent(RLAgent):
+    name = "rl-dqn"
+    default_algorithm = "dqn"

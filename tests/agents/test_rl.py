@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from autotune.agents import AGENTS, create_agent
+from autotune.agents.base import Observation
+from autotune.errors import SpecError
+from autotune.space import parse_space
+
+SPACE = parse_space({"parameters": {
+    "runtime": ["torch", "onnxruntime"],
+    "quantization": {"choices": ["fp32", "fp16", "int8"],
+                     "invalid": [{"values": ["fp16"], "when": {"runtime": "torch"}}]},
+    "calibration": {"choices": [32, 128], "when": {"quantization": "int8"}},
+    "x": {"low": 0.0, "high": 1.0},
+    "batch": {"low": 1, "high": 64, "log": True, "type": "int"},
+}})
+OBJ = [("latency", "minimize"), ("accuracy", "maximize")]
+FAST = {"train_steps": 32, "n_steps": 16, "n_initial": 3, "max_retries": 4, "n_candidates": 2}
+
+
+def measure(c):
+    q = {"fp32": 1.0, "fp16": 0.7, "int8": 0.5}[c["quantization"]]
+    lat = q * (1.0 + c["x"]) / math.log2(c["batch"] + 1)
+    acc = 0.9 - 0.1 * (c["quantization"] == "int8") + 0.05 * c["x"]
+    return (lat, acc), (0.85 - acc,)
+
+
+def drive(agent, n):
+    out = []
+    for _ in range(n):
+        c = agent.suggest()
+        out.append(c)
+        values, viol = measure(c)
+        agent.observe(Observation(c, values, viol))
+    agent.close()
+    return out
+
+
+def test_registered():
+    for name in ("rl-ppo", "rl-a2c", "rl-dqn"):
+        assert name in AGENTS
+        assert create_agent(name, SPACE, OBJ, 1, seed=0).name == name
+    assert create_agent("rl-ppo", SPACE, OBJ, 1, algorithm="dqn").name == "rl-dqn"
+
+
+@pytest.mark.parametrize("name", ["rl-ppo", "rl-a2c", "rl-dqn"])
+def test_suggestions_are_inside_the_space(name):
+    agent = create_agent(name, SPACE, OBJ, 1, seed=1, **FAST)
+    configs = drive(agent, 6)
+    for c in configs:
+        assert SPACE.validate(c) == []
+    assert len(agent.overhead_s) == 6 and agent.train_steps_done[-1] == 32
+
+
+def test_real_evaluation_mode_suggestions_are_inside_the_space():
+    agent = create_agent("rl-ppo", SPACE, OBJ, 1, seed=1, surrogate=False, **FAST)
+    configs = drive(agent, 8)
+    assert all(SPACE.validate(c) == [] for c in configs)
+    assert agent._thread is None  # closed
+
+
+@pytest.mark.parametrize("surrogate", [True, False])
+def test_same_seed_same_suggestions(surrogate):
+    a = drive(create_agent("rl-ppo", SPACE, OBJ, 1, seed=7, surrogate=surrogate, **FAST), 7)
+    b = drive(create_agent("rl-ppo", SPACE, OBJ, 1, seed=7, surrogate=surrogate, **FAST), 7)
+    c = drive(create_agent("rl-ppo", SPACE, OBJ, 1, seed=8, surrogate=surrogate, **FAST), 7)
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("surrogate", [True, False])
+def test_accepts_foreign_observations(surrogate):
+    agent = create_agent("rl-ppo", SPACE, OBJ, 1, seed=3, surrogate=surrogate, **FAST)
+    foreign = [
+        {"runtime": "onnxruntime", "quantization": "fp32", "x": 0.123, "batch": 5},  # off-grid
+        {"runtime": "torch", "quantization": "int8", "calibration": 32, "x": 1.0, "batch": 64},
+        {"runtime": "onnxruntime", "quantization": "fp16", "x": 0.0, "batch": 1},
+    ]
+    for c in foreign[:2]:
+        agent.observe(Observation(c, *measure(c)))
+    agent.observe(Observation(foreign[2], None, state="failed"))
+    agent.observe(Observation({"runtime": "torch", "quantization": "fp16", "x": 0.0, "batch": 1},
+                              None, state="invalid"))
+    agent.observe(Observation(foreign[0], (float("nan"), 0.5), (float("nan"),)))
+    configs = drive_mixed(agent, foreign)
+    assert all(SPACE.validate(c) == [] for c in configs)
+    assert all(c not in foreign for c in configs)
+
+
+def drive_mixed(agent, foreign):
+    """Own suggestions interleaved with a foreign measurement (another worker)."""
+    out = []
+    for i in range(5):
+        c = agent.suggest()
+        out.append(c)
+        agent.observe(Observation(c, *measure(c)))
+        if i == 3:
+            f = {"runtime": "onnxruntime", "quantization": "int8", "calibration": 128, "x": 0.5,
+                 "batch": 16}
+            agent.observe(Observation(f, *measure(f)))
+    agent.close()
+    return out
+
+
+def test_does_not_repeat_measured_configurations():
+    small = parse_space({"parameters": {"a": [0, 1, 2], "b": [0, 1, 2, 3]}})
+    agent = create_agent("rl-ppo", small, [("f", "minimize")], 0, seed=0, **FAST)
+    seen = []
+    for _ in range(12):
+        c = agent.suggest()
+        seen.append((c["a"], c["b"]))
+        agent.observe(Observation(c, (float((c["a"] - 1) ** 2 + c["b"]),)))
+    assert len(set(seen)) == 12  # the whole grid, no repeats
+
+
+def test_policy_takes_over_after_the_random_phase():
+    # the first n_initial suggestions are random; every later one trains the policy first
+    agent = create_agent("rl-ppo", SPACE, OBJ, 1, seed=0, **{**FAST, "train_steps": 64})
+    configs = drive(agent, 12)
+    assert agent.train_steps_done[:3] == [0, 0, 0] and all(s == 64 for s in agent.train_steps_done[3:])
+    assert len({repr(sorted(c.items())) for c in configs}) == 12
+
+
+def test_bad_options_are_spec_errors():
+    with pytest.raises(SpecError, match="unknown option"):
+        create_agent("rl-ppo", SPACE, OBJ, 1, learning_rat=0.1)
+    with pytest.raises(SpecError, match="algorithm"):
+        create_agent("rl-ppo", SPACE, OBJ, 1, algorithm="sac")
+    with pytest.raises(SpecError, match="train_steps"):
+        create_agent("rl-ppo", SPACE, OBJ, 1, train_steps=0)
+
+
+@pytest.mark.slow
+def test_tuner_run_end_to_end(tiny_job):
+    from autotune.spec import load_job
+    from autotune.tuner import run
+
+    path = tiny_job(15, **{"{name: tpe, seed: 1}":
+                           "{name: rl-ppo, seed: 1, options: {train_steps: 32, n_steps: 16, "
+                           "n_initial: 4}}"})
+    summary = run(load_job(path))
+    assert summary.finished and summary.new_trials == 15
+    assert summary.n_complete + summary.n_failed == 15 and summary.n_complete >= 10
+    assert {t.agent for t in summary.trials} == {"rl-ppo"}
+    assert len(summary.front) >= 1
+    configs = [repr(sorted(t.config.items())) for t in summary.trials]
+    assert len(set(configs)) == len(configs)
+    assert np.isfinite([t.metrics["accuracy"] for t in summary.front]).all()
