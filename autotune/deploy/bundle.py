@@ -163,8 +163,12 @@ class Predictor:
                 raise BundleError(f"inputs {missing} are missing; the model takes "
                                   f"{[s.name for s in self.inputs]}.")
             arrays = [batch[s.name] for s in self.inputs]
-        elif isinstance(batch, np.ndarray) or len(self.inputs) == 1:
+        elif isinstance(batch, np.ndarray):
             arrays = [batch]
+        elif isinstance(batch, Sequence) and batch and all(isinstance(a, np.ndarray) for a in batch):
+            arrays = list(batch)  # one array per input
+        elif len(self.inputs) == 1:
+            arrays = [batch]  # nested lists: one input
         elif isinstance(batch, Sequence):
             arrays = list(batch)
         else:
