@@ -193,7 +193,9 @@ class Predictor:
         if type(batch) is np.ndarray and len(self.inputs) == 1:  # fast path: no copies, no checks
             spec = self.inputs[0]
             if (batch.dtype == spec.dtype and batch.ndim == len(spec.shape)
-                    and batch.flags.c_contiguous):
+                    and batch.flags.c_contiguous
+                    and all(w is None or w == g for w, g in zip(spec.shape[1:], batch.shape[1:],
+                                                                strict=True))):
                 return self._session.run(None, {spec.name: batch})[0]
         arrays = self.as_inputs(batch)
         feed = {s.name: a for s, a in zip(self.inputs, arrays, strict=True)}
