@@ -241,10 +241,11 @@ class MicroBatcher:
 class ModelServer:
     """Serves one source; ``start()`` runs the HTTP server, the batcher and the watcher threads."""
 
-    def __init__(self, source: str | FolderSource | RegistrySource, *, host: str = "127.0.0.1",
+    def __init__(self, source: str | Path | FolderSource | RegistrySource, *, host: str = "127.0.0.1",
                  port: int = 8000, poll_interval: float = 1.0, max_wait_ms: float = 2.0,
                  tracking_uri: str | None = None) -> None:
-        self.source = open_source(source, tracking_uri) if isinstance(source, str) else source
+        self.source = (open_source(str(source), tracking_uri) if isinstance(source, str | Path)
+                       else source)
         self.poll_interval = poll_interval
         self.swaps = 0
         self.last_error: str | None = None
@@ -372,6 +373,7 @@ class ModelServer:
 def _handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
         server_version = "autotune-serve"
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet by default
