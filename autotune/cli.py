@@ -201,5 +201,77 @@ def status(job_file: str) -> None:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
 
 
+@main.command("export")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--pick", default="knee", show_default=True,
+              help="A trial number, 'knee', or a rule like 'fastest with accuracy_drop <= 1%'.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Bundle folder (default: <out_dir>/bundles/trial-N).")
+@click.option("--alias", default="champion", show_default=True, help="MLflow registry alias.")
+@click.option("--name", "model_name", default=None, help="Registered model name (default: job name).")
+@click.option("--no-register", is_flag=True, help="Write the bundle only.")
+def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name: str | None,
+               no_register: bool) -> None:
+    """Export a measured configuration as a deployable bundle and register it in MLflow."""
+    from pathlib import Path
+
+    from autotune.deploy.export import export_bundle
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
+                            alias=alias, model_name=model_name)
+    except AutotuneError as exc:
+        _fail(exc)
+    m = res.manifest
+    console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}: "
+                  + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
+    lat = m.get("latency") or {}
+    if lat:
+        console.print(f"  latency p50 {_fmt(lat.get('p50_ms'))} ms (95% CI {_fmt(lat.get('ci95_low_ms'))}"
+                      f"..{_fmt(lat.get('ci95_high_ms'))}), p95 {_fmt(lat.get('p95_ms'))} ms, "
+                      f"n={lat.get('n')}, measured on {m['runtime']['measured']}")
+    for note in res.notes:
+        console.print(f"  [yellow]note[/]: {note}")
+    if res.registered:
+        r = res.registered
+        console.print(f"  registered {r.model_uri}" + (f"  alias models:/{r.name}@{r.alias}" if r.alias
+                                                       else ""))
+    if res.registry_error:
+        click.echo(f"error: the bundle is written, but MLflow registration failed: "
+                   f"{res.registry_error}", err=True)
+        sys.exit(1)
+
+
+@main.command("serve")
+@click.argument("source")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--poll-interval", default=1.0, show_default=True, type=float,
+              help="Seconds between checks for a new model (0: only POST /admin/reload).")
+@click.option("--max-wait-ms", default=2.0, show_default=True, type=float,
+              help="How long to gather requests into one batch.")
+@click.option("--tracking-uri", default=None, help="MLflow registry for models:/NAME@ALIAS.")
+@click.option("--job", "job_file", default=None, type=click.Path(dir_okay=False),
+              help="Take the MLflow tracking URI from this job file.")
+def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_ms: float,
+              tracking_uri: str | None, job_file: str | None) -> None:
+    """Serve a bundle folder or models:/NAME@ALIAS over HTTP, swapping in new models live."""
+    from autotune.deploy.serve import serve
+
+    try:
+        if job_file and not tracking_uri:
+            tracking_uri = _load(job_file).tracking_uri
+        serve(source, host=host, port=port, poll_interval=poll_interval, max_wait_ms=max_wait_ms,
+              tracking_uri=tracking_uri,
+              on_ready=lambda s: click.echo(f"serving {s.served.version} from {source} on {s.url} "
+                                            f"(batch size {s.served.batch_size})", err=True))
+    except AutotuneError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
