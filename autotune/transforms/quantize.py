@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import logging
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -115,8 +116,12 @@ def _op_types(spec: str) -> list[str] | None:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def resolve_exclude(path: Path, spec: str, op_types: list[str] | None) -> list[str]:
-    """Node names for an ``exclude_nodes`` value (tokens first/last/first_last, or names)."""
+def resolve_exclude(path: Path, spec: str, op_types: list[str] | None, *,
+                    dynamic: bool = False) -> list[str]:
+    """Node names for an ``exclude_nodes`` value (tokens first/last/first_last, or names).
+
+    ``dynamic``: ONNX Runtime's dynamic quantizer first rewrites each Gemm ``g`` as MatMul
+    ``g_MatMul`` + Add, so those names are excluded too."""
     import onnx
 
     if spec in ("", "none"):
@@ -129,13 +134,17 @@ def resolve_exclude(path: Path, spec: str, op_types: list[str] | None) -> list[s
     if spec in ("first", "last", "first_last"):
         if not cands:
             return []
-        return {"first": cands[:1], "last": cands[-1:], "first_last": [cands[0], cands[-1]]}[spec]
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    all_names = {n.name for n in model.graph.node}
-    missing = [n for n in names if n not in all_names]
-    if missing:
-        raise TrialFailed(f"exclude_nodes: no node named {missing[0]!r} in the model; "
-                          f"quantizable nodes: {', '.join(cands)}")
+        names = {"first": cands[:1], "last": cands[-1:], "first_last": [cands[0], cands[-1]]}[spec]
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+        all_names = {n.name for n in model.graph.node}
+        missing = [n for n in names if n not in all_names]
+        if missing:
+            raise TrialFailed(f"exclude_nodes: no node named {missing[0]!r} in the model; "
+                              f"quantizable nodes: {', '.join(cands)}")
+    if dynamic:
+        gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+        names = names + [f"{n}_MatMul" for n in names if n in gemms]
     return names
 
 
@@ -158,7 +167,7 @@ def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
             quantize_dynamic(
                 str(staged), str(dst), weight_type=_qtype(weight_type), per_channel=per_channel,
                 reduce_range=reduce_range, op_types_to_quantize=ops,
-                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops),
+                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops, dynamic=True),
             )
     finally:
         staged.unlink(missing_ok=True)
@@ -191,6 +200,7 @@ def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *
     """ONNX Runtime static quantization with scales calibrated on ``calibration_inputs``."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     if not calibration_inputs:
         raise TrialFailed("static quantization needs calibration inputs")
@@ -203,19 +213,32 @@ def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calibration]
         fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
-        with _quiet():
+        # Calibrate here rather than inside quantize_static, which cannot pass the histogram
+        # size: ONNX Runtime's entropy default (128 bins = 128 quantized bins) leaves the KL
+        # search one candidate, i.e. exactly minmax.  2048 bins is TensorRT's choice.
+        options: dict[str, Any] = {"symmetric": False}
+        if calibration == "entropy":
+            options.update(num_bins=2048, num_quantized_bins=128)
+        ranges = dst.with_suffix(".ranges.json")
+        with _quiet(), tempfile.TemporaryDirectory(prefix="autotune-calib-") as tmpdir:
+            calibrator = create_calibrator(
+                staged, ops, augmented_model_path=str(Path(tmpdir) / "augmented.onnx"),
+                calibrate_method=method, extra_options=options,
+            )
+            calibrator.collect_data(_Reader(names, calibration_inputs))
+            save_tensors_data(calibrator.compute_data(), ranges)
+            del calibrator
             quantize_static(
-                str(staged), str(dst), _Reader(names, calibration_inputs), quant_format=fmt,
-                op_types_to_quantize=ops, per_channel=per_channel, reduce_range=reduce_range,
-                activation_type=_qtype(activation_type), weight_type=_qtype(weight_type),
+                str(staged), str(dst), None, calibration_cache_path=str(ranges),
+                quant_format=fmt, op_types_to_quantize=ops, per_channel=per_channel,
+                reduce_range=reduce_range, activation_type=_qtype(activation_type),
+                weight_type=_qtype(weight_type),
                 nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops),
                 calibrate_method=method,
-                extra_options={"CalibTensorRangeSymmetric": False},
             )
     finally:
         staged.unlink(missing_ok=True)
-        for extra in dst.parent.glob(f"{staged.stem}*"):
-            extra.unlink(missing_ok=True)
+        dst.with_suffix(".ranges.json").unlink(missing_ok=True)
     return dst
 
 
