@@ -5,27 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tinymodels import TokenClassifier, make_mlp
 from torch import nn
 
 from autotune.transforms.base import Context, ModelRef, apply, data_digest
-
-
-class TokenClassifier(nn.Module):
-    def __init__(self, vocab: int = 50, dim: int = 16, ff: int = 32, layers: int = 2) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        layer = nn.TransformerEncoderLayer(dim, 2, ff, dropout=0.0, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(dim, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.enc(self.emb(ids)).mean(1))
-
-
-def make_mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 4)).eval()
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +44,15 @@ def mlp_onnx(mlp, mlp_context, cache) -> ModelRef:
 def tokens() -> TokenClassifier:
     torch.manual_seed(0)
     return TokenClassifier().eval()
+
+
+@pytest.fixture(scope="session")
+def tokens_context() -> Context:
+    ids = np.random.default_rng(1).integers(0, 50, (32, 6))
+    return Context(example_inputs=(ids[:2],), calibration=(ids,), digest=data_digest(ids))
+
+
+@pytest.fixture(scope="session")
+def tokens_onnx(tokens, tokens_context, cache) -> ModelRef:
+    return apply("export_onnx", ModelRef.torch(tokens, "tokens-seed0"), tokens_context,
+                 cache_dir=cache)
