@@ -37,11 +37,11 @@ measurement: {warmup: 1, min_repeats: 3, max_repeats: 10, max_time_s: 0.1}
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory) -> Evaluator:
     import shutil
-
-    from conftest import EXPERIMENTS
+    from pathlib import Path
 
     d = tmp_path_factory.mktemp("runtimes")
-    shutil.copy(EXPERIMENTS / "digits_model.py", d / "digits_model.py")
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    shutil.copy(experiments / "digits_model.py", d / "digits_model.py")
     (d / "job.yaml").write_text(JOB.lstrip())
     return Evaluator(load_job(d / "job.yaml"))
 
