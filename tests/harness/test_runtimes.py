@@ -298,3 +298,39 @@ def test_ort_cuda_provider(evaluator):
                                     "quantization": "fp16"})
     assert info["providers"][0] == "CUDAExecutionProvider"
     assert agreement(out, ref) >= 0.95
+
+
+# ------------------------------------------------------------------ other job kinds
+def test_custom_loss_and_onnx_file_jobs(write_job, tmp_path):
+    """evaluation.loss drives gradient pruning; an ONNX-file model goes through the ORT transforms
+    (and cannot be pruned)."""
+    (tmp_path / "losses.py").write_text(
+        "import torch\n\ncalls = []\n\n"
+        "def margin(outputs, targets):\n"
+        "    calls.append(len(targets))\n"
+        "    return torch.nn.functional.multi_margin_loss(outputs, targets.long())\n"
+    )
+    job = load_job(write_job(JOB.replace("calibration_samples: 64",
+                                         "calibration_samples: 64\n  loss: losses:margin")))
+    ev = Evaluator(job)
+    _, info = outputs(ev, {"runtime": "torch", "pruning_method": "gradient", "pruning_ratio": 0.4})
+    assert info["lineage"][0]["info"]["loss"] == "losses:margin"
+    assert info["sparsity"] == pytest.approx(0.4, abs=0.01)
+    import sys
+
+    assert sum(sys.modules["losses"].calls) == 64  # the calibration split, once
+
+    onnx_path = ev._build({"runtime": "onnxruntime"})[1]["model_path"]
+    import shutil
+
+    shutil.copy(onnx_path, tmp_path / "digits.onnx")
+    text = JOB.replace("factory: digits_model:build\n  options: {hidden: 64, epochs: 3}",
+                       "onnx: digits.onnx").replace("metric: accuracy", "metric: cosine").replace(
+                           "objectives: [latency_p95_ms, accuracy]", "objectives: [latency_p95_ms, cosine]")
+    ev2 = Evaluator(load_job(write_job(text, name="onnx.yaml")))
+    out, info = outputs(ev2, {"runtime": "onnxruntime", "quantization": "int8_static",
+                              "exclude_nodes": "first"})
+    assert [s["transform"] for s in info["lineage"]] == ["ort_int8_static"]
+    assert agreement(out, ev2.reference_outputs()) >= 0.95
+    with pytest.raises(TrialFailed, match="pruning needs a torch model"):
+        ev2._build({"runtime": "onnxruntime", "pruning_ratio": 0.3})
