@@ -334,3 +334,15 @@ def test_custom_loss_and_onnx_file_jobs(write_job, tmp_path):
     assert agreement(out, ev2.reference_outputs()) >= 0.95
     with pytest.raises(TrialFailed, match="pruning needs a torch model"):
         ev2._build({"runtime": "onnxruntime", "pruning_ratio": 0.3})
+
+
+def test_spec_checks_loss_and_dynamic_axes(write_job):
+    from autotune.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"evaluation\.loss"):
+        load_job(write_job(JOB.replace("calibration_samples: 64",
+                                       "calibration_samples: 64\n  loss: cross entropy")))
+    job = load_job(write_job(JOB.replace("options: {hidden: 64, epochs: 3}",
+                                         "options: {hidden: 64, epochs: 3}\n"
+                                         "  dynamic_axes: {input_0: {1: frames}}")))
+    assert job.model.dynamic_axes == {"input_0": {1: "frames"}}
