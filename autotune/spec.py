@@ -43,6 +43,8 @@ class ModelSpec(_Strict):
     factory: str | None = None
     onnx: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    #: extra dynamic axes for the ONNX export, per input: {input_0: {1: sequence}}
+    dynamic_axes: dict[str, dict[int, str]] = Field(default_factory=dict)
 
     _ref = field_validator("factory")(_check_ref)
 
@@ -61,8 +63,11 @@ class EvaluationSpec(_Strict):
     higher_is_better: bool | None = None
     max_samples: int = Field(default=1024, ge=1)
     calibration_samples: int = Field(default=128, ge=1)
+    #: module:function(outputs, targets) -> scalar torch loss, for gradient-aware pruning
+    #: (default: cross-entropy for 'accuracy' jobs)
+    loss: str | None = None
 
-    _ref = field_validator("dataset")(_check_ref)
+    _ref = field_validator("dataset", "loss")(_check_ref)
 
     @field_validator("metric")
     @classmethod

@@ -31,7 +31,48 @@ HARNESS_PARAMS: dict[str, tuple[str, Any]] = {
     "batch_size": ("items per inference call", 1),
     "threads": ("intra-op threads", None),
     "graph_optimization": ("ONNX Runtime: disabled | basic | extended | all", "all"),
+    "pruning_method": ("l1_unstructured | structured (shrinks Linear/FFN units) | gradient "
+                       "(|w·dL/dw|)", "l1_unstructured"),
+    "quant_format": ("ONNX Runtime int8_static: qdq | qoperator", "qdq"),
+    "per_channel": ("ONNX Runtime int8: one scale per output channel", False),
+    "reduce_range": ("ONNX Runtime int8: 7-bit weights (CPUs without VNNI)", False),
+    "weight_type": ("ONNX Runtime int8: int8 | uint8", "int8"),
+    "activation_type": ("ONNX Runtime int8_static: int8 | uint8", "uint8"),
+    "calibration": ("ONNX Runtime int8_static: minmax | entropy | percentile", "minmax"),
+    "quant_op_types": ("ONNX Runtime int8: 'all' or op types, e.g. 'MatMul,Gemm'", "all"),
+    "exclude_nodes": ("ONNX Runtime int8: nodes kept float: none | first | last | first_last | "
+                      "comma-separated node names", "none"),
+    "execution_provider": ("ONNX Runtime: cpu | cuda | tensorrt (default from device)", None),
+    "execution_mode": ("ONNX Runtime: sequential | parallel", "sequential"),
+    "inter_op_threads": ("threads running independent operators in parallel", None),
 }
+HARNESS_PARAMS["quantization"] = (
+    "fp32 | fp16 | bf16 (torch) | int8_dynamic | int8_weight_only (torch) | int8_static "
+    "(onnxruntime)", "fp32")
+HARNESS_PARAMS["pruning_ratio"] = (
+    "share of weights zeroed (unstructured) or hidden units removed (structured), in [0, 1)", 0.0)
+
+QUANTIZATIONS = ("fp32", "fp16", "bf16", "int8_dynamic", "int8_weight_only", "int8_static")
+#: harness config key -> ONNX Runtime quantization transform parameter
+_ORT_QUANT_KEYS = {"per_channel": "per_channel", "reduce_range": "reduce_range",
+                   "weight_type": "weight_type", "quant_op_types": "op_types",
+                   "exclude_nodes": "exclude_nodes"}
+_ORT_STATIC_KEYS = {"quant_format": "quant_format", "activation_type": "activation_type",
+                    "calibration": "calibration"}
+_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                           "CPUExecutionProvider"]}
+
+
+def ort_providers(config: Mapping[str, Any]) -> list[str]:
+    """ONNX Runtime providers for a configuration: ``execution_provider``, else from ``device``."""
+    ep = config.get("execution_provider") or ("cuda" if config.get("device") == "cuda" else "cpu")
+    if ep not in _PROVIDERS:
+        raise TrialFailed(f"unknown execution_provider '{ep}' ({', '.join(_PROVIDERS)})")
+    if config.get("device", "cpu") == "cpu" and ep != "cpu":
+        raise TrialFailed(f"execution_provider '{ep}' needs device 'cuda'")
+    return list(_PROVIDERS[ep])
 
 Predict = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -86,6 +127,7 @@ class Evaluator:
         self.cache_dir = job.out_dir / "cache"
         self._workload = None
         self._reference: np.ndarray | None = None
+        self._context: Any = None
 
     # ------------------------------------------------------------------ model
     @property
@@ -112,85 +154,140 @@ class Evaluator:
             self._reference = self._run_all(predict, 256)
         return self._reference
 
+    def context(self) -> Any:
+        """The data transforms read: example inputs, the calibration split, the loss."""
+        if self._context is None:
+            from autotune.transforms.base import Context, data_digest
+
+            wl = self.workload if self._workload is None else self._workload
+            example = tuple(x[:2] for x in wl.inputs)
+            cal = tuple(wl.calibration or ())
+            self._context = Context(
+                example_inputs=example, calibration=cal, calibration_targets=wl.calibration_targets,
+                loss=wl.loss_fn, loss_name=wl.loss_name,
+                dynamic_axes=dict(self.job.model.dynamic_axes) or None,
+                digest=data_digest(*example, *cal, wl.calibration_targets) + wl.loss_name
+                + repr(sorted(self.job.model.dynamic_axes.items())),
+            )
+        return self._context
+
     def _build(self, config: Mapping[str, Any]) -> tuple[Predict, dict[str, Any]]:
+        from autotune.transforms.base import ModelRef, apply
+
         wl = self.workload if self._workload is None else self._workload
         runtime = config.get("runtime") or ("torch" if wl.module is not None else "onnxruntime")
         quant = config.get("quantization", "fp32")
         ratio = float(config.get("pruning_ratio", 0.0) or 0.0)
+        method = config.get("pruning_method", "l1_unstructured")
         scope = config.get("pruning_scope", "global")
         device = config.get("device", "cpu")
-        threads = config.get("threads")
-        if device != "cpu":
-            raise TrialFailed(f"device '{device}' is not supported by this harness yet")
-        info: dict[str, Any] = {"runtime": runtime}
-        module = wl.module
-        if ratio > 0:
-            if module is None:
-                raise TrialFailed("pruning needs a torch model (the job's model is an ONNX file)")
-            from autotune.transforms.prune import magnitude_prune, sparsity
-
-            module = magnitude_prune(module, ratio, scope=scope)
-            info["sparsity"] = sparsity(module)
-        if runtime == "torch":
+        if device not in ("cpu", "cuda"):
+            raise TrialFailed(f"unknown device '{device}' (cpu or cuda)")
+        if device == "cuda":
             import torch
 
-            if module is None:
+            if runtime == "torch" and not torch.cuda.is_available():
+                raise TrialFailed("device 'cuda' asked for, but torch sees no CUDA device")
+        if quant not in QUANTIZATIONS:
+            raise TrialFailed(f"unknown quantization '{quant}' ({', '.join(QUANTIZATIONS)})")
+        ctx = self.context()
+        cache = self.cache_dir
+        info: dict[str, Any] = {"runtime": runtime}
+        ref = (ModelRef.torch(wl.module, wl.model_id) if wl.module is not None
+               else ModelRef.onnx(wl.onnx_path, wl.model_id))
+        if ratio > 0:
+            if ref.kind != "torch":
+                raise TrialFailed("pruning needs a torch model (the job's model is an ONNX file)")
+            if method == "l1_unstructured":
+                ref = apply("prune_magnitude", ref, ctx, cache_dir=cache, ratio=ratio, scope=scope)
+            elif method == "gradient":
+                ref = apply("prune_gradient", ref, ctx, cache_dir=cache, ratio=ratio, scope=scope)
+            elif method == "structured":
+                ref = apply("prune_structured", ref, ctx, cache_dir=cache, ratio=ratio)
+            else:
+                raise TrialFailed(f"unknown pruning_method '{method}' "
+                                  "(l1_unstructured, structured or gradient)")
+        if runtime == "torch":
+            if ref.kind != "torch":
                 raise TrialFailed("the torch runtime needs a torch model, not an ONNX file")
-            if threads:
-                torch.set_num_threads(int(threads))
-            if quant == "int8_dynamic":
-                from autotune.transforms.quantize import torch_int8_dynamic
-
-                module = torch_int8_dynamic(module)
-            elif quant != "fp32":
-                raise TrialFailed(f"quantization '{quant}' is not supported on the torch runtime")
-            path = self.cache_dir / f"torch-{_digest(wl.model_id, ratio, scope, quant)}.pt"
+            if quant == "int8_static":
+                raise TrialFailed("int8_static is implemented for onnxruntime only; use "
+                                  "int8_dynamic or int8_weight_only on torch")
+            if quant != "fp32":
+                ref = apply("quantize_torch", ref, ctx, cache_dir=cache, mode=quant)
+            path = self.cache_dir / f"torch-{ref.model_id}.pt"
             if not path.exists():
+                import torch
+
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(module.state_dict(), path)
-            info["model_path"] = str(path)
-            mod = module
-
-            def predict(batch: list[np.ndarray]) -> np.ndarray:
-                with torch.inference_mode():
-                    out = mod(*[torch.from_numpy(x) for x in batch])
-                return out.numpy()
-
-            return predict, info
-        if runtime == "onnxruntime":
-            path = self._onnx_model(module, ratio, scope, quant)
-            info["model_path"] = str(path)
-            return self._ort_predictor(path, config), info
-        raise TrialFailed(f"unknown runtime '{runtime}'")
-
-    def _onnx_model(self, module: Any, ratio: float, scope: str, quant: str) -> Path:
-        wl = self.workload if self._workload is None else self._workload
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        if module is None:
-            fp32 = wl.onnx_path
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                torch.save(ref.module.state_dict(), tmp)
+                tmp.replace(path)
+            predict = self._torch_predictor(ref.module, config, info)
+        elif runtime == "onnxruntime":
+            if ref.kind == "torch":
+                ref = apply("export_onnx", ref, ctx, cache_dir=cache)
+            if quant in ("int8_dynamic", "int8_static"):
+                params = {k: config[c] for c, k in _ORT_QUANT_KEYS.items() if c in config}
+                if "exclude_nodes" in params and not params["exclude_nodes"]:
+                    params["exclude_nodes"] = "none"
+                if quant == "int8_static":
+                    params.update({k: config[c] for c, k in _ORT_STATIC_KEYS.items() if c in config})
+                    ref = apply("ort_int8_static", ref, ctx, cache_dir=cache, **params)
+                else:
+                    ref = apply("ort_int8_dynamic", ref, ctx, cache_dir=cache, **params)
+            elif quant == "fp16":
+                ref = apply("ort_fp16", ref, ctx, cache_dir=cache)
+            elif quant != "fp32":
+                raise TrialFailed(f"quantization '{quant}' is not supported on onnxruntime "
+                                  "(fp32, fp16, int8_dynamic, int8_static)")
+            path = ref.path
+            predict = self._ort_predictor(path, config, info)
         else:
-            fp32 = self.cache_dir / f"fp32-{_digest(wl.model_id, ratio, scope)}.onnx"
-            if not fp32.exists():
-                from autotune.transforms.convert import export_onnx
-
-                tmp = fp32.with_suffix(f".{os.getpid()}.tmp.onnx")
-                export_onnx(module, wl.example_inputs(), tmp)
-                tmp.replace(fp32)
-        if quant == "fp32":
-            return fp32
-        if quant == "int8_dynamic":
-            out = self.cache_dir / f"int8dyn-{_digest(wl.model_id, ratio, scope)}.onnx"
-            if not out.exists():
-                from autotune.transforms.quantize import ort_int8_dynamic
-
-                tmp = out.with_suffix(f".{os.getpid()}.tmp.onnx")
-                ort_int8_dynamic(fp32, tmp)
-                tmp.replace(out)
-            return out
-        raise TrialFailed(f"quantization '{quant}' is not supported on onnxruntime")
+            raise TrialFailed(f"unknown runtime '{runtime}'")
+        info["model_path"] = str(path)
+        info["lineage"] = [step.to_dict() for step in ref.lineage]
+        info.update({k: v for k, v in ref.info.items() if k in ("sparsity", "shrink")})
+        return predict, info
 
     @staticmethod
-    def _ort_predictor(path: Path, config: Mapping[str, Any]) -> Predict:
+    def _torch_predictor(module: Any, config: Mapping[str, Any], info: dict[str, Any]) -> Predict:
+        import copy
+
+        import torch
+
+        threads = config.get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        if config.get("inter_op_threads"):
+            try:
+                torch.set_num_interop_threads(int(config["inter_op_threads"]))
+                info["inter_op_threads_applied"] = True
+            except RuntimeError:  # only settable before the process's first parallel work
+                info["inter_op_threads_applied"] = False
+        device = config.get("device", "cpu")
+        mod = module
+        if device == "cuda":
+            mod = copy.deepcopy(module).to("cuda")  # never move a cached module in place
+        dtype = next((p.dtype for p in mod.parameters() if p.is_floating_point()), torch.float32)
+        if dtype not in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+        dev = torch.device(device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def predict(batch: list[np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                xs = [torch.from_numpy(x).to(dev) for x in batch]
+                xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
+                out = mod(*xs)
+                sync()
+                return out.float().cpu().numpy()
+
+        return predict
+
+    @staticmethod
+    def _ort_predictor(path: Path, config: Mapping[str, Any],
+                       info: dict[str, Any] | None = None) -> Predict:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -203,9 +300,24 @@ class Evaluator:
         so.graph_optimization_level = levels[config.get("graph_optimization", "all")]
         if config.get("threads"):
             so.intra_op_num_threads = int(config["threads"])
-        so.inter_op_num_threads = 1
+        mode = config.get("execution_mode", "sequential")
+        if mode not in ("sequential", "parallel"):
+            raise TrialFailed(f"unknown execution_mode '{mode}' (sequential or parallel)")
+        so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
+                             else ort.ExecutionMode.ORT_SEQUENTIAL)
+        so.inter_op_num_threads = int(config.get("inter_op_threads") or 1)
         so.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        providers = ort_providers(config)
+        available = ort.get_available_providers()
+        if providers[0] not in available:
+            raise TrialFailed(f"ONNX Runtime here has no {providers[0]} "
+                              f"(available: {', '.join(available)})")
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+        if sess.get_providers()[0] != providers[0]:  # ORT falls back silently; we do not
+            raise TrialFailed(f"{providers[0]} could not be used for this model "
+                              f"(session got {', '.join(sess.get_providers())})")
+        if info is not None:
+            info["providers"] = sess.get_providers()
         names = [i.name for i in sess.get_inputs()]
 
         def predict(batch: list[np.ndarray]) -> np.ndarray:
@@ -263,6 +375,9 @@ class Evaluator:
         details = {
             "latency": stats.to_dict(),
             "model_path": info["model_path"],
+            "lineage": info.get("lineage", []),
+            **{k: info[k] for k in ("providers", "shrink", "inter_op_threads_applied") if k in info},
+            "calibration_disjoint": bool(getattr(wl, "calibration_disjoint", True)),
             "price_per_hour": price,
             "fingerprint_digest": fp.digest(),
             "elapsed_s": time.perf_counter() - t0,

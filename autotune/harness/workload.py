@@ -27,6 +27,13 @@ class Workload:
     targets: np.ndarray | None
     quality_fn: Callable[[np.ndarray, np.ndarray], float]
     model_id: str  # content hash of the unmodified model, keys the transform cache
+    #: calibration split (static quantization, gradient pruning), disjoint from ``inputs`` when
+    #: the data allows (see :func:`split_calibration`)
+    calibration: list[np.ndarray] | None = None
+    calibration_targets: np.ndarray | None = None
+    calibration_disjoint: bool = True
+    loss_fn: Callable[[Any, Any], Any] | None = None
+    loss_name: str = ""
 
     @property
     def n_samples(self) -> int:
@@ -114,18 +121,26 @@ def load_workload(job: Job) -> Workload:
             )
         inputs = _as_list(data[0])
         targets = None if data[1] is None else _as_list(data[1])[0]
+        inputs, targets, cal, cal_t, disjoint = split_calibration(
+            inputs, targets, ev.max_samples, ev.calibration_samples)
     elif example is not None:
         rng = np.random.default_rng(0)
-        inputs = [rng.standard_normal((ev.max_samples, *x.shape[1:])).astype(x.dtype)
-                  if np.issubdtype(x.dtype, np.floating) else np.repeat(x[:1], ev.max_samples, 0)
+        total = ev.max_samples + ev.calibration_samples
+        inputs = [rng.standard_normal((total, *x.shape[1:])).astype(x.dtype)
+                  if np.issubdtype(x.dtype, np.floating) else np.repeat(x[:1], total, 0)
                   for x in example]
+        inputs, targets, cal, cal_t, disjoint = split_calibration(
+            inputs, None, ev.max_samples, ev.calibration_samples)
     else:
         raise SpecError("an ONNX model with a fidelity metric needs evaluation.dataset for inputs.",
                         path="evaluation.dataset")
-    n = min(ev.max_samples, int(inputs[0].shape[0]))
-    inputs = [x[:n] for x in inputs]
-    if targets is not None:
-        targets = targets[:n]
+    loss_fn, loss_name = None, ""
+    if ev.loss:
+        loss_fn = resolve(ev.loss, search_paths=search, field="evaluation.loss")
+        loss_name = ev.loss
+    elif ev.metric == "accuracy":
+        loss_fn = lambda out, t: torch.nn.functional.cross_entropy(out, t.long())  # noqa: E731
+        loss_name = "cross_entropy"
 
     if ev.metric == "accuracy":
         if targets is None:
@@ -135,4 +150,30 @@ def load_workload(job: Job) -> Workload:
         quality_fn = lambda out, t: 0.0  # noqa: E731 - replaced once the baseline has run
     else:
         quality_fn = resolve(ev.metric, search_paths=search, field="evaluation.metric")
-    return Workload(module, onnx_path, inputs, targets, quality_fn, model_id)
+    return Workload(module, onnx_path, inputs, targets, quality_fn, model_id, cal, cal_t,
+                    disjoint, loss_fn, loss_name)
+
+
+def split_calibration(inputs: list[np.ndarray], targets: np.ndarray | None, max_samples: int,
+                      calibration_samples: int) -> tuple[Any, Any, Any, Any, bool]:
+    """(eval inputs, eval targets, calibration inputs, calibration targets, disjoint).
+
+    With at least ``max_samples + calibration_samples`` items, evaluation takes the first
+    ``max_samples`` and calibration the next ones.  With fewer, calibration takes the last
+    ``calibration_samples`` and evaluation the rest, as long as evaluation keeps at least half of
+    the data; otherwise (tiny datasets) calibration reuses the first evaluation items and
+    ``disjoint`` is False.
+    """
+    total = int(inputs[0].shape[0])
+    n_cal = min(calibration_samples, total)
+    if total >= max_samples + n_cal:
+        n, cal = max_samples, slice(max_samples, max_samples + n_cal)
+    elif total - n_cal >= total / 2:
+        n, cal = total - n_cal, slice(total - n_cal, total)
+    else:
+        n, cal = min(max_samples, total), slice(0, n_cal)
+    disjoint = cal.start >= n
+    ev = [x[:n] for x in inputs]
+    cx = [x[cal] for x in inputs]
+    return (ev, None if targets is None else targets[:n], cx,
+            None if targets is None else targets[cal], disjoint)

@@ -1,24 +1,55 @@
-"""torch → ONNX conversion with a dynamic batch axis."""
+"""torch → ONNX conversion with dynamic batch (and sequence) axes.
+
+Axis 0 of every input is the dynamic batch.  Integer inputs of rank ≥ 2 (token ids, masks) get a
+dynamic sequence axis 1 as well.  Other axes can be declared per input (``model.dynamic_axes`` in
+the job: ``{input_0: {1: seq}}``, inputs named ``input_<i>`` or by index); the same name on two
+inputs means the same size.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from autotune.transforms.base import Categorical, Context, ModelRef, TParam, Transform
+
+
+def default_axes(example_inputs: Sequence[Any],
+                 declared: Mapping[Any, Mapping[Any, str]] | None = None) -> list[dict[int, str]]:
+    """The dynamic axes of each input: batch, sequence for integer token inputs, declared ones."""
+    axes: list[dict[int, str]] = []
+    for i, x in enumerate(example_inputs):
+        a: dict[int, str] = {0: "batch"}
+        is_int = not torch.is_floating_point(x) and not torch.is_complex(x) and x.dtype != torch.bool
+        if x.dim() >= 2 and is_int:
+            a[1] = "sequence"
+        for key in (i, str(i), f"input_{i}"):
+            for ax, name in (declared or {}).get(key, {}).items():  # type: ignore[call-overload]
+                a[int(ax)] = str(name)
+        axes.append(a)
+    return axes
+
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path,
-                *, opset: int | None = None) -> Path:
-    """Export with torch's (dynamo) exporter; the first axis of every input is dynamic."""
+                *, opset: int | None = None,
+                dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None) -> Path:
+    """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = [f"input_{i}" for i in range(len(example_inputs))]
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+    axes = default_axes(example_inputs, dynamic_axes)
+    dims: dict[str, Any] = {}
+    dynamic_shapes = tuple(
+        {ax: dims.setdefault(name, torch.export.Dim(name, min=1, max=65536))
+         for ax, name in a.items()}
+        for a in axes
+    )
     kwargs = {"opset_version": opset} if opset else {}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -27,3 +58,27 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
             output_names=["output"], dynamic_shapes=dynamic_shapes, external_data=False, **kwargs,
         )
     return path
+
+
+class ExportOnnx(Transform):
+    """torch module → ONNX file; reads the example inputs (and declared axes) of the context."""
+
+    name = "export_onnx"
+    takes = "torch"
+    gives = "onnx"
+    reads_data = True
+    params: ClassVar[dict[str, TParam]] = {
+        "opset": TParam(None, Categorical([None, 18, 20]), "ONNX opset (None: exporter's)",
+                        lambda v: v is None or (isinstance(v, int) and v >= 7),
+                        "None or an opset number >= 7"),
+    }
+
+    def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
+                  out: Path | None) -> tuple[Any, Mapping[str, Any]]:
+        assert out is not None
+        if not context.example_inputs:
+            raise ValueError("exporting to ONNX needs example inputs in the context")
+        example = [torch.from_numpy(x) for x in context.example_inputs]
+        export_onnx(model.module, example, out, opset=params["opset"],
+                    dynamic_axes=context.dynamic_axes)
+        return out, {"dynamic_axes": [dict(a) for a in default_axes(example, context.dynamic_axes)]}

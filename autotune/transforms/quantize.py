@@ -1,53 +1,319 @@
-"""Quantization transforms for torch (torchao) and ONNX Runtime."""
+"""Quantization transforms for torch (torchao, dtype casts) and ONNX Runtime.
+
+torch (``quantize_torch``):
+  ``int8_dynamic`` (int8 weights, activations quantized per call; torchao
+  ``Int8DynamicActivationInt8WeightConfig``), ``int8_weight_only`` (torchao
+  ``Int8WeightOnlyConfig``), ``fp16`` / ``bf16`` (the module's floating-point tensors cast).
+  ``torch.ao.quantization`` is deprecated; torchao's ``quantize_`` is the current path.
+
+ONNX Runtime:
+  ``ort_int8_dynamic`` — weights int8 offline, activations quantized at run time;
+  ``ort_int8_static`` — weights and activations quantized offline with scales calibrated on the
+  job's calibration split (``minmax`` | ``entropy`` | ``percentile``), as QDQ pairs or QOperator
+  (``QLinear*``) nodes;
+  ``ort_fp16`` — float initializers and compute in float16, float32 inputs and outputs kept.
+  Both int8 transforms take: ``per_channel``, ``reduce_range`` (7-bit weights, for CPUs without
+  VNNI), ``weight_type`` (int8 | uint8), ``op_types`` ("all" or a comma list such as
+  "MatMul,Gemm") and ``exclude_nodes`` (mixed precision: "none", "first", "last", "first_last"
+  — the first/last quantizable node of the graph — or a comma list of node names).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 from torch import nn
 
-from autotune.errors import DependencyError
+from autotune.errors import DependencyError, TrialFailed
+from autotune.transforms.base import Categorical, Context, ModelRef, TParam, Transform, one_of
+
+# ------------------------------------------------------------------------ torch
+TORCH_MODES = ("int8_dynamic", "int8_weight_only", "fp16", "bf16")
 
 
-def torch_int8_dynamic(model: nn.Module) -> nn.Module:
-    """int8 weights and dynamically quantized int8 activations for Linear layers (torchao).
-
-    ``torch.ao.quantization`` is deprecated; torchao's ``quantize_`` is the current path.
-    """
+def _torchao() -> Any:
     try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao import quantization
     except ImportError as exc:  # pragma: no cover - torchao is a dependency
         raise DependencyError("int8 quantization on the torch runtime needs torchao: "
                               "pip install torchao") from exc
+    return quantization
+
+
+def torch_int8_dynamic(model: nn.Module) -> nn.Module:
+    """int8 weights and dynamically quantized int8 activations for Linear layers (torchao)."""
+    return torch_quantize(model, "int8_dynamic")
+
+
+def torch_quantize(model: nn.Module, mode: str) -> nn.Module:
+    """A quantized (or cast) copy of ``model``; see the module docstring for the modes."""
+    import torch
+
+    if mode not in TORCH_MODES:
+        raise ValueError(f"The 'mode' parameter of torch_quantize must be one of "
+                         f"{', '.join(TORCH_MODES)}. Got {mode!r} instead.")
     out = copy.deepcopy(model)
-    quantize_(out, Int8DynamicActivationInt8WeightConfig())
+    if mode in ("fp16", "bf16"):
+        return out.to({"fp16": torch.float16, "bf16": torch.bfloat16}[mode])
+    q = _torchao()
+    config = (q.Int8DynamicActivationInt8WeightConfig() if mode == "int8_dynamic"
+              else q.Int8WeightOnlyConfig())
+    q.quantize_(out, config)
     return out
 
 
-def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
-                     reduce_range: bool = False) -> Path:
-    """ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time."""
-    import logging
+class TorchQuantize(Transform):
+    name = "quantize_torch"
+    takes = gives = "torch"
+    params: ClassVar[dict[str, TParam]] = {"mode": TParam("int8_dynamic", Categorical(list(TORCH_MODES)),
+                             "int8 (dynamic or weight-only, torchao) or a float16/bfloat16 cast",
+                             one_of(*TORCH_MODES), f"one of {', '.join(TORCH_MODES)}")}
 
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
+                  out: Path | None) -> tuple[Any, Mapping[str, Any]]:
+        return torch_quantize(model.module, params["mode"]), {"precision": params["mode"]}
 
-    # The exporter's value_info describes initializers in their pre-quantization layout; the
-    # quantizer rewrites them (e.g. transposed Gemm weights) and shape inference then clashes.
-    model = onnx.load(str(src))
-    del model.graph.value_info[:]
-    staged = dst.with_suffix(".stage.onnx")
-    onnx.save(model, str(staged))
+
+# ------------------------------------------------------------------------ ONNX Runtime
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "consider pre-processing" is advice, not a problem
     try:
-        quantize_dynamic(
-            str(staged), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-            reduce_range=reduce_range,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            yield
     finally:
         root.setLevel(level)
+
+
+def _staged(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` without value_info: the exporter's value_info describes initializers in
+    their pre-quantization layout; the quantizer rewrites them (e.g. transposed Gemm weights) and
+    shape inference then clashes."""
+    import onnx
+
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    staged = dst.with_suffix(".stage.onnx")
+    onnx.save(model, str(staged))
+    return staged
+
+
+DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv")
+
+
+def _op_types(spec: str) -> list[str] | None:
+    if spec in ("", "all"):
+        return None
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def resolve_exclude(path: Path, spec: str, op_types: list[str] | None, *,
+                    dynamic: bool = False) -> list[str]:
+    """Node names for an ``exclude_nodes`` value (tokens first/last/first_last, or names).
+
+    ``dynamic``: ONNX Runtime's dynamic quantizer first rewrites each Gemm ``g`` as MatMul
+    ``g_MatMul`` + Add, so those names are excluded too."""
+    import onnx
+
+    if spec in ("", "none"):
+        return []
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    kinds = op_types or list(DEFAULT_OP_TYPES)
+    cands = [n.name for n in model.graph.node
+             if n.op_type in kinds and any(i in inits for i in n.input)]
+    if spec in ("first", "last", "first_last"):
+        if not cands:
+            return []
+        names = {"first": cands[:1], "last": cands[-1:], "first_last": [cands[0], cands[-1]]}[spec]
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+        all_names = {n.name for n in model.graph.node}
+        missing = [n for n in names if n not in all_names]
+        if missing:
+            raise TrialFailed(f"exclude_nodes: no node named {missing[0]!r} in the model; "
+                              f"quantizable nodes: {', '.join(cands)}")
+    if dynamic:
+        gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+        names = names + [f"{n}_MatMul" for n in names if n in gemms]
+    return names
+
+
+def _qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+
+
+def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
+                     reduce_range: bool = False, weight_type: str = "int8",
+                     op_types: str = "all", exclude_nodes: str = "none") -> Path:
+    """ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    staged = _staged(src, dst)
+    ops = _op_types(op_types)
+    try:
+        with _quiet():
+            quantize_dynamic(
+                str(staged), str(dst), weight_type=_qtype(weight_type), per_channel=per_channel,
+                reduce_range=reduce_range, op_types_to_quantize=ops,
+                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops, dynamic=True),
+            )
+    finally:
         staged.unlink(missing_ok=True)
     return dst
+
+
+class _Reader:
+    """Feeds the calibration split to ONNX Runtime's calibrator in batches."""
+
+    def __init__(self, names: list[str], inputs: tuple[Any, ...], batch: int = 32) -> None:
+        n = int(inputs[0].shape[0])
+        self._batches = iter([dict(zip(names, [x[s:s + batch] for x in inputs], strict=True))
+                              for s in range(0, n, batch)])
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:  # pragma: no cover - only used by some calibrators
+        pass
+
+
+CALIBRATION = ("minmax", "entropy", "percentile")
+
+
+def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *,
+                    quant_format: str = "qdq", calibration: str = "minmax",
+                    per_channel: bool = False, reduce_range: bool = False,
+                    weight_type: str = "int8", activation_type: str = "uint8",
+                    op_types: str = "all", exclude_nodes: str = "none") -> Path:
+    """ONNX Runtime static quantization with scales calibrated on ``calibration_inputs``."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if not calibration_inputs:
+        raise TrialFailed("static quantization needs calibration inputs")
+    staged = _staged(src, dst)
+    ops = _op_types(op_types)
+    try:
+        sess = ort.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        del sess
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[calibration]
+        fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
+        # Calibrate here rather than inside quantize_static, which cannot pass the histogram
+        # size: ONNX Runtime's entropy default (128 bins = 128 quantized bins) leaves the KL
+        # search one candidate, i.e. exactly minmax.  2048 bins is TensorRT's choice.
+        options: dict[str, Any] = {"symmetric": False}
+        if calibration == "entropy":
+            options.update(num_bins=2048, num_quantized_bins=128)
+        ranges = dst.with_suffix(".ranges.json")
+        with _quiet(), tempfile.TemporaryDirectory(prefix="autotune-calib-") as tmpdir:
+            calibrator = create_calibrator(
+                staged, ops, augmented_model_path=str(Path(tmpdir) / "augmented.onnx"),
+                calibrate_method=method, extra_options=options,
+            )
+            calibrator.collect_data(_Reader(names, calibration_inputs))
+            save_tensors_data(calibrator.compute_data(), ranges)
+            del calibrator
+            quantize_static(
+                str(staged), str(dst), None, calibration_cache_path=str(ranges),
+                quant_format=fmt, op_types_to_quantize=ops, per_channel=per_channel,
+                reduce_range=reduce_range, activation_type=_qtype(activation_type),
+                weight_type=_qtype(weight_type),
+                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops),
+                calibrate_method=method,
+            )
+    finally:
+        staged.unlink(missing_ok=True)
+        dst.with_suffix(".ranges.json").unlink(missing_ok=True)
+    return dst
+
+
+def ort_float16(src: Path, dst: Path) -> Path:
+    """float16 initializers and compute; float32 inputs and outputs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    with _quiet():
+        half = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(half, str(dst))
+    return dst
+
+
+_BOOL = (lambda v: isinstance(v, bool)), "true or false"
+_COMMON = {
+    "per_channel": TParam(False, Categorical([False, True]), "one scale per output channel",
+                          *_BOOL),
+    "reduce_range": TParam(False, Categorical([False, True]),
+                           "7-bit weights (avoids overflow on CPUs without VNNI)", *_BOOL),
+    "weight_type": TParam("int8", Categorical(["int8", "uint8"]), "weight integer type",
+                          one_of("int8", "uint8"), "'int8' or 'uint8'"),
+    "op_types": TParam("all", Categorical(["all", "MatMul,Gemm"]), "op types to quantize",
+                       lambda v: isinstance(v, str), "'all' or a comma-separated op list"),
+    "exclude_nodes": TParam("none", Categorical(["none", "first", "last", "first_last"]),
+                            "nodes left in float (mixed precision)",
+                            lambda v: isinstance(v, str),
+                            "none|first|last|first_last or comma-separated node names"),
+}
+
+
+class OrtInt8Dynamic(Transform):
+    name = "ort_int8_dynamic"
+    takes = gives = "onnx"
+    params: ClassVar[dict[str, TParam]] = dict(_COMMON)
+
+    def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
+                  out: Path | None) -> tuple[Any, Mapping[str, Any]]:
+        assert out is not None
+        return ort_int8_dynamic(model.path, out, **params), {"precision": "int8_dynamic"}
+
+
+class OrtInt8Static(Transform):
+    name = "ort_int8_static"
+    takes = gives = "onnx"
+    reads_data = True
+    params: ClassVar[dict[str, TParam]] = {
+        "quant_format": TParam("qdq", Categorical(["qdq", "qoperator"]),
+                               "QuantizeLinear/DequantizeLinear pairs or QLinear* operators",
+                               one_of("qdq", "qoperator"), "'qdq' or 'qoperator'"),
+        "calibration": TParam("minmax", Categorical(list(CALIBRATION)),
+                              "how activation ranges are calibrated", one_of(*CALIBRATION),
+                              "minmax, entropy or percentile"),
+        "activation_type": TParam("uint8", Categorical(["uint8", "int8"]),
+                                  "activation integer type", one_of("int8", "uint8"),
+                                  "'int8' or 'uint8'"),
+        **_COMMON,
+    }
+
+    def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
+                  out: Path | None) -> tuple[Any, Mapping[str, Any]]:
+        assert out is not None
+        if not context.calibration:
+            raise TrialFailed("int8_static needs calibration inputs from the job's data")
+        return (ort_int8_static(model.path, out, context.calibration, **params),
+                {"precision": "int8_static"})
+
+
+class OrtFloat16(Transform):
+    name = "ort_fp16"
+    takes = gives = "onnx"
+
+    def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
+                  out: Path | None) -> tuple[Any, Mapping[str, Any]]:
+        assert out is not None
+        return ort_float16(model.path, out), {"precision": "fp16"}
