@@ -200,6 +200,23 @@ def status(job_file: str) -> None:
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def sync(job_file: str) -> None:
+    """Write the trials MLflow is missing (e.g. after the server was down) from the study."""
+    from autotune.tracking import sync_job
+
+    try:
+        job = _load(job_file)
+        n, error = sync_job(job)
+    except AutotuneError as exc:
+        _fail(exc)
+    if error:
+        click.echo(f"error: MLflow at {job.tracking_uri} is unavailable ({error}); nothing was "
+                   "written, the study still holds every trial.", err=True)
+        sys.exit(1)
+    click.echo(f"synced job '{job.name}' to {job.tracking_uri}: {n} new trial run(s)")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
