@@ -218,5 +218,21 @@ def sync(job_file: str) -> None:
     click.echo(f"synced job '{job.name}' to {job.tracking_uri}: {n} new trial run(s)")
 
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the HTML file (default: <output dir>/report.html).")
+def report(job_file: str, out: str | None) -> None:
+    """Write a self-contained HTML report of the job's study (works offline)."""
+    from autotune.report import build_report
+
+    try:
+        job = _load(job_file)
+        path = build_report(job, out)
+    except AutotuneError as exc:
+        _fail(exc)
+    click.echo(f"report written to {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

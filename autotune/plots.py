@@ -227,7 +227,8 @@ def plot_hypervolume_history(info: HypervolumeHistoryInfo) -> Any:
                                                       strict=True))
     fig = go.Figure(go.Scatter(x=list(info.numbers), y=list(info.values), mode="lines+markers",
                                line=dict(shape="hv", color=FEASIBLE_COLOR), name="hypervolume"))
-    fig.update_layout(title=f"Hypervolume over trials (reference: {ref})", xaxis_title="trial",
+    fig.update_layout(title=f"Hypervolume over trials<br><sup>reference point: {ref}</sup>",
+                      xaxis_title="trial",
                       yaxis_title="hypervolume", template="plotly_white")
     return fig
 
