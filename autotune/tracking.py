@@ -353,9 +353,9 @@ def sync_job(job: Job) -> tuple[int, str | None]:
     """Write to MLflow what the study has and MLflow lacks (``autotune sync``): the parent run,
     missing nested runs, missing hypervolume steps, rank tags and the artifacts.  Returns the
     number of nested runs written and the tracking error, if MLflow was unreachable."""
-    from autotune.tuner import open_record
+    from autotune.review import open_existing
 
-    record = open_record(job, create=False)
+    record = open_existing(job)
     tracker = Tracker(job, record)
     views = record.trials()
     tracker.start(record.attr("fingerprint"), record.baseline)
