@@ -73,7 +73,8 @@ class Tracker:
         return self._client
 
     def _reachable(self) -> bool:
-        """For an HTTP server, a quick TCP connect (the MLflow client would retry for minutes)."""
+        """For an HTTP server, a quick TCP connect (the MLflow client itself would retry for
+        minutes); always True for a local store."""
         from urllib.parse import urlparse
 
         u = urlparse(self.uri)
@@ -92,7 +93,7 @@ class Tracker:
     def _safe(self, what: str, fn: Any, *args: Any) -> Any:
         if not self.enabled or self._down:
             return None
-        if self._client is None and not self._reachable():
+        if not self._reachable():  # a TCP connect per call: bounds the wait on a dead server
             self._down = True
             log.warning("MLflow unavailable (%s); trials stay in the study and will be synced "
                         "later with 'autotune sync'.", self.last_error)

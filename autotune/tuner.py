@@ -143,6 +143,9 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     if done >= budget:
         views = record.trials()
         progress.on_message(f"the job is already finished: {done} of {budget} trials done")
+        tracker.start(record.attr("fingerprint"), record.baseline)
+        if tracker.sync(views):  # MLflow missed trials (it was down): catch up now
+            tracker.finish(views)
         return _summary(job, record, views, 0, t_start, finished=True,
                         tracking_error=tracker.last_error)
 

@@ -193,3 +193,9 @@ def test_server_down_then_sync_writes_each_run_once(mlflow_server, tiny_job):
     parents2, nested2 = _runs(mlflow_server, "autotune-tiny-down")
     assert len(parents2) == 1 and len(nested2) == 2
     assert len(client.get_metric_history(parents[0].info.run_id, "hypervolume")) == 2
+
+    # running the finished job again (it catches up on MLflow first) writes nothing twice either
+    again = run_job(load_job(path))
+    assert again.new_trials == 0 and again.tracking_error is None
+    parents3, nested3 = _runs(mlflow_server, "autotune-tiny-down")
+    assert len(parents3) == 1 and sorted(int(r.data.tags[TRIAL_TAG]) for r in nested3) == [0, 1]
