@@ -119,17 +119,32 @@ def plot_pareto_front(info: ParetoFrontInfo) -> Any:
         else:
             fig.add_trace(go.Scatter3d(x=coords[0], y=coords[1], z=coords[2], mode="markers",
                                        marker=dict(color=color, size=size / 2), **common))
+    axis_types = [log_axis([p.values[j] for p in info.points]) for j in range(m)]
     knee = next((p for p in info.points if p.number == info.knee), None)
     title = "Pareto front" + (f" (knee: trial {info.knee})" if knee else "")
     if m == 2:
         if knee is not None:
-            fig.add_annotation(x=knee.values[0], y=knee.values[1], text="knee", showarrow=True)
-        fig.update_layout(xaxis_title=labels[0], yaxis_title=labels[1])
+            ax, ay = (math.log10(v) if t == "log" else v  # annotations use log10 on log axes
+                      for v, t in zip(knee.values, axis_types, strict=True))
+            fig.add_annotation(x=ax, y=ay, text="knee", showarrow=True)
+        fig.update_layout(xaxis=dict(title=labels[0], type=axis_types[0]),
+                          yaxis=dict(title=labels[1], type=axis_types[1]))
     else:
-        fig.update_layout(scene=dict(xaxis_title=labels[0], yaxis_title=labels[1],
-                                     zaxis_title=labels[2]))
+        fig.update_layout(scene=dict(
+            xaxis=dict(title=labels[0], type=axis_types[0]),
+            yaxis=dict(title=labels[1], type=axis_types[1]),
+            zaxis=dict(title=labels[2], type=axis_types[2])))
     fig.update_layout(title=title, template="plotly_white", legend=dict(orientation="h"))
     return fig
+
+
+def log_axis(values: Sequence[float], ratio: float = 50.0) -> str:
+    """``"log"`` when every value is positive and they span more than ``ratio``× (latencies at
+    different batch sizes do), else ``"linear"``."""
+    vals = [v for v in values if math.isfinite(v)]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > ratio:
+        return "log"
+    return "linear"
 
 
 # ------------------------------------------------------------------------ parallel coordinates

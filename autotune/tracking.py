@@ -117,7 +117,11 @@ class Tracker:
         artifacts = None
         if self.uri.startswith("sqlite:") or "://" not in self.uri:
             artifacts = (self.job.out_dir / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(self.experiment_name, artifact_location=artifacts)
+        # the kind makes MLflow 3's UI open the runs table (not the GenAI traces overview)
+        return self.client.create_experiment(
+            self.experiment_name, artifact_location=artifacts,
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
 
     def parent_run_id(self) -> str:
         if self._parent:

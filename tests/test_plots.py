@@ -172,3 +172,14 @@ def test_reference_point_rule():
     ref = compute_reference(OBJ2, {"latency_p95_ms": 2.0}, [view(0, 1.0, 0.5), view(1, 3.0, 0.7)])
     assert ref == pytest.approx([3.2, 0.48])
     assert compute_reference(OBJ2, None, []) is None
+
+
+def test_latency_spanning_decades_gets_a_log_axis():
+    from autotune.plots import log_axis
+
+    assert log_axis([0.02, 0.05, 170.0]) == "log"
+    assert log_axis([1.0, 2.0, 30.0]) == "linear"
+    assert log_axis([0.0, 1.0, 1000.0]) == "linear"  # zero cannot go on a log axis
+    views = [view(0, 0.02, 0.9), view(1, 170.0, 0.95), view(2, 5.0, 0.5)]
+    fig = plot_pareto_front(_get_pareto_front_info(views, OBJ2))
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "linear"
