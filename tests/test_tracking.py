@@ -67,7 +67,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     finally:
         os.killpg(proc.pid, 15)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         log.close()
@@ -128,6 +128,8 @@ def test_run_logs_parent_nested_runs_and_artifacts(mlflow_server, tiny_job, tmp_
     client = _client(mlflow_server)
     hv = client.get_metric_history(parent.info.run_id, "hypervolume")
     assert sorted(m.step for m in hv) == [v.number for v in views]
+    exp = client.get_experiment_by_name("autotune-tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     values = [m.value for m in sorted(hv, key=lambda m: m.step)]
     assert values == sorted(values)  # never decreases
     record = open_record(job, create=False)
