@@ -259,7 +259,8 @@ class Tracker:
         ranks = self._ranks_of(views)
         n = 0
         for v in views:
-            if v.state != "running" and v.number not in done:
+            # like the loop: measured trials only (invalid proposals were never run)
+            if v.state in ("complete", "failed") and v.number not in done:
                 self.log_trial(v, rank=ranks.get(v.number))
                 n += 1 if not self._down else 0
         self._safe("hypervolume", self._log_hypervolume, views)

@@ -201,3 +201,44 @@ def test_server_down_then_sync_writes_each_run_once(mlflow_server, tiny_job):
     assert again.new_trials == 0 and again.tracking_error is None
     parents3, nested3 = _runs(mlflow_server, "autotune-tiny-down")
     assert len(parents3) == 1 and sorted(int(r.data.tags[TRIAL_TAG]) for r in nested3) == [0, 1]
+
+
+def test_sync_writes_measured_trials_once_and_keeps_rank_tags_current(tiny_job):
+    """Local SQLite store, study written by hand: invalid proposals get no run, a trial that
+    pushes another off the front changes that run's rank tag."""
+    from autotune.tracking import Tracker
+
+    job = load_job(tiny_job(10))
+    record = open_record(job)
+    record.set_attr("baseline", {"latency_p95_ms": 4.0, "accuracy": 0.9, "quality": 0.9})
+    space = job.space
+    cfg = {"runtime": "torch", "quantization": "fp32", "pruning_ratio": 0.0, "batch_size": 1,
+           "threads": 1}
+
+    def complete(lat: float, acc: float, **change) -> None:
+        n = record.start({**cfg, **change}, space, agent="tpe")
+        record.complete(n, {"latency_p95_ms": lat, "accuracy": acc, "quality": acc,
+                            "accuracy_drop": 0.9 - acc})
+
+    complete(3.0, 0.89)
+    n = record.start({**cfg, "batch_size": 8}, space, agent="tpe")
+    record.fail(n, "invalid combination: test", invalid=True)
+    n = record.start({**cfg, "pruning_ratio": 0.3}, space, agent="tpe")
+    record.fail(n, "child process crashed")
+    tracker = Tracker(job, record)
+    assert tracker.sync(record.trials()) == 2
+    tracker.finish(record.trials())
+    runs = {int(r.data.tags[TRIAL_TAG]): r for r in tracker.nested_runs()}
+    assert set(runs) == {0, 2}
+    assert runs[0].data.tags["pareto_rank"] == "0" and runs[2].data.tags["pareto_rank"] == "-"
+    assert runs[2].data.tags["state"] == "failed"
+    assert runs[2].data.tags["fail_reason"] == "child process crashed"
+
+    complete(2.0, 0.895, quantization="int8_dynamic")  # dominates trial 0
+    assert tracker.sync(record.trials()) == 1
+    assert tracker.sync(record.trials()) == 0
+    tracker.finish(record.trials())
+    runs = {int(r.data.tags[TRIAL_TAG]): r for r in tracker.nested_runs()}
+    assert runs[0].data.tags["pareto_rank"] == "1" and runs[3].data.tags["pareto_rank"] == "0"
+    hv = tracker.client.get_metric_history(tracker.parent_run_id(), "hypervolume")
+    assert sorted(m.step for m in hv) == [0, 2, 3]
