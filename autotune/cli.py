@@ -200,6 +200,39 @@ def status(job_file: str) -> None:
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def sync(job_file: str) -> None:
+    """Write the trials MLflow is missing (e.g. after the server was down) from the study."""
+    from autotune.tracking import sync_job
+
+    try:
+        job = _load(job_file)
+        n, error = sync_job(job)
+    except AutotuneError as exc:
+        _fail(exc)
+    if error:
+        click.echo(f"error: MLflow at {job.tracking_uri} is unavailable ({error}); nothing was "
+                   "written, the study still holds every trial.", err=True)
+        sys.exit(1)
+    click.echo(f"synced job '{job.name}' to {job.tracking_uri}: {n} new trial run(s)")
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the HTML file (default: <output dir>/report.html).")
+def report(job_file: str, out: str | None) -> None:
+    """Write a self-contained HTML report of the job's study (works offline)."""
+    from autotune.report import build_report
+
+    try:
+        job = _load(job_file)
+        path = build_report(job, out)
+    except AutotuneError as exc:
+        _fail(exc)
+    click.echo(f"report written to {path}")
+
 
 @main.command("export")
 @click.argument("job_file", type=click.Path(dir_okay=False))

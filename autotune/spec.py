@@ -152,6 +152,26 @@ class TrackingSpec(_Strict):
     enabled: bool = True
 
 
+class ReportSpec(_Strict):
+    """What ``autotune report`` highlights: selection rules (see :func:`autotune.pareto.parse_rule`)
+    and, optionally, the hypervolume reference point (one value per objective)."""
+
+    rules: list[str] = Field(default_factory=list)
+    reference: dict[str, float] | None = None
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, v: list[str]) -> list[str]:
+        from autotune.pareto import parse_rule
+
+        for text in v:
+            try:
+                parse_rule(text)
+            except SpecError as exc:  # as ValueError, so the error keeps the file and line
+                raise ValueError(exc.reason.rstrip(".")) from None
+        return v
+
+
 class Job(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
     description: str = ""
@@ -165,6 +185,7 @@ class Job(_Strict):
     measurement: MeasurementSpec = Field(default_factory=MeasurementSpec)
     storage: str | None = None
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
     output_dir: str | None = None
     # Filled by the loader, not by users:
     source: str = Field(default="<memory>", exclude=True)

@@ -1,10 +1,21 @@
 """MLflow as the review surface, written from the study.
 
-One parent run per job, one nested run per trial (params = configuration, metrics =
-measurements, tags = state, reason, feasibility, agent), the feasible Pareto front as a CSV
-artifact on the parent.  MLflow is never the record: if it is unreachable the tuning goes on, and
-:meth:`Tracker.sync` writes the missing runs later from the study (nested runs carry the trial
-number as a tag, so nothing is written twice).
+* Parent run per job: the job spec (params + ``job.yaml``), the hardware fingerprint
+  (``hardware.json`` + ``hardware.*`` tags), autotune and library versions (``autotune.version``
+  param/tag, ``lib.*`` tags), the baseline's measurements (``baseline.*`` metrics) and
+  ``hypervolume`` with the trial number as step (reference point: :mod:`autotune.review`).
+* Nested run per trial: params = configuration, metrics = every measurement (with spread and n),
+  tags = ``state``, ``fail_reason``, ``feasible``, ``agent``, ``pareto_rank`` (``-`` when not
+  ranked: failed or infeasible).  Ranks change as trials arrive, so :meth:`Tracker.finish`
+  rewrites the rank tags that changed.
+* Parent artifacts (:meth:`Tracker.finish`): ``trials.csv``, ``trials.parquet``,
+  ``pareto_front.csv`` and ``plots/*.html`` (interactive plotly, self-contained).
+
+MLflow is never the record: if it is unreachable the tuning goes on (after the first failure the
+tracker stays quiet for the rest of the run), and :meth:`Tracker.sync` writes the missing runs
+later from the study (``autotune sync``, and at the start of every run).  Nested runs carry the
+trial number as a tag, so nothing is written twice; a nested run left half-written (still
+RUNNING) by a connection lost mid-write is deleted and written again.
 """
 
 from __future__ import annotations
@@ -47,6 +58,8 @@ class Tracker:
         self._client: Any = None
         self._parent: str | None = None
         self.last_error: str | None = None
+        self._down = False
+        self._ranks: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -62,8 +75,31 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    def _reachable(self) -> bool:
+        """For an HTTP server, a quick TCP connect (the MLflow client itself would retry for
+        minutes); always True for a local store."""
+        from urllib.parse import urlparse
+
+        u = urlparse(self.uri)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            return True
+        import socket
+
+        port = u.port or (443 if u.scheme == "https" else 80)
+        try:
+            with socket.create_connection((u.hostname, port), timeout=3):
+                return True
+        except OSError as exc:
+            self.last_error = f"cannot connect to {self.uri}: {exc}"
+            return False
+
     def _safe(self, what: str, fn: Any, *args: Any) -> Any:
-        if not self.enabled:
+        if not self.enabled or self._down:
+            return None
+        if not self._reachable():  # a TCP connect per call: bounds the wait on a dead server
+            self._down = True
+            log.warning("MLflow unavailable (%s); trials stay in the study and will be synced "
+                        "later with 'autotune sync'.", self.last_error)
             return None
         try:
             with warnings.catch_warnings():
@@ -74,6 +110,7 @@ class Tracker:
             log.warning("MLflow unavailable (%s); trials stay in the study and will be synced "
                         "later with 'autotune sync'.", self.last_error)
             self._parent = None
+            self._down = True  # do not wait on a dead server again in this run
             return None
 
     def _experiment_id(self) -> str:
@@ -83,7 +120,11 @@ class Tracker:
         artifacts = None
         if self.uri.startswith("sqlite:") or "://" not in self.uri:
             artifacts = (self.job.out_dir / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(self.experiment_name, artifact_location=artifacts)
+        # the kind makes MLflow 3's UI open the runs table (not the GenAI traces overview)
+        return self.client.create_experiment(
+            self.experiment_name, artifact_location=artifacts,
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
 
     def parent_run_id(self) -> str:
         if self._parent:
@@ -105,7 +146,10 @@ class Tracker:
         spec = dump_job(self.job)
         from mlflow.entities import Param
 
+        import autotune
+
         params = [Param(k, v) for k, v in _flatten(spec).items()]
+        params.append(Param("autotune.version", autotune.__version__))
         for i in range(0, len(params), 100):
             self.client.log_batch(rid, params=params[i:i + 100])
         import yaml
@@ -120,9 +164,15 @@ class Tracker:
               ) -> None:
         def go() -> None:
             rid = self.parent_run_id()
+            from mlflow.entities import RunTag
+
+            import autotune
+
+            tags = {"autotune.version": autotune.__version__}
             if fingerprint:
                 self.client.log_dict(rid, dict(fingerprint), "hardware.json")
-                self.client.set_tag(rid, "autotune.hardware", str(fingerprint.get("cpu_model")))
+                tags.update(hardware_tags(fingerprint))
+            self.client.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()])
             if baseline:
                 from mlflow.entities import Metric
 
@@ -133,8 +183,34 @@ class Tracker:
 
         self._safe("start", go)
 
-    def log_trial(self, view: TrialView, *, rank: int | None = None) -> None:
+    def log_trial(self, view: TrialView, *, rank: int | None = None,
+                  views: Sequence[TrialView] | None = None) -> None:
+        """Write the trial's nested run; with ``views`` (all trials so far) also the parent's
+        ``hypervolume`` at this trial's step (and its Pareto rank among them)."""
+        if rank is None and views is not None:
+            rank = self._ranks_of(views).get(view.number)
         self._safe("log_trial", self._log_trial, view, rank)
+        if views is not None:
+            self._safe("hypervolume", self._log_hypervolume, views)
+
+    def _log_hypervolume(self, views: Sequence[TrialView]) -> int:
+        """Log the ``hypervolume`` steps the parent run does not have yet; returns how many."""
+        from mlflow.entities import Metric
+
+        from autotune.review import hypervolume_series, study_reference
+
+        ref = study_reference(self.record, self.job, views)
+        if ref is None:
+            return 0
+        rid = self.parent_run_id()
+        have = {m.step for m in self.client.get_metric_history(rid, "hypervolume")}
+        now = _now_ms()
+        new = [Metric("hypervolume", hv, now, n)
+               for n, hv in hypervolume_series(views, self.job.objective_pairs, ref)
+               if n not in have]
+        for i in range(0, len(new), 1000):
+            self.client.log_batch(rid, metrics=new[i:i + 1000])
+        return len(new)
 
     def _log_trial(self, view: TrialView, rank: int | None) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -146,55 +222,152 @@ class Tracker:
             tags={"mlflow.parentRunId": parent, TRIAL_TAG: str(view.number), JOB_TAG: self.job.name},
         )
         rid = run.info.run_id
-        params = [Param(k, str(v)) for k, v in view.config.items()]
+        params = [Param(k, str(v)[:6000]) for k, v in view.config.items()]
         metrics = [Metric(k, float(v), 0, view.number) for k, v in view.metrics.items()
                    if isinstance(v, int | float) and math.isfinite(float(v))]
         tags = [RunTag("state", view.state), RunTag("agent", view.agent or ""),
-                RunTag("feasible", str(view.feasible).lower())]
+                RunTag("feasible", str(view.feasible).lower()),
+                RunTag("pareto_rank", "-" if rank is None else str(rank))]
         if view.reason:
             tags.append(RunTag("fail_reason", view.reason[:4900]))
-        if rank is not None:
-            tags.append(RunTag("pareto_rank", str(rank)))
         self.client.log_batch(rid, metrics=metrics, params=params, tags=tags)
         self.client.set_terminated(rid, "FINISHED" if view.state == "complete" else "FAILED")
 
-    def logged_trials(self) -> set[int]:
-        from mlflow.entities import ViewType
-
+    def nested_runs(self) -> list[Any]:
+        """The parent's nested runs that carry a trial number (active ones only)."""
         parent = self.parent_run_id()
         exp = self.client.get_run(parent).info.experiment_id
         runs = self.client.search_runs(
-            [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
-            run_view_type=ViewType.ALL, max_results=50000,
+            [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000,
         )
-        return {int(r.data.tags[TRIAL_TAG]) for r in runs if TRIAL_TAG in r.data.tags}
+        return [r for r in runs if TRIAL_TAG in r.data.tags]
+
+    def logged_trials(self) -> set[int]:
+        """Trial numbers whose nested run was fully written; half-written ones are deleted."""
+        done = set()
+        for r in self.nested_runs():
+            if r.info.status == "RUNNING":  # connection lost between create_run and log_batch
+                self.client.delete_run(r.info.run_id)
+            else:
+                done.add(int(r.data.tags[TRIAL_TAG]))
+        return done
 
     def sync(self, views: Iterable[TrialView]) -> int:
-        """Write nested runs for finished trials that MLflow does not have yet."""
+        """Write nested runs for finished trials that MLflow does not have yet, and the missing
+        ``hypervolume`` steps; returns the number of nested runs written."""
+        views = list(views)
         done = self._safe("sync", self.logged_trials)
         if done is None:
             return 0
+        ranks = self._ranks_of(views)
         n = 0
         for v in views:
-            if v.state != "running" and v.number not in done:
-                self.log_trial(v)
+            # like the loop: measured trials only (invalid proposals were never run)
+            if v.state in ("complete", "failed") and v.number not in done:
+                self.log_trial(v, rank=ranks.get(v.number))
+                n += 1 if not self._down else 0
+        self._safe("hypervolume", self._log_hypervolume, views)
+        return n
+
+    def _ranks_of(self, views: Sequence[TrialView]) -> dict[int, int]:
+        from autotune.review import pareto_ranks
+
+        return pareto_ranks(views, self.job.objective_pairs)
+
+    def update_ranks(self, views: Sequence[TrialView]) -> int:
+        """Rewrite the ``pareto_rank`` tag of every nested run whose rank changed; returns how
+        many changed."""
+        from mlflow.entities import RunTag
+
+        ranks = self._ranks_of(views)
+        n = 0
+        for r in self.nested_runs():
+            want = ranks.get(int(r.data.tags[TRIAL_TAG]))
+            tag = "-" if want is None else str(want)
+            if r.data.tags.get("pareto_rank") != tag:
+                self.client.log_batch(r.info.run_id, tags=[RunTag("pareto_rank", tag)])
                 n += 1
         return n
 
-    def finish(self, front_rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-        def go() -> None:
-            rid = self.parent_run_id()
-            buf = io.StringIO()
-            import csv
+    def finish(self, views: Sequence[TrialView]) -> None:
+        """Rank tags, then the parent's artifacts: trial table (CSV, Parquet), the front (CSV)
+        and the interactive plots; the parent is marked FINISHED."""
+        views = list(views)
+        self._safe("ranks", self.update_ranks, views)
+        self._safe("finish", self._finish, views)
 
-            w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-            w.writeheader()
-            w.writerows(front_rows)
-            self.client.log_text(rid, buf.getvalue(), "pareto_front.csv")
-            self.client.set_terminated(rid, "FINISHED")
+    def _finish(self, views: Sequence[TrialView]) -> None:
+        import tempfile
 
-        self._safe("finish", go)
+        rid = self.parent_run_id()
+        with tempfile.TemporaryDirectory(prefix="autotune-artifacts-") as tmp:
+            folder = Path(tmp)
+            write_review_files(self.job, self.record, views, folder)
+            self.client.log_artifacts(rid, str(folder))
+        self.client.set_terminated(rid, "FINISHED")
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def hardware_tags(fingerprint: Mapping[str, Any]) -> dict[str, str]:
+    """Short, searchable tags from a hardware fingerprint: ``hardware.*`` and ``lib.*``."""
+    tags: dict[str, str] = {}
+    for k in ("cpu_model", "cpu_arch", "physical_cores", "logical_cores", "usable_cores",
+              "memory_total_mb", "os", "python"):
+        if fingerprint.get(k) not in (None, ""):
+            tags[f"hardware.{k}"] = str(fingerprint[k])[:5000]
+    gpus = fingerprint.get("gpus") or []
+    tags["hardware.gpus"] = ", ".join(str(g.get("name", g)) for g in gpus) if gpus else "none"
+    for lib, version in (fingerprint.get("libraries") or {}).items():
+        if version:
+            tags[f"lib.{lib}"] = str(version)
+    tags["autotune.hardware"] = str(fingerprint.get("cpu_model"))
+    return tags
+
+
+def write_review_files(job: Job, record: StudyRecord, views: Sequence[TrialView],
+                       folder: Path) -> list[Path]:
+    """Write ``trials.csv``, ``trials.parquet``, ``pareto_front.csv`` and ``plots/*.html``
+    into ``folder`` (the parent run's artifact layout); returns the files written."""
+    import csv
+
+    from autotune.plots import study_figures, write_figures
+    from autotune.review import front_table, study_reference, trial_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = trial_table(views, job.objective_pairs)
+    table.to_csv(folder / "trials.csv", index=False)
+    table.to_parquet(folder / "trials.parquet", index=False)
+    rows = front_table(views, job)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial"], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    (folder / "pareto_front.csv").write_text(buf.getvalue(), encoding="utf-8")
+    ref = study_reference(record, job, views)
+    figs = study_figures(views, job.objective_pairs, ref)
+    plots = write_figures(figs, folder / "plots")
+    return [folder / "trials.csv", folder / "trials.parquet", folder / "pareto_front.csv", *plots]
 
 
 def artifact_dir(job: Job) -> Path:
     return job.out_dir / "mlartifacts"
+
+
+def sync_job(job: Job) -> tuple[int, str | None]:
+    """Write to MLflow what the study has and MLflow lacks (``autotune sync``): the parent run,
+    missing nested runs, missing hypervolume steps, rank tags and the artifacts.  Returns the
+    number of nested runs written and the tracking error, if MLflow was unreachable."""
+    from autotune.review import open_existing
+
+    record = open_existing(job)
+    tracker = Tracker(job, record)
+    views = record.trials()
+    tracker.start(record.attr("fingerprint"), record.baseline)
+    n = tracker.sync(views)
+    tracker.finish(views)
+    return n, tracker.last_error

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.agents import create_agent
@@ -209,6 +209,9 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     if done >= budget:
         views = record.trials()
         progress.on_message(f"the job is already finished: {done} of {budget} trials done")
+        tracker.start(record.attr("fingerprint"), record.baseline)
+        if tracker.sync(views):  # MLflow missed trials (it was down): catch up now
+            tracker.finish(views)
         return _summary(job, record, views, 0, t_start, finished=True,
                         tracking_error=tracker.last_error)
 
@@ -282,7 +285,7 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
             agent.observe(view.observation())
             done += 1
             new += 1
-            tracker.log_trial(view)
+            tracker.log_trial(view, views=record.trials())
             progress.on_trial(view, done, budget, pareto_views(record.trials(), job))
         agent.close()
     finally:
@@ -291,8 +294,8 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     views = record.trials()
     summary = _summary(job, record, views, new, t_start, finished=done >= budget,
                        tracking_error=tracker.last_error, notices=notices)
-    front_rows = [_row(t, job) for t in summary.front]
-    tracker.finish(front_rows, list(front_rows[0]) if front_rows else ["trial"])
+    tracker.finish(views)
+    summary = replace(summary, tracking_error=tracker.last_error)
     return summary
 
 

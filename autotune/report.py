@@ -1,0 +1,246 @@
+"""``autotune report``: one self-contained HTML file to review a job.
+
+The page is ``dashboards/report.html.tmpl`` (a :class:`string.Template`, CSS inline) filled from
+the study: the selection rules' winners and the knee point, the Pareto front (chart + table), the
+hypervolume history, parallel coordinates, every trial, failed trials with their reasons and the
+hardware fingerprint.  plotly.js is inlined once, so the file opens offline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from autotune.errors import SpecError
+from autotune.metrics import Direction
+from autotune.spec import Job
+from autotune.study import TrialView
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "dashboards" / "report.html.tmpl"
+
+
+def default_rules(objectives: Sequence[tuple[str, Direction]]) -> list[str]:
+    """One rule per objective: the best feasible trial in it (``fastest``, ``max accuracy``...)."""
+    from autotune.pareto import GOALS
+
+    named = {v: k for k, v in GOALS.items()}
+    return [named.get((m, d), f"{'min' if d == 'minimize' else 'max'} {m}") for m, d in objectives]
+
+
+@dataclass(frozen=True)
+class Winner:
+    label: str  # the rule's text, or "knee point"
+    trial: TrialView | None
+    note: str = ""  # why there is no winner
+
+
+def winners(views: Sequence[TrialView], job: Job,
+            baseline: Mapping[str, float] | None) -> list[Winner]:
+    """The winner of each selection rule (the job's ``report.rules``, else :func:`default_rules`),
+    then the knee point of the feasible front."""
+    from autotune.pareto import Record, knee_point, parse_rule
+    from autotune.review import objective_points
+
+    complete = [v for v in views if v.state == "complete"]
+    records = [Record(v.number, v.metrics, v.feasible, v.config) for v in complete]
+    by_number = {v.number: v for v in complete}
+    out: list[Winner] = []
+    for text in job.report.rules or default_rules(job.objective_pairs):
+        rule = parse_rule(text)
+        try:
+            best = rule.select(records, baseline)
+        except SpecError as exc:
+            out.append(Winner(rule.text, None, exc.reason))
+            continue
+        out.append(Winner(rule.text, by_number[best.number] if best else None,
+                          "" if best else "no feasible trial meets this rule"))
+    feas = [v for v in complete if v.feasible]
+    pts = objective_points(feas, job.objective_pairs)
+    k = knee_point(pts, [d for _, d in job.objective_pairs]) if feas else None
+    out.append(Winner("knee point (best trade-off of the front)",
+                      feas[k] if k is not None else None,
+                      "" if k is not None else "no feasible trial yet"))
+    return out
+
+
+# ---------------------------------------------------------------------------------- HTML bits
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+               row_class: Sequence[str] | None = None) -> str:
+    if not rows:
+        return '<p class="muted">none</p>'
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = []
+    for i, r in enumerate(rows):
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        cells = "".join(
+            f'<td{" class=num" if _is_num(r.get(c)) else ""}>{html.escape(_fmt(r.get(c)))}</td>'
+            for c in cols)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _kv_table(d: Mapping[str, Any]) -> str:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            v = ", ".join(f"{a}={b}" for a, b in v.items() if b)
+        elif isinstance(v, list | tuple):
+            v = ", ".join(str(x.get("name", x)) if isinstance(x, Mapping) else str(x) for x in v)
+            if len(v) > 300:
+                v = v[:300] + " …"
+        rows.append({"": k, "value": v})
+    return html_table(rows)
+
+
+def _chart(fig: Any | None, empty: str) -> str:
+    if fig is None:
+        return f'<p class="muted">{html.escape(empty)}</p>'
+    return fig.to_html(full_html=False, include_plotlyjs=False, default_height="460px")
+
+
+# ---------------------------------------------------------------------------------- the page
+def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float] | None,
+           fingerprint: Mapping[str, Any] | None, reference: Sequence[float] | None,
+           storage: str = "", template: Path = TEMPLATE) -> str:
+    """The report as one HTML string (pure: everything comes from the arguments)."""
+    import plotly.offline
+
+    import autotune
+    from autotune.plots import (
+        _get_hypervolume_history_info,
+        _get_parallel_coordinate_info,
+        _get_pareto_front_info,
+        plot_hypervolume_history,
+        plot_parallel_coordinate,
+        plot_pareto_front,
+    )
+    from autotune.review import front_table, hypervolume_series, trial_table
+
+    objectives = job.objective_pairs
+    names = [m for m, _ in objectives]
+    complete = [v for v in views if v.state == "complete"]
+    failed = [v for v in views if v.state == "failed"]
+    front_rows = front_table(views, job)
+    front_numbers = {r["trial"] for r in front_rows}
+
+    # winners
+    win_rows = []
+    for w in winners(views, job, baseline):
+        row: dict[str, Any] = {"rule": w.label}
+        if w.trial is None:
+            row["trial"] = "—"
+            row["configuration"] = w.note
+        else:
+            row["trial"] = w.trial.number
+            row["configuration"] = ", ".join(f"{k}={_fmt(v)}" for k, v in w.trial.config.items())
+            for m in names:
+                row[m] = w.trial.metrics.get(m)
+            for c in job.parsed_constraints:
+                row.setdefault(c.metric, w.trial.metrics.get(c.metric))
+        win_rows.append(row)
+
+    # charts
+    pinfo = _get_pareto_front_info(views, objectives)
+    front_fig = plot_pareto_front(pinfo) if len(objectives) in (2, 3) and pinfo.points else None
+    par = _get_parallel_coordinate_info(views, objectives)
+    par_fig = plot_parallel_coordinate(par) if par.numbers else None
+    hv_fig = None
+    hv_last = None
+    if reference is not None:
+        hinfo = _get_hypervolume_history_info(views, objectives, reference)
+        if hinfo.numbers:
+            hv_fig = plot_hypervolume_history(hinfo)
+        series = hypervolume_series(views, objectives, reference)
+        hv_last = series[-1][1] if series else None
+
+    # all trials
+    table = trial_table(views, objectives)
+    table = table.drop(columns=["reason"])
+    records = table.astype(object).where(table.notna(), None).to_dict("records")
+    classes = []
+    for r in records:
+        if r["state"] != "complete":
+            classes.append("failed" if r["state"] == "failed" else "infeasible")
+        elif r["trial"] in front_numbers:
+            classes.append("front")
+        else:
+            classes.append("" if r["feasible"] else "infeasible")
+
+    failed_rows = [{"trial": v.number, "configuration": ", ".join(f"{k}={_fmt(x)}"
+                                                                  for k, x in v.config.items()),
+                    "reason": v.reason} for v in failed]
+    failed_html = html_table(failed_rows).replace("<td>", '<td class="reason">') if failed_rows \
+        else '<p class="muted">No trial failed.</p>'
+
+    cards = [
+        ("trials", str(len([v for v in views if v.state != "invalid"]))),
+        ("complete", str(len(complete))),
+        ("feasible", str(sum(v.feasible for v in complete))),
+        ("failed", str(len(failed))),
+        ("on the front", str(len(front_rows))),
+        ("hypervolume", _fmt(hv_last) if hv_last is not None else "—"),
+    ]
+    if baseline:
+        cards += [(f"baseline {m}", _fmt(baseline.get(m))) for m in names if m in baseline]
+    cards_html = "".join(f'<div class="card"><div class="k">{html.escape(k)}</div>'
+                         f'<div class="v">{html.escape(v)}</div></div>' for k, v in cards)
+
+    values = {
+        "job_name": html.escape(job.name),
+        "description": " · ".join(x for x in (html.escape(job.description or ""), "objectives: " + ", ".join(
+            html.escape(f"{d} {m}") for m, d in objectives)) if x),
+        "plotly_js": plotly.offline.get_plotlyjs().replace("</script", "<\\/script"),
+        "cards": cards_html,
+        "constraints": html.escape(", ".join(job.constraints) or "none"),
+        "winners": html_table(win_rows),
+        "front_chart": _chart(front_fig, "The front is drawn for 2 or 3 objectives with at least "
+                              "one complete trial."),
+        "front_table": html_table(front_rows),
+        "hypervolume_chart": _chart(hv_fig, "No hypervolume yet (needs the baseline and a "
+                                    "finished trial)."),
+        "parallel_chart": _chart(par_fig, "No feasible trial yet."),
+        "trial_table": html_table(records, list(table.columns), classes),
+        "failed": failed_html,
+        "hardware": _kv_table(fingerprint) if fingerprint else
+        '<p class="muted">not recorded</p>',
+        "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "version": autotune.__version__,
+        "storage": html.escape(storage),
+    }
+    return Template(template.read_text(encoding="utf-8")).substitute(values)
+
+
+def build_report(job: Job, out: str | Path | None = None) -> Path:
+    """Write the report of ``job``'s study to ``out`` (default ``<out_dir>/report.html``)."""
+    from autotune.review import open_existing, study_reference
+
+    record = open_existing(job)
+    views = record.trials()
+    reference = study_reference(record, job, views)
+    text = render(job, views, baseline=record.baseline, fingerprint=record.attr("fingerprint"),
+                  reference=reference, storage=job.storage_url)
+    path = Path(out) if out is not None else job.out_dir / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

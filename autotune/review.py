@@ -1,0 +1,179 @@
+"""What reviewers look at, computed from the study: the trial table, Pareto ranks and the
+hypervolume history against a reference point fixed once per study.
+
+Everything here reads :class:`~autotune.study.TrialView` objects (the study is the record); MLflow
+artifacts (:mod:`autotune.tracking`), plots (:mod:`autotune.plots`) and the HTML report
+(:mod:`autotune.report`) are drawn from the same functions, so they always agree.
+
+Hypervolume reference point
+---------------------------
+Hypervolumes are only comparable under one reference point, so it is fixed **once per study** and
+stored in the study's user attrs under :data:`REFERENCE_ATTR` (raw metric values, one per
+objective, in the job's objective order):
+
+1. if the job declares ``report: {reference: {metric: value, ...}}`` for every objective, that;
+2. otherwise, as soon as the unmodified model (baseline) has been measured:
+   :func:`autotune.pareto.default_reference` over the baseline point alone (margin 0.1), i.e. "10 %
+   worse than the unmodified model" in every objective (by ``0.1 × |value|``, or 0.1 when the value
+   is 0).  The hypervolume then measures how much of the objective space the feasible trials
+   cover *beyond* (roughly) the baseline; a trial worse than that in any objective adds nothing;
+3. if the baseline lacks an objective, the same rule over the baseline and the finished trials
+   known at that moment.
+
+Once stored, the reference never changes, even if the job file's ``report.reference`` is edited
+later (delete the attr, or start a new study, to change it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from autotune.metrics import Direction
+from autotune.study import TrialView
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from autotune.spec import Job
+    from autotune.study import StudyRecord
+
+REFERENCE_ATTR = "hypervolume_reference"
+
+Objectives = Sequence[tuple[str, Direction]]
+
+
+def objective_points(views: Sequence[TrialView], objectives: Objectives) -> list[list[float]]:
+    """One row of objective values per view (NaN where a metric is missing)."""
+    return [[_num(v.metrics.get(m)) for m, _ in objectives] for v in views]
+
+
+def _num(x: Any) -> float:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def pareto_ranks(views: Sequence[TrialView], objectives: Objectives) -> dict[int, int]:
+    """Non-dominated rank (0 = on the front) of every feasible trial with finite objectives."""
+    from autotune.pareto import non_dominated_sort
+
+    done = [t for t in views if t.feasible]
+    pts = objective_points(done, objectives)
+    keep = [i for i, p in enumerate(pts) if all(math.isfinite(x) for x in p)]
+    if not keep:
+        return {}
+    ranks = non_dominated_sort([pts[i] for i in keep], [d for _, d in objectives])
+    return {done[i].number: int(r) for i, r in zip(keep, ranks, strict=True)}
+
+
+def compute_reference(objectives: Objectives, baseline: Mapping[str, float] | None,
+                      views: Sequence[TrialView] = (),
+                      declared: Mapping[str, float] | None = None) -> list[float] | None:
+    """The reference point by the rule in the module docstring (None if nothing is known yet)."""
+    from autotune.pareto import default_reference
+
+    names = [m for m, _ in objectives]
+    dirs = [d for _, d in objectives]
+    if declared and all(m in declared for m in names):
+        return [float(declared[m]) for m in names]
+    rows: list[list[float]] = []
+    if baseline:
+        rows.append([_num(baseline.get(m)) for m in names])
+    if not rows or not all(math.isfinite(x) for x in rows[0]):
+        rows += objective_points([v for v in views if v.state == "complete"], objectives)
+    rows = [r for r in rows if all(math.isfinite(x) for x in r)]
+    if not rows:
+        return None
+    return [float(x) for x in default_reference(rows, dirs)]
+
+
+def study_reference(record: StudyRecord, job: Job,
+                    views: Sequence[TrialView] | None = None) -> list[float] | None:
+    """The study's stored reference point; computed and stored the first time it is known."""
+    saved = record.attr(REFERENCE_ATTR)
+    if saved is not None:
+        return [float(x) for x in saved]
+    declared = job.report.reference if getattr(job, "report", None) is not None else None
+    ref = compute_reference(job.objective_pairs, record.baseline,
+                            views if views is not None else record.trials(), declared)
+    if ref is not None:
+        record.set_attr(REFERENCE_ATTR, ref)
+    return ref
+
+
+def hypervolume_series(views: Sequence[TrialView], objectives: Objectives,
+                       reference: Sequence[float]) -> list[tuple[int, float]]:
+    """``(trial number, hypervolume of the feasible trials up to it)`` for every finished trial
+    (complete or failed), in trial-number order; never decreases."""
+    from autotune.pareto import hypervolume_history
+
+    done = sorted((v for v in views if v.state in ("complete", "failed")), key=lambda v: v.number)
+    if not done:
+        return []
+    pts = objective_points(done, objectives)
+    hv = hypervolume_history(pts, [v.feasible for v in done], [d for _, d in objectives],
+                             list(reference))
+    return [(v.number, float(h)) for v, h in zip(done, hv, strict=True)]
+
+
+def trial_table(views: Sequence[TrialView], objectives: Objectives,
+                ranks: Mapping[int, int] | None = None) -> pd.DataFrame:
+    """Every trial as one row: number, state, feasibility, Pareto rank, agent, duration, reason,
+    then the configuration, then every measurement (objectives first).
+
+    A configuration value whose type differs between trials (e.g. a conditional parameter) is
+    written as text so the table stores as Parquet.
+    """
+    import pandas as pd
+
+    ranks = pareto_ranks(views, objectives) if ranks is None else ranks
+    param_names = list(dict.fromkeys(k for v in views for k in v.config))
+    obj_names = [m for m, _ in objectives]
+    metric_names = list(dict.fromkeys(
+        [m for m in obj_names if any(m in v.metrics for v in views)]
+        + sorted({k for v in views for k in v.metrics})))
+    rows = []
+    for v in sorted(views, key=lambda t: t.number):
+        row: dict[str, Any] = {
+            "trial": v.number, "state": v.state, "feasible": v.feasible,
+            "pareto_rank": ranks.get(v.number), "agent": v.agent, "duration_s": v.duration_s,
+            "reason": v.reason,
+        }
+        for p in param_names:
+            row[p] = v.config.get(p)
+        for m in metric_names:
+            key = m if m not in row else f"metric.{m}"
+            row[key] = v.metrics.get(m)
+        rows.append(row)
+    columns = ["trial", "state", "feasible", "pareto_rank", "agent", "duration_s", "reason",
+               *param_names, *[m if m not in param_names else f"metric.{m}" for m in metric_names]]
+    df = pd.DataFrame(rows, columns=columns)
+    df["pareto_rank"] = df["pareto_rank"].astype("Int64")
+    for p in param_names:
+        kinds = {type(x) for x in df[p] if x is not None and not (isinstance(x, float) and math.isnan(x))}
+        if len(kinds) > 1 or (kinds and not kinds <= {int, float, bool, str}):
+            df[p] = [None if x is None else str(x) for x in df[p]]
+    return df
+
+
+def front_table(views: Sequence[TrialView], job: Job) -> list[dict[str, Any]]:
+    """The feasible Pareto front as rows (trial, configuration, objectives, constrained metrics)."""
+    from autotune.tuner import front_row, pareto_views
+
+    return [front_row(t, job) for t in pareto_views(list(views), job)]
+
+
+def open_existing(job: Job) -> StudyRecord:
+    """The job's study for reading; a :class:`StudyError` (not a database error) if the job has
+    never run."""
+    from autotune.errors import StudyError
+    from autotune.tuner import open_record
+
+    if job.storage is None and not (job.out_dir / "study.db").is_file():
+        raise StudyError(f"no study for job '{job.name}' at {job.out_dir / 'study.db'}; "
+                         "run the job first.")
+    return open_record(job, create=False)
