@@ -201,5 +201,43 @@ def status(job_file: str) -> None:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
 
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--max-trials", type=int, default=None, help="Override budget.max_trials (global).")
+@click.option("--heartbeat", type=int, default=10, show_default=True,
+              help="Seconds between heartbeats of the running trial.")
+@click.option("--grace", type=int, default=30, show_default=True,
+              help="Seconds without a heartbeat after which a trial is failed and re-queued.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, quiet: bool) -> None:
+    """Join the job's shared study (storage: postgresql://...) as one of several workers."""
+    from autotune.tuner import Progress
+    from autotune.worker import WorkerOptions, run_worker
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        opts = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
+    except AutotuneError as exc:
+        _fail(exc)
+    bar = _Bar(console, job)
+    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
+    if not quiet:
+        prog.on_start, prog.on_trial = bar.start, bar.trial
+    try:
+        summary = run_worker(job, opts=opts, max_trials=max_trials, progress=prog)
+    except AutotuneError as exc:
+        bar.stop()
+        _fail(exc)
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print("[yellow]interrupted[/]: the running trial is re-queued for another worker "
+                      "once its heartbeat is stale.")
+        sys.exit(130)
+    bar.stop()
+    console.print(f"worker done: {summary.new_trials} trials measured here; study has "
+                  f"{summary.n_complete} complete, {summary.n_failed} failed")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -130,7 +130,9 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     check_space(job, full_space)
     record = open_record(job)
     budget = max_trials or job.budget.max_trials
-    interrupted = record.mark_interrupted()
+    # One process per SQLite study: whatever is RUNNING was left by a crash.  A shared storage
+    # (PostgreSQL, several workers) must not do that; there heartbeats find dead trials.
+    interrupted = record.mark_interrupted() if job.storage_url.startswith("sqlite") else []
     if interrupted:
         progress.on_message(
             f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "

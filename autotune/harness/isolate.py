@@ -42,7 +42,14 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
         if method == "close":
             return
         try:
-            conn.send(("ok", getattr(ev, method)(*args)))
+            if method == "evaluate":  # never two latency measurements at once on this host
+                from autotune.harness.hostlock import measure_lock
+
+                with measure_lock():
+                    out = ev.evaluate(*args)
+            else:
+                out = getattr(ev, method)(*args)
+            conn.send(("ok", out))
         except TrialFailed as exc:
             conn.send(("failed", str(exc), ""))
         except AutotuneError as exc:
