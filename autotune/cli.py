@@ -239,5 +239,53 @@ def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, qu
                   f"{summary.n_complete} complete, {summary.n_failed} failed")
 
 
+def _print_cycle(console: Any, res: Any) -> None:
+    color = {"promote": "green", "keep": "cyan", "refresh": "green", "initial": "green"}.get(
+        res.decision, "yellow")
+    console.print(f"[{color}]{res.decision}[/]: {res.why}")
+    if res.changed:
+        console.print("  changed : " + "; ".join(res.changed))
+    if res.bundle:
+        console.print(f"  deployed: {res.bundle}")
+    console.print(f"  cycle   : {res.wall_s:.1f} s" + (
+        f", MLflow run {res.mlflow_run_id}" if res.mlflow_run_id else ""))
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def retune(job_file: str) -> None:
+    """Run one re-tuning cycle now (for cron, systemd timers, Kubernetes CronJobs)."""
+    from autotune.schedule import retune_once
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
+    except AutotuneError as exc:
+        _fail(exc)
+    _print_cycle(console, res)
+    if res.decision == "skipped":
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--max-cycles", type=int, default=None, help="Stop after this many cycles.")
+def schedule(job_file: str, max_cycles: int | None) -> None:
+    """Re-tune on the job's 'schedule:' in the foreground (a long-lived process)."""
+    from autotune.schedule import run_schedule
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
+                     on_cycle=lambda r: _print_cycle(console, r))
+    except AutotuneError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped[/]")
+        sys.exit(130)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

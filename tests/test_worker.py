@@ -66,7 +66,7 @@ def _spawn(job: Path, n: int, tmp: Path) -> list[subprocess.Popen]:
     ]
 
 
-def _study(job: Path):  # noqa: ANN202
+def _study(job: Path):
     import optuna
 
     from autotune.spec import load_job

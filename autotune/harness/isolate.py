@@ -42,11 +42,11 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
         if method == "close":
             return
         try:
-            if method == "evaluate":  # never two latency measurements at once on this host
+            if method in ("evaluate", "compare"):  # one latency measurement at a time per host
                 from autotune.harness.hostlock import measure_lock
 
                 with measure_lock():
-                    out = ev.evaluate(*args)
+                    out = getattr(ev, method)(*args)
             else:
                 out = getattr(ev, method)(*args)
             conn.send(("ok", out))
@@ -196,6 +196,9 @@ class IsolatedHarness:
     # ------------------------------------------------------------------ API
     def evaluate(self, config: dict[str, Any]) -> Any:
         return self.call("evaluate", dict(config))
+
+    def compare(self, configs: dict[str, dict[str, Any]], rounds: int) -> dict[str, Any]:
+        return self.call("compare", {k: dict(v) for k, v in configs.items()}, int(rounds))
 
     def fingerprint(self) -> dict[str, Any]:
         return self.call("fingerprint")
