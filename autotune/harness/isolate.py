@@ -42,14 +42,7 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
         if method == "close":
             return
         try:
-            if method in ("evaluate", "compare"):  # one latency measurement at a time per host
-                from autotune.harness.hostlock import measure_lock
-
-                with measure_lock():
-                    out = getattr(ev, method)(*args)
-            else:
-                out = getattr(ev, method)(*args)
-            conn.send(("ok", out))
+            conn.send(("ok", getattr(ev, method)(*args)))
         except TrialFailed as exc:
             conn.send(("failed", str(exc), ""))
         except AutotuneError as exc:
