@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -119,9 +120,34 @@ def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
     assert keep.changed == () and keep.bundle == first.bundle
     assert "nothing changed" in keep.why
 
+    # A reader that follows the alias the way a server does (resolve + load on every request)
+    # must never see a missing or half-written bundle across the swap.  After the merge with
+    # autotune.deploy, replace `_follow` by requests to a running `autotune serve`.
+    stop, seen, errors = threading.Event(), [], []
+
+    def _follow() -> None:
+        while not stop.is_set():
+            try:
+                b = dep.resolve(job, "champion")
+                seen.append((str(b), dep.load(b).manifest["config"]["runtime"]))
+            except Exception as exc:  # any failure is a dropped request
+                errors.append(repr(exc))
+            time.sleep(0.005)
+
+    follower = threading.Thread(target=_follow, daemon=True)
+    follower.start()
     (tmp_path / "netmod.py").write_text(textwrap.dedent(MODEL_V2))  # the slower model
     promo = Cycle(job, deployer=dep, log=log).run()
     log(f"cycle 2: {promo.decision} ({promo.why})")
+    time.sleep(0.05)
+    stop.set()
+    follower.join(5)
+    assert not errors, errors[:3]
+    runtimes = [r for _, r in seen]
+    assert runtimes[0] == "onnxruntime" and runtimes[-1] == "torch"
+    swap = runtimes.index("torch")
+    assert set(runtimes[:swap]) == {"onnxruntime"} and set(runtimes[swap:]) == {"torch"}
+    log(f"alias follower: {len(seen)} loads, swapped after {swap}, 0 errors")
     assert promo.decision == "promote", promo
     assert any(c.startswith("model ") for c in promo.changed)
     side = promo.measured["side_by_side"]
