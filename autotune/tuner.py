@@ -124,15 +124,19 @@ def restrict_to_machine(space: SearchSpace, caps: Mapping[str, Any]) -> tuple[Se
 def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = None,
         harness: Any = None) -> RunSummary:
     """Run (or continue) the job until its budget is used up."""
+    if not job.storage_url.startswith("sqlite"):  # a shared storage: run as one worker
+        from autotune.worker import run_worker
+
+        return run_worker(job, max_trials=max_trials, progress=progress, harness=harness)
     t_start = time.monotonic()
     progress = progress or Progress()
     full_space = job.space
     check_space(job, full_space)
     record = open_record(job)
     budget = max_trials or job.budget.max_trials
-    # One process per SQLite study: whatever is RUNNING was left by a crash.  A shared storage
-    # (PostgreSQL, several workers) must not do that; there heartbeats find dead trials.
-    interrupted = record.mark_interrupted() if job.storage_url.startswith("sqlite") else []
+    # One process per SQLite study: whatever is RUNNING was left by a crash.  (Shared storages
+    # go through autotune.worker, where heartbeats find dead trials instead.)
+    interrupted = record.mark_interrupted()
     if interrupted:
         progress.on_message(
             f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "

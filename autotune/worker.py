@@ -306,6 +306,10 @@ class Worker:
         done = record.counted()
         summary = _summary(job, record, views, new, t_start, finished=done >= self.budget,
                            tracking_error=tracker.last_error, notices=notices)
+        from autotune.tuner import _row
+
+        rows = [_row(t, job) for t in summary.front]
+        tracker.finish(rows, list(rows[0]) if rows else ["trial"])
         return summary
 
     def _view(self, number: int) -> TrialView:

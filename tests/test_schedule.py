@@ -99,6 +99,7 @@ def _write(tmp_path: Path, model: str) -> Path:
     return job
 
 
+@pytest.mark.slow
 def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
     timeline: list[str] = []
     t0 = time.monotonic()

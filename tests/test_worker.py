@@ -85,6 +85,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
 
 @needs_pg
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_three_workers_share_one_budget_exactly(write_job, tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
@@ -111,6 +112,7 @@ def test_three_workers_share_one_budget_exactly(write_job, tmp_path: Path) -> No
 
 @needs_pg
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried(write_job, tmp_path: Path) -> None:
     import psutil
     from optuna.trial import TrialState
