@@ -306,5 +306,91 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
         pass
 
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--max-trials", type=int, default=None, help="Override budget.max_trials (global).")
+@click.option("--heartbeat", type=int, default=10, show_default=True,
+              help="Seconds between heartbeats of the running trial.")
+@click.option("--grace", type=int, default=30, show_default=True,
+              help="Seconds without a heartbeat after which a trial is failed and re-queued.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, quiet: bool) -> None:
+    """Join the job's shared study (storage: postgresql://...) as one of several workers."""
+    from autotune.tuner import Progress
+    from autotune.worker import WorkerOptions, run_worker
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        opts = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
+    except AutotuneError as exc:
+        _fail(exc)
+    bar = _Bar(console, job)
+    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
+    if not quiet:
+        prog.on_start, prog.on_trial = bar.start, bar.trial
+    try:
+        summary = run_worker(job, opts=opts, max_trials=max_trials, progress=prog)
+    except AutotuneError as exc:
+        bar.stop()
+        _fail(exc)
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print("[yellow]interrupted[/]: the running trial is re-queued for another worker "
+                      "once its heartbeat is stale.")
+        sys.exit(130)
+    bar.stop()
+    console.print(f"worker done: {summary.new_trials} trials measured here; study has "
+                  f"{summary.n_complete} complete, {summary.n_failed} failed")
+
+
+def _print_cycle(console: Any, res: Any) -> None:
+    color = {"promote": "green", "keep": "cyan", "refresh": "green", "initial": "green"}.get(
+        res.decision, "yellow")
+    console.print(f"[{color}]{res.decision}[/]: {res.why}")
+    if res.changed:
+        console.print("  changed : " + "; ".join(res.changed))
+    if res.bundle:
+        console.print(f"  deployed: {res.bundle}")
+    console.print(f"  cycle   : {res.wall_s:.1f} s" + (
+        f", MLflow run {res.mlflow_run_id}" if res.mlflow_run_id else ""))
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def retune(job_file: str) -> None:
+    """Run one re-tuning cycle now (for cron, systemd timers, Kubernetes CronJobs)."""
+    from autotune.schedule import retune_once
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
+    except AutotuneError as exc:
+        _fail(exc)
+    _print_cycle(console, res)
+    if res.decision == "skipped":
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--max-cycles", type=int, default=None, help="Stop after this many cycles.")
+def schedule(job_file: str, max_cycles: int | None) -> None:
+    """Re-tune on the job's 'schedule:' in the foreground (a long-lived process)."""
+    from autotune.schedule import run_schedule
+
+    console = _console()
+    try:
+        job = _load(job_file)
+        run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
+                     on_cycle=lambda r: _print_cycle(console, r))
+    except AutotuneError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped[/]")
+        sys.exit(130)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -172,6 +172,29 @@ class ReportSpec(_Strict):
         return v
 
 
+class RetuneSpec(_Strict):
+    """Policy of scheduled re-tuning (``autotune schedule`` / ``autotune retune``)."""
+
+    drift_threshold: float = Field(default=0.1, gt=0)  # relative change of an objective
+    budget: int = Field(default=10, ge=1)  # trials of one re-tune
+    margin: float = Field(default=0.02, ge=0)  # a challenger must win by more than this (relative)
+    warm_start: int = Field(default=3, ge=0)  # best earlier configurations re-measured first
+    alias: str = Field(default="champion", pattern=r"^[A-Za-z0-9][\w.-]*$")
+    rounds: int = Field(default=5, ge=1)  # side-by-side rounds champion vs challenger
+
+
+def _check_schedule(v: str | None) -> str | None:
+    if v is None:
+        return v
+    from autotune.cron import ScheduleError, parse_schedule
+
+    try:
+        parse_schedule(str(v))
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+    return str(v)
+
+
 class Job(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
     description: str = ""
@@ -187,6 +210,8 @@ class Job(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     output_dir: str | None = None
+    schedule: str | None = None  # cron expression or interval ('6h') for re-tuning
+    retune: RetuneSpec = Field(default_factory=RetuneSpec)
     # Filled by the loader, not by users:
     source: str = Field(default="<memory>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
@@ -197,6 +222,9 @@ class Job(_Strict):
         if isinstance(v, list):
             return [{"metric": o} if isinstance(o, str) else o for o in v]
         return v
+
+    _schedule = field_validator("schedule", mode="before")(
+        classmethod(lambda cls, v: _check_schedule(v)))
 
     @field_validator("tracking", mode="before")
     @classmethod

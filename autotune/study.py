@@ -25,6 +25,7 @@ from autotune.space import SearchSpace
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 INTERRUPTED = "interrupted: the run stopped before this trial finished"
+STALE = "interrupted: the worker measuring this trial stopped sending heartbeats (it was re-queued)"
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,15 @@ class StudyRecord:
         constraints: Sequence[Constraint] = (),
         *,
         create: bool = True,
+        storage: Any = None,
     ) -> None:
         self.objectives = list(objectives)
         self.constraints = list(constraints)
-        self.storage = optuna.storages.get_storage(storage_url) if "://" in storage_url \
-            else storage_url
+        if storage is not None:  # e.g. a heartbeat-enabled RDBStorage shared by workers
+            self.storage = storage
+        else:
+            self.storage = optuna.storages.get_storage(storage_url) if "://" in storage_url \
+                else storage_url
         try:
             if create:
                 self.study = optuna.create_study(
@@ -194,7 +199,8 @@ class StudyRecord:
             number=t.number, state=state, config=dict(t.params),
             metrics=dict(t.user_attrs.get("metrics", {})),
             values=tuple(t.values) if t.values is not None else None,
-            violations=violations, reason=t.user_attrs.get("fail_reason", ""),
+            violations=violations,
+            reason=t.user_attrs.get("fail_reason", STALE if state == "failed" else ""),
             agent=t.user_attrs.get("agent", ""), duration_s=duration,
             user_attrs=dict(t.user_attrs),
         )
@@ -207,5 +213,13 @@ class StudyRecord:
         return sum(
             1 for t in self.study.get_trials(deepcopy=False,
                                              states=(TrialState.COMPLETE, TrialState.FAIL))
-            if not t.user_attrs.get("interrupted")
+            if not _interrupted(t)
         )
+
+
+def _interrupted(t: FrozenTrial) -> bool:
+    """Interrupted trials do not use budget.  Every failure autotune records carries a
+    ``fail_reason``; a FAIL without one was failed by Optuna's heartbeat check (its worker died)."""
+    if t.user_attrs.get("interrupted"):
+        return True
+    return t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs

@@ -190,12 +190,18 @@ def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[s
 def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = None,
         harness: Any = None) -> RunSummary:
     """Run (or continue) the job until its budget is used up."""
+    if not job.storage_url.startswith("sqlite"):  # a shared storage: run as one worker
+        from autotune.worker import run_worker
+
+        return run_worker(job, max_trials=max_trials, progress=progress, harness=harness)
     t_start = time.monotonic()
     progress = progress or Progress()
     full_space = job.space
     check_space(job, full_space)
     record = open_record(job)
     budget = max_trials or job.budget.max_trials
+    # One process per SQLite study: whatever is RUNNING was left by a crash.  (Shared storages
+    # go through autotune.worker, where heartbeats find dead trials instead.)
     interrupted = record.mark_interrupted()
     if interrupted:
         progress.on_message(

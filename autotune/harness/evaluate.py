@@ -351,10 +351,14 @@ class Evaluator:
             try:
                 outputs = self._run_all(predict, max(batch_size, 64))
                 quality = float(wl.quality_fn(outputs, wl.targets))
-                stats = measure(
-                    lambda: predict(batch), warmup=m.warmup, min_repeats=m.min_repeats,
-                    max_repeats=m.max_repeats, target_ci=m.target_ci, max_time_s=m.max_time_s,
-                )
+                from autotune.harness.hostlock import measure_lock
+
+                with measure_lock():  # never two latency measurements at once on this host
+                    stats = measure(
+                        lambda: predict(batch), warmup=m.warmup, min_repeats=m.min_repeats,
+                        max_repeats=m.max_repeats, target_ci=m.target_ci,
+                        max_time_s=m.max_time_s,
+                    )
             except TrialFailed:
                 raise
             except Exception as exc:  # the runtime refused this configuration
@@ -383,6 +387,31 @@ class Evaluator:
             "elapsed_s": time.perf_counter() - t0,
         }
         return TrialResult(metrics=metrics, details=details)
+
+    def compare(self, configs: Mapping[str, Mapping[str, Any]], rounds: int) -> dict[str, Any]:
+        """Latency of several configurations measured side by side (interleaved rounds,
+        ``stats.alternate``); per name the list of per-round summaries (``to_dict``)."""
+        from autotune.harness.stats import alternate
+
+        m = self.job.measurement
+        wl = self.workload
+        fns = {}
+        for name, config in configs.items():
+            try:
+                predict, _ = self._build(config)
+            except TrialFailed:
+                raise
+            except Exception as exc:
+                raise TrialFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
+            batch = wl.batch(int(config.get("batch_size", 1)))
+            fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
+        from autotune.harness.hostlock import measure_lock
+
+        with measure_lock():
+            out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
+                            max_repeats=m.max_repeats, target_ci=m.target_ci,
+                            max_time_s=m.max_time_s)
+        return {name: [s.to_dict() for s in stats] for name, stats in out.items()}
 
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict

@@ -190,6 +190,9 @@ class IsolatedHarness:
     def evaluate(self, config: dict[str, Any]) -> Any:
         return self.call("evaluate", dict(config))
 
+    def compare(self, configs: dict[str, dict[str, Any]], rounds: int) -> dict[str, Any]:
+        return self.call("compare", {k: dict(v) for k, v in configs.items()}, int(rounds))
+
     def fingerprint(self) -> dict[str, Any]:
         return self.call("fingerprint")
 

@@ -103,6 +103,14 @@ def load_workload(job: Job) -> Workload:
         for k, v in module.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        import inspect
+
+        try:  # a changed forward() with the same weights is a different model (re-tuning)
+            src = inspect.getsourcefile(factory)
+            if src:
+                h.update(Path(src).read_bytes())
+        except (TypeError, OSError):
+            pass
         model_id = h.hexdigest()[:16]
     else:
         onnx_path = (Path(job.base_dir) / str(job.model.onnx)).resolve()

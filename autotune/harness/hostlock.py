@@ -1,0 +1,75 @@
+"""One latency measurement at a time on this host, whichever process (worker, job) measures.
+
+``measure_lock()`` takes an exclusive ``fcntl.flock`` on ``/tmp/autotune-measure.lock`` (or
+``$AUTOTUNE_MEASURE_LOCK``).  The kernel drops the lock when the holder dies, so a killed worker
+never blocks the host.  Re-entrant within one process (a nested ``with`` is a no-op), so wrapping
+both the harness child's request loop and the measurement itself is harmless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DEFAULT_LOCK = "/tmp/autotune-measure.lock"
+_local = threading.local()
+_process_lock = threading.Lock()
+
+
+def lock_path() -> Path:
+    return Path(os.environ.get("AUTOTUNE_MEASURE_LOCK", DEFAULT_LOCK))
+
+
+@contextmanager
+def measure_lock() -> Iterator[None]:
+    """Hold the host-wide measurement lock for the duration of the block."""
+    depth = getattr(_local, "depth", 0)
+    if depth:
+        _local.depth = depth + 1
+        try:
+            yield
+        finally:
+            _local.depth -= 1
+        return
+    with _process_lock:
+        path = lock_path()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _local.depth = 1
+            try:
+                yield
+            finally:
+                _local.depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive flock on ``path`` (created if needed); yields whether it was obtained.
+
+    With ``blocking=False`` the block runs at once with ``False`` if another process holds it.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,332 @@
+"""Many workers on one study: ``autotune worker JOB`` on one or many machines.
+
+Every worker opens the job's Optuna storage (PostgreSQL for several machines; SQLite works for
+several workers on one machine) with heartbeats enabled, and loops:
+
+1. under the study's *slot lock* (a PostgreSQL advisory lock; an ``flock`` beside a SQLite file):
+   fail the trials whose worker stopped sending heartbeats (``optuna.storages.fail_stale_trials``;
+   :class:`RetryFailedTrialCallback` puts each one back as a WAITING trial), then claim a slot:
+   a WAITING (re-queued) trial first, else a new RUNNING trial if the finished + running +
+   waiting trials are fewer than ``budget.max_trials``.  Counting and creating happen under one
+   lock, so the budget is exact across workers, never overshot.
+2. replay the other workers' new finished trials into this worker's agent (``observe``) before it
+   suggests, so every agent sees the whole study;
+3. measure the trial with a heartbeat thread running; the measurement itself holds the host-wide
+   measurement lock (:mod:`autotune.harness.hostlock`), so workers sharing a host never overlap.
+
+A worker exits when the budget is used up and no trial is left running or waiting.  While others'
+trials still run it keeps polling, so if one of them dies its re-queued trial is still measured.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.agents import create_agent
+from autotune.agents.base import Agent, Observation
+from autotune.errors import AutotuneError, TrialFailed
+from autotune.spec import Job
+from autotune.study import StudyRecord, TrialView, derive_metrics
+from autotune.tuner import (
+    MAX_INVALID_IN_A_ROW,
+    Progress,
+    RunSummary,
+    _key,
+    _summary,
+    baseline_config,
+    check_space,
+    pareto_views,
+    restrict_to_machine,
+)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    heartbeat_s: int = 10
+    grace_s: int = 30  # a RUNNING trial without a heartbeat for this long is failed and re-queued
+    max_retry: int = 2  # how often one configuration is re-queued after its worker died
+    poll_s: float = 1.0  # wait between checks while other workers finish the last trials
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_s < 1 or self.grace_s <= self.heartbeat_s:
+            raise AutotuneError(
+                f"heartbeat must be >= 1 s and the grace period longer than it; got heartbeat "
+                f"{self.heartbeat_s} s, grace {self.grace_s} s")
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def open_shared_record(job: Job, opts: WorkerOptions) -> StudyRecord:
+    """The job's study through a heartbeat-enabled RDB storage."""
+    import optuna
+
+    _quiet_optuna()
+
+    url = job.storage_url
+    if url.startswith("sqlite"):
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        engine_kwargs = {"pool_pre_ping": True}
+    import warnings
+
+    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
+        or optuna.storages.RetryFailedTrialCallback
+    last: Exception | None = None
+    for attempt in range(5):  # fresh database: workers race to create the tables; retry
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs or None,
+                    heartbeat_interval=opts.heartbeat_s, grace_period=opts.grace_s,
+                    heartbeat_stale_trial_callback=retry_cls(max_retry=opts.max_retry),
+                )
+            break
+        except Exception as exc:
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    else:
+        raise AutotuneError(f"cannot open the study storage {url}: {type(last).__name__}: {last}")
+    for attempt in range(5):  # and to create the study
+        try:
+            return StudyRecord(url, job.name, job.objective_pairs, job.parsed_constraints,
+                               storage=storage)
+        except Exception as exc:
+            if attempt == 4 or "IntegrityError" not in type(exc).__name__ + str(exc):
+                raise
+            time.sleep(0.3)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def slot_lock(record: StudyRecord, job: Job) -> Iterator[None]:
+    """Serialize 'count the trials, then create one' across every worker of the study."""
+    storage = record.storage
+    url = job.storage_url
+    if url.startswith("postgresql"):
+        import zlib
+
+        from sqlalchemy import text
+
+        key = zlib.crc32(f"autotune:{record.study.study_name}".encode())
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    # SQLite (and others): workers on this host only; an flock next to the study
+    from autotune.harness.hostlock import file_lock
+
+    with file_lock(job.out_dir / "slot.lock"):
+        yield
+
+
+@dataclass(frozen=True)
+class _Claim:
+    number: int
+    trial_id: int
+    config: dict[str, Any]
+    retried: bool
+
+
+class Worker:
+    def __init__(self, job: Job, *, opts: WorkerOptions | None = None,
+                 max_trials: int | None = None, progress: Progress | None = None,
+                 harness: Any = None) -> None:
+        self.job = job
+        self.opts = opts or WorkerOptions()
+        self.budget = max_trials or job.budget.max_trials
+        self.progress = progress or Progress()
+        self.harness = harness
+        self.id = worker_id()
+        self.record = open_shared_record(job, self.opts)
+        self.seen: set[int] = set()
+        self.agent: Agent | None = None
+
+    # ------------------------------------------------------------------ study views
+    def _counts(self) -> tuple[int, int, int]:
+        """(budget used by finished trials, running, waiting)."""
+        from optuna.trial import TrialState
+
+        trials = self.record.study.get_trials(deepcopy=False)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        return self.record.counted(), running, waiting
+
+    def _replay(self) -> None:
+        """Feed the trials other workers finished since the last look into the agent."""
+        assert self.agent is not None
+        for t in self.record.trials():
+            if t.number in self.seen or t.state not in ("complete", "failed"):
+                continue
+            self.seen.add(t.number)
+            if t.reason.startswith("interrupted"):
+                continue
+            self.agent.observe(t.observation())
+
+    def _claim(self, space: Any, full_space: Any, warm: list[dict[str, Any]]) -> _Claim | None:
+        import optuna
+        from optuna.trial import TrialState
+
+        study, storage = self.record.study, self.record.storage
+        optuna.storages.fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                continue
+            storage.record_heartbeat(t._trial_id)
+            params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
+            if not t.params:
+                dists = full_space.distributions()
+                for k, v in params.items():
+                    storage.set_trial_param(t._trial_id, k, dists[k].to_internal_repr(v), dists[k])
+            storage.set_trial_user_attr(t._trial_id, "worker", self.id)
+            storage.set_trial_user_attr(t._trial_id, "agent", t.user_attrs.get("agent", "retry"))
+            return _Claim(t.number, t._trial_id, params, retried=True)
+        invalid_in_a_row = 0
+        while True:
+            done, running, waiting = self._counts()
+            if done + running + waiting >= self.budget:
+                return None
+            self._replay()
+            assert self.agent is not None
+            config = dict(warm.pop(0)) if warm else self.agent.suggest()
+            reason = space.invalid_reason(config)
+            number = self.record.start(config, full_space, agent=self.agent.name)
+            tid = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            if reason:
+                self.record.fail(number, f"invalid combination: {reason}", invalid=True)
+                self.agent.observe(Observation(config, None, state="invalid", number=number))
+                self.seen.add(number)
+                invalid_in_a_row += 1
+                if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                    raise AutotuneError(
+                        f"the agent proposed {invalid_in_a_row} invalid combinations in a row; "
+                        "check the 'invalid:' rules of the search space")
+                continue
+            storage.record_heartbeat(tid)
+            storage.set_trial_user_attr(tid, "worker", self.id)
+            return _Claim(number, tid, config, retried=False)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> RunSummary:
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
+        t_start = time.monotonic()
+        job, record, progress = self.job, self.record, self.progress
+        full_space = job.space
+        check_space(job, full_space)
+        from autotune.harness.isolate import IsolatedHarness
+        from autotune.tracking import Tracker
+
+        own_harness = self.harness is None
+        harness = self.harness or IsolatedHarness(job)
+        tracker = Tracker(job, record)
+        new = 0
+        notices: list[str] = []
+        try:
+            space, notices = restrict_to_machine(full_space, harness.capabilities())
+            for n in notices:
+                progress.on_message(n)
+            with slot_lock(record, job):  # one worker measures the baseline, the rest wait
+                baseline = record.baseline
+                if baseline is None:
+                    progress.on_message("measuring the unmodified model (baseline)")
+                    runtime_default = "torch" if job.model.factory else "onnxruntime"
+                    try:
+                        result = harness.evaluate(baseline_config(space, runtime_default))
+                    except TrialFailed as exc:
+                        raise AutotuneError(
+                            f"the unmodified model could not be measured: {exc}") from None
+                    ev = job.evaluation
+                    baseline = derive_metrics(result.metrics, None, ev.quality_name,
+                                              ev.quality_higher_is_better)
+                    record.set_attr("baseline", baseline)
+                    record.set_attr("fingerprint", harness.fingerprint())
+                tracker.start(record.attr("fingerprint"), baseline)
+            self.agent = create_agent(job.agent.name, space, job.objective_pairs,
+                                      len(job.parsed_constraints), seed=_seed(job),
+                                      **job.agent.options)
+            measured = {_key(t.config) for t in record.trials()}
+            warm = [c for c in job.agent.warm_start if _key(c) not in measured]
+            done, _, _ = self._counts()
+            progress.on_start(done, self.budget)
+            deadline = t_start + job.budget.timeout if job.budget.timeout else None
+            while deadline is None or time.monotonic() < deadline:
+                with slot_lock(record, job):
+                    claim = self._claim(space, full_space, warm)
+                if claim is None:
+                    done, running, waiting = self._counts()
+                    if running + waiting == 0:
+                        break
+                    time.sleep(self.opts.poll_s)  # others finish; re-check for stale trials
+                    continue
+                with get_heartbeat_thread(claim.trial_id, record.storage):
+                    try:
+                        result = harness.evaluate(claim.config)
+                    except TrialFailed as exc:
+                        record.fail(claim.number, str(exc))
+                        view = self._view(claim.number)
+                    else:
+                        ev = job.evaluation
+                        metrics = derive_metrics(result.metrics, baseline, ev.quality_name,
+                                                 ev.quality_higher_is_better)
+                        view = record.complete(claim.number, metrics, result.details)
+                self.seen.add(view.number)
+                self.agent.observe(view.observation())
+                new += 1
+                tracker.log_trial(view)
+                done, _, _ = self._counts()
+                progress.on_trial(view, done, self.budget, pareto_views(record.trials(), job))
+            self.agent.close()
+        finally:
+            if own_harness:
+                harness.close()
+        views = record.trials()
+        done = record.counted()
+        summary = _summary(job, record, views, new, t_start, finished=done >= self.budget,
+                           tracking_error=tracker.last_error, notices=notices)
+        from autotune.tuner import _row
+
+        rows = [_row(t, job) for t in summary.front]
+        tracker.finish(rows, list(rows[0]) if rows else ["trial"])
+        return summary
+
+    def _view(self, number: int) -> TrialView:
+        tid = self.record.storage.get_trial_id_from_study_id_trial_number(
+            self.record.study._study_id, number)
+        return self.record.view(self.record.storage.get_trial(tid))
+
+
+def _seed(job: Job) -> int | None:
+    """Workers with the same seed would propose the same sequence: offset it by the process."""
+    if job.agent.seed is None:
+        return None
+    return job.agent.seed + os.getpid() % 10007
+
+
+def run_worker(job: Job, *, opts: WorkerOptions | None = None, max_trials: int | None = None,
+               progress: Progress | None = None, harness: Any = None) -> RunSummary:
+    """Join the job's study and measure trials until its (global) budget is used up."""
+    return Worker(job, opts=opts, max_trials=max_trials, progress=progress,
+                  harness=harness).run()
