@@ -3,23 +3,62 @@
 The child imports torch/onnxruntime and loads the model once, then serves evaluation requests over
 a pipe.  A crash, a hang or too much memory kills only the child: the call raises
 :class:`~autotune.errors.TrialFailed` with the reason and the tail of the child's output, and the
-next call starts a fresh child.  Only one request runs at a time, so two latency measurements never
-overlap on this host through this object.
+next call starts a fresh child.  Only one request runs at a time through this object, and the
+timed part of every measurement holds :func:`measurement_lock`, a host-wide file lock, so two
+latency measurements never overlap on this host, whichever job, worker or process makes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import multiprocessing as mp
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.spec import Job
+
+#: environment variable naming the lock file (default: ``autotune-measure.lock`` in the temp dir)
+LOCK_ENV = "AUTOTUNE_MEASURE_LOCK"
+
+
+def lock_path() -> Path:
+    """The host-wide measurement lock file: ``$AUTOTUNE_MEASURE_LOCK`` or the system temp dir's."""
+    env = os.environ.get(LOCK_ENV)
+    return Path(env) if env else Path(tempfile.gettempdir()) / "autotune-measure.lock"
+
+
+@contextlib.contextmanager
+def measurement_lock(path: str | os.PathLike[str] | None = None) -> Iterator[float]:
+    """Hold the host-wide exclusive lock for a timed measurement; yields the seconds waited.
+
+    ``fcntl.flock`` on a file shared by every autotune process on the host (all users: the file is
+    created world-writable).  The kernel drops the lock when the holder exits, so a crashed or
+    killed measuring process never leaves it held.
+    """
+    p = Path(path) if path is not None else lock_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)
+    t0 = time.perf_counter()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        waited = time.perf_counter() - t0
+        try:
+            yield waited
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _child(job: Job, conn: Any, log_path: str) -> None:
@@ -31,6 +70,12 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
+    import faulthandler
+
+    # a crash (SIGSEGV, SIGBUS, ...) leaves the Python stack in the log; SIGUSR1 (sent by the
+    # parent before it kills a hung child) dumps where every thread is stuck
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     from autotune.harness.evaluate import Evaluator
 
     ev = Evaluator(job)
@@ -99,6 +144,14 @@ class IsolatedHarness:
             self._kill()
         self._proc = self._conn = None
 
+    def _dump_stacks(self) -> None:
+        """Ask a hung child to write its Python stacks to the log before it is killed."""
+        try:
+            os.kill(self._proc.pid, signal.SIGUSR1)
+        except OSError:
+            return
+        time.sleep(0.3)
+
     def _kill(self) -> None:
         try:
             import psutil
@@ -131,14 +184,16 @@ class IsolatedHarness:
             if self._conn.poll(0.1):
                 try:
                     msg = self._conn.recv()
-                except EOFError:
+                except (EOFError, OSError):  # the child died mid-reply (reset, broken pipe)
                     msg = None
+                    self._proc.join(2)
                 if msg is not None:
                     break
             if not self._proc.is_alive():
                 self._proc.join(1)
                 raise self._died(offset)
             if time.monotonic() > deadline:
+                self._dump_stacks()
                 self._kill()
                 self._proc = None
                 raise TrialFailed(
@@ -157,6 +212,7 @@ class IsolatedHarness:
                     raise TrialFailed(
                         f"out of memory: the measuring process used {rss / 2**20:.0f} MiB, over "
                         f"the limit of {self.memory_limit_mb} MiB (measurement.memory_limit_mb)."
+                        f"{self._output(offset)}"
                     )
         status = msg[0]
         if status == "ok":
