@@ -190,7 +190,12 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
             reason = space.invalid_reason(config)
             if from_warm and not reason:  # e.g. device cuda, removed on a machine without one
                 outside = [p for p in space.validate(config) if "outside the space" in p]
-                reason = f"not runnable on this machine: {outside[0]}" if outside else None
+                if outside:  # recorded, never measured; the agent's space cannot hold it
+                    number = record.start(config, full_space, agent=agent.name)
+                    record.fail(number, f"not runnable on this machine: {outside[0]}",
+                                invalid=True)
+                    progress.on_message(f"warm start {config} skipped: {outside[0]}")
+                    continue
             if reason:
                 number = record.start(config, full_space, agent=agent.name)
                 record.fail(number, f"invalid combination: {reason}", invalid=True)

@@ -98,14 +98,6 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
             conn.send(("failed", f"{type(exc).__name__}: {exc}", tb))
 
 
-def _tail(path: Path, n: int = 2000) -> str:
-    try:
-        data = path.read_bytes()[-n:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace").strip()
-
-
 class IsolatedHarness:
     """Evaluator proxy living in a child process.
 
@@ -223,12 +215,20 @@ class IsolatedHarness:
 
         raise getattr(errors, msg[1], AutotuneError)(msg[2])
 
-    def _output(self, offset: int) -> str:
-        tail = _tail(self.log_path)
-        size = self.log_path.stat().st_size if self.log_path.exists() else 0
-        if size <= offset or not tail:
+    def _output(self, offset: int, limit: int = 2500) -> str:
+        """The end of what the child wrote during this call (faulthandler's module list dropped)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(offset, size - 4 * limit)
+                f.seek(start)
+                data = f.read()
+        except OSError:
             return ""
-        return f" Last output:\n{tail[-1500:]}"
+        lines = [ln for ln in data.decode("utf-8", "replace").splitlines()
+                 if not ln.startswith("Extension modules:")]
+        tail = "\n".join(lines).strip()[-limit:]
+        return f" Last output:\n{tail}" if tail else ""
 
     def _died(self, offset: int) -> TrialFailed:
         code = self._proc.exitcode
