@@ -136,10 +136,10 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
     _row(rows, sec, "measure p50 / bare p50", st.p50_ms / (1e3 * float(np.median(samples))), "")
     _row(rows, sec, "bare loop wall", bare_wall, "s")
     _row(rows, sec, "stats.measure wall", st.elapsed_s, "s", f"incl. {st.warmup} warm-up calls")
-    warm_time = st.warmup * st.mean_ms / 1e3
-    per_call = (st.elapsed_s - warm_time - n * st.mean_ms / 1e3) / n
-    _row(rows, sec, "measure bookkeeping/call", 1e6 * per_call, "us",
-         "wall - warm-up - timed calls, per call (estimate)")
+    cold = measure(lambda: pa(batch), **{**kw, "warmup": 0, "warmup_s": 0.0})
+    per_call = (cold.elapsed_s - cold.n * cold.mean_ms / 1e3) / cold.n
+    _row(rows, sec, "measure bookkeeping/sample", 1e6 * per_call, "us",
+         f"(wall - sum of samples) / n, no warm-up, {cold.n} samples")
     r = ev.evaluate(cfg_a)
     t = r.details["timings_s"]
     total = r.details["elapsed_s"]

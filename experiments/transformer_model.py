@@ -2,10 +2,10 @@
 
 The task (generated, no download): sequences of ``seq_len`` tokens drawn uniformly from a
 vocabulary of 64; each sequence has one of four classes, and a class is a *motif*, three tokens in
-a row (e.g. 7 19 42), planted twice at random positions.  The motif tokens also occur as ordinary
+a row (e.g. 7 19 42), planted three times at random positions.  The motif tokens also occur as ordinary
 noise, so counting tokens is not enough: the model has to see which tokens follow which, which is
-what attention over positions gives it.  It reaches > 95 % held-out accuracy after a few hundred
-steps (seconds on a laptop CPU; the trained weights are cached in the temp dir).
+what attention over positions gives it.  It reaches > 99 % held-out accuracy after 60 steps of
+32 sequences (seconds on an idle laptop CPU; the trained weights are cached in the temp dir).
 
 Latency depends on everything a deployment can change: the sequence length (attention is
 quadratic in it), the batch size, int8 quantization of the Linear layers (most of the FLOPs) and
@@ -26,7 +26,7 @@ from torch import nn
 VOCAB = 64
 N_CLASSES = 4
 MOTIF_LEN = 3
-PLANTS = 2
+PLANTS = 3
 
 
 def _motifs(seed: int = 1234) -> np.ndarray:
@@ -66,25 +66,29 @@ class MotifClassifier(nn.Module):
         return self.head(self.encoder(h).mean(dim=1))
 
 
-def _train(model: MotifClassifier, seq_len: int, steps: int, seed: int) -> None:
+def _train(model: MotifClassifier, seq_len: int, steps: int, seed: int, batch: int = 32,
+           log: bool = False) -> None:
     x, y = generate(4096, seq_len, seed=seed + 1)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(xt), (64,), generator=g)
+    for step in range(steps):
+        idx = torch.randint(0, len(xt), (batch,), generator=g)
         opt.zero_grad()
-        nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+        loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+        loss.backward()
         opt.step()
         sched.step()
+        if log and step % 20 == 0:
+            print(step, float(loss.detach()), flush=True)
     model.eval()
 
 
 def build(d_model: int = 128, layers: int = 2, heads: int = 4, ff: int = 256, seq_len: int = 64,
-          steps: int = 300, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+          steps: int = 60, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """Train (or load the cached) classifier; returns (model, example inputs)."""
     torch.manual_seed(seed)
     model = MotifClassifier(d_model, layers, heads, ff, max_len=max(256, seq_len))

@@ -79,6 +79,11 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     from autotune.harness.evaluate import Evaluator
 
     ev = Evaluator(job)
+    # load the model now, so the trial timeout does not pay for the start-up; on an error the
+    # first call that needs the model reports it
+    with contextlib.suppress(BaseException):
+        _ = ev.workload
+    conn.send(("ready",))
     while True:
         try:
             method, args = conn.recv()
@@ -101,13 +106,18 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
 class IsolatedHarness:
     """Evaluator proxy living in a child process.
 
-    ``timeout_s`` bounds one call; ``memory_limit_mb`` bounds the child's resident memory.
+    ``timeout_s`` bounds one call; ``memory_limit_mb`` bounds the child's resident memory.  A
+    fresh child first imports the libraries and loads the job's model (a factory may train it);
+    that start-up is bounded separately by ``startup_timeout_s`` (default: the larger of 600 s and
+    ``timeout_s``) so a busy machine does not fail the trial that happens to start a child.
     """
 
     def __init__(self, job: Job, *, timeout_s: float | None = None,
-                 memory_limit_mb: int | None = None) -> None:
+                 memory_limit_mb: int | None = None,
+                 startup_timeout_s: float | None = None) -> None:
         self.job = job
         self.timeout_s = timeout_s or job.measurement.trial_timeout_s
+        self.startup_timeout_s = startup_timeout_s or max(600.0, self.timeout_s)
         self.memory_limit_mb = memory_limit_mb or job.measurement.memory_limit_mb
         self.log_path = job.out_dir / "logs" / "harness.log"
         self._proc: Any = None
@@ -164,10 +174,25 @@ class IsolatedHarness:
     # ------------------------------------------------------------------ calls
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self._proc is None or not self._proc.is_alive():
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._start()
+            self._wait(self.startup_timeout_s, offset, "starting the measuring process (loading "
+                       "the model)", "the start-up limit")
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._conn.send((method, args))
-        limit = timeout_s or self.timeout_s
+        msg = self._wait(timeout_s or self.timeout_s, offset, "",
+                         "measurement.trial_timeout_s")
+        status = msg[0]
+        if status == "ok":
+            return msg[1]
+        if status == "failed":
+            raise TrialFailed(msg[1])
+        from autotune import errors
+
+        raise getattr(errors, msg[1], AutotuneError)(msg[2])
+
+    def _wait(self, limit: float, offset: int, what: str, setting: str) -> Any:
+        """The child's next message; watches for death, the time limit and the memory limit."""
         deadline = time.monotonic() + limit
         import psutil
 
@@ -180,7 +205,7 @@ class IsolatedHarness:
                     msg = None
                     self._proc.join(2)
                 if msg is not None:
-                    break
+                    return msg
             if not self._proc.is_alive():
                 self._proc.join(1)
                 raise self._died(offset)
@@ -188,8 +213,9 @@ class IsolatedHarness:
                 self._dump_stacks()
                 self._kill()
                 self._proc = None
+                during = f" while {what}" if what else ""
                 raise TrialFailed(
-                    f"timed out after {limit:.0f} s (measurement.trial_timeout_s); the measuring "
+                    f"timed out after {limit:.0f} s ({setting}){during}; the measuring "
                     f"process was killed.{self._output(offset)}"
                 )
             if self.memory_limit_mb:
@@ -206,14 +232,6 @@ class IsolatedHarness:
                         f"the limit of {self.memory_limit_mb} MiB (measurement.memory_limit_mb)."
                         f"{self._output(offset)}"
                     )
-        status = msg[0]
-        if status == "ok":
-            return msg[1]
-        if status == "failed":
-            raise TrialFailed(msg[1])
-        from autotune import errors
-
-        raise getattr(errors, msg[1], AutotuneError)(msg[2])
 
     def _output(self, offset: int, limit: int = 2500) -> str:
         """The end of what the child wrote during this call (faulthandler's module list dropped)."""
