@@ -165,14 +165,13 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
     return rows
 
 
-def bench_transformer(out_dir: str, rounds: int) -> list[dict[str, Any]]:
+def bench_transformer(out_dir: str, rounds: int, threads: int) -> list[dict[str, Any]]:
     from autotune.harness.evaluate import HARNESS_PARAMS, Evaluator
     from autotune.harness.stats import alternate, ratio_spread
 
     job = _job("transformer-cpu.yaml", out_dir)
     m = job.measurement
     ev = Evaluator(job)
-    threads = 2
     base = {"runtime": "onnxruntime", "quantization": "fp32", "pruning_ratio": 0.0,
             "batch_size": 8, "threads": threads}
     variants: dict[str, Mapping[str, Any]] = {
@@ -225,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transformer", action="store_true", help="the transformer comparisons")
     ap.add_argument("--repeats", type=int, default=5, help="re-measurements for the CV")
     ap.add_argument("--rounds", type=int, default=6, help="alternating rounds for the ratios")
+    ap.add_argument("--threads", type=int, default=1, help="threads of the transformer configs")
     ap.add_argument("--out", default=None, help="job output folder (default: a temp dir)")
     args = ap.parse_args(argv)
     import warnings
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or tmp
         print(f"machine: {_machine_note()}")
         if args.transformer:
-            rows = bench_transformer(out, args.rounds)
+            rows = bench_transformer(out, args.rounds, args.threads)
             _print_table("autotune measurement benchmark: transformer example", rows)
             _write_csv(RESULTS / "bench_transformer.csv", rows)
         else:

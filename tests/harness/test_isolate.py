@@ -222,3 +222,26 @@ def test_evaluate_times_under_the_host_lock(tiny_job, private_lock):
     assert m["achieved_gflops"] == pytest.approx(m["forward_gflop"] / (m["latency_p50_ms"] / 1e3))
     assert 0 < m["roofline_pct"] < 1000
     assert "gpu_memory_mb" not in m  # a CPU trial
+
+
+def test_model_loading_is_bounded_by_the_startup_limit_not_the_trial_timeout(tiny_job, tmp_path,
+                                                                             private_lock):
+    from autotune.errors import TrialFailed
+    from autotune.harness.isolate import IsolatedHarness
+    from autotune.spec import load_job
+
+    (tmp_path / "slow_model.py").write_text(
+        "import time\nimport digits_model\n\n\ndef build(**kw):\n"
+        "    print('slow model: training', flush=True)\n    time.sleep(10)\n"
+        "    return digits_model.build(**kw)\n"
+    )
+    job = load_job(tiny_job(1, **{"digits_model:build": "slow_model:build"}))
+    config = {"runtime": "torch", "quantization": "fp32", "batch_size": 1, "threads": 1}
+    with IsolatedHarness(job, timeout_s=8, startup_timeout_s=120) as h:
+        assert h.evaluate(config).metrics["quality"] > 0.5  # 10 s of loading, 8 s limit: fine
+    with IsolatedHarness(job, timeout_s=8, startup_timeout_s=3) as h, \
+            pytest.raises(TrialFailed) as err:
+        h.evaluate(config)
+    msg = str(err.value)
+    assert "timed out after 3 s (the start-up limit) while starting" in msg
+    assert "File \"" in msg and " line " in msg  # the Python stack of where start-up was
