@@ -60,8 +60,19 @@ def derive_metrics(
     metrics: Mapping[str, float], baseline: Mapping[str, float] | None, quality_name: str,
     higher_is_better: bool,
 ) -> dict[str, float]:
-    """Add the job-specific names: ``<quality>``, ``quality_drop``, ``<quality>_drop``."""
+    """Add the job-specific names and the ratios to the baseline.
+
+    ``<quality>``, ``quality_drop``, ``<quality>_drop``; ``latency_ratio`` (this trial's median
+    latency per item over the baseline's, per item so that batch sizes compare) and ``speedup``
+    (its inverse).  The baseline itself (``baseline=None``) gets ratio and speedup 1.
+    """
     out = dict(metrics)
+    per_item = out.get("latency_per_item_ms")
+    if per_item is not None and per_item > 0:
+        base_item = baseline.get("latency_per_item_ms") if baseline else per_item
+        if base_item is not None and base_item > 0:
+            out["latency_ratio"] = per_item / base_item
+            out["speedup"] = base_item / per_item
     q = out.get("quality")
     if q is not None:
         out.setdefault(quality_name, q)

@@ -262,8 +262,17 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
         deadline = t_start + job.budget.timeout if job.budget.timeout else None
         invalid_in_a_row = 0
         while done < budget and (deadline is None or time.monotonic() < deadline):
+            from_warm = bool(warm)
             config = dict(warm.pop(0)) if warm else agent.suggest()
             reason = space.invalid_reason(config)
+            if from_warm and not reason:  # e.g. device cuda, removed on a machine without one
+                outside = [p for p in space.validate(config) if "outside the space" in p]
+                if outside:  # recorded, never measured; the agent's space cannot hold it
+                    number = record.start(config, full_space, agent=agent.name)
+                    record.fail(number, f"not runnable on this machine: {outside[0]}",
+                                invalid=True)
+                    progress.on_message(f"warm start {config} skipped: {outside[0]}")
+                    continue
             if reason:
                 number = record.start(config, full_space, agent=agent.name)
                 record.fail(number, f"invalid combination: {reason}", invalid=True)

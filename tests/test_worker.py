@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.harness.hostlock import file_lock, measure_lock
+from autotune.harness.hostlock import file_lock, measurement_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
@@ -166,7 +166,7 @@ def test_measure_lock_is_reentrant_and_excludes_other_processes(tmp_path: Path,
     probe = ("import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); "
              "\ntry:\n fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB); print('free')\n"
              "except BlockingIOError:\n print('held')")
-    with measure_lock(), measure_lock():  # nested: no self-deadlock
+    with measurement_lock(), measurement_lock():  # nested: no self-deadlock
         out = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True,
                              text=True, check=True).stdout.strip()
         assert out == "held"

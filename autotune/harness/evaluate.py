@@ -98,6 +98,7 @@ class _PeakRSS:
         self._proc = psutil.Process()
         self._interval = interval
         self.peak = self._proc.memory_info().rss
+        self.start_mb = self.peak / 2**20
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -128,6 +129,7 @@ class Evaluator:
         self._workload = None
         self._reference: np.ndarray | None = None
         self._context: Any = None
+        self._peak_gflops: dict[str, float] = {}
 
     # ------------------------------------------------------------------ model
     @property
@@ -334,48 +336,70 @@ class Evaluator:
         return np.concatenate(outs, axis=0)
 
     def evaluate(self, config: Mapping[str, Any]) -> TrialResult:
-        from autotune.harness.hardware import (
-            cost_usd_per_million,
-            default_price_per_hour,
-            fingerprint,
-        )
+        """Build ``config``, score its quality and time it; see README "Measurement".
+
+        Memory: ``peak_memory_mb`` is the measuring process's absolute peak resident memory during
+        this trial (interpreter, libraries and the loaded workload included); the process serves
+        many trials, so ``model_memory_mb`` is the trial's own share: that peak minus the resident
+        memory just before the configuration was built.  ``gpu_memory_mb`` is
+        ``torch.cuda.max_memory_allocated`` after a peak reset (torch's allocator only; ONNX
+        Runtime's CUDA arena is not visible to it), present only when the trial ran on a GPU.
+        """
+        from autotune.harness.hardware import cost_usd_per_million, default_price_per_hour
+        from autotune.harness.hostlock import measurement_lock
         from autotune.harness.stats import measure
 
         m = self.job.measurement
         wl = self.workload
         t0 = time.perf_counter()
+        batch_size = int(config.get("batch_size", 1))
+        device = str(config.get("device", "cpu"))
+        gpu = self._reset_gpu_peak(device)
+        timings: dict[str, float] = {}
         with _PeakRSS() as rss:
+            before_mb = rss.start_mb
             predict, info = self._build(config)
-            batch_size = int(config.get("batch_size", 1))
+            timings["build_s"] = time.perf_counter() - t0
             batch = wl.batch(batch_size)
             try:
+                t1 = time.perf_counter()
                 outputs = self._run_all(predict, max(batch_size, 64))
                 quality = float(wl.quality_fn(outputs, wl.targets))
-                from autotune.harness.hostlock import measure_lock
-
-                with measure_lock():  # never two latency measurements at once on this host
+                timings["quality_s"] = time.perf_counter() - t1
+                with measurement_lock() as waited:
+                    t2 = time.perf_counter()
                     stats = measure(
                         lambda: predict(batch), warmup=m.warmup, min_repeats=m.min_repeats,
                         max_repeats=m.max_repeats, target_ci=m.target_ci,
-                        max_time_s=m.max_time_s,
+                        max_time_s=m.max_time_s, sync=gpu,
                     )
+                    timings["measure_s"] = time.perf_counter() - t2
+                timings["lock_wait_s"] = waited
             except TrialFailed:
                 raise
             except Exception as exc:  # the runtime refused this configuration
                 raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
         metrics: dict[str, float] = dict(stats.as_metrics())
         metrics["throughput_ips"] = batch_size / (stats.p50_ms / 1000.0)
+        metrics["latency_per_item_ms"] = stats.p50_ms / batch_size
         metrics["peak_memory_mb"] = rss.peak_mb
+        metrics["model_memory_mb"] = max(0.0, rss.peak_mb - before_mb)
+        if gpu is not None:
+            import torch
+
+            metrics["gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         metrics["model_size_mb"] = os.path.getsize(info["model_path"]) / 2**20
         metrics["quality"] = quality
         if "sparsity" in info:
             metrics["sparsity"] = float(info["sparsity"])
-        fp = fingerprint()
-        threads = int(config.get("threads") or os.cpu_count() or 1)
-        price = m.price_per_hour or default_price_per_hour(fp, "cpu", threads)
+        fp = self._fingerprint()
+        threads = int(config.get("threads") or fp.usable_cores or os.cpu_count() or 1)
+        price = m.price_per_hour or default_price_per_hour(fp, device, threads)
         metrics["cost_usd_per_million"] = cost_usd_per_million(
             stats.p50_ms / 1000.0, batch_size, price
         )
+        roofline = self._roofline(batch_size, stats.p50_ms, device)
+        metrics.update(roofline)
         details = {
             "latency": stats.to_dict(),
             "model_path": info["model_path"],
@@ -383,7 +407,11 @@ class Evaluator:
             **{k: info[k] for k in ("providers", "shrink", "inter_op_threads_applied") if k in info},
             "calibration_disjoint": bool(getattr(wl, "calibration_disjoint", True)),
             "price_per_hour": price,
+            "price_source": "measurement.price_per_hour" if m.price_per_hour else
+            "hardware.DEFAULT_PRICES_USD_PER_HOUR",
             "fingerprint_digest": fp.digest(),
+            "memory_before_build_mb": before_mb,
+            "timings_s": timings,
             "elapsed_s": time.perf_counter() - t0,
         }
         return TrialResult(metrics=metrics, details=details)
@@ -405,13 +433,65 @@ class Evaluator:
                 raise TrialFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
             batch = wl.batch(int(config.get("batch_size", 1)))
             fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
-        from autotune.harness.hostlock import measure_lock
+        from autotune.harness.hostlock import measurement_lock
 
-        with measure_lock():
+        with measurement_lock():
             out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
                             max_repeats=m.max_repeats, target_ci=m.target_ci,
                             max_time_s=m.max_time_s)
         return {name: [s.to_dict() for s in stats] for name, stats in out.items()}
+
+    # ------------------------------------------------------------------ measuring helpers
+    @staticmethod
+    def _fingerprint():  # type: ignore[no-untyped-def]
+        from autotune.harness.hardware import fingerprint
+
+        return fingerprint()
+
+    @staticmethod
+    def _reset_gpu_peak(device: str) -> Callable[[], None] | None:
+        """On a CUDA device: reset torch's peak-memory counter; returns the sync for timing."""
+        if not device.startswith("cuda"):
+            return None
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.synchronize
+
+    def _roofline(self, batch_size: int, p50_ms: float, device: str) -> dict[str, float]:
+        """``achieved_gflops`` and ``roofline_pct`` (empty when FLOPs or the peak are unknown).
+
+        FLOPs: one forward of the unmodified model at the batch size (autotune.harness.flops).
+        Peak: a large fp32 matmul on all usable cores (or the GPU), measured once per machine and
+        cached in the job's cache directory -- under the measurement lock, as it is a timing too.
+        """
+        from autotune.harness.flops import forward_flops
+        from autotune.harness.hardware import peak_gflops_cached
+        from autotune.harness.hostlock import measurement_lock
+
+        try:
+            flops = forward_flops(self._workload, batch_size, self.cache_dir)
+        except Exception:  # an exotic graph: leave the metric out rather than fail the trial
+            return {}
+        if flops <= 0:
+            return {}
+        achieved = flops / (p50_ms / 1000.0) / 1e9
+        out = {"achieved_gflops": achieved, "forward_gflop": flops / 1e9}
+        dev = "cuda" if device.startswith("cuda") else "cpu"
+        if dev not in self._peak_gflops:
+            try:
+                threads = None if dev == "cuda" else (self._fingerprint().usable_cores or None)
+                with measurement_lock():
+                    self._peak_gflops[dev] = peak_gflops_cached(
+                        self.cache_dir, dev, threads=threads, seconds=0.5)
+            except Exception:
+                self._peak_gflops[dev] = 0.0
+        if self._peak_gflops[dev]:
+            out["roofline_pct"] = 100.0 * achieved / self._peak_gflops[dev]
+        return out
 
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -421,6 +501,4 @@ class Evaluator:
         return asdict(detect_capabilities())
 
     def fingerprint(self) -> dict[str, Any]:
-        from autotune.harness.hardware import fingerprint
-
-        return fingerprint().to_dict()
+        return self._fingerprint().to_dict()

@@ -1,6 +1,6 @@
 """One latency measurement at a time on this host, whichever process (worker, job) measures.
 
-``measure_lock()`` takes an exclusive ``fcntl.flock`` on ``/tmp/autotune-measure.lock`` (or
+``measurement_lock()`` takes an exclusive ``fcntl.flock`` on ``/tmp/autotune-measure.lock`` (or
 ``$AUTOTUNE_MEASURE_LOCK``).  The kernel drops the lock when the holder dies, so a killed worker
 never blocks the host.  Re-entrant within one process (a nested ``with`` is a no-op), so wrapping
 both the harness child's request loop and the measurement itself is harmless.
@@ -11,8 +11,9 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 DEFAULT_LOCK = "/tmp/autotune-measure.lock"
@@ -25,24 +26,33 @@ def lock_path() -> Path:
 
 
 @contextmanager
-def measure_lock() -> Iterator[None]:
-    """Hold the host-wide measurement lock for the duration of the block."""
+def measurement_lock(path: str | os.PathLike[str] | None = None) -> Iterator[float]:
+    """Hold the host-wide measurement lock for the block; yields the seconds spent waiting.
+
+    The file is shared by every autotune process on the host (created world-writable).  Nested use
+    in one process is a no-op (yields 0.0), so wrapping a measurement that itself takes the lock is
+    harmless.
+    """
     depth = getattr(_local, "depth", 0)
     if depth:
         _local.depth = depth + 1
         try:
-            yield
+            yield 0.0
         finally:
             _local.depth -= 1
         return
+    t0 = time.perf_counter()
     with _process_lock:
-        path = lock_path()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        p = Path(path) if path is not None else lock_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
+        with suppress(OSError):
+            os.fchmod(fd, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _local.depth = 1
             try:
-                yield
+                yield time.perf_counter() - t0
             finally:
                 _local.depth = 0
                 fcntl.flock(fd, fcntl.LOCK_UN)

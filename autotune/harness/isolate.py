@@ -3,23 +3,28 @@
 The child imports torch/onnxruntime and loads the model once, then serves evaluation requests over
 a pipe.  A crash, a hang or too much memory kills only the child: the call raises
 :class:`~autotune.errors.TrialFailed` with the reason and the tail of the child's output, and the
-next call starts a fresh child.  Only one request runs at a time, so two latency measurements never
-overlap on this host through this object.
+next call starts a fresh child.  Only one request runs at a time through this object, and the
+timed part of every measurement holds :func:`autotune.harness.hostlock.measurement_lock`, a
+host-wide file lock, so two latency measurements never overlap on this host, whichever job, worker
+or process makes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.hostlock import measurement_lock
 from autotune.spec import Job
+
+__all__ = ["IsolatedHarness", "measurement_lock"]
 
 
 def _child(job: Job, conn: Any, log_path: str) -> None:
@@ -31,9 +36,20 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
+    import faulthandler
+
+    # a crash (SIGSEGV, SIGBUS, ...) leaves the Python stack in the log; SIGUSR1 (sent by the
+    # parent before it kills a hung child) dumps where every thread is stuck
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     from autotune.harness.evaluate import Evaluator
 
     ev = Evaluator(job)
+    # load the model now, so the trial timeout does not pay for the start-up; on an error the
+    # first call that needs the model reports it
+    with contextlib.suppress(BaseException):
+        _ = ev.workload
+    conn.send(("ready",))
     while True:
         try:
             method, args = conn.recv()
@@ -53,24 +69,21 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
             conn.send(("failed", f"{type(exc).__name__}: {exc}", tb))
 
 
-def _tail(path: Path, n: int = 2000) -> str:
-    try:
-        data = path.read_bytes()[-n:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace").strip()
-
-
 class IsolatedHarness:
     """Evaluator proxy living in a child process.
 
-    ``timeout_s`` bounds one call; ``memory_limit_mb`` bounds the child's resident memory.
+    ``timeout_s`` bounds one call; ``memory_limit_mb`` bounds the child's resident memory.  A
+    fresh child first imports the libraries and loads the job's model (a factory may train it);
+    that start-up is bounded separately by ``startup_timeout_s`` (default: the larger of 600 s and
+    ``timeout_s``) so a busy machine does not fail the trial that happens to start a child.
     """
 
     def __init__(self, job: Job, *, timeout_s: float | None = None,
-                 memory_limit_mb: int | None = None) -> None:
+                 memory_limit_mb: int | None = None,
+                 startup_timeout_s: float | None = None) -> None:
         self.job = job
         self.timeout_s = timeout_s or job.measurement.trial_timeout_s
+        self.startup_timeout_s = startup_timeout_s or max(600.0, self.timeout_s)
         self.memory_limit_mb = memory_limit_mb or job.measurement.memory_limit_mb
         self.log_path = job.out_dir / "logs" / "harness.log"
         self._proc: Any = None
@@ -99,6 +112,14 @@ class IsolatedHarness:
             self._kill()
         self._proc = self._conn = None
 
+    def _dump_stacks(self) -> None:
+        """Ask a hung child to write its Python stacks to the log before it is killed."""
+        try:
+            os.kill(self._proc.pid, signal.SIGUSR1)
+        except OSError:
+            return
+        time.sleep(0.3)
+
     def _kill(self) -> None:
         try:
             import psutil
@@ -119,10 +140,25 @@ class IsolatedHarness:
     # ------------------------------------------------------------------ calls
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self._proc is None or not self._proc.is_alive():
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._start()
+            self._wait(self.startup_timeout_s, offset, "starting the measuring process (loading "
+                       "the model)", "the start-up limit")
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._conn.send((method, args))
-        limit = timeout_s or self.timeout_s
+        msg = self._wait(timeout_s or self.timeout_s, offset, "",
+                         "measurement.trial_timeout_s")
+        status = msg[0]
+        if status == "ok":
+            return msg[1]
+        if status == "failed":
+            raise TrialFailed(msg[1])
+        from autotune import errors
+
+        raise getattr(errors, msg[1], AutotuneError)(msg[2])
+
+    def _wait(self, limit: float, offset: int, what: str, setting: str) -> Any:
+        """The child's next message; watches for death, the time limit and the memory limit."""
         deadline = time.monotonic() + limit
         import psutil
 
@@ -131,18 +167,21 @@ class IsolatedHarness:
             if self._conn.poll(0.1):
                 try:
                     msg = self._conn.recv()
-                except EOFError:
+                except (EOFError, OSError):  # the child died mid-reply (reset, broken pipe)
                     msg = None
+                    self._proc.join(2)
                 if msg is not None:
-                    break
+                    return msg
             if not self._proc.is_alive():
                 self._proc.join(1)
                 raise self._died(offset)
             if time.monotonic() > deadline:
+                self._dump_stacks()
                 self._kill()
                 self._proc = None
+                during = f" while {what}" if what else ""
                 raise TrialFailed(
-                    f"timed out after {limit:.0f} s (measurement.trial_timeout_s); the measuring "
+                    f"timed out after {limit:.0f} s ({setting}){during}; the measuring "
                     f"process was killed.{self._output(offset)}"
                 )
             if self.memory_limit_mb:
@@ -157,22 +196,23 @@ class IsolatedHarness:
                     raise TrialFailed(
                         f"out of memory: the measuring process used {rss / 2**20:.0f} MiB, over "
                         f"the limit of {self.memory_limit_mb} MiB (measurement.memory_limit_mb)."
+                        f"{self._output(offset)}"
                     )
-        status = msg[0]
-        if status == "ok":
-            return msg[1]
-        if status == "failed":
-            raise TrialFailed(msg[1])
-        from autotune import errors
 
-        raise getattr(errors, msg[1], AutotuneError)(msg[2])
-
-    def _output(self, offset: int) -> str:
-        tail = _tail(self.log_path)
-        size = self.log_path.stat().st_size if self.log_path.exists() else 0
-        if size <= offset or not tail:
+    def _output(self, offset: int, limit: int = 2500) -> str:
+        """The end of what the child wrote during this call (faulthandler's module list dropped)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(offset, size - 4 * limit)
+                f.seek(start)
+                data = f.read()
+        except OSError:
             return ""
-        return f" Last output:\n{tail[-1500:]}"
+        lines = [ln for ln in data.decode("utf-8", "replace").splitlines()
+                 if not ln.startswith("Extension modules:")]
+        tail = "\n".join(lines).strip()[-limit:]
+        return f" Last output:\n{tail}" if tail else ""
 
     def _died(self, offset: int) -> TrialFailed:
         code = self._proc.exitcode

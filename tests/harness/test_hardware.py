@@ -287,3 +287,36 @@ def test_default_price_per_hour():
         default_price_per_hour(cpu, "cpu", 0)
     with pytest.raises(ValueError, match="'device' parameter of default_price_per_hour"):
         default_price_per_hour(cpu, "tpu", 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# a job asking for a device this machine lacks
+
+
+@pytest.mark.skipif(detect_capabilities().cuda, reason="this machine has a CUDA device")
+def test_job_asking_cuda_without_a_gpu_gets_a_notice_and_no_cuda_trials(tiny_job):
+    from autotune import tuner
+    from autotune.spec import load_job
+
+    path = tiny_job(
+        3,
+        **{
+            "    runtime: [onnxruntime, torch]": "    device: [cpu, cuda]\n    runtime: [torch]",
+            "    quantization: [fp32, int8_dynamic]": "    quantization: [fp32]",
+            "agent: {name: tpe, seed: 1}": (
+                "agent: {name: random, seed: 1, warm_start: [{device: cuda, runtime: torch, "
+                "quantization: fp32, pruning_ratio: 0.0, batch_size: 1, threads: 1}]}\n"
+                "tracking: {enabled: false}"
+            ),
+        },
+    )
+    messages: list[str] = []
+    summary = tuner.run(load_job(path), progress=tuner.Progress(on_message=messages.append))
+    notice = [n for n in summary.notices if "cuda" in n]
+    assert notice and "no CUDA device" in notice[0]
+    assert any("no CUDA device" in m for m in messages)
+    measured = [t for t in summary.trials if t.state in ("complete", "failed")]
+    assert len(measured) == 3 and all(t.config["device"] == "cpu" for t in measured)
+    cuda = [t for t in summary.trials if t.config.get("device") == "cuda"]
+    assert len(cuda) == 1 and cuda[0].state == "invalid"  # the warm start was never measured
+    assert "not runnable on this machine" in cuda[0].reason
