@@ -41,27 +41,75 @@ def make_sampler(
             return s.NSGAIISampler(seed=seed, **options)
         if name == "nsga3":
             options.setdefault("population_size", 16)
-            return s.NSGAIIISampler(seed=seed, **options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return s.NSGAIIISampler(seed=seed, **options)
         if name == "qmc":
-            return s.QMCSampler(seed=seed, **options)
+            options.setdefault("warn_independent_sampling", False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return s.QMCSampler(seed=seed, **options)
         if name == "random":
             return s.RandomSampler(seed=seed, **options)
-        if name == "grid":
-            grid = _grid_values(space)
-            return s.GridSampler(grid, seed=seed, **options)
     except TypeError as exc:
         raise SpecError(f"bad option for agent '{name}': {exc}.", path="agent.options") from None
     raise SpecError(f"unknown Optuna agent '{name}'.", path="agent.name")
 
 
-def _grid_values(space: SearchSpace) -> dict[str, list[Any]]:
+def grid_configs(space: SearchSpace) -> list[Config]:
+    """Every valid configuration of a discrete space, conditional parameters respected."""
     try:
-        return {p.name: p.values() for p in space}
+        return space.grid()
     except ValueError as exc:
         raise SpecError(
             f"the grid agent needs a discrete space: {exc}.", path="agent.name",
             hint="Give continuous parameters a 'step', or pick another agent.",
         ) from None
+
+
+class GridAgent(Agent):
+    """Exhaustive search over :meth:`SearchSpace.grid` in a seeded random order.
+
+    Optuna's ``GridSampler`` takes the cross product of every parameter, so a conditional parameter
+    (``graph_optimization`` only for ``runtime: onnxruntime``) would repeat each inactive
+    configuration once per value, and invalid combinations would be proposed.  This agent walks the
+    valid, conditional-aware grid instead, skipping configurations already observed (foreign ones
+    too); once every configuration has been seen it starts a new pass (re-measurements).
+    """
+
+    name = "grid"
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[tuple[str, Direction]],
+                 n_constraints: int = 0, *, seed: int | None = None, shuffle: bool = True) -> None:
+        super().__init__(space, objectives, n_constraints, seed=seed)
+        self.shuffle = shuffle
+        self._order: list[Config] | None = None
+        self._seen: dict[str, int] = {}  # key -> times proposed or observed
+        self._pending: set[str] = set()
+
+    @property
+    def order(self) -> list[Config]:
+        if self._order is None:
+            import random
+
+            self._order = grid_configs(self.space)
+            if self.shuffle:
+                random.Random(self.seed).shuffle(self._order)
+        return self._order
+
+    def suggest(self) -> Config:
+        least = min(self._seen.get(_key(c), 0) for c in self.order)
+        c = next(c for c in self.order if self._seen.get(_key(c), 0) == least)
+        self._seen[_key(c)] = least + 1
+        self._pending.add(_key(c))
+        return dict(c)
+
+    def observe(self, obs: Observation) -> None:
+        k = _key(obs.config)
+        if k in self._pending:
+            self._pending.discard(k)  # counted when proposed
+        else:
+            self._seen[k] = self._seen.get(k, 0) + 1
 
 
 class OptunaAgent(Agent):
