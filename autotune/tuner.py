@@ -96,6 +96,8 @@ def pareto_ranks(trials: Sequence[TrialView], job: Job) -> dict[int, int]:
 
 
 def check_space(job: Job, space: SearchSpace) -> None:
+    if job.is_custom:
+        return  # the user's objective defines its own parameters
     from autotune.harness.evaluate import HARNESS_PARAMS
 
     for p in space:
@@ -152,10 +154,17 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     harness = harness or IsolatedHarness(job)
     new = 0
     try:
-        space, notices = restrict_to_machine(full_space, harness.capabilities())
+        if job.is_custom:
+            space, notices = full_space, []
+        else:
+            space, notices = restrict_to_machine(full_space, harness.capabilities())
         for n in notices:
             progress.on_message(n)
         baseline = record.baseline
+        if baseline is None and job.is_custom:
+            baseline = _custom_baseline(job, harness, progress)
+            record.set_attr("baseline", baseline)
+            record.set_attr("fingerprint", harness.fingerprint())
         if baseline is None:
             progress.on_message("measuring the unmodified model (baseline)")
             runtime_default = "torch" if job.model.factory else "onnxruntime"
@@ -179,7 +188,16 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
         for t in views:
             if t.state in ("complete", "failed"):
                 agent.observe(t.observation())
-        warm = [c for c in job.agent.warm_start if _key(c) not in measured]
+        seeds = [dict(c) for c in job.agent.warm_start]
+        if job.agent.warm_start_from is not None:
+            from autotune.warmstart import from_study
+
+            earlier = from_study(job, full_space)
+            for obs in earlier.observations:
+                agent.observe(obs)
+            seeds += [c for c in earlier.configs if _key(c) not in {_key(s) for s in seeds}]
+            progress.on_message(earlier.message)
+        warm = [c for c in seeds if _key(c) not in measured]
 
         progress.on_start(done, budget)
         deadline = t_start + job.budget.timeout if job.budget.timeout else None
@@ -208,8 +226,8 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
                     record._trial(number)._trial_id))
             else:
                 ev = job.evaluation
-                metrics = derive_metrics(result.metrics, baseline, ev.quality_name,
-                                         ev.quality_higher_is_better)
+                metrics = dict(result.metrics) if ev is None else derive_metrics(
+                    result.metrics, baseline, ev.quality_name, ev.quality_higher_is_better)
                 view = record.complete(number, metrics, result.details)
             agent.observe(view.observation())
             done += 1
@@ -226,6 +244,17 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     front_rows = [_row(t, job) for t in summary.front]
     tracker.finish(front_rows, list(front_rows[0]) if front_rows else ["trial"])
     return summary
+
+
+def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, float]:
+    """A custom objective has a baseline only when the job names one (``baseline:``)."""
+    if job.baseline is None:
+        return {}
+    progress.on_message("measuring the baseline configuration")
+    try:
+        return dict(harness.evaluate(dict(job.baseline)).metrics)
+    except TrialFailed as exc:
+        raise AutotuneError(f"the baseline configuration could not be measured: {exc}") from None
 
 
 def _row(t: TrialView, job: Job) -> dict[str, Any]:

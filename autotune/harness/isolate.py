@@ -31,9 +31,14 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    from autotune.harness.evaluate import Evaluator
+    if job.is_custom:
+        from autotune.harness.custom import ObjectiveEvaluator
 
-    ev = Evaluator(job)
+        ev: Any = ObjectiveEvaluator(job)
+    else:
+        from autotune.harness.evaluate import Evaluator
+
+        ev = Evaluator(job)
     while True:
         try:
             method, args = conn.recv()
