@@ -130,6 +130,11 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     progress = progress or Progress()
     full_space = job.space
     check_space(job, full_space)
+    earlier = None
+    if job.agent.warm_start_from is not None:  # user errors in it surface before any measuring
+        from autotune.warmstart import from_study
+
+        earlier = from_study(job, full_space)
     record = open_record(job)
     budget = max_trials or job.budget.max_trials
     interrupted = record.mark_interrupted()
@@ -189,10 +194,7 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
             if t.state in ("complete", "failed"):
                 agent.observe(t.observation())
         seeds = [dict(c) for c in job.agent.warm_start]
-        if job.agent.warm_start_from is not None:
-            from autotune.warmstart import from_study
-
-            earlier = from_study(job, full_space)
+        if earlier is not None:
             for obs in earlier.observations:
                 agent.observe(obs)
             seeds += [c for c in earlier.configs if _key(c) not in {_key(s) for s in seeds}]
