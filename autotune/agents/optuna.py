@@ -7,8 +7,9 @@ Optuna 5 API), so every sampler that supports constraints sees them.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -30,11 +31,13 @@ def make_sampler(
     try:
         if name == "tpe":
             options.setdefault("multivariate", True)
+            options.setdefault("group", True)  # conditional parameters: one model per sub-space
             options.setdefault("n_startup_trials", 8)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return s.TPESampler(seed=seed, **options)
         if name == "gp":
+            options.setdefault("warn_independent_sampling", False)
             return s.GPSampler(seed=seed, **options)
         if name == "nsga2":
             options.setdefault("population_size", 16)
@@ -139,8 +142,9 @@ class OptunaAgent(Agent):
         return self._study
 
     def suggest(self) -> Config:
-        trial = self.study.ask()
-        config = self.space.sample(trial)
+        with _one_torch_thread(self.name == "gp"):
+            trial = self.study.ask()
+            config = self.space.sample(trial)
         self._pending[_key(config)] = trial
         return config
 
@@ -167,6 +171,23 @@ class OptunaAgent(Agent):
                 constraints=constraints if ok else None,
             )
         )
+
+
+@contextlib.contextmanager
+def _one_torch_thread(active: bool) -> Iterator[None]:
+    """GPSampler fits tiny torch models; with the default thread pool a busy machine makes each
+    suggestion ~10x slower (measured 8.3 s vs 0.65 s at 15 trials on 2 shared cores)."""
+    if not active:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _key(config: Any) -> str:
