@@ -18,7 +18,7 @@ constraints.txt).  skopt optimizes one scalar, so the adapter adds what autotune
 
 Options (``agent.options``): ``acq_func`` (EI, PI, LCB, gp_hedge; default gp_hedge for skopt-gp,
 EI otherwise), ``n_initial_points`` (default 8), ``rho`` (0.05), ``n_points`` (candidates scored
-per acquisition, default 2000), ``xi``, ``kappa``.
+per acquisition, default 1000), ``xi``, ``kappa``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class SkoptAgent(Agent):
         acq_func: str | None = None,
         n_initial_points: int = 8,
         rho: float = 0.05,
-        n_points: int = 2000,
+        n_points: int = 1000,
         xi: float = 0.01,
         kappa: float = 1.96,
     ) -> None:
