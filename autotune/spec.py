@@ -112,11 +112,17 @@ class WarmStartFromSpec(_Strict):
 
 
 class AgentSpec(_Strict):
-    name: str = "tpe"
+    name: str = Field(default_factory=lambda: _default_agent())
     seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
     warm_start_from: WarmStartFromSpec | None = None
+
+
+def _default_agent() -> str:
+    from autotune.agents import DEFAULT_AGENT  # light: the registry of names only
+
+    return DEFAULT_AGENT
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
