@@ -1,4 +1,4 @@
-"""Optuna's samplers as agents: TPE, GP, NSGA-II, NSGA-III, QMC, random, grid.
+"""Optuna's samplers as agents (TPE, GP, NSGA-II, NSGA-III, QMC, random), and a grid agent.
 
 The agent keeps its own in-memory study and drives the sampler through Optuna's ask/tell; the
 tuner's persistent study stays the record.  Constraints go through ``trial.set_constraint`` (the
