@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constraint
 from autotune.errors import SpecError
-from autotune.metrics import Direction, MetricInfo, vocabulary
+from autotune.metrics import BUILTIN_METRICS, Direction, MetricInfo, vocabulary
 from autotune.space import SearchSpace, merge_overrides, parse_space, preset_path
 from autotune.yamlsrc import Located, dotted, load_located
 
@@ -107,11 +107,27 @@ class ObjectiveSpec(_Strict):
     direction: Direction | None = None
 
 
+class WarmStartFromSpec(_Strict):
+    """Seed a job from an earlier study: its best feasible (Pareto) trials are replayed into the
+    agent and their configurations queued for re-measurement on this machine."""
+
+    storage: str  # an Optuna storage URL, or a path to a study.db (relative to the job file)
+    study: str
+    top_k: int = Field(default=5, ge=1)
+
+
 class AgentSpec(_Strict):
-    name: str = "tpe"
+    name: str = Field(default_factory=lambda: _default_agent())
     seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
+    warm_start_from: WarmStartFromSpec | None = None
+
+
+def _default_agent() -> str:
+    from autotune.agents import DEFAULT_AGENT  # light: the registry of names only
+
+    return DEFAULT_AGENT
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -198,8 +214,10 @@ def _check_schedule(v: str | None) -> str | None:
 class Job(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
     description: str = ""
-    model: ModelSpec
-    evaluation: EvaluationSpec
+    model: ModelSpec | None = None
+    evaluation: EvaluationSpec | None = None
+    objective: str | None = None  # module:function(config) -> {metric: value}; replaces model
+    baseline: dict[str, Any] | None = None  # for custom objectives: the configuration to compare to
     search_space: dict[str, Any]
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     constraints: list[str] = Field(default_factory=list)
@@ -215,6 +233,25 @@ class Job(_Strict):
     # Filled by the loader, not by users:
     source: str = Field(default="<memory>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
+
+    _objective_ref = field_validator("objective")(_check_ref)
+
+    @model_validator(mode="after")
+    def _model_or_objective(self) -> Job:
+        if (self.model is None) == (self.objective is None):
+            raise ValueError(
+                "give exactly one of 'model' (with 'evaluation') or 'objective' (module:function)"
+            )
+        if self.model is not None and self.evaluation is None:
+            raise ValueError("a job with a 'model' needs an 'evaluation'")
+        if self.objective is not None and self.evaluation is not None:
+            raise ValueError("'evaluation' belongs to a 'model'; a custom 'objective' measures itself")
+        return self
+
+    @property
+    def is_custom(self) -> bool:
+        """The job measures with a user callable (``objective:``) instead of a model."""
+        return self.objective is not None
 
     @field_validator("objectives", mode="before")
     @classmethod
@@ -247,13 +284,24 @@ class Job(_Strict):
 
     @property
     def metric_vocabulary(self) -> dict[str, MetricInfo]:
+        """Known metric names; for a custom objective the built-in names (any other name is
+        allowed too: the vocabulary is open and checked against the first result)."""
         ev = self.evaluation
+        if ev is None:
+            return dict(BUILTIN_METRICS)
         return vocabulary(ev.quality_name, ev.quality_higher_is_better)
 
     @property
     def objective_pairs(self) -> list[tuple[str, Direction]]:
         vocab = self.metric_vocabulary
         return [(o.metric, o.direction or vocab[o.metric].direction) for o in self.objectives]
+
+    @property
+    def required_metrics(self) -> list[str]:
+        """Metric names a custom objective's result must contain (objectives, then constraints)."""
+        names = [o.metric for o in self.objectives]
+        names += [c.metric for c in self.parsed_constraints if c.metric not in names]
+        return names
 
     @property
     def parsed_constraints(self) -> list[Constraint]:
@@ -362,6 +410,24 @@ def job_from_located(doc: Located) -> Job:
         if k in data:
             raise SpecError(f"unknown key '{k}'.", file=doc.file, line=doc.line_of((k,)), path=k)
     base_dir = str(Path(doc.file).resolve().parent) if doc.file != "<memory>" else "."
+    if ("model" in data) == ("objective" in data):
+        both = "model" in data
+        raise SpecError(
+            ("give only one of" if both else "this required field is missing: give one of")
+            + " 'model' (with 'evaluation') or 'objective' (module:function taking the "
+            "configuration and returning a dict of metrics).",
+            file=doc.file, line=doc.line_of(("objective",)) if both else None,
+            path="objective" if both else "model",
+        )
+    if "model" in data and "evaluation" not in data:
+        raise SpecError("this required field is missing.", file=doc.file, path="evaluation",
+                        hint="A job with a 'model' says how to judge quality under 'evaluation:'.")
+    if "objective" in data and "evaluation" in data:
+        raise SpecError(
+            "'evaluation' belongs to a 'model'; a custom 'objective' returns its own metrics.",
+            file=doc.file, line=doc.line_of(("evaluation",)), path="evaluation",
+            hint="Remove 'evaluation:' (name the returned metrics in objectives/constraints).",
+        )
     try:
         job = Job.model_validate({**data, "source": doc.file, "base_dir": base_dir})
     except ValidationError as err:
@@ -384,7 +450,15 @@ def _check_semantics(job: Job, doc: Located) -> None:
                          path=dotted(loc), hint=f"{hint}Known metrics: {known}.")
 
     for i, o in enumerate(job.objectives):
-        if o.metric not in vocab:
+        if job.is_custom:
+            if o.metric not in vocab and o.direction is None:
+                loc = ("objectives", i)
+                raise SpecError(
+                    f"'{o.metric}' is not a built-in metric, so its direction is unknown.",
+                    file=doc.file, line=doc.line_of(loc), path=dotted(loc),
+                    hint=f"Write {{metric: {o.metric}, direction: minimize}} (or maximize).",
+                )
+        elif o.metric not in vocab:
             raise unknown_metric(o.metric, ("objectives", i))
     seen = [o.metric for o in job.objectives]
     if len(set(seen)) != len(seen):
@@ -396,8 +470,15 @@ def _check_semantics(job: Job, doc: Located) -> None:
         except ConstraintSyntaxError as exc:
             raise SpecError(str(exc), file=doc.file, line=doc.line_of(("constraints", i)),
                             path=f"constraints[{i}]") from None
-        if c.metric not in vocab:
+        if c.metric not in vocab and not job.is_custom:
             raise unknown_metric(c.metric, ("constraints", i))
+        if c.relative and job.is_custom and job.baseline is None:
+            raise SpecError(
+                f"the constraint '{c.text}' is relative to the baseline, but a custom objective "
+                "has no baseline unless the job gives one.", file=doc.file,
+                line=doc.line_of(("constraints", i)), path=f"constraints[{i}]",
+                hint="Add 'baseline: {<configuration>}' or use an absolute bound.",
+            )
     try:
         space = job.space
     except SpecError as exc:
@@ -406,6 +487,15 @@ def _check_semantics(job: Job, doc: Located) -> None:
         loc = tuple(_split_path(exc.path or "search_space"))
         raise SpecError(exc.reason, file=doc.file, line=doc.line_of(loc), path=exc.path,
                         hint=exc.hint) from None
+    if job.baseline is not None:
+        if not job.is_custom:
+            raise SpecError("'baseline' is only for custom objectives; a model's baseline is the "
+                            "unmodified model, measured first.", file=doc.file,
+                            line=doc.line_of(("baseline",)), path="baseline")
+        problems = space.validate(job.baseline)
+        if problems:
+            raise SpecError(f"the baseline configuration is not in the space: {problems[0]}.",
+                            file=doc.file, line=doc.line_of(("baseline",)), path="baseline")
     for i, cfg in enumerate(job.agent.warm_start):
         problems = space.validate(cfg)
         if problems:

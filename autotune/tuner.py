@@ -96,6 +96,8 @@ def pareto_ranks(trials: Sequence[TrialView], job: Job) -> dict[int, int]:
 
 
 def check_space(job: Job, space: SearchSpace) -> None:
+    if job.is_custom:
+        return  # the user's objective defines its own parameters
     from autotune.harness.evaluate import HARNESS_PARAMS
 
     for p in space:
@@ -198,6 +200,11 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     progress = progress or Progress()
     full_space = job.space
     check_space(job, full_space)
+    earlier = None
+    if job.agent.warm_start_from is not None:  # user errors in it surface before any measuring
+        from autotune.warmstart import from_study
+
+        earlier = from_study(job, full_space)
     record = open_record(job)
     budget = max_trials or job.budget.max_trials
     # One process per SQLite study: whatever is RUNNING was left by a crash.  (Shared storages
@@ -227,12 +234,19 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     harness = harness or IsolatedHarness(job)
     new = 0
     try:
-        space, notices = restrict_to_machine(
-            full_space, harness.capabilities(),
-            runtime_default="torch" if job.model.factory else "onnxruntime")
+        if job.is_custom:
+            space, notices = full_space, []
+        else:
+            space, notices = restrict_to_machine(
+                full_space, harness.capabilities(),
+                runtime_default="torch" if job.model.factory else "onnxruntime")
         for n in notices:
             progress.on_message(n)
         baseline = record.baseline
+        if baseline is None and job.is_custom:
+            baseline = _custom_baseline(job, harness, progress)
+            record.set_attr("baseline", baseline)
+            record.set_attr("fingerprint", harness.fingerprint())
         if baseline is None:
             progress.on_message("measuring the unmodified model (baseline)")
             runtime_default = "torch" if job.model.factory else "onnxruntime"
@@ -256,7 +270,13 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
         for t in views:
             if t.state in ("complete", "failed"):
                 agent.observe(t.observation())
-        warm = [c for c in job.agent.warm_start if _key(c) not in measured]
+        seeds = [dict(c) for c in job.agent.warm_start]
+        if earlier is not None:
+            for obs in earlier.observations:
+                agent.observe(obs)
+            seeds += [c for c in earlier.configs if _key(c) not in {_key(s) for s in seeds}]
+            progress.on_message(earlier.message)
+        warm = [c for c in seeds if _key(c) not in measured]
 
         progress.on_start(done, budget)
         deadline = t_start + job.budget.timeout if job.budget.timeout else None
@@ -294,8 +314,8 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
                     record._trial(number)._trial_id))
             else:
                 ev = job.evaluation
-                metrics = derive_metrics(result.metrics, baseline, ev.quality_name,
-                                         ev.quality_higher_is_better)
+                metrics = dict(result.metrics) if ev is None else derive_metrics(
+                    result.metrics, baseline, ev.quality_name, ev.quality_higher_is_better)
                 view = record.complete(number, metrics, result.details)
             agent.observe(view.observation())
             done += 1
@@ -312,6 +332,17 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     tracker.finish(views)
     summary = replace(summary, tracking_error=tracker.last_error)
     return summary
+
+
+def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, float]:
+    """A custom objective has a baseline only when the job names one (``baseline:``)."""
+    if job.baseline is None:
+        return {}
+    progress.on_message("measuring the baseline configuration")
+    try:
+        return dict(harness.evaluate(dict(job.baseline)).metrics)
+    except TrialFailed as exc:
+        raise AutotuneError(f"the baseline configuration could not be measured: {exc}") from None
 
 
 def _row(t: TrialView, job: Job) -> dict[str, Any]:

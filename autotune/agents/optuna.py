@@ -1,4 +1,4 @@
-"""Optuna's samplers as agents: TPE, GP, NSGA-II, NSGA-III, QMC, random, grid.
+"""Optuna's samplers as agents (TPE, GP, NSGA-II, NSGA-III, QMC, random), and a grid agent.
 
 The agent keeps its own in-memory study and drives the sampler through Optuna's ask/tell; the
 tuner's persistent study stays the record.  Constraints go through ``trial.set_constraint`` (the
@@ -7,8 +7,9 @@ Optuna 5 API), so every sampler that supports constraints sees them.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -30,38 +31,88 @@ def make_sampler(
     try:
         if name == "tpe":
             options.setdefault("multivariate", True)
+            options.setdefault("group", True)  # conditional parameters: one model per sub-space
             options.setdefault("n_startup_trials", 8)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return s.TPESampler(seed=seed, **options)
         if name == "gp":
+            options.setdefault("warn_independent_sampling", False)
             return s.GPSampler(seed=seed, **options)
         if name == "nsga2":
             options.setdefault("population_size", 16)
             return s.NSGAIISampler(seed=seed, **options)
         if name == "nsga3":
             options.setdefault("population_size", 16)
-            return s.NSGAIIISampler(seed=seed, **options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return s.NSGAIIISampler(seed=seed, **options)
         if name == "qmc":
-            return s.QMCSampler(seed=seed, **options)
+            options.setdefault("warn_independent_sampling", False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return s.QMCSampler(seed=seed, **options)
         if name == "random":
             return s.RandomSampler(seed=seed, **options)
-        if name == "grid":
-            grid = _grid_values(space)
-            return s.GridSampler(grid, seed=seed, **options)
     except TypeError as exc:
         raise SpecError(f"bad option for agent '{name}': {exc}.", path="agent.options") from None
     raise SpecError(f"unknown Optuna agent '{name}'.", path="agent.name")
 
 
-def _grid_values(space: SearchSpace) -> dict[str, list[Any]]:
+def grid_configs(space: SearchSpace) -> list[Config]:
+    """Every valid configuration of a discrete space, conditional parameters respected."""
     try:
-        return {p.name: p.values() for p in space}
+        return space.grid()
     except ValueError as exc:
         raise SpecError(
             f"the grid agent needs a discrete space: {exc}.", path="agent.name",
             hint="Give continuous parameters a 'step', or pick another agent.",
         ) from None
+
+
+class GridAgent(Agent):
+    """Exhaustive search over :meth:`SearchSpace.grid` in a seeded random order.
+
+    Optuna's ``GridSampler`` takes the cross product of every parameter, so a conditional parameter
+    (``graph_optimization`` only for ``runtime: onnxruntime``) would repeat each inactive
+    configuration once per value, and invalid combinations would be proposed.  This agent walks the
+    valid, conditional-aware grid instead, skipping configurations already observed (foreign ones
+    too); once every configuration has been seen it starts a new pass (re-measurements).
+    """
+
+    name = "grid"
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[tuple[str, Direction]],
+                 n_constraints: int = 0, *, seed: int | None = None, shuffle: bool = True) -> None:
+        super().__init__(space, objectives, n_constraints, seed=seed)
+        self.shuffle = shuffle
+        self._order: list[Config] | None = None
+        self._seen: dict[str, int] = {}  # key -> times proposed or observed
+        self._pending: set[str] = set()
+
+    @property
+    def order(self) -> list[Config]:
+        if self._order is None:
+            import random
+
+            self._order = grid_configs(self.space)
+            if self.shuffle:
+                random.Random(self.seed).shuffle(self._order)
+        return self._order
+
+    def suggest(self) -> Config:
+        least = min(self._seen.get(_key(c), 0) for c in self.order)
+        c = next(c for c in self.order if self._seen.get(_key(c), 0) == least)
+        self._seen[_key(c)] = least + 1
+        self._pending.add(_key(c))
+        return dict(c)
+
+    def observe(self, obs: Observation) -> None:
+        k = _key(obs.config)
+        if k in self._pending:
+            self._pending.discard(k)  # counted when proposed
+        else:
+            self._seen[k] = self._seen.get(k, 0) + 1
 
 
 class OptunaAgent(Agent):
@@ -91,8 +142,9 @@ class OptunaAgent(Agent):
         return self._study
 
     def suggest(self) -> Config:
-        trial = self.study.ask()
-        config = self.space.sample(trial)
+        with _one_torch_thread(self.name == "gp"):
+            trial = self.study.ask()
+            config = self.space.sample(trial)
         self._pending[_key(config)] = trial
         return config
 
@@ -119,6 +171,23 @@ class OptunaAgent(Agent):
                 constraints=constraints if ok else None,
             )
         )
+
+
+@contextlib.contextmanager
+def _one_torch_thread(active: bool) -> Iterator[None]:
+    """GPSampler fits tiny torch models; with the default thread pool a busy machine makes each
+    suggestion ~10x slower (measured 8.3 s vs 0.65 s at 15 trials on 2 shared cores)."""
+    if not active:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _key(config: Any) -> str:

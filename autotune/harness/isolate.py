@@ -42,13 +42,18 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     # parent before it kills a hung child) dumps where every thread is stuck
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    from autotune.harness.evaluate import Evaluator
+    if job.is_custom:
+        from autotune.harness.custom import ObjectiveEvaluator
 
-    ev = Evaluator(job)
-    # load the model now, so the trial timeout does not pay for the start-up; on an error the
-    # first call that needs the model reports it
-    with contextlib.suppress(BaseException):
-        _ = ev.workload
+        ev: Any = ObjectiveEvaluator(job)
+    else:
+        from autotune.harness.evaluate import Evaluator
+
+        ev = Evaluator(job)
+        # load the model now, so the trial timeout does not pay for the start-up; on an error the
+        # first call that needs the model reports it
+        with contextlib.suppress(BaseException):
+            _ = ev.workload
     conn.send(("ready",))
     while True:
         try:

@@ -1,0 +1,312 @@
+"""Benchmark every registered agent on multi-objective problems with known Pareto fronts.
+
+    python experiments/bench_agents.py            # budgets 50/100/200, 5 seeds, all problems
+    python experiments/bench_agents.py --quick    # smoke test: budget 50, 2 seeds, 2 problems
+
+Problems (each a custom objective: configuration dict in, metrics dict out):
+
+* ``zdt1``, ``zdt2`` - 8 continuous variables in [0, 1], two minimized objectives; true fronts
+  f2 = 1 - sqrt(f1) and f2 = 1 - f1^2.  Reference point (1.1, 2.0).
+* ``dtlz2`` - 7 continuous variables (3 objectives, k = 5), minimized; the true front is the unit
+  sphere in the positive orthant.  Reference point (1.5, 1.5, 1.5).
+* ``digits-table`` - real measurements of the digits MLP over a full grid of 240 serving
+  configurations (experiments/data/digits_grid.csv, made by make_digits_table.py with the real
+  isolated harness): maximize throughput_ips and accuracy subject to latency_p95_ms <= 2 ms; the
+  true front is the feasible front of the table.  Reference point (throughput 0, accuracy 0.96).
+
+The score is the hypervolume of the feasible points an agent found within the budget divided by
+the hypervolume of the true front (1.0 = the whole front found; analytic true hypervolumes for the
+continuous problems).  Agents do not know the budget, so one run of the largest budget is scored
+at every smaller budget too (its first 50, 100 trials are exactly a 50- or 100-trial run).
+
+The loop drives agents directly through the Agent interface (suggest/observe), in-process, with
+no study or MLflow per evaluation; the conformance suite covers the real tuner.  Overhead per
+suggestion is the agent's own time (suggest + observe), in ms, mean over the run.  Runs are spread
+over the machine's cores with multiprocessing, each single-threaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from autotune.agents import AGENTS, create_agent  # noqa: E402
+from autotune.agents.base import Observation  # noqa: E402
+from autotune.metrics import Direction  # noqa: E402
+from autotune.space import SearchSpace, parse_space  # noqa: E402
+
+TABLE = HERE / "data" / "digits_grid.csv"
+RESULTS = HERE / "results" / "bench_agents.csv"
+BUDGETS = (50, 100, 200)
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    space: SearchSpace
+    objectives: list[tuple[str, Direction]]
+    evaluate: Callable[[Mapping[str, Any]], dict[str, float]]
+    reference: tuple[float, ...]
+    true_hv: float
+    constraints: list[Callable[[Mapping[str, float]], float]] = field(default_factory=list)
+
+
+def _box(n: int) -> SearchSpace:
+    return parse_space({"parameters": {f"x{i}": {"low": 0.0, "high": 1.0} for i in range(n)}})
+
+
+def _zdt(which: int, n: int = 8) -> Problem:
+    def evaluate(c: Mapping[str, Any]) -> dict[str, float]:
+        x = [float(c[f"x{i}"]) for i in range(n)]
+        g = 1 + 9 * sum(x[1:]) / (n - 1)
+        f1 = x[0]
+        f2 = g * (1 - math.sqrt(f1 / g)) if which == 1 else g * (1 - (f1 / g) ** 2)
+        return {"f1": f1, "f2": f2}
+
+    ref = (1.1, 2.0)
+    # dominated area of the true front: the box minus the area under the front on [0, 1]
+    under = 1 / 3 if which == 1 else 2 / 3
+    return Problem(f"zdt{which}", _box(n), [("f1", "minimize"), ("f2", "minimize")], evaluate,
+                   ref, ref[0] * ref[1] - under)
+
+
+def _dtlz2(n: int = 7, m: int = 3) -> Problem:
+    def evaluate(c: Mapping[str, Any]) -> dict[str, float]:
+        x = [float(c[f"x{i}"]) for i in range(n)]
+        g = sum((xi - 0.5) ** 2 for xi in x[m - 1:])
+        f = []
+        for i in range(m):
+            v = 1 + g
+            for xj in x[: m - 1 - i]:
+                v *= math.cos(xj * math.pi / 2)
+            if i > 0:
+                v *= math.sin(x[m - 1 - i] * math.pi / 2)
+            f.append(v)
+        return {f"f{i + 1}": f[i] for i in range(m)}
+
+    ref = (1.5, 1.5, 1.5)
+    # the front is the unit sphere: dominated volume = box minus the ball's positive octant
+    return Problem("dtlz2", _box(n), [(f"f{i + 1}", "minimize") for i in range(m)], evaluate,
+                   ref, math.prod(ref) - math.pi / 6)
+
+
+def _table() -> Problem:
+    from autotune.pareto import hypervolume
+    from autotune.spec import load_job
+
+    space = load_job(HERE / "digits-grid.yaml").space
+    rows: dict[str, dict[str, float]] = {}
+    with TABLE.open() as f:
+        for r in csv.DictReader(f):
+            cfg = {}
+            for p in space:
+                raw = r[p.name]
+                if raw == "":
+                    continue
+                cfg[p.name] = next(v for v in p.values() if str(v) == raw)
+            rows[_key(cfg)] = {k: float(v) for k, v in r.items() if k not in space.names}
+    objectives: list[tuple[str, Direction]] = [("throughput_ips", "maximize"),
+                                               ("accuracy", "maximize")]
+    limit = 2.0
+
+    def violation(m: Mapping[str, float]) -> float:
+        return m["latency_p95_ms"] - limit
+
+    def evaluate(c: Mapping[str, Any]) -> dict[str, float]:
+        return rows[_key(c)]
+
+    ref = (0.0, 0.96)  # just below the lowest accuracy in the table (0.967)
+    feasible = [[m[o] for o, _ in objectives] for m in rows.values() if violation(m) <= 0]
+    true_hv = hypervolume(feasible, [d for _, d in objectives], ref)
+    return Problem("digits-table", space, objectives, evaluate, ref, true_hv, [violation])
+
+
+def _key(c: Mapping[str, Any]) -> str:
+    return repr(sorted(c.items()))
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "zdt1": lambda: _zdt(1), "zdt2": lambda: _zdt(2), "dtlz2": _dtlz2, "digits-table": _table,
+}
+
+
+# -------------------------------------------------------------------- one run
+def run_one(task: tuple[str, str, int, int]) -> dict[str, Any]:
+    """One agent on one problem with one seed for ``budget`` evaluations."""
+    agent_name, problem_name, seed, budget = task
+    from threadpoolctl import threadpool_limits
+
+    from autotune.errors import AutotuneError
+    from autotune.pareto import hypervolume_history
+
+    problem = PROBLEMS[problem_name]()
+    dirs = [d for _, d in problem.objectives]
+    try:
+        agent = create_agent(agent_name, problem.space, problem.objectives,
+                             len(problem.constraints), seed=seed)
+    except AutotuneError as exc:
+        return {"agent": agent_name, "problem": problem_name, "seed": seed, "error": str(exc)}
+    points, feasible, overhead = [], [], []
+    with threadpool_limits(1):
+        try:
+            while len(points) < budget:
+                t0 = time.perf_counter()
+                config = agent.suggest()
+                spent = time.perf_counter() - t0
+                reason = problem.space.invalid_reason(config)
+                if reason:  # the tuner records these without spending budget; so do we
+                    agent.observe(Observation(config, None, state="invalid"))
+                    continue
+                m = problem.evaluate(config)
+                values = tuple(m[o] for o, _ in problem.objectives)
+                viol = tuple(c(m) for c in problem.constraints)
+                obs = Observation(config, values, viol, number=len(points), metrics=m)
+                t0 = time.perf_counter()
+                agent.observe(obs)
+                overhead.append(spent + time.perf_counter() - t0)
+                points.append(values)
+                feasible.append(obs.feasible)
+        except AutotuneError as exc:
+            return {"agent": agent_name, "problem": problem_name, "seed": seed, "error": str(exc)}
+    agent.close()
+    hv = hypervolume_history(points, feasible, dirs, problem.reference)
+    return {
+        "agent": agent_name, "problem": problem_name, "seed": seed,
+        "hv_ratio": {b: float(hv[b - 1]) / problem.true_hv for b in BUDGETS if b <= budget},
+        "overhead_ms": 1000 * statistics.fmean(overhead),
+    }
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+# -------------------------------------------------------------------- reporting
+def summarize(results: list[dict[str, Any]], budgets: tuple[int, ...]) -> tuple[list[dict], str]:
+    rows: list[dict[str, Any]] = []
+    by: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    over: dict[str, list[float]] = defaultdict(list)
+    errors: dict[tuple[str, str], str] = {}
+    for r in results:
+        if "error" in r:
+            errors[(r["problem"], r["agent"])] = r["error"]
+            continue
+        over[r["agent"]].append(r["overhead_ms"])
+        for b, v in r["hv_ratio"].items():
+            by[(r["problem"], r["agent"], b)].append(v)
+            rows.append({"problem": r["problem"], "agent": r["agent"], "budget": b,
+                         "seed": r["seed"], "hv_ratio": round(v, 5),
+                         "overhead_ms": round(r["overhead_ms"], 3)})
+    problems = sorted({r["problem"] for r in results}, key=list(PROBLEMS).index)
+    agents = sorted({r["agent"] for r in results})
+    lines = []
+    head = f"{'problem':<13} {'agent':<11}" + "".join(f" {'B=' + str(b) + ' med [min, max]':>24}"
+                                                     for b in budgets) + f" {'ms/sugg':>8}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for p in problems:
+        for a in agents:
+            if (p, a) in errors:
+                lines.append(f"{p:<13} {a:<11} n/a: {errors[(p, a)][:70]}")
+                continue
+            cells = ""
+            for b in budgets:
+                v = by.get((p, a, b))
+                cells += (f" {statistics.median(v):>8.3f} [{min(v):.3f}, {max(v):.3f}]"
+                          if v else f" {'-':>24}")
+            lines.append(f"{p:<13} {a:<11}{cells} {statistics.median(over[a]):>8.1f}")
+        lines.append("")
+    # mean over problems of the median ratio: one number per agent and budget
+    lines.append(f"{'mean of medians over problems':<25}" + "".join(f" {'B=' + str(b):>8}"
+                                                                 for b in budgets))
+    score: dict[tuple[str, int], float] = {}
+    for a in agents:
+        cells = ""
+        for b in budgets:
+            meds = [statistics.median(by[(p, a, b)]) for p in problems if by.get((p, a, b))]
+            ok = len(meds) == len(problems)
+            if ok:
+                score[(a, b)] = statistics.fmean(meds)
+            cells += f" {statistics.fmean(meds):>8.3f}" if ok else f" {'(part)':>8}"
+        lines.append(f"{a:<25}{cells}")
+    return rows, "\n".join(lines) + "\n" + _targets(score, budgets)
+
+
+def _targets(score: dict[tuple[str, int], float], budgets: tuple[int, ...]) -> str:
+    from autotune.agents import DEFAULT_AGENT
+
+    out = [f"\ntargets for the default agent ({DEFAULT_AGENT}):"]
+    for b in budgets:
+        d, t = score.get((DEFAULT_AGENT, b)), score.get(("tpe", b))
+        if d is not None and t is not None:
+            out.append(f"  B={b}: {DEFAULT_AGENT} {d:.3f} vs tpe {t:.3f} -> "
+                       f"{'matches or beats' if d >= t - 0.005 else 'BELOW'} TPE")
+        r = score.get(("random", 2 * b))
+        if d is not None and r is not None:
+            out.append(f"  B={b}: {DEFAULT_AGENT} {d:.3f} vs random at B={2 * b} {r:.3f} -> "
+                       f"{'beats' if d > r else 'DOES NOT beat'} random with twice the budget")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="budget 50, 2 seeds, zdt1 + digits-table")
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--budgets", type=int, nargs="*", default=None, help="subset of 50 100 200")
+    ap.add_argument("--agents", nargs="*", default=None, help="default: every registered agent")
+    ap.add_argument("--problems", nargs="*", default=None, choices=list(PROBLEMS))
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    budgets = tuple(args.budgets or ((50,) if args.quick else BUDGETS))
+    seeds = args.seeds or (2 if args.quick else 5)
+    problems = args.problems or (["zdt1", "digits-table"] if args.quick else list(PROBLEMS))
+    agents = args.agents or sorted(AGENTS)
+    tasks = [(a, p, s, max(budgets)) for p in problems for a in agents for s in range(seeds)]
+    # slowest first, so the pool does not end on one long run
+    tasks.sort(key=lambda t: ("gp" not in t[0], "skopt" not in t[0]))
+    print(f"{len(tasks)} runs ({len(agents)} agents x {len(problems)} problems x {seeds} seeds), "
+          f"budgets {budgets}, {args.workers} workers", flush=True)
+    import multiprocessing as mp
+
+    t0 = time.monotonic()
+    results = []
+    with mp.get_context("fork").Pool(args.workers, initializer=_init_worker) as pool:
+        for i, r in enumerate(pool.imap_unordered(run_one, tasks), 1):
+            results.append(r)
+            if i % 10 == 0 or i == len(tasks):
+                print(f"  {i}/{len(tasks)} runs, {time.monotonic() - t0:.0f}s", flush=True)
+    rows, table = summarize(results, budgets)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["problem", "agent", "budget", "seed", "hv_ratio",
+                                          "overhead_ms"])
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["problem"], r["agent"], r["budget"], r["seed"])))
+    print(f"\nhypervolume ratio to the true front (median [min, max] over {seeds} seeds); "
+          f"ms/sugg = agent overhead per suggestion\n")
+    print(table)
+    print(f"\nwrote {args.out} ({time.monotonic() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
