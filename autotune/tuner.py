@@ -234,31 +234,7 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     harness = harness or IsolatedHarness(job)
     new = 0
     try:
-        if job.is_custom:
-            space, notices = full_space, []
-        else:
-            space, notices = restrict_to_machine(
-                full_space, harness.capabilities(),
-                runtime_default="torch" if job.model.factory else "onnxruntime")
-        for n in notices:
-            progress.on_message(n)
-        baseline = record.baseline
-        if baseline is None and job.is_custom:
-            baseline = _custom_baseline(job, harness, progress)
-            record.set_attr("baseline", baseline)
-            record.set_attr("fingerprint", harness.fingerprint())
-        if baseline is None:
-            progress.on_message("measuring the unmodified model (baseline)")
-            runtime_default = "torch" if job.model.factory else "onnxruntime"
-            try:
-                result = harness.evaluate(baseline_config(space, runtime_default))
-            except TrialFailed as exc:
-                raise AutotuneError(f"the unmodified model could not be measured: {exc}") from None
-            ev = job.evaluation
-            baseline = derive_metrics(result.metrics, None, ev.quality_name,
-                                      ev.quality_higher_is_better)
-            record.set_attr("baseline", baseline)
-            record.set_attr("fingerprint", harness.fingerprint())
+        space, notices, baseline = prepare(job, record, harness, full_space, progress)
         tracker.start(record.attr("fingerprint"), baseline)
         tracker.sync(record.trials())
 
@@ -332,6 +308,37 @@ def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = 
     tracker.finish(views)
     summary = replace(summary, tracking_error=tracker.last_error)
     return summary
+
+
+def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace,
+            progress: Progress) -> tuple[SearchSpace, list[str], dict[str, float]]:
+    """What every loop (``run``, a worker) does before the first trial: restrict the space to this
+    machine (with notices) and measure the baseline once per study (kept in the study)."""
+    if job.is_custom:
+        space, notices = full_space, []
+    else:
+        space, notices = restrict_to_machine(
+            full_space, harness.capabilities(),
+            runtime_default="torch" if job.model.factory else "onnxruntime")
+    for n in notices:
+        progress.on_message(n)
+    baseline = record.baseline
+    if baseline is None:
+        if job.is_custom:
+            baseline = _custom_baseline(job, harness, progress)
+        else:
+            progress.on_message("measuring the unmodified model (baseline)")
+            runtime_default = "torch" if job.model.factory else "onnxruntime"
+            try:
+                result = harness.evaluate(baseline_config(space, runtime_default))
+            except TrialFailed as exc:
+                raise AutotuneError(f"the unmodified model could not be measured: {exc}") from None
+            ev = job.evaluation
+            baseline = derive_metrics(result.metrics, None, ev.quality_name,
+                                      ev.quality_higher_is_better)
+        record.set_attr("baseline", baseline)
+        record.set_attr("fingerprint", harness.fingerprint())
+    return space, notices, baseline
 
 
 def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, float]:

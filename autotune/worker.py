@@ -39,10 +39,9 @@ from autotune.tuner import (
     RunSummary,
     _key,
     _summary,
-    baseline_config,
     check_space,
     pareto_views,
-    restrict_to_machine,
+    prepare,
 )
 
 
@@ -245,24 +244,8 @@ class Worker:
         new = 0
         notices: list[str] = []
         try:
-            space, notices = restrict_to_machine(full_space, harness.capabilities())
-            for n in notices:
-                progress.on_message(n)
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
-                baseline = record.baseline
-                if baseline is None:
-                    progress.on_message("measuring the unmodified model (baseline)")
-                    runtime_default = "torch" if job.model.factory else "onnxruntime"
-                    try:
-                        result = harness.evaluate(baseline_config(space, runtime_default))
-                    except TrialFailed as exc:
-                        raise AutotuneError(
-                            f"the unmodified model could not be measured: {exc}") from None
-                    ev = job.evaluation
-                    baseline = derive_metrics(result.metrics, None, ev.quality_name,
-                                              ev.quality_higher_is_better)
-                    record.set_attr("baseline", baseline)
-                    record.set_attr("fingerprint", harness.fingerprint())
+                space, notices, baseline = prepare(job, record, harness, full_space, progress)
                 tracker.start(record.attr("fingerprint"), baseline)
             self.agent = create_agent(job.agent.name, space, job.objective_pairs,
                                       len(job.parsed_constraints), seed=_seed(job),
