@@ -522,20 +522,14 @@ class Cycle:
 
             from mlflow.tracking import MlflowClient
 
-            from autotune.tracking import JOB_TAG
+            from autotune.tracking import JOB_TAG, experiment_id
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 client = MlflowClient(tracking_uri=self.job.tracking_uri)
-                name = self.job.tracking.experiment or f"autotune-{self.job.name}"
-                exp = client.get_experiment_by_name(name)
-                if exp is not None:
-                    exp_id = exp.experiment_id
-                else:
-                    uri = self.job.tracking_uri
-                    art = (self.job.out_dir / "mlartifacts").resolve().as_uri() \
-                        if uri.startswith("sqlite:") or "://" not in uri else None
-                    exp_id = client.create_experiment(name, artifact_location=art)
+                exp_id = experiment_id(
+                    client, self.job.tracking.experiment or f"autotune-{self.job.name}",
+                    self.job.tracking_uri, self.job.out_dir / "mlartifacts")
                 tags = {
                     JOB_TAG: self.job.name, "autotune.kind": "retune",
                     "autotune.retune.decision": res.decision,

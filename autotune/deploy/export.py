@@ -295,16 +295,6 @@ def _mlflow_quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
-def _experiment_id(client: Any, name: str, tracking_uri: str, artifacts: Path | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if artifacts is not None and (tracking_uri.startswith("sqlite:") or "://" not in tracking_uri):
-        location = artifacts.resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
 def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | None = "champion",
                     experiment: str | None = None, artifacts: Path | None = None) -> Registered:
     """Log ``bundle`` as an MLflow pyfunc model (code: :data:`MLFLOW_MODEL_CODE`, which loads it
@@ -316,12 +306,14 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from autotune.tracking import experiment_id
+
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     manifest = json.loads((bundle / MANIFEST).read_text())
     src = manifest.get("source", {})
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    exp_id = _experiment_id(client, experiment or f"autotune-{src.get('job', name)}",
-                            tracking_uri, artifacts)
+    exp_id = experiment_id(client, experiment or f"autotune-{src.get('job', name)}",
+                           tracking_uri, artifacts)
     prev_tracking, prev_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
