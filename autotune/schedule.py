@@ -137,7 +137,9 @@ class BundleDeployer:
         try:
             mv = client.get_model_version_by_alias(job.name, alias)
         except Exception as exc:
-            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            # the registry answered "no such model / alias"; anything else: it is unreachable
+            if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST",
+                                                      "INVALID_PARAMETER_VALUE"):
                 self.log(f"MLflow registry unreachable ({type(exc).__name__}: "
                          f"{str(exc)[:200]}); using the local alias record "
                          f"{self._record_file(job, alias)}")

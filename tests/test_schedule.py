@@ -206,12 +206,17 @@ def test_alias_falls_back_to_the_local_record_while_mlflow_is_down(tmp_path: Pat
                                                                    monkeypatch) -> None:
     """Tracking down: the export still deploys (local alias record) and says so; the next
     resolve that reaches the registry registers the bundle and moves the alias there."""
+    import contextlib
     import socket
 
     from _deploy_job import ORT_FP32, ORT_INT8, tuned_job
     from mlflow.tracking import MlflowClient
 
     job = tuned_job()
+    # the registered model may exist already (other tests export it) or not: both must work
+    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+    with contextlib.suppress(Exception):
+        client.create_registered_model(job.name)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -236,7 +241,6 @@ def test_alias_falls_back_to_the_local_record_while_mlflow_is_down(tmp_path: Pat
     logs.clear()
     assert dep.resolve(job, "retune-test") == bundle
     assert any("exported while MLflow was unreachable" in m for m in logs), logs
-    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
     mv = client.get_model_version_by_alias(job.name, "retune-test")
     assert mv.tags["autotune.bundle_path"] == str(bundle)
     record = json.loads((job.out_dir / "aliases" / "retune-test.json").read_text())
