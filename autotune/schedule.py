@@ -19,10 +19,9 @@ One *cycle* (``autotune retune JOB``; ``autotune schedule JOB`` runs cycles on t
 6. record the cycle: an MLflow run tagged with what changed, what was measured and the decision,
    and a line in ``<out_dir>/retune/history.jsonl``.
 
-Export and loading go through a :class:`Deployer` (``export_trial``, ``load``, ``resolve``).
-:class:`LocalDeployer` is a small self-contained one (copy of the trial's model artifact + a JSON
-manifest; the alias is a JSON pointer file replaced atomically).  ``autotune.deploy`` plugs in
-through :func:`default_deployer`.
+Export and loading go through a :class:`Deployer`; :class:`BundleDeployer` (the default) uses
+:mod:`autotune.deploy`: bundles registered in the MLflow Model Registry, the alias moved there,
+with a local alias record as the fallback when MLflow is unreachable.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,24 +37,25 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from autotune.errors import AutotuneError, StudyError, TrialFailed
+from autotune.files import sha256_file
 from autotune.spec import BudgetSpec, Job
 from autotune.study import TrialView
 
-BUNDLE_FORMAT = "autotune-bundle/0"
-MANIFEST = "manifest.json"
 _LIBS = ("torch", "onnxruntime", "onnx", "numpy")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
                    "latency_mean_ms")
 
 
-# ---------------------------------------------------------------------- the deploy seam
+# ---------------------------------------------------------------------- deploying
 @runtime_checkable
 class Deployer(Protocol):
-    """What re-tuning needs from export/deploy."""
+    """What re-tuning needs from export/deploy (:class:`BundleDeployer` in production)."""
 
-    def export_trial(self, job: Job, trial_number: int, out_dir: Path, alias: str | None) -> Path:
-        """Write a deployable bundle of ``trial_number`` of ``job``'s study under ``out_dir``
-        and, when ``alias`` is given, point the alias at it.  Returns the bundle path."""
+    def export_trial(self, job: Job, study: str, trial_number: int, out_dir: Path,
+                     alias: str | None) -> Path:
+        """Write a deployable bundle of trial ``trial_number`` of ``study`` (a study of ``job``'s
+        storage) under ``out_dir`` and, when ``alias`` is given, point the alias at it.
+        Returns the bundle path."""
 
     def load(self, bundle: Path) -> Any:
         """Load a bundle (checks it is intact)."""
@@ -68,90 +67,147 @@ class Deployer(Protocol):
         """The bundle's manifest: at least study, trial, config, metrics, model_hash, env."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class BundleDeployer:
+    """:class:`Deployer` over :mod:`autotune.deploy`.
 
+    * ``export_trial``: :func:`autotune.deploy.export.export_bundle` (model file, ``deploy.yaml``,
+      ``manifest.json`` with SHA-256s) into a new folder, registered in the MLflow Model Registry
+      of the job's tracking URI as model ``job.name`` with ``alias`` moved to the new version (a
+      running ``autotune serve models:/NAME@ALIAS`` swaps to it).
+    * a local alias record ``<out_dir>/aliases/<alias>.json`` (bundle path, registered version)
+      is replaced atomically after every export.  MLflow being down never stops a cycle: the
+      export is recorded locally with ``version: null`` and registered (alias moved) by the next
+      ``resolve`` that reaches the registry.
+    * ``resolve``: the registry alias's version → its bundle (the local record when it is the same
+      version, else the version's ``autotune.bundle_path`` tag, else a download of its artifacts);
+      when the registry is unreachable, the local record, and it says so through ``log``.
+    """
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    def __init__(self, log: Callable[[str], None] = lambda m: None) -> None:
+        self.log = log
 
+    # ------------------------------------------------------------------ export
+    def export_trial(self, job: Job, study: str, trial_number: int, out_dir: Path,
+                     alias: str | None) -> Path:
+        from autotune.deploy.export import export_bundle
 
-@dataclass(frozen=True)
-class LoadedBundle:
-    path: Path
-    manifest: Mapping[str, Any]
-    model_file: Path
-
-
-class LocalDeployer:
-    """Minimal export: the trial's model artifact + ``manifest.json``; aliases are pointer files
-    ``<job.out_dir>/aliases/<alias>.json`` replaced atomically (``os.replace``)."""
-
-    def export_trial(self, job: Job, trial_number: int, out_dir: Path, alias: str | None) -> Path:
-        from autotune.tuner import open_record
-
-        record = open_record(job, create=False)
-        views = {t.number: t for t in record.trials()}
-        if trial_number not in views or views[trial_number].state != "complete":
-            raise StudyError(f"trial {trial_number} of study '{job.name}' is not a complete trial")
-        view = views[trial_number]
-        details = view.user_attrs.get("details", {})
-        src = Path(details.get("model_path", ""))
-        if not src.is_file():
-            raise AutotuneError(f"the model artifact of trial {trial_number} is gone ({src})")
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        bundle = Path(out_dir) / f"{job.name}-trial{trial_number}-{stamp}"
-        bundle.mkdir(parents=True)
-        dst = bundle / f"model{src.suffix}"
-        shutil.copy2(src, dst)
-        manifest = {
-            "format": BUNDLE_FORMAT, "job": job.name, "study": job.name, "trial": trial_number,
-            "config": dict(view.config), "metrics": dict(view.metrics),
-            "model_file": dst.name, "model_sha256": _sha256(dst),
-            "model_hash": record.attr("model_hash") or model_hash(job),
-            "env": record.attr("environment") or {}, "created": stamp,
-        }
-        _write_json_atomic(bundle / MANIFEST, manifest)
+        bundle = (Path(out_dir) / f"{study}-trial{trial_number}-{stamp}").resolve()
+        res = export_bundle(_job_for_study(job, study), trial_number, out=bundle,
+                            register=job.tracking.enabled, alias=alias, model_name=job.name)
+        version = res.registered.version if res.registered else None
+        if res.registry_error:
+            self.log(f"MLflow registry unreachable ({res.registry_error}); alias '{alias}' moved "
+                     "in the local alias record only, registered on the next cycle that reaches "
+                     "MLflow")
         if alias:
-            self.set_alias(job, alias, bundle)
+            self._write_record(job, alias, bundle, version)
         return bundle
 
+    # ------------------------------------------------------------------ the alias
     @staticmethod
-    def _alias_file(job: Job, alias: str) -> Path:
+    def _record_file(job: Job, alias: str) -> Path:
         return job.out_dir / "aliases" / f"{alias}.json"
 
-    def set_alias(self, job: Job, alias: str, bundle: Path) -> None:
-        _write_json_atomic(self._alias_file(job, alias), {"bundle": str(Path(bundle).resolve())})
+    def _write_record(self, job: Job, alias: str, bundle: Path, version: str | None) -> None:
+        from autotune.files import write_json_atomic
+
+        write_json_atomic(self._record_file(job, alias),
+                          {"bundle": str(bundle), "model": job.name, "version": version})
+
+    def _read_record(self, job: Job, alias: str) -> dict[str, Any] | None:
+        f = self._record_file(job, alias)
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and Path(rec.get("bundle", "")).is_dir() else None
 
     def resolve(self, job: Job, alias: str) -> Path | None:
-        f = self._alias_file(job, alias)
-        if not f.is_file():
-            return None
-        return Path(json.loads(f.read_text())["bundle"])
+        rec = self._read_record(job, alias)
+        local = Path(rec["bundle"]) if rec else None
+        if not job.tracking.enabled:
+            return local
+        from autotune.deploy.export import _mlflow_quiet
+
+        _mlflow_quiet()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+        try:
+            mv = client.get_model_version_by_alias(job.name, alias)
+        except Exception as exc:
+            # the registry answered "no such model / alias"; anything else: it is unreachable
+            if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST",
+                                                      "INVALID_PARAMETER_VALUE"):
+                self.log(f"MLflow registry unreachable ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); using the local alias record "
+                         f"{self._record_file(job, alias)}")
+                return local
+            mv = None
+        if rec is not None and rec.get("version") is None and local is not None:
+            # exported while the registry was down: register it now and move the alias
+            from autotune.deploy.export import register_bundle
+
+            try:
+                reg = register_bundle(local, tracking_uri=job.tracking_uri, name=job.name,
+                                      alias=alias, experiment=job.tracking.experiment,
+                                      artifacts=job.out_dir / "mlartifacts")
+            except Exception as exc:
+                self.log(f"cannot register {local} yet ({type(exc).__name__}: {exc}); using the "
+                         "local alias record")
+                return local
+            self.log(f"registered {local} as {job.name} version {reg.version} and moved "
+                     f"'{alias}' to it (exported while MLflow was unreachable)")
+            self._write_record(job, alias, local, reg.version)
+            return local
+        if mv is None:
+            return None  # the registry is reachable and has no such alias
+        version = str(mv.version)
+        if rec is not None and str(rec.get("version")) == version:
+            return local
+        # the alias was moved outside re-tuning (e.g. `autotune export`): follow the registry
+        from autotune.deploy.export import BUNDLE_PATH_TAG
+
+        tagged = Path(mv.tags.get(BUNDLE_PATH_TAG, ""))
+        if mv.tags.get(BUNDLE_PATH_TAG) and (tagged / "manifest.json").is_file():
+            bundle = tagged
+        else:
+            bundle = self._download(job, alias, version)
+        self._write_record(job, alias, bundle, version)
+        return bundle
+
+    def _download(self, job: Job, alias: str, version: str) -> Path:
+        from autotune.deploy.serve import RegistrySource
+
+        src = RegistrySource(f"models:/{job.name}@{alias}", job.tracking_uri)
+        fetched = src.fetch(version)
+        dest = (job.out_dir / "bundles" / f"registry-{job.name}-v{version}").resolve()
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(fetched, dest)
+        src.release(fetched)
+        return dest
+
+    # ------------------------------------------------------------------ reading
+    def load(self, bundle: Path) -> Any:
+        from autotune.deploy import load
+
+        return load(bundle)
 
     def manifest(self, bundle: Path) -> dict[str, Any]:
-        return json.loads((Path(bundle) / MANIFEST).read_text())
+        """The bundle's ``manifest.json`` plus the flat keys a cycle reads (study, trial, env)."""
+        from autotune.deploy.bundle import read_manifest
 
-    def load(self, bundle: Path) -> LoadedBundle:
-        m = self.manifest(bundle)
-        model = Path(bundle) / m["model_file"]
-        if _sha256(model) != m["model_sha256"]:
-            raise AutotuneError(f"bundle {bundle} is corrupt: the model file does not match its "
-                                "manifest's sha256")
-        return LoadedBundle(Path(bundle), m, model)
+        m = read_manifest(bundle)
+        src = m.get("source", {})
+        return {**m, "study": src.get("study_name") or src.get("job"), "trial": src.get("trial"),
+                "env": m.get("environment") or {}}
 
 
-def default_deployer() -> Deployer:
-    """The deployer re-tuning uses.  When ``autotune.deploy`` exists (branch 'deploy'), wire it
-    here (see docs/retune.md, "Merging with autotune.deploy")."""
-    return LocalDeployer()
+def default_deployer(log: Callable[[str], None] = lambda m: None) -> Deployer:
+    """The deployer re-tuning uses: bundles, the MLflow Model Registry and its aliases."""
+    return BundleDeployer(log)
 
 
 # ---------------------------------------------------------------------- what can change
@@ -159,19 +215,19 @@ def model_hash(job: Job) -> str:
     """sha256 of the model's source: the factory's module file, or the ONNX file."""
     base = Path(job.base_dir)
     if job.model.onnx:
-        return _sha256((base / job.model.onnx).resolve())
+        return sha256_file((base / job.model.onnx).resolve())
     module = str(job.model.factory).split(":", 1)[0]
     rel = Path(*module.split("."))
     for root in (base, Path.cwd()):
         for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
             if cand.is_file():
-                return _sha256(cand)
+                return sha256_file(cand)
     import importlib.util
 
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
         raise AutotuneError(f"cannot find the source of model.factory module '{module}'")
-    return _sha256(Path(spec.origin))
+    return sha256_file(Path(spec.origin))
 
 
 def environment(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,9 +289,14 @@ def _best(views: Sequence[TrialView], job: Job, k: int) -> list[TrialView]:
 
 
 def _job_for_study(job: Job, study: str) -> Job:
-    """The job reading another study of the same storage (a re-tune's)."""
-    return job.model_copy(update={"name": study, "output_dir": str(job.out_dir.resolve()),
-                                  "storage": job.storage_url})
+    """The job reading another study of the same storage, output folder and MLflow experiment
+    (a re-tune's)."""
+    return job.model_copy(update={
+        "name": study, "output_dir": str(job.out_dir.resolve()), "storage": job.storage_url,
+        "tracking": job.tracking.model_copy(update={
+            "uri": job.tracking_uri,
+            "experiment": job.tracking.experiment or f"autotune-{job.name}"}),
+    })
 
 
 class Cycle:
@@ -244,7 +305,7 @@ class Cycle:
                  log: Callable[[str], None] = lambda m: None) -> None:
         self.job = job
         self.policy = job.retune
-        self.deployer = deployer or default_deployer()
+        self.deployer = deployer or default_deployer(log)
         self.harness_factory = harness_factory or _isolated
         self.log = log
         self.bundles = job.out_dir / "bundles"
@@ -330,12 +391,7 @@ class Cycle:
                 seen.add(key)
                 warm_ok.append(c)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-        sub = job.model_copy(update={
-            "name": f"{job.name}.r{stamp}",
-            "output_dir": str(job.out_dir.resolve()),  # same folder, study file and MLflow store
-            "storage": job.storage_url, "tracking": job.tracking.model_copy(update={
-                "uri": job.tracking_uri,
-                "experiment": job.tracking.experiment or f"autotune-{job.name}"}),
+        sub = _job_for_study(job, f"{job.name}.r{stamp}").model_copy(update={
             "agent": job.agent.model_copy(update={"warm_start": warm_ok}),
             "budget": BudgetSpec(max_trials=max(policy.budget, len(warm_ok))),
         })
@@ -364,7 +420,7 @@ class Cycle:
         model_changed = any(c.startswith("model ") for c in changed) or any(
             c.split(" ")[0] in _LIBS for c in changed)
         if decision == "promote":
-            new = self.deployer.export_trial(sub, ch.number, self.bundles, policy.alias)
+            new = self.deployer.export_trial(job, sub.name, ch.number, self.bundles, policy.alias)
             return CycleResult(job.name, "promote", why, changed=tuple(changed),
                                champion=champion, challenger=challenger, measured=measured,
                                bundle=str(new), started=started)
@@ -373,7 +429,8 @@ class Cycle:
             twin = [t for t in summary.trials if t.state == "complete"
                     and repr(sorted(t.config.items())) == repr(sorted(champ_cfg.items()))]
             if twin:
-                new = self.deployer.export_trial(sub, twin[0].number, self.bundles, policy.alias)
+                new = self.deployer.export_trial(job, sub.name, twin[0].number, self.bundles,
+                                                 policy.alias)
                 return CycleResult(job.name, "refresh",
                                    f"{why}; the champion's configuration was re-exported from the "
                                    "changed model", changed=tuple(changed), champion=champion,
@@ -444,7 +501,8 @@ class Cycle:
         best = _best(views, job, 1)
         if not best:
             raise AutotuneError(f"job '{job.name}' has no feasible trial to deploy")
-        bundle = self.deployer.export_trial(job, best[0].number, self.bundles, self.policy.alias)
+        bundle = self.deployer.export_trial(job, job.name, best[0].number, self.bundles,
+                                             self.policy.alias)
         return CycleResult(job.name, "initial", "no champion yet: deployed the study's best trial",
                            champion={"study": job.name, "trial": best[0].number,
                                      "config": dict(best[0].config)},
@@ -466,20 +524,14 @@ class Cycle:
 
             from mlflow.tracking import MlflowClient
 
-            from autotune.tracking import JOB_TAG
+            from autotune.tracking import JOB_TAG, experiment_id
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 client = MlflowClient(tracking_uri=self.job.tracking_uri)
-                name = self.job.tracking.experiment or f"autotune-{self.job.name}"
-                exp = client.get_experiment_by_name(name)
-                if exp is not None:
-                    exp_id = exp.experiment_id
-                else:
-                    uri = self.job.tracking_uri
-                    art = (self.job.out_dir / "mlartifacts").resolve().as_uri() \
-                        if uri.startswith("sqlite:") or "://" not in uri else None
-                    exp_id = client.create_experiment(name, artifact_location=art)
+                exp_id = experiment_id(
+                    client, self.job.tracking.experiment or f"autotune-{self.job.name}",
+                    self.job.tracking_uri, self.job.out_dir / "mlartifacts")
                 tags = {
                     JOB_TAG: self.job.name, "autotune.kind": "retune",
                     "autotune.retune.decision": res.decision,

@@ -48,6 +48,22 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def experiment_id(client: Any, name: str, tracking_uri: str, artifacts: Path | None) -> str:
+    """The MLflow experiment ``name``, created when missing (every autotune writer goes through
+    this).  A local store (SQLite, a folder) keeps its artifacts in the folder ``artifacts``
+    (``<out_dir>/mlartifacts``); a server chooses its own."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if artifacts is not None and (tracking_uri.startswith("sqlite:") or "://" not in tracking_uri):
+        location = Path(artifacts).resolve().as_uri()
+    # the kind makes MLflow 3's UI open the runs table (not the GenAI traces overview)
+    return str(client.create_experiment(
+        name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"},
+    ))
+
+
 class Tracker:
     def __init__(self, job: Job, record: StudyRecord) -> None:
         self.job = job
@@ -114,17 +130,8 @@ class Tracker:
             return None
 
     def _experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is not None:
-            return exp.experiment_id
-        artifacts = None
-        if self.uri.startswith("sqlite:") or "://" not in self.uri:
-            artifacts = (self.job.out_dir / "mlartifacts").resolve().as_uri()
-        # the kind makes MLflow 3's UI open the runs table (not the GenAI traces overview)
-        return self.client.create_experiment(
-            self.experiment_name, artifact_location=artifacts,
-            tags={"mlflow.experimentKind": "custom_model_development"},
-        )
+        return experiment_id(self.client, self.experiment_name, self.uri,
+                             self.job.out_dir / "mlartifacts")
 
     def parent_run_id(self) -> str:
         if self._parent:

@@ -1,22 +1,24 @@
 """Re-tuning cycles: keep the champion when nothing changed, re-tune and promote when the model
-file is replaced by one that is slower for the champion's configuration."""
+file is replaced by one that is slower for the champion's configuration, while a running
+``autotune serve`` on the registry alias answers every request across the swap."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autotune.harness.hostlock import file_lock
-from autotune.schedule import Cycle, LocalDeployer, run_schedule
+from autotune.schedule import BundleDeployer, Cycle, run_schedule
 from autotune.spec import load_job
 
 # v1: slow in eager torch (a sleep the ONNX export does not trace), fast on ONNX Runtime.
@@ -101,6 +103,10 @@ def _write(tmp_path: Path, model: str) -> Path:
 
 @pytest.mark.slow
 def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from autotune.deploy.serve import ModelServer, load_test
+
     timeline: list[str] = []
     t0 = time.monotonic()
 
@@ -108,48 +114,65 @@ def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
         timeline.append(f"{time.monotonic() - t0:6.1f}s {msg}")
 
     job = load_job(_write(tmp_path, MODEL_V1))
-    dep = LocalDeployer()
+    dep = BundleDeployer(log)
     first = Cycle(job, deployer=dep, log=log).run()
     log(f"cycle 0: {first.decision} ({first.why})")
     assert first.decision == "initial"
-    champion = dep.manifest(dep.resolve(job, "champion"))
+    assert dep.resolve(job, "champion") == Path(first.bundle)
+    champion = dep.manifest(Path(first.bundle))
     assert champion["config"]["runtime"] == "onnxruntime"  # torch sleeps 3 ms per call
+    assert champion["model_hash"] and champion["env"]["hardware"]  # copied from the study
+    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+    assert client.get_model_version_by_alias("rt", "champion").version == 1
 
-    keep = Cycle(job, deployer=dep, log=log).run()
-    log(f"cycle 1: {keep.decision} ({keep.why})")
+    # a real server follows the registry alias while cycles 1 and 2 run under load
+    server = ModelServer("models:/rt@champion", tracking_uri=job.tracking_uri, port=0,
+                         poll_interval=0.2, max_wait_ms=1.0).start()
+    v_before = server.served.version
+    log(f"serving {v_before} at {server.url}")
+    res: dict[str, object] = {}
+
+    def cycle(name: str):
+        def act() -> None:
+            res[name] = r = Cycle(job, deployer=dep, log=log).run()
+            log(f"{name}: {r.decision} ({r.why}); server serves {server.served.version}, "
+                f"{server.swaps} swaps")
+        return act
+
+    def replace_model() -> None:
+        (tmp_path / "netmod.py").write_text(textwrap.dedent(MODEL_V2))  # the slower model
+        log("model file replaced by the slower v2")
+
+    def until_swapped() -> None:
+        deadline = time.monotonic() + 15
+        while server.served.version == v_before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        log(f"server swapped to {server.served.version}")
+        time.sleep(1.0)  # keep answering on the new model for a while
+
+    body = json.dumps({"inputs": [[0.1] * 16]}).encode()
+    try:
+        report = load_test(server.url, body, seconds=1.0, threads=2, events=(
+            (0.5, cycle("cycle 1")), (0.5, replace_model), (0.5, cycle("cycle 2")),
+            (0.5, until_swapped)))
+        meta = server.metadata()
+    finally:
+        server.stop()
+    log(f"load across both cycles: {report.line()}")
+    print("\n".join(timeline))
+    (tmp_path / "timeline.txt").write_text("\n".join(timeline))
+
+    keep, promo = res["cycle 1"], res["cycle 2"]
     assert keep.decision == "keep", keep
     assert keep.changed == () and keep.bundle == first.bundle
     assert "nothing changed" in keep.why
-
-    # A reader that follows the alias the way a server does (resolve + load on every request)
-    # must never see a missing or half-written bundle across the swap.  After the merge with
-    # autotune.deploy, replace `_follow` by requests to a running `autotune serve`.
-    stop, seen, errors = threading.Event(), [], []
-
-    def _follow() -> None:
-        while not stop.is_set():
-            try:
-                b = dep.resolve(job, "champion")
-                seen.append((str(b), dep.load(b).manifest["config"]["runtime"]))
-            except Exception as exc:  # any failure is a dropped request
-                errors.append(repr(exc))
-            time.sleep(0.005)
-
-    follower = threading.Thread(target=_follow, daemon=True)
-    follower.start()
-    (tmp_path / "netmod.py").write_text(textwrap.dedent(MODEL_V2))  # the slower model
-    promo = Cycle(job, deployer=dep, log=log).run()
-    log(f"cycle 2: {promo.decision} ({promo.why})")
-    time.sleep(0.05)
-    stop.set()
-    follower.join(5)
-    assert not errors, errors[:3]
-    runtimes = [r for _, r in seen]
-    assert runtimes[0] == "onnxruntime" and runtimes[-1] == "torch"
-    swap = runtimes.index("torch")
-    assert set(runtimes[:swap]) == {"onnxruntime"} and set(runtimes[swap:]) == {"torch"}
-    log(f"alias follower: {len(seen)} loads, swapped after {swap}, 0 errors")
     assert promo.decision == "promote", promo
+    # the server answered every request, before and after the swap, and swapped exactly once
+    assert report.failures == 0, report.errors
+    assert report.versions.get(v_before, 0) > 0 and report.versions.get(meta["model_version"], 0) > 0
+    assert meta["model_version"] == "rt/2" != v_before and meta["swaps"] == 1
+    assert meta["config"]["runtime"] == "torch" and meta["job"].startswith("rt.r")
+
     assert any(c.startswith("model ") for c in promo.changed)
     side = promo.measured["side_by_side"]
     assert side["ratio_max"] < 1 - 0.2  # torch beat onnxruntime in every round
@@ -157,7 +180,10 @@ def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
     assert str(new) == promo.bundle != first.bundle
     m = dep.manifest(new)
     assert m["config"]["runtime"] == "torch" and m["study"].startswith("rt.r")
-    assert dep.load(new).model_file.is_file()
+    assert m["model_hash"] != champion["model_hash"]
+    assert dep.load(new).predict(np.full((1, 16), 0.1, np.float32)).shape == (1, 4)
+    mv = client.get_model_version_by_alias("rt", "champion")
+    assert mv.version == 2 and mv.tags["autotune.bundle_path"] == promo.bundle
     # the study of the re-tune was warm-started with the old champion (re-measured first)
     import optuna
 
@@ -167,9 +193,6 @@ def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
     hist = [json.loads(line) for line in
             (job.out_dir / "retune" / "history.jsonl").read_text().splitlines()]
     assert [h["decision"] for h in hist] == ["initial", "keep", "promote"]
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=job.tracking_uri)
     exp = client.get_experiment_by_name("autotune-rt")
     runs = client.search_runs([exp.experiment_id], "tags.`autotune.kind` = 'retune'")
     assert sorted(r.data.tags["autotune.retune.decision"] for r in runs) == \
@@ -177,8 +200,63 @@ def test_keep_then_promote_after_model_change(tmp_path: Path) -> None:
     promoted = next(r for r in runs if r.data.tags["autotune.retune.decision"] == "promote")
     assert "model" in promoted.data.tags["autotune.retune.changed"]
     assert "side_by_side.ratio_median" in promoted.data.metrics
-    print("\n".join(timeline))
-    (tmp_path / "timeline.txt").write_text("\n".join(timeline))
+
+
+def test_alias_falls_back_to_the_local_record_while_mlflow_is_down(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Tracking down: the export still deploys (local alias record) and says so; the next
+    resolve that reaches the registry registers the bundle and moves the alias there."""
+    import contextlib
+    import socket
+
+    from _deploy_job import ORT_FP32, ORT_INT8, tuned_job
+    from mlflow.tracking import MlflowClient
+
+    job = tuned_job()
+    # the registered model may exist already (other tests export it) or not: both must work
+    client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+    with contextlib.suppress(Exception):
+        client.create_registered_model(job.name)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    down = job.model_copy(update={"tracking": job.tracking.model_copy(
+        update={"uri": f"http://127.0.0.1:{port}"})})
+    logs: list[str] = []
+    dep = BundleDeployer(logs.append)
+    bundle = dep.export_trial(down, job.name, ORT_FP32, tmp_path, "retune-test")
+    assert any("registry unreachable" in m and "local alias record" in m for m in logs), logs
+    record = json.loads((job.out_dir / "aliases" / "retune-test.json").read_text())
+    assert record == {"bundle": str(bundle), "model": job.name, "version": None}
+    logs.clear()
+    assert dep.resolve(down, "retune-test") == bundle
+    assert any("using the local alias record" in m for m in logs), logs
+    m = dep.manifest(bundle)
+    assert (m["study"], m["trial"]) == (job.name, ORT_FP32) and m["config"]["runtime"] == "onnxruntime"
+    dep.load(bundle)  # checksums verified
+
+    # MLflow is back: the pending export is registered and the registry alias follows it
+    logs.clear()
+    assert dep.resolve(job, "retune-test") == bundle
+    assert any("exported while MLflow was unreachable" in m for m in logs), logs
+    mv = client.get_model_version_by_alias(job.name, "retune-test")
+    assert mv.tags["autotune.bundle_path"] == str(bundle)
+    record = json.loads((job.out_dir / "aliases" / "retune-test.json").read_text())
+    assert record["version"] == str(mv.version)
+    # `autotune export` moves the alias outside re-tuning: resolve follows the registry, to the
+    # exported folder while it exists, else to a download of the registered artifacts
+    from autotune.deploy.export import export_bundle
+
+    other = export_bundle(job, ORT_INT8, out=tmp_path / "by-hand", alias="retune-test")
+    assert other.registered is not None
+    assert dep.resolve(job, "retune-test") == (tmp_path / "by-hand").resolve()
+    shutil.rmtree(tmp_path / "by-hand")
+    fetched = dep.resolve(job, "retune-test")
+    assert fetched is not None and fetched.name == f"registry-{job.name}-v{other.registered.version}"
+    assert dep.manifest(fetched)["trial"] == ORT_INT8
+    dep.load(fetched)
 
 
 def test_concurrent_cycle_is_skipped_and_lock_survives_sigkill(tmp_path: Path) -> None:

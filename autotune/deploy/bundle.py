@@ -52,14 +52,6 @@ class HardwareMismatchWarning(UserWarning):
     """The bundle was measured on other hardware: its latency figures may not hold here."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(bundle: str | Path) -> dict[str, Any]:
     root = Path(bundle)
     path = root / MANIFEST

@@ -24,12 +24,14 @@ from typing import Any
 
 from autotune.deploy.bundle import DEPLOY, FORMAT, MANIFEST, MODEL_ONNX, ORT_DTYPES, BundleError
 from autotune.errors import AutotuneError
+from autotune.files import write_atomic
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView
 
 #: the MLflow "model from code" file: a PythonModel that loads the bundle with autotune.deploy.load
 MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 BUNDLE_TAG = "autotune.bundle_sha256"
+BUNDLE_PATH_TAG = "autotune.bundle_path"  # where the bundle was written (this machine)
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
         "model": MODEL_ONNX,
         "source": {
             "job": job.name, "job_file": job.source, "study": _redact(job.storage_url),
+            "study_name": record.study.study_name,
             "tracking_uri": _redact(job.tracking_uri), "trial": view.number, "pick": pick,
             "agent": view.agent, "model_cache_path": str(model_source),
             "materialized": bool(runtime_info.get("materialized")),
@@ -240,6 +243,9 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
         "constraints": _constraints(job, view, baseline),
         "hardware": {"digest": digest, "summary": hw_summary, "fingerprint": fp},
         "libraries": {"measured": fp.get("libraries", {}), "exported": _versions()},
+        # what scheduled re-tuning compares (set on the study by a cycle; absent otherwise)
+        "model_hash": record.attr("model_hash"),
+        "environment": record.attr("environment"),
         "inputs": inputs,
         "outputs": outputs,
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -248,12 +254,6 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
 
 
 # ------------------------------------------------------------------------------------ writing
-def _replace(dst: Path, data: bytes) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dst)
-
-
 def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
                  record: StudyRecord | None = None) -> dict[str, Any]:
     """Write (or overwrite) the bundle folder ``out`` for ``view``; returns the manifest.
@@ -280,8 +280,8 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
         with contextlib.suppress(ValueError):
             old = set(json.loads((out / MANIFEST).read_text()).get("files", {}))
     for name, data in files.items():
-        _replace(out / name, data)
-    _replace(out / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        write_atomic(out / name, data)
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
     for stale in old - set(files):
         (out / stale).unlink(missing_ok=True)
     return manifest
@@ -295,16 +295,6 @@ def _mlflow_quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
-def _experiment_id(client: Any, name: str, tracking_uri: str, artifacts: Path | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if artifacts is not None and (tracking_uri.startswith("sqlite:") or "://" not in tracking_uri):
-        location = artifacts.resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
 def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | None = "champion",
                     experiment: str | None = None, artifacts: Path | None = None) -> Registered:
     """Log ``bundle`` as an MLflow pyfunc model (code: :data:`MLFLOW_MODEL_CODE`, which loads it
@@ -316,12 +306,14 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from autotune.tracking import experiment_id
+
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     manifest = json.loads((bundle / MANIFEST).read_text())
     src = manifest.get("source", {})
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    exp_id = _experiment_id(client, experiment or f"autotune-{src.get('job', name)}",
-                            tracking_uri, artifacts)
+    exp_id = experiment_id(client, experiment or f"autotune-{src.get('job', name)}",
+                           tracking_uri, artifacts)
     prev_tracking, prev_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -341,7 +333,8 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
                     metadata={"autotune_trial": src.get("trial"), "autotune_job": src.get("job")},
                 )
                 run_id = run.info.run_id
-            mv = mlflow.register_model(info.model_uri, name, tags={BUNDLE_TAG: manifest_sha})
+            mv = mlflow.register_model(info.model_uri, name, tags={
+                BUNDLE_TAG: manifest_sha, BUNDLE_PATH_TAG: str(Path(bundle).resolve())})
     finally:
         mlflow.set_tracking_uri(prev_tracking)
         mlflow.set_registry_uri(prev_registry)

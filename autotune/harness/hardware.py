@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -804,7 +803,9 @@ def peak_gflops_cached(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": seconds,
     }
-    _write_json_atomic(path, {"version": 1, "entries": entries})
+    from autotune.files import write_json_atomic
+
+    write_json_atomic(path, {"version": 1, "entries": entries})
     return value
 
 
@@ -815,19 +816,6 @@ def _load_peak_cache(path: Path) -> dict[str, Any]:
         return dict(entries) if isinstance(entries, dict) else {}
     except Exception:
         return {}
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".peak_gflops.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------
