@@ -199,28 +199,12 @@ class Predictor:
 
 def session_options(deploy: Mapping[str, Any]) -> Any:
     """ONNX Runtime session options from ``deploy.yaml`` (the same settings the harness used)."""
-    import onnxruntime as ort
+    from autotune.harness.ortsession import session_options as options
 
-    so = ort.SessionOptions()
-    levels = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    level = deploy.get("graph_optimization", "all")
-    if level not in levels:
-        raise BundleError(f"deploy.yaml: graph_optimization must be one of {', '.join(levels)}; "
-                          f"found {level!r}.")
-    so.graph_optimization_level = levels[level]
-    if deploy.get("threads"):
-        so.intra_op_num_threads = int(deploy["threads"])
-    so.inter_op_num_threads = int(deploy.get("inter_op_threads") or 1)
-    mode = deploy.get("execution_mode", "sequential")
-    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
-                         else ort.ExecutionMode.ORT_SEQUENTIAL)
-    so.log_severity_level = 3
-    return so
+    try:
+        return options(deploy)
+    except ValueError as exc:
+        raise BundleError(f"deploy.yaml: {exc}.") from None
 
 
 def load(bundle: str | Path, *, check_hardware: bool = True) -> Predictor:

@@ -292,23 +292,12 @@ class Evaluator:
                        info: dict[str, Any] | None = None) -> Predict:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        levels = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        so.graph_optimization_level = levels[config.get("graph_optimization", "all")]
-        if config.get("threads"):
-            so.intra_op_num_threads = int(config["threads"])
-        mode = config.get("execution_mode", "sequential")
-        if mode not in ("sequential", "parallel"):
-            raise TrialFailed(f"unknown execution_mode '{mode}' (sequential or parallel)")
-        so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
-                             else ort.ExecutionMode.ORT_SEQUENTIAL)
-        so.inter_op_num_threads = int(config.get("inter_op_threads") or 1)
-        so.log_severity_level = 3
+        from autotune.harness.ortsession import session_options
+
+        try:
+            so = session_options(config)
+        except ValueError as exc:
+            raise TrialFailed(str(exc)) from None
         providers = ort_providers(config)
         available = ort.get_available_providers()
         if providers[0] not in available:
