@@ -49,6 +49,7 @@ def make_sampler(
                 return s.NSGAIIISampler(seed=seed, **options)
         if name == "qmc":
             options.setdefault("warn_independent_sampling", False)
+            options.setdefault("scramble", True)  # so the seed matters (unscrambled Sobol ignores it)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return s.QMCSampler(seed=seed, **options)
