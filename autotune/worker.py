@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autotune.agents import create_agent
@@ -278,7 +278,7 @@ class Worker:
                 self.seen.add(view.number)
                 self.agent.observe(view.observation())
                 new += 1
-                tracker.log_trial(view)
+                tracker.log_trial(view, views=record.trials())
                 done, _, _ = self._counts()
                 progress.on_trial(view, done, self.budget, pareto_views(record.trials(), job))
             self.agent.close()
@@ -289,11 +289,8 @@ class Worker:
         done = record.counted()
         summary = _summary(job, record, views, new, t_start, finished=done >= self.budget,
                            tracking_error=tracker.last_error, notices=notices)
-        from autotune.tuner import _row
-
-        rows = [_row(t, job) for t in summary.front]
-        tracker.finish(rows, list(rows[0]) if rows else ["trial"])
-        return summary
+        tracker.finish(views)
+        return replace(summary, tracking_error=tracker.last_error)
 
     def _view(self, number: int) -> TrialView:
         tid = self.record.storage.get_trial_id_from_study_id_trial_number(
