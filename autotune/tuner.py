@@ -2,17 +2,17 @@
 
 The Optuna study is the source of truth; running the same job again continues it.  The agent is
 rebuilt on every run by replaying the study's finished trials, so any agent can resume any study.
+:func:`run` and ``autotune worker`` run the same loop, :class:`autotune.worker.Worker`; this module
+holds what it is built from (space restriction, baseline, summaries).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.agents import create_agent
-from autotune.agents.base import Observation
 from autotune.errors import AutotuneError, SpecError, TrialFailed
 from autotune.space import SearchSpace
 from autotune.spec import Job
@@ -190,129 +190,24 @@ def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[s
 
 
 def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = None,
-        harness: Any = None) -> RunSummary:
-    """Run (or continue) the job until its budget is used up."""
-    if not job.storage_url.startswith("sqlite"):  # a shared storage: run as one worker
-        from autotune.worker import run_worker
+        harness: Any = None, exclusive: bool | None = None) -> RunSummary:
+    """Run (or continue) the job until its budget is used up (:class:`autotune.worker.Worker`).
 
-        return run_worker(job, max_trials=max_trials, progress=progress, harness=harness)
-    t_start = time.monotonic()
-    progress = progress or Progress()
-    full_space = job.space
-    check_space(job, full_space)
-    earlier = None
-    if job.agent.warm_start_from is not None:  # user errors in it surface before any measuring
-        from autotune.warmstart import from_study
+    ``exclusive`` (default: when the storage is SQLite, one process per study): RUNNING trials
+    left by a killed earlier run are failed as interrupted at once.  Otherwise (a shared storage)
+    this run is one more worker of the study, and dead workers' trials are found by heartbeats.
+    """
+    from autotune.worker import Worker
 
-        earlier = from_study(job, full_space)
-    record = open_record(job)
-    budget = max_trials or job.budget.max_trials
-    # One process per SQLite study: whatever is RUNNING was left by a crash.  (Shared storages
-    # go through autotune.worker, where heartbeats find dead trials instead.)
-    interrupted = record.mark_interrupted()
-    if interrupted:
-        progress.on_message(
-            f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "
-            "they are marked failed and will not count towards the budget"
-        )
-    from autotune.tracking import Tracker
-
-    tracker = Tracker(job, record)
-    done = record.counted()
-    if done >= budget:
-        views = record.trials()
-        progress.on_message(f"the job is already finished: {done} of {budget} trials done")
-        tracker.start(record.attr("fingerprint"), record.baseline)
-        if tracker.sync(views):  # MLflow missed trials (it was down): catch up now
-            tracker.finish(views)
-        return _summary(job, record, views, 0, t_start, finished=True,
-                        tracking_error=tracker.last_error)
-
-    from autotune.harness.isolate import IsolatedHarness
-
-    own_harness = harness is None
-    harness = harness or IsolatedHarness(job)
-    new = 0
-    try:
-        space, notices, baseline = prepare(job, record, harness, full_space, progress)
-        tracker.start(record.attr("fingerprint"), baseline)
-        tracker.sync(record.trials())
-
-        agent = create_agent(job.agent.name, space, job.objective_pairs,
-                             len(job.parsed_constraints), seed=job.agent.seed,
-                             **job.agent.options)
-        views = record.trials()
-        measured = {_key(t.config) for t in views}
-        for t in views:
-            if t.state in ("complete", "failed"):
-                agent.observe(t.observation())
-        seeds = [dict(c) for c in job.agent.warm_start]
-        if earlier is not None:
-            for obs in earlier.observations:
-                agent.observe(obs)
-            seeds += [c for c in earlier.configs if _key(c) not in {_key(s) for s in seeds}]
-            progress.on_message(earlier.message)
-        warm = [c for c in seeds if _key(c) not in measured]
-
-        progress.on_start(done, budget)
-        deadline = t_start + job.budget.timeout if job.budget.timeout else None
-        invalid_in_a_row = 0
-        while done < budget and (deadline is None or time.monotonic() < deadline):
-            from_warm = bool(warm)
-            config = dict(warm.pop(0)) if warm else agent.suggest()
-            reason = space.invalid_reason(config)
-            if from_warm and not reason:  # e.g. device cuda, removed on a machine without one
-                outside = [p for p in space.validate(config) if "outside the space" in p]
-                if outside:  # recorded, never measured; the agent's space cannot hold it
-                    number = record.start(config, full_space, agent=agent.name)
-                    record.fail(number, f"not runnable on this machine: {outside[0]}",
-                                invalid=True)
-                    progress.on_message(f"warm start {config} skipped: {outside[0]}")
-                    continue
-            if reason:
-                number = record.start(config, full_space, agent=agent.name)
-                record.fail(number, f"invalid combination: {reason}", invalid=True)
-                agent.observe(Observation(config, None, state="invalid", number=number))
-                invalid_in_a_row += 1
-                if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                    raise AutotuneError(
-                        f"the agent proposed {invalid_in_a_row} invalid combinations in a row; "
-                        "check the 'invalid:' rules of the search space"
-                    )
-                continue
-            invalid_in_a_row = 0
-            number = record.start(config, full_space, agent=agent.name)
-            try:
-                result = harness.evaluate(config)
-            except TrialFailed as exc:
-                record.fail(number, str(exc))
-                view = record.view(record.study._storage.get_trial(
-                    record._trial(number)._trial_id))
-            else:
-                ev = job.evaluation
-                metrics = dict(result.metrics) if ev is None else derive_metrics(
-                    result.metrics, baseline, ev.quality_name, ev.quality_higher_is_better)
-                view = record.complete(number, metrics, result.details)
-            agent.observe(view.observation())
-            done += 1
-            new += 1
-            tracker.log_trial(view, views=record.trials())
-            progress.on_trial(view, done, budget, pareto_views(record.trials(), job))
-        agent.close()
-    finally:
-        if own_harness:
-            harness.close()
-    views = record.trials()
-    summary = _summary(job, record, views, new, t_start, finished=done >= budget,
-                       tracking_error=tracker.last_error, notices=notices)
-    tracker.finish(views)
-    summary = replace(summary, tracking_error=tracker.last_error)
-    return summary
+    if exclusive is None:
+        exclusive = job.storage_url.startswith("sqlite")
+    return Worker(job, max_trials=max_trials, progress=progress, harness=harness,
+                  exclusive=exclusive).run()
 
 
 def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace,
             progress: Progress) -> tuple[SearchSpace, list[str], dict[str, float]]:
-    """What every loop (``run``, a worker) does before the first trial: restrict the space to this
+    """What the loop does before the first trial: restrict the space to this
     machine (with notices) and measure the baseline once per study (kept in the study)."""
     if job.is_custom:
         space, notices = full_space, []

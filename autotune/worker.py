@@ -1,4 +1,8 @@
-"""Many workers on one study: ``autotune worker JOB`` on one or many machines.
+"""The tuning loop (:class:`Worker`), for ``autotune run`` and for many workers on one study:
+``autotune worker JOB`` on one or many machines.
+
+``autotune run`` (:func:`autotune.tuner.run`) is the same loop in *exclusive* mode: the only
+process on its study, it fails the trials a killed earlier run left RUNNING at once.
 
 Every worker opens the job's Optuna storage (PostgreSQL for several machines; SQLite works for
 several workers on one machine) with heartbeats enabled, and loops:
@@ -23,7 +27,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.space import SearchSpace
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView, derive_metrics
 from autotune.tuner import (
@@ -43,6 +48,7 @@ from autotune.tuner import (
     pareto_views,
     prepare,
 )
+from autotune.warmstart import WarmStart
 
 
 @dataclass(frozen=True)
@@ -150,18 +156,38 @@ class _Claim:
 
 
 class Worker:
+    """The tuning loop, for ``autotune run`` (``exclusive``) and ``autotune worker`` alike.
+
+    ``exclusive``: this is the only process working on the study, so the RUNNING trials found at
+    the start were left by a killed earlier run; they are failed as interrupted at once (and do
+    not use budget) instead of after a heartbeat grace period, the agent gets the job's seed as
+    given, and MLflow catches up on trials it missed before the first new one.
+    """
+
     def __init__(self, job: Job, *, opts: WorkerOptions | None = None,
                  max_trials: int | None = None, progress: Progress | None = None,
-                 harness: Any = None) -> None:
+                 harness: Any = None, exclusive: bool = False) -> None:
         self.job = job
         self.opts = opts or WorkerOptions()
         self.budget = max_trials or job.budget.max_trials
         self.progress = progress or Progress()
         self.harness = harness
+        self.exclusive = exclusive
         self.id = worker_id()
-        self.record = open_shared_record(job, self.opts)
         self.seen: set[int] = set()
-        self.agent: Agent | None = None
+        self._record: StudyRecord | None = None
+        self._agent: Agent | None = None
+
+    @property
+    def record(self) -> StudyRecord:
+        if self._record is None:
+            self._record = open_shared_record(self.job, self.opts)
+        return self._record
+
+    @property
+    def agent(self) -> Agent:
+        assert self._agent is not None, "the agent is created by run()"
+        return self._agent
 
     # ------------------------------------------------------------------ study views
     def _counts(self) -> tuple[int, int, int]:
@@ -174,8 +200,8 @@ class Worker:
         return self.record.counted(), running, waiting
 
     def _replay(self) -> None:
-        """Feed the trials other workers finished since the last look into the agent."""
-        assert self.agent is not None
+        """Feed the finished trials not seen yet (other workers', earlier runs') into the agent;
+        interrupted ones are not the configuration's fault and are left out."""
         for t in self.record.trials():
             if t.number in self.seen or t.state not in ("complete", "failed"):
                 continue
@@ -184,7 +210,8 @@ class Worker:
                 continue
             self.agent.observe(t.observation())
 
-    def _claim(self, space: Any, full_space: Any, warm: list[dict[str, Any]]) -> _Claim | None:
+    def _claim(self, space: SearchSpace, full_space: SearchSpace,
+               warm: list[dict[str, Any]]) -> _Claim | None:
         import optuna
         from optuna.trial import TrialState
 
@@ -208,11 +235,19 @@ class Worker:
             if done + running + waiting >= self.budget:
                 return None
             self._replay()
-            assert self.agent is not None
+            from_warm = bool(warm)
             config = dict(warm.pop(0)) if warm else self.agent.suggest()
             reason = space.invalid_reason(config)
+            # a warm-start configuration the restricted space cannot hold (e.g. device cuda on a
+            # machine without one): recorded, never measured, not shown to the agent
+            outside = [] if reason or not from_warm else \
+                [p for p in space.validate(config) if "outside the space" in p]
             number = self.record.start(config, full_space, agent=self.agent.name)
-            tid = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            if outside:
+                self.record.fail(number, f"not runnable on this machine: {outside[0]}",
+                                 invalid=True)
+                self.progress.on_message(f"warm start {config} skipped: {outside[0]}")
+                continue
             if reason:
                 self.record.fail(number, f"invalid combination: {reason}", invalid=True)
                 self.agent.observe(Observation(config, None, state="invalid", number=number))
@@ -223,36 +258,73 @@ class Worker:
                         f"the agent proposed {invalid_in_a_row} invalid combinations in a row; "
                         "check the 'invalid:' rules of the search space")
                 continue
+            tid = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
             storage.record_heartbeat(tid)
             storage.set_trial_user_attr(tid, "worker", self.id)
             return _Claim(number, tid, config, retried=False)
 
-    # ------------------------------------------------------------------ the loop
-    def run(self) -> RunSummary:
+    def _measure(self, claim: _Claim, harness: Any, baseline: Mapping[str, float]) -> TrialView:
+        """Measure a claimed trial with its heartbeat running, and record the outcome."""
         from optuna.storages._heartbeat import get_heartbeat_thread
 
+        record, ev = self.record, self.job.evaluation
+        with get_heartbeat_thread(claim.trial_id, record.storage):
+            try:
+                result = harness.evaluate(claim.config)
+            except TrialFailed as exc:
+                record.fail(claim.number, str(exc))
+                return self._view(claim.number)
+        metrics = dict(result.metrics) if ev is None else derive_metrics(  # None: custom objective
+            result.metrics, baseline, ev.quality_name, ev.quality_higher_is_better)
+        return record.complete(claim.number, metrics, result.details)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> RunSummary:
         t_start = time.monotonic()
-        job, record, progress = self.job, self.record, self.progress
+        job, progress = self.job, self.progress
         full_space = job.space
         check_space(job, full_space)
-        from autotune.harness.isolate import IsolatedHarness
+        earlier = None
+        if job.agent.warm_start_from is not None:  # user errors in it surface before any measuring
+            from autotune.warmstart import from_study
+
+            earlier = from_study(job, full_space)
+        record = self.record
+        if self.exclusive:
+            interrupted = record.mark_interrupted()
+            if interrupted:
+                progress.on_message(
+                    f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "
+                    "they are marked failed and will not count towards the budget")
         from autotune.tracking import Tracker
+
+        tracker = Tracker(job, record)
+        done = record.counted()
+        if done >= self.budget:
+            views = record.trials()
+            progress.on_message(f"the job is already finished: {done} of {self.budget} trials done")
+            tracker.start(record.attr("fingerprint"), record.baseline)
+            if tracker.sync(views):  # MLflow missed trials (it was down): catch up now
+                tracker.finish(views)
+            return _summary(job, record, views, 0, t_start, finished=True,
+                            tracking_error=tracker.last_error)
+
+        from autotune.harness.isolate import IsolatedHarness
 
         own_harness = self.harness is None
         harness = self.harness or IsolatedHarness(job)
-        tracker = Tracker(job, record)
         new = 0
-        notices: list[str] = []
         try:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
                 space, notices, baseline = prepare(job, record, harness, full_space, progress)
                 tracker.start(record.attr("fingerprint"), baseline)
-            self.agent = create_agent(job.agent.name, space, job.objective_pairs,
-                                      len(job.parsed_constraints), seed=_seed(job),
-                                      **job.agent.options)
-            measured = {_key(t.config) for t in record.trials()}
-            warm = [c for c in job.agent.warm_start if _key(c) not in measured]
-            done, _, _ = self._counts()
+            if self.exclusive:  # (workers log their own trials; a sync here would race them)
+                tracker.sync(record.trials())
+            self._agent = agent = create_agent(
+                job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
+                seed=job.agent.seed if self.exclusive else _seed(job), **job.agent.options)
+            self._replay()
+            warm = self._warm_configs(earlier)
             progress.on_start(done, self.budget)
             deadline = t_start + job.budget.timeout if job.budget.timeout else None
             while deadline is None or time.monotonic() < deadline:
@@ -264,33 +336,37 @@ class Worker:
                         break
                     time.sleep(self.opts.poll_s)  # others finish; re-check for stale trials
                     continue
-                with get_heartbeat_thread(claim.trial_id, record.storage):
-                    try:
-                        result = harness.evaluate(claim.config)
-                    except TrialFailed as exc:
-                        record.fail(claim.number, str(exc))
-                        view = self._view(claim.number)
-                    else:
-                        ev = job.evaluation
-                        metrics = derive_metrics(result.metrics, baseline, ev.quality_name,
-                                                 ev.quality_higher_is_better)
-                        view = record.complete(claim.number, metrics, result.details)
+                view = self._measure(claim, harness, baseline)
                 self.seen.add(view.number)
-                self.agent.observe(view.observation())
+                agent.observe(view.observation())
                 new += 1
-                tracker.log_trial(view, views=record.trials())
-                done, _, _ = self._counts()
-                progress.on_trial(view, done, self.budget, pareto_views(record.trials(), job))
-            self.agent.close()
+                views = record.trials()
+                tracker.log_trial(view, views=views)
+                progress.on_trial(view, record.counted(), self.budget, pareto_views(views, job))
+            agent.close()
         finally:
             if own_harness:
                 harness.close()
         views = record.trials()
-        done = record.counted()
-        summary = _summary(job, record, views, new, t_start, finished=done >= self.budget,
+        summary = _summary(job, record, views, new, t_start,
+                           finished=record.counted() >= self.budget,
                            tracking_error=tracker.last_error, notices=notices)
         tracker.finish(views)
         return replace(summary, tracking_error=tracker.last_error)
+
+    def _warm_configs(self, earlier: WarmStart | None) -> list[dict[str, Any]]:
+        """The configurations to measure first: ``agent.warm_start``, then those of
+        ``agent.warm_start_from`` (whose measurements the agent observes as hints), each unless
+        the study has it already."""
+        seeds = [dict(c) for c in self.job.agent.warm_start]
+        if earlier is not None:
+            for obs in earlier.observations:
+                self.agent.observe(obs)
+            have = {_key(s) for s in seeds}
+            seeds += [dict(c) for c in earlier.configs if _key(c) not in have]
+            self.progress.on_message(earlier.message)
+        measured = {_key(t.config) for t in self.record.trials()}
+        return [c for c in seeds if _key(c) not in measured]
 
     def _view(self, number: int) -> TrialView:
         tid = self.record.storage.get_trial_id_from_study_id_trial_number(
@@ -308,5 +384,5 @@ def _seed(job: Job) -> int | None:
 def run_worker(job: Job, *, opts: WorkerOptions | None = None, max_trials: int | None = None,
                progress: Progress | None = None, harness: Any = None) -> RunSummary:
     """Join the job's study and measure trials until its (global) budget is used up."""
-    return Worker(job, opts=opts, max_trials=max_trials, progress=progress,
-                  harness=harness).run()
+    return Worker(job, opts=opts, max_trials=max_trials, progress=progress, harness=harness,
+                  exclusive=False).run()
