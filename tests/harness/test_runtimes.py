@@ -148,7 +148,8 @@ def test_split_calibration_rules():
     ({"runtime": "torch", "quantization": "int8_static"}, "onnxruntime only"),
     ({"runtime": "onnxruntime", "quantization": "bf16"}, "not supported on onnxruntime"),
     ({"runtime": "onnxruntime", "quantization": "int4"}, "unknown quantization"),
-    ({"runtime": "onnxruntime", "execution_mode": "eager"}, "execution_mode must be one of sequential, parallel"),
+    ({"runtime": "onnxruntime", "execution_mode": "eager"},
+     "execution_mode must be one of sequential, parallel"),
     ({"runtime": "torch", "pruning_ratio": 0.2, "pruning_method": "random"}, "pruning_method"),
 ])
 def test_configurations_that_cannot_run_fail_clearly(evaluator, config, match):
