@@ -35,9 +35,15 @@ def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible tri
 
     from autotune.tuner import front_row
 
-    table = Table(title=title, title_justify="left")
     rows = [front_row(t, job) for t in summary.front]
-    cols = list(rows[0]) if rows else ["trial"]
+    cols = list(dict.fromkeys(c for r in rows for c in r)) if rows else ["trial"]
+    params = set(job.space.names)
+    # a parameter every front configuration shares goes into the caption, so the table fits
+    shared = {c: rows[0].get(c) for c in cols if c in params and len(rows) > 1
+              and all(r.get(c) == rows[0].get(c) for r in rows)}
+    cols = [c for c in cols if c not in shared]
+    caption = ("all with " + ", ".join(f"{k}={v}" for k, v in shared.items())) if shared else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for c in cols:
         table.add_column(c, justify="right" if c not in job.space.names else "left")
     for r in rows:
