@@ -38,6 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from autotune.errors import AutotuneError, StudyError, TrialFailed
 from autotune.files import sha256_file
+from autotune.space import config_key
 from autotune.spec import BudgetSpec, Job
 from autotune.study import TrialView
 
@@ -386,7 +387,7 @@ class Cycle:
         seen, warm_ok = set(), []
         for c in warm:
             c = {k: v for k, v in c.items() if k in space}
-            key = repr(sorted(c.items()))
+            key = config_key(c)
             if key not in seen and not space.validate(c):
                 seen.add(key)
                 warm_ok.append(c)
@@ -410,7 +411,7 @@ class Cycle:
                                    bundle=str(bundle), started=started)
             ch = best[0]
             challenger = {"study": sub.name, "trial": ch.number, "config": dict(ch.config)}
-            same = repr(sorted(ch.config.items())) == repr(sorted(champ_cfg.items()))
+            same = config_key(ch.config) == config_key(champ_cfg)
             if same:
                 decision, why = "keep", "the re-tune found no better configuration than the champion"
             else:
@@ -427,7 +428,7 @@ class Cycle:
         if model_changed:
             # same configuration, but the deployed artifact was built from the old model/libraries
             twin = [t for t in summary.trials if t.state == "complete"
-                    and repr(sorted(t.config.items())) == repr(sorted(champ_cfg.items()))]
+                    and config_key(t.config) == config_key(champ_cfg)]
             if twin:
                 new = self.deployer.export_trial(job, sub.name, twin[0].number, self.bundles,
                                                  policy.alias)

@@ -109,6 +109,11 @@ def _same(a: Any, b: Any) -> bool:
     )
 
 
+def config_key(config: Mapping[str, Any]) -> str:
+    """A hashable identity of a configuration (independent of key order)."""
+    return repr(sorted(config.items()))
+
+
 def _matches(config: Mapping[str, Any], when: Mapping[str, tuple[Scalar, ...]]) -> bool:
     return all(k in config and any(_same(config[k], v) for v in vs) for k, vs in when.items())
 

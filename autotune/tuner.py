@@ -268,9 +268,6 @@ def _summary(job: Job, record: StudyRecord, views: list[TrialView], new: int, t0
     )
 
 
-def _key(config: Mapping[str, Any]) -> str:
-    return repr(sorted(config.items()))
-
 
 def status(job: Job) -> RunSummary:
     record = open_record(job, create=False)

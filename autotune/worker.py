@@ -35,14 +35,13 @@ from typing import Any
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
-from autotune.space import SearchSpace
+from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView, derive_metrics
 from autotune.tuner import (
     MAX_INVALID_IN_A_ROW,
     Progress,
     RunSummary,
-    _key,
     _summary,
     check_space,
     pareto_views,
@@ -362,11 +361,11 @@ class Worker:
         if earlier is not None:
             for obs in earlier.observations:
                 self.agent.observe(obs)
-            have = {_key(s) for s in seeds}
-            seeds += [dict(c) for c in earlier.configs if _key(c) not in have]
+            have = {config_key(s) for s in seeds}
+            seeds += [dict(c) for c in earlier.configs if config_key(c) not in have]
             self.progress.on_message(earlier.message)
-        measured = {_key(t.config) for t in self.record.trials()}
-        return [c for c in seeds if _key(c) not in measured]
+        measured = {config_key(t.config) for t in self.record.trials()}
+        return [c for c in seeds if config_key(c) not in measured]
 
     def _view(self, number: int) -> TrialView:
         tid = self.record.storage.get_trial_id_from_study_id_trial_number(

@@ -9,6 +9,7 @@ import pytest
 
 from autotune import tuner
 from autotune.errors import SpecError
+from autotune.space import config_key
 from autotune.spec import load_job
 from autotune.warmstart import from_study
 
@@ -69,10 +70,10 @@ def test_best_feasible_trials_are_replayed_and_remeasured(tmp_path: Path, earlie
     job = load_job(p)
     ws = from_study(job, job.space)
     feasible = [t for t in earlier.trials if t.feasible]
-    front = {tuner._key(t.config) for t in earlier.front}
+    front = {config_key(t.config) for t in earlier.front}
     assert len(ws.configs) == min(3, len(feasible))
     # the first front comes first; only feasible trials are taken
-    assert all(tuner._key(c) in front for c in ws.configs[: min(3, len(front))])
+    assert all(config_key(c) in front for c in ws.configs[: min(3, len(front))])
     assert all(o.feasible and o.values == (o.metrics["a"], o.metrics["b"]) for o in ws.observations)
     assert all(o.metrics["stamp"] == 1.0 for o in ws.observations)
 
@@ -84,8 +85,8 @@ def test_best_feasible_trials_are_replayed_and_remeasured(tmp_path: Path, earlie
 
     # resuming does not queue them again (and grid, having observed them, does not propose them)
     summary = tuner.run(job, max_trials=7)
-    keys = [tuner._key(t.config) for t in summary.trials[5:]]
-    assert not set(keys) & {tuner._key(c) for c in ws.configs}
+    keys = [config_key(t.config) for t in summary.trials[5:]]
+    assert not set(keys) & {config_key(c) for c in ws.configs}
 
 
 def test_configs_outside_the_space_are_spec_errors(tmp_path: Path, earlier) -> None:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from autotune.agents.base import Agent, Observation, finite
 from autotune.errors import SpecError
 from autotune.metrics import Direction
-from autotune.space import Config, SearchSpace
+from autotune.space import Config, SearchSpace, config_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -102,14 +102,14 @@ class GridAgent(Agent):
         return self._order
 
     def suggest(self) -> Config:
-        least = min(self._seen.get(_key(c), 0) for c in self.order)
-        c = next(c for c in self.order if self._seen.get(_key(c), 0) == least)
-        self._seen[_key(c)] = least + 1
-        self._pending.add(_key(c))
+        least = min(self._seen.get(config_key(c), 0) for c in self.order)
+        c = next(c for c in self.order if self._seen.get(config_key(c), 0) == least)
+        self._seen[config_key(c)] = least + 1
+        self._pending.add(config_key(c))
         return dict(c)
 
     def observe(self, obs: Observation) -> None:
-        k = _key(obs.config)
+        k = config_key(obs.config)
         if k in self._pending:
             self._pending.discard(k)  # counted when proposed
         else:
@@ -146,11 +146,11 @@ class OptunaAgent(Agent):
         with _one_torch_thread(self.name == "gp"):
             trial = self.study.ask()
             config = self.space.sample(trial)
-        self._pending[_key(config)] = trial
+        self._pending[config_key(config)] = trial
         return config
 
     def observe(self, obs: Observation) -> None:
-        trial = self._pending.pop(_key(obs.config), None)
+        trial = self._pending.pop(config_key(obs.config), None)
         ok = obs.state == "complete" and finite(obs.values)
         constraints = {f"c{i}": float(v) for i, v in enumerate(obs.violations)}
         if trial is not None:
@@ -190,6 +190,3 @@ def _one_torch_thread(active: bool) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
 
-
-def _key(config: Any) -> str:
-    return repr(sorted(config.items()))

@@ -39,7 +39,7 @@ import numpy as np
 from autotune.agents.base import Agent, Observation, finite
 from autotune.errors import SpecError
 from autotune.metrics import Direction
-from autotune.space import Config, SearchSpace
+from autotune.space import Config, SearchSpace, config_key
 
 ALGORITHMS = ("ppo", "a2c", "dqn")
 
@@ -60,9 +60,6 @@ _DEFAULTS: dict[str, Any] = {
 class _Stop(Exception):
     """Raised inside the training thread to end ``learn`` when the agent closes."""
 
-
-def _key(config: Any) -> str:
-    return repr(sorted(config.items()))
 
 
 class RLAgent(Agent):
@@ -127,7 +124,7 @@ class RLAgent(Agent):
         return self._codec
 
     def _measured(self, config: Config) -> bool:
-        return _key(config) in self._table or _key(self.codec.snap(config)) in self._table
+        return config_key(config) in self._table or config_key(self.codec.snap(config)) in self._table
 
     def _random_config(self) -> Config:
         """A random valid grid configuration not measured yet (any valid one if all are)."""
@@ -201,8 +198,8 @@ class RLAgent(Agent):
     def observe(self, obs: Observation) -> None:
         with self._lock:
             self._observed.append(obs)
-            self._table[_key(obs.config)] = obs
-            key = _key(obs.config)
+            self._table[config_key(obs.config)] = obs
+            key = config_key(obs.config)
             if self._waiting is not None and key == self._waiting:
                 self._waiting = None
                 self._replies.put(obs)
@@ -238,7 +235,7 @@ class RLAgent(Agent):
         cache: dict[str, tuple[Any, tuple[float, ...]]] = {}
 
         def evaluate(config: Config) -> tuple[Any, tuple[float, ...]]:
-            k = _key(config)
+            k = config_key(config)
             if k in self._table:
                 o = self._table[k]
                 ok = o.state == "complete" and finite(o.values)
@@ -292,7 +289,7 @@ class RLAgent(Agent):
         if isinstance(item, BaseException):
             raise item
         with self._lock:
-            self._waiting = _key(item)
+            self._waiting = config_key(item)
         return dict(item)
 
     def _start_worker(self, reference: np.ndarray, ideal: np.ndarray, front: np.ndarray) -> None:
@@ -307,7 +304,7 @@ class RLAgent(Agent):
             for o in foreign:  # measurements this policy did not ask for join its front
                 if o.feasible and finite(o.values):
                     env.add_point(o.values)
-            known = self._table.get(_key(config))
+            known = self._table.get(config_key(config))
             if known is not None and dupes[0] < max_dupes:
                 dupes[0] += 1
             else:

@@ -34,7 +34,7 @@ import numpy as np
 from autotune.agents.base import Agent, Observation, finite
 from autotune.errors import SpecError
 from autotune.metrics import Direction
-from autotune.space import Config, Param, SearchSpace, _same
+from autotune.space import Config, Param, SearchSpace, _same, config_key
 
 ESTIMATORS = {"skopt-gp": "GP", "skopt-rf": "RF", "skopt-et": "ET", "skopt-gbrt": "GBRT"}
 ACQ_FUNCS = ("EI", "PI", "LCB", "gp_hedge")
@@ -259,21 +259,18 @@ class SkoptAgent(Agent):
             # tree models are flat between observations and may propose a measured point again;
             # spend the trial on an unmeasured one instead (unless the space seems exhausted)
             for _ in range(50):
-                if _key(config) not in self._keys:
+                if config_key(config) not in self._keys:
                     break
                 config = self.decode(opt.space.rvs(random_state=self._rng.integers(2**31 - 1))[0])
         return config
 
     def observe(self, obs: Observation) -> None:
         self._X.append(self.encode(dict(obs.config)))
-        self._keys.add(_key(obs.config))
+        self._keys.add(config_key(obs.config))
         ok = obs.state == "complete" and finite(obs.values)
         self._y.append(obs.scalarized(self.directions) if ok else None)
         self._viol.append(obs.total_violation if ok else math.inf)
 
-
-def _key(config: Any) -> str:
-    return repr(sorted(config.items()))
 
 
 def _factory(estimator: str) -> type[SkoptAgent]:
