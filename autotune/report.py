@@ -233,9 +233,10 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
 
 def build_report(job: Job, out: str | Path | None = None) -> Path:
     """Write the report of ``job``'s study to ``out`` (default ``<out_dir>/report.html``)."""
-    from autotune.review import open_existing, study_reference
+    from autotune.review import study_reference
+    from autotune.tuner import open_record
 
-    record = open_existing(job)
+    record = open_record(job, create=False)
     views = record.trials()
     reference = study_reference(record, job, views)
     text = render(job, views, baseline=record.baseline, fingerprint=record.attr("fingerprint"),

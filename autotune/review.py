@@ -167,13 +167,3 @@ def front_table(views: Sequence[TrialView], job: Job) -> list[dict[str, Any]]:
     return [front_row(t, job) for t in pareto_views(list(views), job)]
 
 
-def open_existing(job: Job) -> StudyRecord:
-    """The job's study for reading; a :class:`StudyError` (not a database error) if the job has
-    never run."""
-    from autotune.errors import StudyError
-    from autotune.tuner import open_record
-
-    if job.storage is None and not (job.out_dir / "study.db").is_file():
-        raise StudyError(f"no study for job '{job.name}' at {job.out_dir / 'study.db'}; "
-                         "run the job first.")
-    return open_record(job, create=False)

@@ -369,9 +369,9 @@ def sync_job(job: Job) -> tuple[int, str | None]:
     """Write to MLflow what the study has and MLflow lacks (``autotune sync``): the parent run,
     missing nested runs, missing hypervolume steps, rank tags and the artifacts.  Returns the
     number of nested runs written and the tracking error, if MLflow was unreachable."""
-    from autotune.review import open_existing
+    from autotune.tuner import open_record
 
-    record = open_existing(job)
+    record = open_record(job, create=False)
     tracker = Tracker(job, record)
     views = record.trials()
     tracker.start(record.attr("fingerprint"), record.baseline)

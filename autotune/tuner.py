@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from autotune.errors import AutotuneError, SpecError, TrialFailed
+from autotune.errors import AutotuneError, SpecError, StudyError, TrialFailed
 from autotune.space import SearchSpace
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView, derive_metrics
@@ -56,8 +57,15 @@ class Progress:
 
 
 def open_record(job: Job, *, create: bool = True) -> StudyRecord:
+    """The job's study; with ``create=False`` a :class:`StudyError` (not a database error) when
+    the job has never run."""
     if create:
         job.out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        url = job.storage_url
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            raise StudyError(f"no study for job '{job.name}' at {url.removeprefix('sqlite:///')}; "
+                             f"run the job first (autotune run {job.source}).")
     return StudyRecord(job.storage_url, job.name, job.objective_pairs, job.parsed_constraints,
                        create=create)
 

@@ -105,3 +105,12 @@ def test_killed_run_resumes_without_losing_or_repeating_trials(tiny_job):
     assert len(counted) == 7  # exactly the budget: no finished trial repeated
     interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
     assert len(interrupted) <= 1
+
+
+def test_status_of_a_job_that_never_ran_is_a_clear_error(tiny_job):
+    from autotune.errors import StudyError
+
+    job = load_job(tiny_job())
+    with pytest.raises(StudyError, match="run the job first"):
+        status(job)
+    assert not job.out_dir.exists()  # reading does not create an empty study
