@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -96,7 +97,19 @@ class _Bar:
             self.progress.stop()
 
 
-@click.group()
+class _Group(click.Group):
+    """Every command's user errors (AutotuneError) end as one paragraph on stderr, exit code 2,
+    without a traceback; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AutotuneError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="autotune")
 def main() -> None:
     """autotune: hardware-aware tuning of how to run ML models."""
@@ -108,20 +121,27 @@ def _load(path: str) -> Any:
     return load_job(path)
 
 
-def _fail(exc: AutotuneError) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
+@contextmanager
+def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
+    """Progress callbacks for a tuning loop; the bar is stopped however the loop ends."""
+    from autotune.tuner import Progress
+
+    bar = _Bar(console, job)
+    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
+    if not quiet:
+        prog.on_start, prog.on_trial = bar.start, bar.trial
+    try:
+        yield prog
+    finally:
+        bar.stop()
 
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 def validate(job_file: str) -> None:
     """Check a job file and show what it will search."""
-    try:
-        job = _load(job_file)
-        space = job.space
-    except AutotuneError as exc:
-        _fail(exc)
+    job = _load(job_file)
+    space = job.space
     console = _console()
     console.print(f"[green]ok[/] {job_file}: job '{job.name}'")
     console.print(f"  objectives : {', '.join(f'{d} {m}' for m, d in job.objective_pairs)}")
@@ -142,30 +162,18 @@ def validate(job_file: str) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
     """Run the job (or continue it where it stopped)."""
-    from autotune.tuner import Progress
     from autotune.tuner import run as run_job
 
     console = _console()
-    try:
-        job = _load(job_file)
-    except AutotuneError as exc:
-        _fail(exc)
-    bar = _Bar(console, job)
-    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
-    if not quiet:
-        prog.on_start, prog.on_trial = bar.start, bar.trial
+    job = _load(job_file)
     t0 = time.monotonic()
     try:
-        summary = run_job(job, max_trials=max_trials, progress=prog)
-    except AutotuneError as exc:
-        bar.stop()
-        _fail(exc)
+        with _progress(console, job, quiet) as prog:
+            summary = run_job(job, max_trials=max_trials, progress=prog)
     except KeyboardInterrupt:
-        bar.stop()
         console.print("[yellow]interrupted[/]: finished trials are kept; run the same command "
                       "again to continue.")
         sys.exit(130)
-    bar.stop()
     _report(console, job, summary)
     console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
 
@@ -196,15 +204,13 @@ def status(job_file: str) -> None:
     from autotune.tuner import status as job_status
 
     console = _console()
-    try:
-        job = _load(job_file)
-        summary = job_status(job)
-    except AutotuneError as exc:
-        _fail(exc)
+    job = _load(job_file)
+    summary = job_status(job)
     _report(console, job, summary)
     failed = [t for t in summary.trials if t.state == "failed"]
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
+
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
@@ -212,11 +218,8 @@ def sync(job_file: str) -> None:
     """Write the trials MLflow is missing (e.g. after the server was down) from the study."""
     from autotune.tracking import sync_job
 
-    try:
-        job = _load(job_file)
-        n, error = sync_job(job)
-    except AutotuneError as exc:
-        _fail(exc)
+    job = _load(job_file)
+    n, error = sync_job(job)
     if error:
         click.echo(f"error: MLflow at {job.tracking_uri} is unavailable ({error}); nothing was "
                    "written, the study still holds every trial.", err=True)
@@ -232,11 +235,8 @@ def report(job_file: str, out: str | None) -> None:
     """Write a self-contained HTML report of the job's study (works offline)."""
     from autotune.report import build_report
 
-    try:
-        job = _load(job_file)
-        path = build_report(job, out)
-    except AutotuneError as exc:
-        _fail(exc)
+    job = _load(job_file)
+    path = build_report(job, out)
     click.echo(f"report written to {path}")
 
 
@@ -257,12 +257,9 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
     from autotune.deploy.export import export_bundle
 
     console = _console()
-    try:
-        job = _load(job_file)
-        res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
-                            alias=alias, model_name=model_name)
-    except AutotuneError as exc:
-        _fail(exc)
+    job = _load(job_file)
+    res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
+                        alias=alias, model_name=model_name)
     m = res.manifest
     console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}: "
                   + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
@@ -306,8 +303,6 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
               tracking_uri=tracking_uri,
               on_ready=lambda s: click.echo(f"serving {s.served.version} from {source} on {s.url} "
                                             f"(batch size {s.served.batch_size})", err=True))
-    except AutotuneError as exc:
-        _fail(exc)
     except KeyboardInterrupt:
         pass
 
@@ -322,30 +317,18 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, quiet: bool) -> None:
     """Join the job's shared study (storage: postgresql://...) as one of several workers."""
-    from autotune.tuner import Progress
     from autotune.worker import WorkerOptions, run_worker
 
     console = _console()
+    job = _load(job_file)
+    opts = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
     try:
-        job = _load(job_file)
-        opts = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
-    except AutotuneError as exc:
-        _fail(exc)
-    bar = _Bar(console, job)
-    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
-    if not quiet:
-        prog.on_start, prog.on_trial = bar.start, bar.trial
-    try:
-        summary = run_worker(job, opts=opts, max_trials=max_trials, progress=prog)
-    except AutotuneError as exc:
-        bar.stop()
-        _fail(exc)
+        with _progress(console, job, quiet) as prog:
+            summary = run_worker(job, opts=opts, max_trials=max_trials, progress=prog)
     except KeyboardInterrupt:
-        bar.stop()
         console.print("[yellow]interrupted[/]: the running trial is re-queued for another worker "
                       "once its heartbeat is stale.")
         sys.exit(130)
-    bar.stop()
     console.print(f"worker done: {summary.new_trials} trials measured here; study has "
                   f"{summary.n_complete} complete, {summary.n_failed} failed")
 
@@ -369,11 +352,8 @@ def retune(job_file: str) -> None:
     from autotune.schedule import retune_once
 
     console = _console()
-    try:
-        job = _load(job_file)
-        res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
-    except AutotuneError as exc:
-        _fail(exc)
+    job = _load(job_file)
+    res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
     _print_cycle(console, res)
     if res.decision == "skipped":
         sys.exit(3)
@@ -391,8 +371,6 @@ def schedule(job_file: str, max_cycles: int | None) -> None:
         job = _load(job_file)
         run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
                      on_cycle=lambda r: _print_cycle(console, r))
-    except AutotuneError as exc:
-        _fail(exc)
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/]")
         sys.exit(130)

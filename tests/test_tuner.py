@@ -114,3 +114,12 @@ def test_status_of_a_job_that_never_ran_is_a_clear_error(tiny_job):
     with pytest.raises(StudyError, match="run the job first"):
         status(job)
     assert not job.out_dir.exists()  # reading does not create an empty study
+
+
+def test_every_command_reports_user_errors_as_one_paragraph(tiny_job):
+    path = tiny_job()
+    for cmd in (["status", str(path)], ["report", str(path)], ["export", str(path)]):
+        out = subprocess.run([sys.executable, "-m", "autotune.cli", *cmd], capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 2, (cmd, out.stderr)
+        assert out.stderr.startswith("error: no study for job 'tiny'") and "Traceback" not in out.stderr
