@@ -127,14 +127,7 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
     import plotly.offline
 
     import autotune
-    from autotune.plots import (
-        _get_hypervolume_history_info,
-        _get_parallel_coordinate_info,
-        _get_pareto_front_info,
-        plot_hypervolume_history,
-        plot_parallel_coordinate,
-        plot_pareto_front,
-    )
+    from autotune.plots import study_figures
     from autotune.review import front_table, hypervolume_series, trial_table
 
     objectives = job.objective_pairs
@@ -160,19 +153,13 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
                 row.setdefault(c.metric, w.trial.metrics.get(c.metric))
         win_rows.append(row)
 
-    # charts
-    pinfo = _get_pareto_front_info(views, objectives)
-    front_fig = plot_pareto_front(pinfo) if len(objectives) in (2, 3) and pinfo.points else None
-    par = _get_parallel_coordinate_info(views, objectives)
-    par_fig = plot_parallel_coordinate(par) if par.numbers else None
-    hv_fig = None
-    hv_last = None
-    if reference is not None:
-        hinfo = _get_hypervolume_history_info(views, objectives, reference)
-        if hinfo.numbers:
-            hv_fig = plot_hypervolume_history(hinfo)
-        series = hypervolume_series(views, objectives, reference)
-        hv_last = series[-1][1] if series else None
+    # charts: the same figures the MLflow parent run carries
+    figures = study_figures(views, objectives, reference)
+    front_fig = figures.get(f"pareto_front_{len(objectives)}d")
+    par_fig = figures.get("parallel_coordinates")
+    hv_fig = figures.get("hypervolume")
+    series = hypervolume_series(views, objectives, reference) if reference is not None else []
+    hv_last = series[-1][1] if series else None
 
     # all trials
     table = trial_table(views, objectives)
