@@ -361,9 +361,6 @@ def write_review_files(job: Job, record: StudyRecord, views: Sequence[TrialView]
     return [folder / "trials.csv", folder / "trials.parquet", folder / "pareto_front.csv", *plots]
 
 
-def artifact_dir(job: Job) -> Path:
-    return job.out_dir / "mlartifacts"
-
 
 def sync_job(job: Job) -> tuple[int, str | None]:
     """Write to MLflow what the study has and MLflow lacks (``autotune sync``): the parent run,

@@ -255,7 +255,7 @@ def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, fl
         raise AutotuneError(f"the baseline configuration could not be measured: {exc}") from None
 
 
-def _row(t: TrialView, job: Job) -> dict[str, Any]:
+def front_row(t: TrialView, job: Job) -> dict[str, Any]:
     row: dict[str, Any] = {"trial": t.number}
     row.update(t.config)
     for m, _ in job.objective_pairs:
@@ -283,5 +283,3 @@ def status(job: Job) -> RunSummary:
     return _summary(job, record, views, 0, time.monotonic(),
                     finished=record.counted() >= job.budget.max_trials, tracking_error=None)
 
-
-front_row = _row

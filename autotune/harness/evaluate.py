@@ -6,8 +6,6 @@ below) and returns an immutable :class:`TrialResult`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
@@ -83,10 +81,6 @@ class TrialResult:
 
     metrics: Mapping[str, float]
     details: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _PeakRSS:

@@ -47,11 +47,6 @@ def _torchao() -> Any:
     return quantization
 
 
-def torch_int8_dynamic(model: nn.Module) -> nn.Module:
-    """int8 weights and dynamically quantized int8 activations for Linear layers (torchao)."""
-    return torch_quantize(model, "int8_dynamic")
-
-
 def torch_quantize(model: nn.Module, mode: str) -> nn.Module:
     """A quantized (or cast) copy of ``model``; see the module docstring for the modes."""
     import torch
