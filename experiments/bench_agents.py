@@ -23,12 +23,19 @@ The loop drives agents directly through the Agent interface (suggest/observe), i
 no study or MLflow per evaluation; the conformance suite covers the real tuner.  Overhead per
 suggestion is the agent's own time (suggest + observe), in ms, mean over the run.  Runs are spread
 over the machine's cores with multiprocessing, each single-threaded.
+
+The whole grid takes about two hours on two cores (the GP-based and RL agents spend 0.1-0.5 s per
+suggestion), so every finished run is appended to a log (``--runs``, one JSON object per line) as
+soon as it ends, and a run already in the log is not repeated: an interrupted benchmark continues
+where it stopped, and agents can be run separately (``--agents skopt-gp``) and then tabled together
+(``--table-only``).  ``--fresh`` starts a new log.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import statistics
@@ -50,6 +57,7 @@ from autotune.space import SearchSpace, parse_space  # noqa: E402
 
 TABLE = HERE / "data" / "digits_grid.csv"
 RESULTS = HERE / "results" / "bench_agents.csv"
+RUNS = HERE / "results" / "bench_agents_runs.jsonl"
 BUDGETS = (50, 100, 200)
 
 
@@ -212,6 +220,8 @@ def summarize(results: list[dict[str, Any]], budgets: tuple[int, ...]) -> tuple[
             continue
         over[r["agent"]].append(r["overhead_ms"])
         for b, v in r["hv_ratio"].items():
+            if b not in budgets:
+                continue
             by[(r["problem"], r["agent"], b)].append(v)
             rows.append({"problem": r["problem"], "agent": r["agent"], "budget": b,
                          "seed": r["seed"], "hv_ratio": round(v, 5),
@@ -264,7 +274,35 @@ def _targets(score: dict[tuple[str, int], float], budgets: tuple[int, ...]) -> s
         if d is not None and r is not None:
             out.append(f"  B={b}: {DEFAULT_AGENT} {d:.3f} vs random at B={2 * b} {r:.3f} -> "
                        f"{'beats' if d > r else 'DOES NOT beat'} random with twice the budget")
+    for a in sorted({a for a, _ in score if a.startswith("rl-")}):
+        out.append(f"targets for the RL agent {a}:")
+        for b in budgets:
+            d, r = score.get((a, b)), score.get(("random", b))
+            if d is not None and r is not None:
+                out.append(f"  B={b}: {a} {d:.3f} vs random {r:.3f} -> "
+                           f"{'beats' if d > r else 'DOES NOT beat'} random at the same budget")
     return "\n".join(out)
+
+
+def load_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Finished runs in the log, by (agent, problem, seed); the longest run of each wins."""
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    if not path.exists():
+        return runs
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            key = (r["agent"], r["problem"], int(r["seed"]))
+        except (ValueError, KeyError) as exc:
+            sys.exit(f"{path}:{n}: not a run record ({exc}); remove the line or start anew with --fresh")
+        if "hv_ratio" in r:
+            r["hv_ratio"] = {int(b): v for b, v in r["hv_ratio"].items()}
+        old = runs.get(key)
+        if old is None or max(r.get("hv_ratio", {0: 0})) >= max(old.get("hv_ratio", {0: 0})):
+            runs[key] = r
+    return runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -275,26 +313,48 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agents", nargs="*", default=None, help="default: every registered agent")
     ap.add_argument("--problems", nargs="*", default=None, choices=list(PROBLEMS))
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the table as CSV (one row per run and budget)")
+    ap.add_argument("--runs", type=Path, default=RUNS, help="log of finished runs (JSON lines)")
+    ap.add_argument("--fresh", action="store_true", help="discard the log and run everything")
+    ap.add_argument("--table-only", action="store_true", help="table the log; run nothing")
     args = ap.parse_args(argv)
     budgets = tuple(args.budgets or ((50,) if args.quick else BUDGETS))
     seeds = args.seeds or (2 if args.quick else 5)
     problems = args.problems or (["zdt1", "digits-table"] if args.quick else list(PROBLEMS))
-    agents = args.agents or sorted(AGENTS)
-    tasks = [(a, p, s, max(budgets)) for p in problems for a in agents for s in range(seeds)]
+    if args.quick and args.runs == RUNS:
+        args.runs = RUNS.with_name("bench_agents_quick_runs.jsonl")
+    if args.fresh and args.runs.exists():
+        args.runs.unlink()
+    done = load_runs(args.runs)
+    agents = args.agents or (sorted({a for a, _, _ in done}) if args.table_only else sorted(AGENTS))
+    wanted = [(a, p, s, max(budgets)) for p in problems for a in agents for s in range(seeds)]
+
+    def have(t: tuple[str, str, int, int]) -> bool:
+        r = done.get(t[:3])
+        return r is not None and ("error" in r or max(r["hv_ratio"]) >= t[3])
+
+    tasks = [] if args.table_only else [t for t in wanted if not have(t)]
     # slowest first, so the pool does not end on one long run
-    tasks.sort(key=lambda t: ("gp" not in t[0], "skopt" not in t[0]))
-    print(f"{len(tasks)} runs ({len(agents)} agents x {len(problems)} problems x {seeds} seeds), "
-          f"budgets {budgets}, {args.workers} workers", flush=True)
+    tasks.sort(key=lambda t: ("gp" not in t[0], "rl" not in t[0], "skopt" not in t[0]))
+    print(f"{len(wanted)} runs ({len(agents)} agents x {len(problems)} problems x {seeds} seeds), "
+          f"budgets {budgets}: {len(wanted) - len(tasks)} in {args.runs}, {len(tasks)} to run "
+          f"on {args.workers} workers", flush=True)
     import multiprocessing as mp
 
     t0 = time.monotonic()
-    results = []
-    with mp.get_context("fork").Pool(args.workers, initializer=_init_worker) as pool:
-        for i, r in enumerate(pool.imap_unordered(run_one, tasks), 1):
-            results.append(r)
-            if i % 10 == 0 or i == len(tasks):
-                print(f"  {i}/{len(tasks)} runs, {time.monotonic() - t0:.0f}s", flush=True)
+    args.runs.parent.mkdir(parents=True, exist_ok=True)
+    if tasks:
+        with mp.get_context("fork").Pool(args.workers, initializer=_init_worker) as pool, \
+                args.runs.open("a") as log:
+            for i, r in enumerate(pool.imap_unordered(run_one, tasks), 1):
+                log.write(json.dumps(r) + "\n")
+                log.flush()
+                done[(r["agent"], r["problem"], r["seed"])] = r
+                if i % 10 == 0 or i == len(tasks):
+                    print(f"  {i}/{len(tasks)} runs, {time.monotonic() - t0:.0f}s", flush=True)
+    results = [done[t[:3]] for t in wanted if have(t)]
+    if len(results) < len(wanted):
+        print(f"  {len(wanted) - len(results)} runs are not in the log: the table leaves them out")
     rows, table = summarize(results, budgets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
