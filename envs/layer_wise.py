@@ -7,10 +7,10 @@ action picks that layer's entry of ``actions``: a :class:`LayerAction` (precisio
 ``int8``, and an unstructured magnitude-pruning ratio).  When the last layer is decided, the
 policy is applied to a copy of the model (:func:`apply_policy`: per-layer L1 pruning at each
 layer's ratio, then torchao int8 dynamic quantization of the Linear layers marked ``int8`` via
-``quantize_``'s per-module ``filter_fn``; ``int8`` on a Conv layer is kept in fp32 and costed as
-fp32) and evaluated by ``evaluate(model) -> quality`` (e.g. accuracy in [0, 1], higher is better),
-or ``-> (quality, cost)`` to supply a measured cost (e.g. latency relative to the baseline) in
-place of the size proxy.
+``quantize_``'s per-module ``filter_fn``; ``int8`` on a Conv layer or on attention's ``out_proj``
+is kept in fp32 and costed as fp32) and evaluated by ``evaluate(model) -> quality`` (e.g.
+accuracy in [0, 1], higher is better), or ``-> (quality, cost)`` to supply a measured cost
+(e.g. latency relative to the baseline) in place of the size proxy.
 
 Reward (at the last layer of a pass, 0 elsewhere)::
 
@@ -24,6 +24,12 @@ as much as half a point of quality… per unit: 0.5 · Δcost against Δquality.
 
 An episode is ``budget`` passes over the layers (default 1, i.e. one AMC episode per policy);
 ``truncated`` is True at the step that finishes the last pass, ``terminated`` is always False.
+``evaluate`` is assumed deterministic: a policy already evaluated is scored from memory, and
+``env.evaluated`` lists every distinct policy with its quality, cost and reward, in the order
+they were first evaluated (the real evaluations an agent spent).
+
+:func:`search_policies` drives the environment with an SB3 algorithm (PPO, A2C, DQN) or with
+uniformly random policies for a given number of real evaluations and returns the best policy.
 
 Observation (``Box`` in [0, 1]), for the layer the next action decides::
 
@@ -62,6 +68,14 @@ class LayerAction:
             raise ValueError(f"The 'prune' of LayerAction must be in [0, 1). Got {self.prune}.")
 
 
+@dataclass(frozen=True)
+class PolicyResult:
+    policy: tuple[LayerAction, ...]
+    quality: float
+    cost: float
+    reward: float
+
+
 PRUNE_ACTIONS = tuple(LayerAction("fp32", r) for r in (0.0, 0.25, 0.5, 0.75))
 QUANT_ACTIONS = (LayerAction("fp32"), LayerAction("int8"))
 MIXED_ACTIONS = tuple(LayerAction(p, r) for p in ("fp32", "int8") for r in (0.0, 0.5))
@@ -76,6 +90,7 @@ class LayerInfo:
     kernel: int  # kernel elements (1 for Linear)
     params: int
     flops: float  # multiply-accumulates for one example
+    quantizable: bool = True  # int8 applies (Linear layers, except attention's out_proj)
 
 
 def describe_layers(model: nn.Module, example: Any | None = None) -> list[LayerInfo]:
@@ -103,12 +118,16 @@ def describe_layers(model: nn.Module, example: Any | None = None) -> list[LayerI
             continue
         w = m.weight
         if isinstance(m, nn.Linear):
-            info = LayerInfo(name, "linear", m.in_features, m.out_features, 1, w.numel(), w.numel())
+            # MultiheadAttention passes out_proj's weight to F.linear itself (transposing it),
+            # which torchao's int8 tensors do not support: that layer is pruned, never quantized
+            quantizable = not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
+            info = LayerInfo(name, "linear", m.in_features, m.out_features, 1, w.numel(), w.numel(),
+                             quantizable)
         else:
             kernel = int(np.prod(w.shape[2:]))
             spatial = out_sizes.get(name, 1)
             info = LayerInfo(name, "conv", m.in_channels, m.out_channels, kernel, w.numel(),
-                             float(w.numel() * spatial))
+                             float(w.numel() * spatial), quantizable=False)
         layers.append(info)
     if not layers:
         raise ValueError("the model has no Linear or Conv layer to decide on")
@@ -128,7 +147,7 @@ def apply_policy(model: nn.Module, layers: Sequence[LayerInfo],
             tprune.l1_unstructured(modules[info.name], "weight", amount=act.prune)
             tprune.remove(modules[info.name], "weight")
     int8 = {info.name for info, act in zip(layers, policy, strict=True)
-            if act.precision == "int8" and info.kind == "linear"}
+            if act.precision == "int8" and info.quantizable}
     if int8:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -142,7 +161,7 @@ def size_proxy(layers: Sequence[LayerInfo], policy: Sequence[LayerAction]) -> fl
     total = sum(info.params for info in layers) * 4.0
     used = 0.0
     for info, act in zip(layers, policy, strict=True):
-        precision = act.precision if info.kind == "linear" else "fp32"
+        precision = act.precision if info.quantizable else "fp32"
         used += info.params * (1.0 - act.prune) * PRECISION_BYTES[precision]
     return used / total
 
@@ -186,6 +205,8 @@ class LayerWiseEnv(gym.Env):
         self._passes = 0
         self._policy: list[LayerAction] = []
         self._prev = 0
+        self._memo: dict[tuple[LayerAction, ...], PolicyResult] = {}
+        self.evaluated: list[PolicyResult] = []
 
     def _layer_features(self) -> np.ndarray:
         ls = self.layers
@@ -237,16 +258,86 @@ class LayerWiseEnv(gym.Env):
         return quality - self.trade_off * cost - self.penalty * violation
 
     def _finish(self, policy: Sequence[LayerAction]) -> tuple[float, dict[str, Any]]:
-        compressed = apply_policy(self.model, self.layers, policy)
-        result = self.evaluate(compressed)
-        if isinstance(result, tuple):
-            quality, cost = (float(v) for v in result)
-        else:
-            quality, cost = float(result), size_proxy(self.layers, policy)
-        return self.score(quality, cost), {"policy": tuple(policy), "quality": quality, "cost": cost}
+        key = tuple(policy)
+        done = self._memo.get(key)
+        if done is None:
+            result = self.evaluate(apply_policy(self.model, self.layers, key))
+            if isinstance(result, tuple):
+                quality, cost = (float(v) for v in result)
+            else:
+                quality, cost = float(result), size_proxy(self.layers, key)
+            done = PolicyResult(key, quality, cost, self.score(quality, cost))
+            self._memo[key] = done
+            self.evaluated.append(done)
+        return done.reward, {"policy": key, "quality": done.quality, "cost": done.cost}
 
     def _obs(self) -> np.ndarray:
         n_act = len(self.actions)
         prev = self._prev / (n_act - 1) if n_act > 1 else 0.0
         extra = np.array([prev, self._passes / self.budget], dtype=np.float32)
         return np.clip(np.concatenate([self._static[self._layer], extra]), 0.0, 1.0).astype(np.float32)
+
+
+ALGORITHMS = ("ppo", "a2c", "dqn", "random")
+
+
+def search_policies(env: LayerWiseEnv, evaluations: int, *, algorithm: str = "ppo",
+                    seed: int = 0, max_episodes: int | None = None) -> PolicyResult:
+    """Search per-layer policies until ``evaluations`` distinct policies were evaluated.
+
+    ``algorithm`` is an SB3 algorithm trained on ``env`` (``ppo``, ``a2c``, ``dqn``) or
+    ``random`` (each layer's action uniformly at random).  Stops early after ``max_episodes``
+    passes (default 20 x evaluations) when a converged policy keeps choosing known policies.
+    Returns the best evaluated policy; ``env.evaluated`` holds them all.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"The 'algorithm' of search_policies must be one of {ALGORITHMS}. "
+                         f"Got {algorithm!r}.")
+    if evaluations < 1:
+        raise ValueError(f"'evaluations' must be >= 1. Got {evaluations}.")
+    if env.budget != 1:
+        raise ValueError("search_policies needs an environment with budget=1 (one policy per episode)")
+    n_layers = len(env.layers)
+    cap = (max_episodes or 20 * evaluations) * n_layers
+    target = len(env.evaluated) + evaluations
+    if algorithm == "random":
+        rng = np.random.default_rng(seed)
+        env.reset(seed=seed)
+        for _ in range(cap):
+            if len(env.evaluated) >= target:
+                break
+            *_, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+            if truncated:
+                env.reset()
+    else:
+        _train(env, algorithm, seed, target, cap)
+    if not env.evaluated:
+        raise RuntimeError("no policy was evaluated")
+    return max(env.evaluated, key=lambda r: r.reward)
+
+
+def _train(env: LayerWiseEnv, algorithm: str, seed: int, target: int, cap: int) -> None:
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Enough(BaseCallback):
+        def _on_step(self) -> bool:
+            return len(env.evaluated) < target
+
+    n_layers = len(env.layers)
+    common: dict[str, Any] = {"seed": seed, "device": "cpu", "verbose": 0, "gamma": 1.0,
+                              "policy_kwargs": {"net_arch": [64, 64]}}
+    if algorithm == "ppo":
+        n = 8 * n_layers  # eight policies per update
+        model = sb3.PPO("MlpPolicy", env, n_steps=n, batch_size=n, n_epochs=10,
+                        learning_rate=3e-3, gae_lambda=1.0, ent_coef=0.01, **common)
+    elif algorithm == "a2c":
+        # A2C updates after every policy: with PPO's entropy bonus it collapses onto one policy
+        # within ten evaluations
+        model = sb3.A2C("MlpPolicy", env, n_steps=n_layers, learning_rate=1e-3,
+                        gae_lambda=1.0, ent_coef=0.05, **common)
+    else:
+        model = sb3.DQN("MlpPolicy", env, learning_starts=8 * n_layers, train_freq=1,
+                        target_update_interval=4 * n_layers, exploration_fraction=0.3,
+                        exploration_final_eps=0.05, learning_rate=1e-3, **common)
+    model.learn(total_timesteps=cap, callback=Enough())

@@ -16,6 +16,7 @@ from envs.layer_wise import (
     LayerWiseEnv,
     apply_policy,
     describe_layers,
+    search_policies,
     size_proxy,
 )
 
@@ -130,3 +131,49 @@ def test_pruning_more_lowers_the_size_term():
     for _ in range(3):
         *_, info = env.step(3)
     assert info["cost"] == pytest.approx(0.25)
+
+
+def test_attention_out_proj_is_pruned_but_never_quantized():
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
+                                1, enable_nested_tensor=False).eval()
+    x = torch.randn(2, 5, 8)
+    layers = describe_layers(enc)
+    assert [(i.name.split(".")[-1], i.quantizable) for i in layers] == [
+        ("out_proj", False), ("linear1", True), ("linear2", True)]
+    out = apply_policy(enc, layers, [LayerAction("int8", 0.5)] * 3)
+    with torch.no_grad():
+        assert out(x).shape == (2, 5, 8)  # torchao's int8 weight would fail inside attention
+    assert type(out.layers[0].self_attn.out_proj.weight) is nn.Parameter
+    assert "Int8" in type(out.layers[0].linear1.weight).__name__
+    # the out_proj is costed at fp32, the others at int8; all pruned by half
+    expected = (64 * 0.5 * 4 + 256 * 0.5 * 1) / (320 * 4)
+    assert size_proxy(layers, [LayerAction("int8", 0.5)] * 3) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "random"])
+def test_search_policies_spends_exactly_the_evaluations(algorithm):
+    calls = []
+    m = tiny_model()
+    score = agreement(m)
+
+    def evaluate(model):
+        calls.append(1)
+        return score(model)
+
+    env = LayerWiseEnv(m, evaluate, example=X[:1], actions=MIXED_ACTIONS)
+    best = search_policies(env, 6, algorithm=algorithm, seed=3)
+    assert len(env.evaluated) == len(calls) == 6  # a repeated policy is not evaluated again
+    assert len({r.policy for r in env.evaluated}) == 6
+    assert best.reward == max(r.reward for r in env.evaluated)
+    assert best.reward == pytest.approx(env.score(best.quality, best.cost))
+    env2 = LayerWiseEnv(m, score, example=X[:1], actions=MIXED_ACTIONS)
+    search_policies(env2, 6, algorithm=algorithm, seed=3)
+    assert [r.policy for r in env2.evaluated] == [r.policy for r in env.evaluated]  # same seed
+
+
+def test_search_policies_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="algorithm"):
+        search_policies(make(), 3, algorithm="sac")
+    with pytest.raises(ValueError, match="budget=1"):
+        search_policies(make(budget=2), 3)
