@@ -261,6 +261,34 @@ def summarize(results: list[dict[str, Any]], budgets: tuple[int, ...]) -> tuple[
     return rows, "\n".join(lines) + "\n" + _targets(score, budgets)
 
 
+def markdown(rows: list[dict[str, Any]], budgets: tuple[int, ...]) -> str:
+    """The table for the README: per agent and problem the median ratio at each budget, the mean
+    over problems, and the median overhead per suggestion."""
+    med: dict[tuple[str, str, int], float] = {}
+    cells: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    over: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        cells[(r["agent"], r["problem"], r["budget"])].append(r["hv_ratio"])
+        over[r["agent"]].append(r["overhead_ms"])
+    for k, v in cells.items():
+        med[k] = statistics.median(v)
+    problems = sorted({r["problem"] for r in rows}, key=list(PROBLEMS).index)
+    agents = sorted({r["agent"] for r in rows})
+    mean = {(a, b): statistics.fmean(med[(a, p, b)] for p in problems)
+            for a in agents for b in budgets if all((a, p, b) in med for p in problems)}
+    agents.sort(key=lambda a: -mean.get((a, max(budgets)), -1.0))
+    bs = " / ".join(f"B={b}" for b in budgets)
+    out = [f"| agent | {' | '.join(problems)} | mean over problems | ms per suggestion |",
+           "|---" * (len(problems) + 3) + "|"]
+    for a in agents:
+        row = [" / ".join(f"{med[(a, p, b)]:.3f}" if (a, p, b) in med else "-" for b in budgets)
+               for p in problems]
+        row.append(" / ".join(f"{mean[(a, b)]:.3f}" if (a, b) in mean else "-" for b in budgets))
+        row.append(f"{statistics.median(over[a]):.1f}")
+        out.append(f"| {a} | " + " | ".join(row) + " |")
+    return f"median hypervolume ratio over seeds, {bs}\n\n" + "\n".join(out)
+
+
 def _targets(score: dict[tuple[str, int], float], budgets: tuple[int, ...]) -> str:
     from autotune.agents import DEFAULT_AGENT
 
@@ -317,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=Path, default=RUNS, help="log of finished runs (JSON lines)")
     ap.add_argument("--fresh", action="store_true", help="discard the log and run everything")
     ap.add_argument("--table-only", action="store_true", help="table the log; run nothing")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = ap.parse_args(argv)
     budgets = tuple(args.budgets or ((50,) if args.quick else BUDGETS))
     seeds = args.seeds or (2 if args.quick else 5)
@@ -333,11 +362,12 @@ def main(argv: list[str] | None = None) -> None:
         r = done.get(t[:3])
         return r is not None and ("error" in r or max(r["hv_ratio"]) >= t[3])
 
-    tasks = [] if args.table_only else [t for t in wanted if not have(t)]
+    missing = [t for t in wanted if not have(t)]
+    tasks = [] if args.table_only else missing
     # slowest first, so the pool does not end on one long run
     tasks.sort(key=lambda t: ("gp" not in t[0], "rl" not in t[0], "skopt" not in t[0]))
     print(f"{len(wanted)} runs ({len(agents)} agents x {len(problems)} problems x {seeds} seeds), "
-          f"budgets {budgets}: {len(wanted) - len(tasks)} in {args.runs}, {len(tasks)} to run "
+          f"budgets {budgets}: {len(wanted) - len(missing)} in {args.runs}, {len(tasks)} to run "
           f"on {args.workers} workers", flush=True)
     import multiprocessing as mp
 
@@ -365,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nhypervolume ratio to the true front (median [min, max] over {seeds} seeds); "
           f"ms/sugg = agent overhead per suggestion\n")
     print(table)
+    if args.markdown and rows:
+        print("\n" + markdown(rows, budgets))
     print(f"\nwrote {args.out} ({time.monotonic() - t0:.0f}s)")
 
 
