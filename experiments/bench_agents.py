@@ -350,8 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     budgets = tuple(args.budgets or ((50,) if args.quick else BUDGETS))
     seeds = args.seeds or (2 if args.quick else 5)
     problems = args.problems or (["zdt1", "digits-table"] if args.quick else list(PROBLEMS))
-    if args.quick and args.runs == RUNS:
-        args.runs = RUNS.with_name("bench_agents_quick_runs.jsonl")
+    if args.quick:  # the smoke test leaves the full results alone
+        if args.runs == RUNS:
+            args.runs = RUNS.with_name("bench_agents_quick_runs.jsonl")
+        if args.out == RESULTS:
+            args.out = RESULTS.with_name("bench_agents_quick.csv")
     if args.fresh and args.runs.exists():
         args.runs.unlink()
     done = load_runs(args.runs)
