@@ -384,7 +384,10 @@ def main(argv: list[str] | None = None) -> None:
                 log.flush()
                 done[(r["agent"], r["problem"], r["seed"])] = r
                 if i % 10 == 0 or i == len(tasks):
-                    print(f"  {i}/{len(tasks)} runs, {time.monotonic() - t0:.0f}s", flush=True)
+                    spent = time.monotonic() - t0
+                    # slowest runs go first, so this over-estimates what is left
+                    print(f"  {i}/{len(tasks)} runs, {spent:.0f}s, at most "
+                          f"~{spent / i * (len(tasks) - i) / 60:.0f} min left", flush=True)
     results = [done[t[:3]] for t in wanted if have(t)]
     if len(results) < len(wanted):
         print(f"  {len(wanted) - len(results)} runs are not in the log: the table leaves them out")
