@@ -6,11 +6,12 @@ Names: ``rl-ppo``, ``rl-a2c``, ``rl-dqn`` (or ``options.algorithm: ppo|a2c|dqn``
 Real measurements are expensive, so by default (``surrogate: true``) the agent is model-based:
 
 1. the first ``n_initial`` suggestions are random (unmeasured, valid) grid configurations;
-2. then, before each suggestion, an ExtraTrees regressor (multi-output: every objective and every
-   constraint) is fitted on the features of the configurations observed so far, the policy is
-   trained for ``train_steps`` environment steps on a ConfigSearchEnv whose ``evaluate`` is that
-   surrogate (measured configurations answer with their real values) and whose episodes start
-   from the *real* front, so the reward is the predicted hypervolume gain over what is known;
+2. then, before each suggestion, a Gaussian-kernel ridge regression (:class:`KernelRidge`, a GP
+   posterior mean; one output per objective and constraint) is fitted on the features of the
+   configurations observed so far, the policy is trained for ``train_steps`` environment steps
+   on a ConfigSearchEnv whose ``evaluate`` is that surrogate (measured configurations answer
+   with their real values) and whose episodes start from the *real* front, so the reward is the
+   predicted hypervolume gain over what is known;
 3. the proposal is a stochastic rollout of the policy; configurations already measured (or
    invalid) are re-drawn up to ``max_retries`` times, then a random unmeasured one is used.
 
