@@ -154,10 +154,18 @@ class OptunaAgent(Agent):
         ok = obs.state == "complete" and finite(obs.values)
         constraints = {f"c{i}": float(v) for i, v in enumerate(obs.violations)}
         if trial is not None:
+            worst = self._worst() if obs.state == "invalid" else None
+            if worst is not None:
+                # A model-based sampler ignores failed trials, so GP kept proposing the same
+                # invalid corner when its model liked it (the quickstart's torch + int8_static,
+                # 200 times in a row).  This study is the sampler's own, not the record: the
+                # invalid point is told as the worst seen so far, and infeasible.
+                values, constraints = worst
+                ok = True
             for k, v in constraints.items():
                 trial.set_constraint(k, v if v == v else float("inf"))
             if ok:
-                self.study.tell(trial, list(obs.values))  # type: ignore[arg-type]
+                self.study.tell(trial, list(values if worst else obs.values))  # type: ignore[arg-type]
             else:
                 self.study.tell(trial, state=TrialState.FAIL)
             return
@@ -172,6 +180,19 @@ class OptunaAgent(Agent):
                 constraints=constraints if ok else None,
             )
         )
+
+
+    def _worst(self) -> tuple[list[float], dict[str, float]] | None:
+        """Per objective the worst value of the complete trials, and every constraint violated
+        (by at least 1, or by the largest violation seen); None before any complete trial."""
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not done:
+            return None
+        values = [max(t.values[i] for t in done) if d == "minimize" else min(t.values[i] for t in done)
+                  for i, d in enumerate(self.directions)]
+        seen = [v for t in done for v in t.constraints.values() if v == v and v != float("inf")]
+        worst_violation = max([1.0, *seen])
+        return values, {f"c{i}": worst_violation for i in range(self.n_constraints)}
 
 
 @contextlib.contextmanager

@@ -72,8 +72,18 @@ def toy_objective(config: dict[str, Any]) -> dict[str, float]:
     return {"latency_ms": lat, "accuracy": acc}
 
 
-def _obs(config: Config, number: int | None = None) -> Observation:
+def lure_objective(config: dict[str, Any]) -> dict[str, float]:
+    """The toy with torch faster than ONNX Runtime: a model of the measurements then points at
+    torch + int8_dynamic, the invalid combination."""
     m = toy_objective(config)
+    if config["runtime"] == "torch":
+        m["latency_ms"] *= 0.25
+    return m
+
+
+def _obs(config: Config, number: int | None = None,
+         objective: Callable[[dict[str, Any]], dict[str, float]] = toy_objective) -> Observation:
+    m = objective(config)
     return Observation(config, (m["latency_ms"], m["accuracy"]), (0.8 - m["accuracy"],),
                        number=number, metrics=m)
 
@@ -82,7 +92,8 @@ def make(name: str, seed: int | None = 0) -> Agent:
     return create_agent(name, space(), OBJECTIVES, 1, seed=seed, **FAST_OPTIONS.get(name, {}))
 
 
-def _steps(agent: Agent, n: int) -> list[Config]:
+def _steps(agent: Agent, n: int,
+           objective: Callable[[dict[str, Any]], dict[str, float]] = toy_objective) -> list[Config]:
     sp = space()
     out = []
     for i in range(n):
@@ -91,7 +102,7 @@ def _steps(agent: Agent, n: int) -> list[Config]:
         if sp.invalid_reason(c):
             agent.observe(Observation(c, None, state="invalid", number=i))
         else:
-            agent.observe(_obs(c, i))
+            agent.observe(_obs(c, i, objective))
     return out
 
 
@@ -183,6 +194,21 @@ def tiny_job(name: str, folder: Path, budget: int, constraint: str = "accuracy >
     return load_job(path)
 
 
+def check_leaves_invalid_combinations(name: str, tmp_path: Path | None = None) -> None:
+    """Told that a proposal is an invalid combination, the agent moves on, even when its model of
+    the measurements says the invalid corner is the best place (the tuner gives up after many
+    invalid proposals in a row)."""
+    sp = space()
+    configs = _steps(make(name), 30, lure_objective)
+    invalid = [bool(sp.invalid_reason(c)) for c in configs]
+    run = longest = 0
+    for bad in invalid:
+        run = run + 1 if bad else 0
+        longest = max(longest, run)
+    assert longest <= 6, f"{name}: {longest} invalid proposals in a row ({sum(invalid)} of 30)"
+    assert sum(invalid) <= 15, f"{name}: {sum(invalid)} of 30 proposals were invalid"
+
+
 def check_front_is_feasible(name: str, tmp_path: Path) -> None:
     """Through the real tuner: the reported front holds only feasible trials, and it is the
     non-dominated set of the feasible ones."""
@@ -227,6 +253,7 @@ CHECKS: list[Callable[[str, Path], None]] = [
     check_suggestions_in_space,
     check_accepts_foreign_observations,
     check_deterministic,
+    check_leaves_invalid_combinations,
     check_front_is_feasible,
     check_resume,
 ]
