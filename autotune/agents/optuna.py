@@ -154,18 +154,17 @@ class OptunaAgent(Agent):
         ok = obs.state == "complete" and finite(obs.values)
         constraints = {f"c{i}": float(v) for i, v in enumerate(obs.violations)}
         if trial is not None:
-            worst = self._worst() if obs.state == "invalid" else None
-            if worst is not None:
+            values = list(obs.values) if ok else None  # type: ignore[arg-type]
+            if obs.state == "invalid" and (worst := self._worst()) is not None:
                 # A model-based sampler ignores failed trials, so GP kept proposing the same
                 # invalid corner when its model liked it (the quickstart's torch + int8_static,
                 # 200 times in a row).  This study is the sampler's own, not the record: the
                 # invalid point is told as the worst seen so far, and infeasible.
                 values, constraints = worst
-                ok = True
             for k, v in constraints.items():
                 trial.set_constraint(k, v if v == v else float("inf"))
-            if ok:
-                self.study.tell(trial, list(values if worst else obs.values))  # type: ignore[arg-type]
+            if values is not None:
+                self.study.tell(trial, values)
             else:
                 self.study.tell(trial, state=TrialState.FAIL)
             return
@@ -180,7 +179,6 @@ class OptunaAgent(Agent):
                 constraints=constraints if ok else None,
             )
         )
-
 
     def _worst(self) -> tuple[list[float], dict[str, float]] | None:
         """Per objective the worst value of the complete trials, and every constraint violated
