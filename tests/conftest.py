@@ -51,6 +51,19 @@ measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2}
 """
 
 
+def tiny_job_text(max_trials: int = 4, **fields: object) -> str:
+    """The tiny job as YAML with top-level fields replaced (``None`` removes one)."""
+    import yaml
+
+    job = yaml.safe_load(TINY_JOB.replace("MAXTRIALS", str(max_trials)))
+    for key, value in fields.items():
+        if value is None:
+            job.pop(key, None)
+        else:
+            job[key] = value
+    return yaml.safe_dump(job, sort_keys=False)
+
+
 @pytest.fixture
 def tiny_job(write_job):
     def _make(max_trials: int = 4, **replace: str) -> Path:

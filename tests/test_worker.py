@@ -13,44 +13,22 @@ from pathlib import Path
 import pytest
 
 from autotune.harness.hostlock import file_lock, measurement_lock
+from tests.conftest import tiny_job_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
 needs_pg = pytest.mark.skipif(not PG, reason="AUTOTUNE_TEST_POSTGRES_URL is not set "
                               "(eval \"$(.ci/postgres.sh)\" starts a server)")
 
-JOB = """
-name: NAME
-model:
-  factory: digits_model:build
-  options: {hidden: 32, epochs: 2}
-evaluation:
-  dataset: digits_model:validation_data
-  metric: accuracy
-  max_samples: 128
-search_space:
-  parameters:
-    runtime: [onnxruntime, torch]
-    quantization: [fp32, int8_dynamic]
-    pruning_ratio: {low: 0.0, high: 0.6, step: 0.3}
-    batch_size: [1, 8]
-    threads: {low: 1, high: 1}
-objectives: [latency_p95_ms, accuracy]
-agent: {name: tpe, seed: 1}
-budget: {max_trials: MAXTRIALS}
-measurement: {warmup: 1, min_repeats: MINREP, max_repeats: MAXREP, max_time_s: MAXTIME, target_ci: 0.001}
-storage: STORAGE
-tracking: {enabled: TRACKING}
-"""
-
-
 def _job(write_job, *, max_trials: int, storage: str, tracking: bool = False,
          slow: bool = False) -> Path:
-    name = f"w{uuid.uuid4().hex[:10]}"
-    text = (JOB.replace("NAME", name).replace("MAXTRIALS", str(max_trials))
-            .replace("STORAGE", storage).replace("TRACKING", str(tracking).lower())
-            .replace("MINREP", "200" if slow else "5").replace("MAXREP", "100000" if slow else "30")
-            .replace("MAXTIME", "1.5" if slow else "0.1"))
+    """The tiny job on ``storage``, unconstrained; ``slow`` makes each measurement last ~1.5 s."""
+    text = tiny_job_text(
+        max_trials, name=f"w{uuid.uuid4().hex[:10]}", constraints=None, storage=storage,
+        tracking={"enabled": tracking},
+        measurement={"warmup": 1, "min_repeats": 200 if slow else 5,
+                     "max_repeats": 100000 if slow else 30, "max_time_s": 1.5 if slow else 0.1,
+                     "target_ci": 0.001})
     return write_job(text)
 
 
