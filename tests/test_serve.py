@@ -368,3 +368,25 @@ def test_hot_swap_by_moving_the_registry_alias(bundles: dict[int, Path]) -> None
             time.sleep(0.1)
         assert srv.served.version == f"serve-test/{regs[1].version}"
         assert _get(srv.url + "/metadata")["trial"] == ORT_INT8
+
+
+def test_another_model_kind_brings_its_own_routes() -> None:
+    from types import SimpleNamespace
+
+    from autotune.deploy.serve import Metrics, create_app, register_kind
+    from autotune.errors import AutotuneError
+
+    def add_routes(app, server) -> None:  # e.g. text generation: /v1/completions
+        async def completions() -> dict:
+            return {"served": server.served.version}
+
+        app.add_api_route("/v1/completions", completions, methods=["POST"])
+
+    stub = SimpleNamespace(served=SimpleNamespace(kind="test-generate", version="v1"),
+                           metrics=Metrics(), admin_token=None)
+    with pytest.raises(AutotuneError, match="no routes are registered for models of kind"):
+        create_app(stub)  # type: ignore[arg-type]
+    register_kind("test-generate", add_routes)
+    paths = {r.path for r in create_app(stub).routes}  # type: ignore[arg-type]
+    assert {"/v1/completions", "/metrics", "/v2/health/ready", "/admin/reload"} <= paths
+    assert "/predict" not in paths and "/v2/models/{name}/infer" not in paths

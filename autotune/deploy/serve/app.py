@@ -268,7 +268,9 @@ def check_array(arr: np.ndarray, dtype: str, where: str) -> np.ndarray:
     want = np.dtype(dtype)
     kind = arr.dtype.kind
     if kind == "O":
-        bad = next((v for v in arr.ravel() if type(v) not in (int, float, bool)), None)
+        bad = next((v for v in arr.ravel() if type(v) not in (int, float, bool)), 0)
+        if type(bad) is int:  # numbers only, but beyond 64 bits
+            raise ApiError(400, f"{where} holds integers too large for {dtype}.")
         raise ApiError(400, f"{where} must hold numbers only; it holds {_json_type(bad)}.")
     if kind in "USV":
         raise ApiError(400, f"{where} must hold numbers only; it holds strings.")

@@ -215,9 +215,9 @@ class ModelServer:
         try:
             model = load(path)
             # warm up beside the old model, so the first request after the swap is not slow
-            if hasattr(model, "warmup"):
+            if hasattr(model, "warmup"):  # another kind of model warms itself up
                 model.warmup()
-            else:
+            elif model_kind(model) == "predict":
                 model.predict([np.zeros((model.batch_size, *[d or 1 for d in s.shape[1:]]),
                                         dtype=s.dtype) for s in model.inputs])
         except BaseException:
