@@ -188,8 +188,8 @@ class ModelServer:
         self._sock = _listen(host, port, self.limits.backlog)
         lim = self.limits
         self._uvicorn = uvicorn.Server(uvicorn.Config(
-            Observed(self.app, self), http=_protocol_class(lim, m), lifespan="off", log_config=None,
-            access_log=False, timeout_keep_alive=lim.keep_alive_s, backlog=lim.backlog,
+            Observed(self.app, self), http=_protocol_class(lim, m), ws="none", lifespan="off",
+            log_config=None, access_log=False, timeout_keep_alive=lim.keep_alive_s, backlog=lim.backlog,
             h11_max_incomplete_event_size=lim.max_header_bytes, server_header=False,
             timeout_graceful_shutdown=lim.drain_timeout_s,  # type: ignore[arg-type]
         ))

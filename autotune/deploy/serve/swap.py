@@ -43,6 +43,11 @@ class FolderSource:
 
     def current_id(self) -> str:
         target = self.link.resolve()
+        if not target.is_dir():
+            raise BundleError(f"no bundle folder at {self.link}"
+                              + (f" (it links to {target})" if target != self.link else "")
+                              + "; serve a folder written by `autotune export`, a symlink to one, "
+                                "or models:/NAME@ALIAS.")
         try:
             manifest = hashlib.sha256((target / MANIFEST).read_bytes()).hexdigest()[:16]
         except OSError as exc:
