@@ -291,18 +291,47 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
 @click.option("--tracking-uri", default=None, help="MLflow registry for models:/NAME@ALIAS.")
 @click.option("--job", "job_file", default=None, type=click.Path(dir_okay=False),
               help="Take the MLflow tracking URI from this job file.")
+@click.option("--admin-token", default=None, envvar="AUTOTUNE_ADMIN_TOKEN", show_envvar=True,
+              help="Bearer token for POST /admin/reload (admin routes are disabled without one).")
+@click.option("--model-name", default=None,
+              help="The name in /v2/models/{name} (default: the job's or registry model's name).")
+@click.option("--max-body-bytes", default=8 * 1024 * 1024, show_default=True, type=int,
+              help="Larger request bodies are refused (413).")
+@click.option("--body-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds for a whole request body to arrive (else 408).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds for request headers to arrive (else the connection is closed).")
+@click.option("--max-inflight", default=256, show_default=True, type=int,
+              help="Inference requests answered at once; beyond: 503 with Retry-After.")
+@click.option("--max-connections", default=1024, show_default=True, type=int,
+              help="Open connections; beyond: 503 with Retry-After.")
+@click.option("--drain-timeout", default=30.0, show_default=True, type=float,
+              help="On SIGTERM, seconds the requests in flight may take before the server exits.")
 def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_ms: float,
-              tracking_uri: str | None, job_file: str | None) -> None:
-    """Serve a bundle folder or models:/NAME@ALIAS over HTTP, swapping in new models live."""
-    from autotune.deploy.serve import serve
+              tracking_uri: str | None, job_file: str | None, admin_token: str | None,
+              model_name: str | None, max_body_bytes: int, body_timeout: float,
+              header_timeout: float, max_inflight: int, max_connections: int,
+              drain_timeout: float) -> None:
+    """Serve a bundle folder or models:/NAME@ALIAS over HTTP, swapping in new models live.
+
+    API: GET / and /docs; SIGTERM stops accepting, finishes the requests in flight and exits.
+    """
+    from autotune.deploy.serve import Limits, serve
 
     try:
         if job_file and not tracking_uri:
             tracking_uri = _load(job_file).tracking_uri
+        limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
+                        header_timeout_s=header_timeout, max_inflight=max_inflight,
+                        max_connections=max_connections, drain_timeout_s=drain_timeout)
         serve(source, host=host, port=port, poll_interval=poll_interval, max_wait_ms=max_wait_ms,
-              tracking_uri=tracking_uri,
-              on_ready=lambda s: click.echo(f"serving {s.served.version} from {source} on {s.url} "
-                                            f"(batch size {s.served.batch_size})", err=True))
+              tracking_uri=tracking_uri, admin_token=admin_token, limits=limits,
+              model_name=model_name,
+              on_ready=lambda s: click.echo(
+                  f"serving {s.served.version} from {source} on {s.url} as {s.model_name!r} "
+                  f"(batch size {s.served.batch_size}; admin routes "
+                  f"{'on' if s.admin_token else 'off: no --admin-token'}; API: {s.url}/docs)",
+                  err=True))
     except KeyboardInterrupt:
         pass
 
