@@ -561,6 +561,7 @@ def _job_from_located(doc: Located) -> Job:
         if not isinstance(k, str):
             raise SpecError(
                 f"unknown key {_describe(k)}.", file=doc.file, line=doc.line_of((k,)),
+                path="null" if k is None else str(k).lower() if isinstance(k, bool) else str(k),
                 hint="YAML reads yes/no/on/off/true/false as booleans and digits as numbers; "
                      f"the keys of a job file are: {', '.join(_USER_KEYS)}.")
     for k in ("source", "base_dir"):
