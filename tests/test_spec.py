@@ -216,7 +216,7 @@ def _refused(write_job, text, path: str | None, *words: str, line_text: str | No
     ("name: digits-cpu", "name: digits-cpu\n{a: 1}: c", None, ["found a mapping used as a key"]),
     ("name: digits-cpu", "name: digits-cpu\nx: &r [*r]", "x[0]", ["contains itself"]),
     ("name: digits-cpu", "name: digits-cpu\nx: &r {a: 1, <<: *r}", "x", ["merges itself"]),
-    ("name: digits-cpu", "name: digits-cpu\n1: x", None, ["unknown key 1"]),
+    ("name: digits-cpu", "name: digits-cpu\n1: x", "1", ["unknown key 1"]),
     ("name: digits-cpu", "name: 2001-13-45", "name", ["month must be in 1..12"]),
     ("name: digits-cpu", "name: !!python/object:os.system x", None, ["tag"]),
     ("preset: cpu-inference ", "preset: [a]", "search_space.preset", ["name of a preset"]),
