@@ -26,11 +26,11 @@ from autotune.errors import SpecError
 Loc = tuple[str | int, ...]
 
 #: largest job (or preset) file read, in bytes
-MAX_BYTES = 1 << 20
+MAX_BYTES = 512 * 1024
 #: deepest nesting of lists/mappings, counted after alias expansion
 MAX_DEPTH = 50
 #: most values (scalars, lists, mappings) in one document, counted after alias expansion
-MAX_NODES = 100_000
+MAX_NODES = 50_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
