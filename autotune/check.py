@@ -112,7 +112,7 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
     references in a child process.  Raises a located :class:`SpecError` on any problem."""
     doc = load_located(path)
     run: ImportRun | None = None
-    if import_timeout:  # started first: importing a model module takes seconds (torch)
+    if import_timeout and import_timeout > 0:  # started first: importing a model module takes seconds (torch)
         base_dir = str(Path(doc.file).resolve().parent)
         run = ImportRun(raw_references(doc), base_dir)
     try:

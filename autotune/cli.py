@@ -138,7 +138,7 @@ def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-@click.option("--import-timeout", type=float, default=60.0, show_default=True,
+@click.option("--import-timeout", type=click.FloatRange(0, 86400), default=60.0, show_default=True,
               help="Seconds to import the job's module:function references in a child process "
                    "(0 skips the import check).")
 def validate(job_file: str, import_timeout: float) -> None:

@@ -523,10 +523,12 @@ def _pydantic_to_spec_error(err: ValidationError, doc: Located) -> SpecError:
                          hint=hint or None)
     if kind == "missing":
         return SpecError("this required field is missing.", file=doc.file,
-                         line=doc.line_of(loc[:-1]), path=path)
+                         line=doc.line_of(loc[:-1]), path=path,
+                         hint=f"Add '{loc[-1]}:' here (README: 'A job file').")
     msg = e["msg"].removeprefix("Value error, ")
     if msg.startswith("Input should be "):
-        msg = "expected " + msg.removeprefix("Input should be ")
+        rest = msg.removeprefix("Input should be ")
+        msg = "expected " + ("a number " if rest.startswith(("greater", "less")) else "") + rest
     if "[key]" in e["loc"]:
         msg = f"a key here: {msg}"
     text = f"{msg}; found {_describe(e['input'])}." if "input" in e and kind != "value_error" \
