@@ -529,6 +529,9 @@ def _pydantic_to_spec_error(err: ValidationError, doc: Located) -> SpecError:
     if msg.startswith("Input should be "):
         rest = msg.removeprefix("Input should be ")
         msg = "expected " + ("a number " if rest.startswith(("greater", "less")) else "") + rest
+    if msg.startswith("String should match pattern "):
+        msg = "expected text matching the pattern " + msg.removeprefix(
+            "String should match pattern ")
     if "[key]" in e["loc"]:
         msg = f"a key here: {msg}"
     text = f"{msg}; found {_describe(e['input'])}." if "input" in e and kind != "value_error" \

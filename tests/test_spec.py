@@ -366,3 +366,15 @@ def test_validate_import_check_passes_and_reports_each_reference(tmp_path):
     assert [(i.field, i.ref) for i in checked.imports] == [("objective", "fine:f")]
     assert checked.rules_of("x").origin == "job"
     assert check_job(path, import_timeout=0).imports == ()
+
+
+def test_errors_stay_one_bounded_paragraph(write_job):
+    huge = "x" * 50_000
+    err = _refused(write_job, QUICKSTART.replace("name: digits-cpu", f'name: "a\\nb{huge}"'),
+                   "name", "expected text matching the pattern")
+    assert len(str(err)) < 4000 and "\n" not in str(err)
+    err = _refused(write_job, QUICKSTART + f"storage: 'x{huge}'\n", "storage", "database URL")
+    assert len(str(err)) < 4000
+    err = _refused(write_job, QUICKSTART.replace("metric: accuracy", 'metric: "a\\u2028b"'),
+                   "evaluation.metric", "\\u2028")
+    assert "\u2028" not in str(err)
