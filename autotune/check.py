@@ -117,6 +117,7 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
         run = ImportRun(raw_references(doc), base_dir)
     try:
         job = job_from_located(doc)
+        check_files(job, doc)
         space = job.space
         rules = effective_rules(job, space)
         imports: tuple[ImportCheck, ...] = ()
@@ -129,6 +130,28 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
         if run is not None:
             run.cancel()
     return JobCheck(job=job, space=space, rules=rules, imports=imports)
+
+
+def check_files(job: Job, doc: Located) -> None:
+    """The files the job names exist: ``model.onnx`` and a warm-start study given as a path
+    (both relative to the job file)."""
+    base = Path(job.base_dir)
+    named: list[tuple[str, str]] = []
+    if job.model is not None and job.model.onnx:
+        named.append(("model.onnx", str(job.model.onnx)))
+    ws = job.agent.warm_start_from
+    if ws is not None and "://" not in ws.storage:
+        named.append(("agent.warm_start_from.storage", ws.storage))
+    for field, name in named:
+        path = Path(name) if Path(name).is_absolute() else base / name
+        try:
+            ok = path.is_file()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise SpecError(f"no file at {path}.", file=job.source,
+                            line=doc.line_of(tuple(field.split("."))), path=field,
+                            hint="Paths are relative to the job file's folder.")
 
 
 def effective_rules(job: Job, space: SearchSpace) -> tuple[ParamRules, ...]:

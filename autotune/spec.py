@@ -642,6 +642,18 @@ def _check_semantics(job: Job, doc: Located) -> None:
                 line=doc.line_of(("constraints", i)), path=f"constraints[{i}]",
                 hint="Add 'baseline: {<configuration>}' or use an absolute bound.",
             )
+    reference = job.report.reference
+    if reference is not None:
+        names = [o.metric for o in job.objectives]
+        extra = [k for k in reference if k not in names]
+        missing = [n for n in names if n not in reference]
+        if extra or missing:
+            loc = ("report", "reference", extra[0]) if extra else ("report", "reference")
+            raise SpecError(
+                f"'{extra[0]}' is not an objective of this job." if extra else
+                f"no value for the objective(s) {', '.join(missing)}.",
+                file=doc.file, line=doc.line_of(loc), path=dotted(loc),
+                hint=f"The reference point has one value per objective: {', '.join(names)}.")
     m = job.measurement
     if m.max_repeats < m.min_repeats:
         key = "max_repeats" if "max_repeats" in (doc.data.get("measurement") or {}) \

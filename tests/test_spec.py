@@ -378,3 +378,25 @@ def test_errors_stay_one_bounded_paragraph(write_job):
     err = _refused(write_job, QUICKSTART.replace("metric: accuracy", 'metric: "a\\u2028b"'),
                    "evaluation.metric", "\\u2028")
     assert "\u2028" not in str(err)
+
+
+def test_reference_point_names_the_objectives(write_job):
+    _refused(write_job, QUICKSTART + "report: {reference: {latency_p95_ms: 10, acuracy: 0.5}}\n",
+             "report.reference.acuracy", "not an objective", "latency_p95_ms, accuracy")
+    _refused(write_job, QUICKSTART + "report: {reference: {latency_p95_ms: 10}}\n",
+             "report.reference", "no value for the objective(s) accuracy")
+    ok = load_job(write_job(QUICKSTART + "report: {reference: {latency_p95_ms: 10, "
+                                         "accuracy: 0.5}}\n"))
+    assert ok.report.reference == {"latency_p95_ms": 10.0, "accuracy": 0.5}
+
+
+def test_validate_checks_that_named_files_exist(write_job):
+    from autotune.check import check_job
+
+    text = QUICKSTART.replace("factory: digits_model:build", "onnx: missing.onnx")
+    p = write_job(text)
+    with pytest.raises(SpecError, match="no file at") as e:
+        check_job(p, import_timeout=0)
+    assert (e.value.path, e.value.line) == ("model.onnx", _line_of(p, "onnx: missing.onnx"))
+    (p.parent / "missing.onnx").write_bytes(b"x")
+    assert check_job(p, import_timeout=0).job.model.onnx == "missing.onnx"
