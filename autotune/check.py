@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError
-from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace
+from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
 from autotune.spec import Job, job_from_located
 from autotune.yamlsrc import Located, load_located
 
@@ -112,7 +112,7 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
     references in a child process.  Raises a located :class:`SpecError` on any problem."""
     doc = load_located(path)
     run: ImportRun | None = None
-    if import_timeout and import_timeout > 0:  # started first: importing a model module takes seconds (torch)
+    if import_timeout and import_timeout > 0:  # first: importing a model module takes seconds
         base_dir = str(Path(doc.file).resolve().parent)
         run = ImportRun(raw_references(doc), base_dir)
     try:
@@ -157,7 +157,13 @@ def check_files(job: Job, doc: Located) -> None:
 def effective_rules(job: Job, space: SearchSpace) -> tuple[ParamRules, ...]:
     """Each parameter's effective ``when:``/``invalid:`` rules and where they were declared."""
     raw = job.search_space
-    overrides = (raw.get("overrides") or {}) if "preset" in raw else {}
+    overrides: Mapping[str, Any] = {}
+    preset: Mapping[str, Any] = {}
+    if "preset" in raw:
+        overrides = raw.get("overrides") or {}
+        base = Path(job.base_dir)
+        data = load_located(preset_path(raw["preset"], [base, base / "search_spaces"])).data
+        preset = data.get("parameters") or {}
     out = []
     for p in space:
         if "preset" not in raw:
@@ -167,7 +173,8 @@ def effective_rules(job: Job, space: SearchSpace) -> tuple[ParamRules, ...]:
         else:
             given = overrides[p.name]
             own = isinstance(given, Mapping) and any(k in given for k in RULE_KEYS[:2])
-            origin = "override" if own else "preset (kept by the override)"
+            origin = "override" if own or p.name not in preset else \
+                "preset (kept by the override)"
         out.append(ParamRules(p.name, p.when, p.invalid, origin))
     return tuple(out)
 

@@ -314,6 +314,12 @@ def test_validate_prints_the_effective_rules(write_job):
             "Runtime)   [preset (kept by the override)]") in out
     assert "when runtime=onnxruntime   [override]" in out
     assert "when quantization=int8_static   [preset]" in out
+    from autotune.check import check_job
+
+    added = check_job(write_job(QUICKSTART.replace(OVERRIDE, "execution_mode: [sequential]")),
+                      import_timeout=0)
+    assert added.rules_of("execution_mode").origin == "override"
+    assert added.rules_of("batch_size").origin == "preset"
 
 
 def _custom_job(tmp_path, ref: str, module: str | None = None, body: str = "") -> object:
