@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constraint
 from autotune.declared import declared_parameters
@@ -35,8 +43,21 @@ FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
 BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """``warmup: false`` is a mistake, not 0 (pydantic's lax mode would take it)."""
+        if isinstance(v, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and field.annotation in _NUMBERS:
+                raise ValueError(f"expected a number, found {str(v).lower()} (a boolean)")
+        return v
 
 
 def _check_ref(v: str | None) -> str | None:

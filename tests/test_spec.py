@@ -204,6 +204,7 @@ def _refused(write_job, text, path: str | None, *words: str, line_text: str | No
     ("max_trials: 24", "max_trials: 24\n  timeout: .nan", "budget.timeout",
      ["positive duration"]),
     ("max_time_s: 1.0", "max_time_s: .inf", "measurement.max_time_s", ["finite"]),
+    ("warmup: 5", "warmup: false", "measurement.warmup", ["expected a number", "false"]),
     ("name: digits-cpu", "name: digits-cpu\nstorage: not a url", "storage", ["database URL"]),
     ("name: digits-cpu", "name: digits-cpu\nstorage: 'nosuchdb://x'", "storage",
      ["database URL"]),
