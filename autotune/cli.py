@@ -138,10 +138,15 @@ def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-def validate(job_file: str) -> None:
+@click.option("--import-timeout", type=click.FloatRange(0, 86400), default=60.0, show_default=True,
+              help="Seconds to import the job's module:function references in a child process "
+                   "(0 skips the import check).")
+def validate(job_file: str, import_timeout: float) -> None:
     """Check a job file and show what it will search."""
-    job = _load(job_file)
-    space = job.space
+    from autotune.check import check_job
+
+    checked = check_job(job_file, import_timeout=import_timeout)
+    job, space = checked.job, checked.space
     console = _console()
     console.print(f"[green]ok[/] {job_file}: job '{job.name}'")
     console.print(f"  objectives : {', '.join(f'{d} {m}' for m, d in job.objective_pairs)}")
@@ -150,8 +155,11 @@ def validate(job_file: str) -> None:
     for p in space:
         rng = ", ".join(map(str, p.choices)) if p.kind == "categorical" else \
             f"{p.low}..{p.high}" + (f" step {p.step}" if p.step else "") + (" log" if p.log else "")
-        cond = f"  (when {dict(p.when)})" if p.when else ""
-        console.print(f"  {p.name:<20} {rng}{cond}")
+        console.print(f"  {p.name:<20} {rng}")
+        for rule in checked.rules_of(p.name).lines():
+            console.print(f"  {'':<20}   {rule}", markup=False)
+    for imp in checked.imports:
+        console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
 

@@ -27,6 +27,10 @@ class SpecError(AutotuneError):
         path: str | None = None,
         hint: str | None = None,
     ) -> None:
+        message = _tidy(message, 1500)
+        path = _tidy(path, 200) if path is not None else None
+        hint = _tidy(hint, 1500) if hint is not None else None
+        file = _tidy(file, 4096) if file is not None else None
         self.file = file
         self.line = line
         self.path = path
@@ -43,6 +47,19 @@ class SpecError(AutotuneError):
         if hint:
             text += f" {hint}"
         super().__init__(text)
+
+
+def _tidy(text: str, limit: int) -> str:
+    """One paragraph of bounded length: control characters (a newline in a quoted value, ...)
+    escaped, text beyond ``limit`` characters cut in the middle."""
+    text = str(text)
+    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in text):
+        text = "".join(c if not (ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029")
+                       else c.encode("unicode_escape").decode("ascii") for c in text)
+    if len(text) > limit:
+        keep = (limit - 5) // 2
+        text = f"{text[:keep]} ... {text[-keep:]}"
+    return text
 
 
 class DependencyError(AutotuneError):

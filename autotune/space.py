@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -263,6 +263,36 @@ class SearchSpace:
 
 # -------------------------------------------------------------------- parsing
 _PARAM_KEYS = {"type", "choices", "low", "high", "step", "log", "when", "invalid", "description"}
+_INVALID_KEYS = {"values", "when", "reason"}
+#: keys an override keeps from the preset's parameter unless it gives them itself
+RULE_KEYS = ("when", "invalid", "description")
+
+
+def describe(value: Any) -> str:
+    """A short, typed rendering of a YAML value for error messages."""
+    if isinstance(value, str):
+        return f"'{value[:60]}{'...' if len(value) > 60 else ''}' (text)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, int):
+        return f"{value} (an integer)"
+    if isinstance(value, float):
+        return f"{value} (a number)"
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | bool | int | float)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def parse_space(
@@ -272,15 +302,25 @@ def parse_space(
 
     Errors are raised as :class:`SpecError` with the field path; the spec loader adds file/line.
     """
+    if not isinstance(data, Mapping):
+        raise SpecError(f"expected a mapping with 'parameters', found {describe(data)}.",
+                        path=where)
     params_data = data.get("parameters")
     if not isinstance(params_data, Mapping) or not params_data:
         raise SpecError(
-            "expected a mapping 'parameters' with at least one parameter.",
+            "expected a mapping 'parameters' with at least one parameter"
+            + (f", found {describe(params_data)}." if params_data is not None else "."),
             path=f"{where}.parameters",
         )
     params: list[Param] = []
     for pname, spec in params_data.items():
-        params.append(_parse_param(str(pname), spec, [p.name for p in params], where))
+        if not isinstance(pname, str) or not pname:
+            raise SpecError(
+                f"a parameter name must be text, found {describe(pname)}.",
+                path=f"{where}.parameters",
+                hint="Quote names that YAML reads as numbers or booleans ('on', 'yes', '1').",
+            )
+        params.append(_parse_param(pname, spec, params, where))
     return SearchSpace(tuple(params), name=name)
 
 
@@ -288,21 +328,80 @@ def _as_tuple(v: Any) -> tuple[Scalar, ...]:
     return tuple(v) if isinstance(v, list | tuple) else (v,)
 
 
+def _scalars(raw: Any, path: str, what: str) -> tuple[Scalar, ...]:
+    """One value or a list of values, each a scalar."""
+    values = _as_tuple(raw)
+    for i, v in enumerate(values):
+        if not _is_scalar(v) or (isinstance(v, float) and not math.isfinite(v)):
+            raise SpecError(
+                f"expected {what} (text, a number, true/false or null), found {describe(v)}.",
+                path=f"{path}[{i}]" if isinstance(raw, list | tuple) else path,
+            )
+    if not values:
+        raise SpecError(f"expected {what}, found an empty list.", path=path)
+    return values
+
+
 def _parse_when(
-    raw: Any, earlier: Sequence[str], path: str
+    raw: Any, earlier: Sequence[Param], path: str
 ) -> dict[str, tuple[Scalar, ...]]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise SpecError(f"expected a mapping of parameter: value(s), found {raw!r}.", path=path)
-    for k in raw:
-        if k not in earlier:
+        raise SpecError(
+            f"expected a mapping of parameter: value(s), found {describe(raw)}.", path=path,
+            hint="For example: when: {runtime: onnxruntime}.",
+        )
+    names = [p.name for p in earlier]
+    out: dict[str, tuple[Scalar, ...]] = {}
+    for k, v in raw.items():
+        if k not in names:
+            import difflib
+
+            close = difflib.get_close_matches(str(k), names, n=1)
             raise SpecError(
                 f"refers to '{k}', which is not a parameter declared before this one.",
                 path=f"{path}.{k}",
-                hint="Conditions may only name parameters declared earlier in the space.",
+                hint=(f"Did you mean '{close[0]}'? " if close else "")
+                + "Conditions may only name parameters declared earlier in the space.",
             )
-    return {str(k): _as_tuple(v) for k, v in raw.items()}
+        out[str(k)] = _scalars(v, f"{path}.{k}", f"a value of '{k}' or a list of them")
+    return out
+
+
+def _parse_invalid(raw: Any, earlier: Sequence[Param], path: str) -> tuple[Invalid, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError(
+            f"expected a list of rules {{values: [...], when: {{...}}, reason: ...}}, found "
+            f"{describe(raw)}.", path=path,
+            hint="For example: invalid: [{values: [int8_static], when: {runtime: torch}}].",
+        )
+    out: list[Invalid] = []
+    for i, inv in enumerate(raw):
+        ipath = f"{path}[{i}]"
+        if not isinstance(inv, Mapping) or "values" not in inv or "when" not in inv:
+            raise SpecError(
+                "expected {values: [...], when: {...}, reason: ...}"
+                + (f", found {describe(inv)}." if not isinstance(inv, Mapping) else
+                   f"; '{'values' if 'values' not in inv else 'when'}' is missing."),
+                path=ipath,
+            )
+        unknown = sorted(map(str, set(inv) - _INVALID_KEYS))
+        if unknown:
+            raise SpecError(f"unknown key '{unknown[0]}'.", path=f"{ipath}.{unknown[0]}",
+                            hint=f"A rule takes: {', '.join(sorted(_INVALID_KEYS))}.")
+        when = _parse_when(inv["when"], earlier, f"{ipath}.when")
+        if not when:
+            raise SpecError("a rule needs a non-empty 'when' (the earlier choices it excludes "
+                            "these values for).", path=f"{ipath}.when")
+        reason = inv.get("reason", "")
+        if not _is_scalar(reason):
+            raise SpecError(f"expected text, found {describe(reason)}.", path=f"{ipath}.reason")
+        out.append(Invalid(values=_scalars(inv["values"], f"{ipath}.values", "a value"),
+                           when=when, reason="" if reason is None else str(reason)))
+    return tuple(out)
 
 
 def _resolve_bound(v: Any) -> Any:
@@ -311,46 +410,53 @@ def _resolve_bound(v: Any) -> Any:
     return v
 
 
-def _parse_param(name: str, spec: Any, earlier: Sequence[str], where: str) -> Param:
+def _parse_param(name: str, spec: Any, earlier: Sequence[Param], where: str) -> Param:
     path = f"{where}.parameters.{name}"
     if isinstance(spec, list):
         spec = {"choices": spec}
     if not isinstance(spec, Mapping):
         raise SpecError(
             f"expected a mapping (choices: [...] or low:/high:) or a list of choices, found "
-            f"{spec!r}.",
+            f"{describe(spec)}.",
             path=path,
         )
-    unknown = set(spec) - _PARAM_KEYS
+    unknown = sorted(map(str, set(spec) - _PARAM_KEYS))
     if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(_PARAM_KEYS), n=1)
         raise SpecError(
-            f"unknown key(s) {', '.join(sorted(map(str, unknown)))}.",
-            path=f"{path}.{sorted(map(str, unknown))[0]}",
-            hint=f"A parameter takes: {', '.join(sorted(_PARAM_KEYS))}.",
+            f"unknown key(s) {', '.join(unknown)}.",
+            path=f"{path}.{unknown[0]}",
+            hint=(f"Did you mean '{close[0]}'? " if close else "")
+            + f"A parameter takes: {', '.join(sorted(_PARAM_KEYS))}.",
         )
     when = _parse_when(spec.get("when"), earlier, f"{path}.when")
-    invalid: list[Invalid] = []
-    for i, inv in enumerate(spec.get("invalid") or []):
-        ipath = f"{path}.invalid[{i}]"
-        if not isinstance(inv, Mapping) or "values" not in inv or "when" not in inv:
-            raise SpecError("expected {values: [...], when: {...}, reason: ...}.", path=ipath)
-        invalid.append(
-            Invalid(
-                values=_as_tuple(inv["values"]),
-                when=_parse_when(inv["when"], earlier, f"{ipath}.when"),
-                reason=str(inv.get("reason", "")),
-            )
-        )
+    invalid = _parse_invalid(spec.get("invalid"), earlier, f"{path}.invalid")
     kind = spec.get("type")
-    description = str(spec.get("description", ""))
+    if kind is not None and kind not in ("categorical", "int", "float"):
+        raise SpecError(f"expected type categorical, int or float, found {describe(kind)}.",
+                        path=f"{path}.type")
+    raw_desc = spec.get("description", "")
+    if not _is_scalar(raw_desc):
+        raise SpecError(f"expected text, found {describe(raw_desc)}.", path=f"{path}.description")
+    description = "" if raw_desc is None else str(raw_desc)
     if "choices" in spec or kind == "categorical":
+        if any(k in spec for k in ("low", "high", "step", "log")):
+            k = next(k for k in ("low", "high", "step", "log") if k in spec)
+            raise SpecError(f"'{k}' cannot go with 'choices': a parameter is either a list of "
+                            "choices or a range.", path=f"{path}.{k}")
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise SpecError("expected a non-empty list of choices.", path=f"{path}.choices")
-        if len({repr(c) for c in choices}) != len(choices):
+            raise SpecError(
+                "expected a non-empty list of choices"
+                + (f", found {describe(choices)}." if choices != [] else ", found an empty list."),
+                path=f"{path}.choices", hint="For example: choices: [fp32, int8_dynamic].")
+        _scalars(choices, f"{path}.choices", "a choice")
+        if len({(type(c), c) for c in choices}) != len(choices):
             raise SpecError("choices must be distinct.", path=f"{path}.choices")
         return Param(name, "categorical", choices=tuple(choices), when=when,
-                     invalid=tuple(invalid), description=description)
+                     invalid=invalid, description=description)
     if "low" not in spec or "high" not in spec:
         raise SpecError(
             "expected either 'choices' or both 'low' and 'high'.",
@@ -358,31 +464,58 @@ def _parse_param(name: str, spec: Any, earlier: Sequence[str], where: str) -> Pa
             hint="For example: {low: 1, high: 8} or {choices: [fp32, int8_dynamic]}.",
         )
     low, high = _resolve_bound(spec["low"]), _resolve_bound(spec["high"])
-    step, log = spec.get("step"), bool(spec.get("log", False))
+    step, log = spec.get("step"), spec.get("log", False)
     for key, v in (("low", low), ("high", high), ("step", step)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise SpecError(f"expected a number, found {v!r}.", path=f"{path}.{key}")
+        if v is None and key == "step":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SpecError(
+                f"expected a number{' or cores' if key == 'high' else ''}, found {describe(v)}.",
+                path=f"{path}.{key}")
+        if not math.isfinite(v):
+            raise SpecError(f"expected a finite number, found {v}.", path=f"{path}.{key}",
+                            hint="Give a bounded range (NaN and infinity cannot be searched).")
+    if not isinstance(log, bool):
+        raise SpecError(f"expected true or false, found {describe(log)}.", path=f"{path}.log")
+    if step is not None and step <= 0:
+        raise SpecError(f"the step must be greater than 0, found {step}.", path=f"{path}.step",
+                        hint="Leave 'step' out for a continuous range.")
     if kind is None:
         kind = "int" if all(isinstance(v, int) for v in (low, high, step or 1)) else "float"
-    if kind not in ("int", "float"):
-        raise SpecError(
-            f"expected type categorical, int or float, found {kind!r}.", path=f"{path}.type"
-        )
+    if kind == "int":
+        for key, v in (("low", low), ("high", high), ("step", step)):
+            if v is not None and v != int(v):
+                raise SpecError(f"an int parameter needs whole numbers, found {v}.",
+                                path=f"{path}.{key}")
+        low, high = int(low), int(high)
+        step = None if step is None else int(step)
     if low > high:
-        raise SpecError(f"low ({low}) is greater than high ({high}).", path=path)
+        raise SpecError(f"low ({low}) is greater than high ({high}).", path=path,
+                        hint="Swap them, or give the range as low <= high.")
     if log and (low <= 0 or step not in (None, 1)):
         raise SpecError("a log-scaled parameter needs low > 0 and no step.", path=path)
+    if kind == "float" and step is not None:
+        n = (high - low) / step
+        if n > 1_000_000:
+            raise SpecError(f"the step ({step}) makes more than a million values.",
+                            path=f"{path}.step")
     return Param(name, kind, low=low, high=high, step=step, log=log, when=when,
-                 invalid=tuple(invalid), description=description)
+                 invalid=invalid, description=description)
 
 
 def preset_path(name: str, search_dirs: Sequence[Path] = ()) -> Path:
     """Find preset ``name`` (with or without ``.yaml``) next to the job, then in search_spaces/."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise SpecError(f"expected the name of a preset, found {describe(name)}.",
+                        path="search_space.preset")
     fname = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
     for d in (*search_dirs, PRESET_DIR):
         cand = Path(d) / fname
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except OSError:  # a name too long for the file system, ...
+            break
     available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
     raise SpecError(
         f"no search-space preset named '{name}'.",
@@ -392,14 +525,143 @@ def preset_path(name: str, search_dirs: Sequence[Path] = ()) -> Path:
 
 
 def merge_overrides(
-    base: Mapping[str, Any], overrides: Mapping[str, Any] | None
+    base: Mapping[str, Any], overrides: Any
 ) -> dict[str, Any]:
-    """Apply ``overrides`` to a preset's parameters: a mapping replaces or adds a parameter,
-    ``null`` removes it."""
+    """Apply ``overrides`` to a preset's parameters: a mapping or a list of choices replaces a
+    parameter's values (or adds a parameter), ``null`` removes it.
+
+    A replaced parameter keeps the preset's ``when:``, ``invalid:`` and ``description`` unless the
+    override gives them itself (``when: null`` / ``invalid: []`` drop them).  Errors name the
+    field under ``search_space.overrides``.
+    """
+    where = "search_space.overrides"
     params = dict(base.get("parameters") or {})
-    for k, v in (overrides or {}).items():
+    if overrides is None:
+        return {**base, "parameters": params}
+    if not isinstance(overrides, Mapping):
+        raise SpecError(
+            f"expected a mapping of parameter: {{choices: [...]}} | {{low:, high:}} | null, "
+            f"found {describe(overrides)}.", path=where,
+            hint="For example: overrides: {batch_size: {choices: [1, 8]}, graph_optimization: "
+                 "null}.")
+    for k, v in overrides.items():
+        if not isinstance(k, str) or not k:
+            raise SpecError(f"a parameter name must be text, found {describe(k)}.", path=where)
         if v is None:
-            params.pop(k, None)
-        else:
-            params[k] = v
+            if k not in params:
+                import difflib
+
+                close = difflib.get_close_matches(k, list(params), n=1)
+                raise SpecError(
+                    f"removes '{k}', which the preset does not have.", path=f"{where}.{k}",
+                    hint=(f"Did you mean '{close[0]}'? " if close else "")
+                    + f"The preset's parameters: {', '.join(map(str, params))}.")
+            params.pop(k)
+            continue
+        if isinstance(v, list):
+            v = {"choices": v}
+        if not isinstance(v, Mapping):
+            raise SpecError(
+                f"expected a mapping (choices: [...] or low:/high:), a list of choices or null, "
+                f"found {describe(v)}.", path=f"{where}.{k}")
+        old = params.get(k)
+        new = dict(v)
+        if isinstance(old, list):
+            old = {"choices": old}
+        if isinstance(old, Mapping):
+            for rule in RULE_KEYS:
+                if rule not in new and rule in old:
+                    new[rule] = old[rule]
+        params[k] = new
     return {**base, "parameters": params}
+
+
+# -------------------------------------------------------------------- declared parameters
+@dataclass(frozen=True)
+class DeclaredParam:
+    """What the measuring harness accepts for one configuration key.
+
+    ``values``: the complete set of accepted values (empty when ``accepts`` decides); ``accepts``:
+    a predicate for one value; ``expected``: the same in words; ``numeric``: may be searched as a
+    range (``low``/``high``), each end checked with ``accepts``; ``integer``: only whole numbers.
+    """
+
+    name: str
+    description: str = ""
+    values: tuple[Scalar, ...] = ()
+    accepts: Callable[[Any], bool] | None = None
+    expected: str = ""
+    numeric: bool = False
+    integer: bool = False
+
+    def allows(self, value: Any) -> bool:
+        if self.values:
+            return any(_same(value, v) for v in self.values)
+        if self.accepts is None:
+            return True
+        try:
+            return bool(self.accepts(value))
+        except Exception:  # a predicate that does not expect this type
+            return False
+
+    @property
+    def expectation(self) -> str:
+        if self.values:
+            return "one of " + ", ".join(_show(v) for v in self.values)
+        return self.expected or "a value the harness accepts"
+
+
+def _show(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def check_declared(space: SearchSpace, declared: Mapping[str, DeclaredParam], *,
+                   where: str = "search_space") -> None:
+    """Every parameter of ``space`` is one the harness declares, with values it accepts; the values
+    named in ``when:`` and ``invalid:`` rules too.  Raises a :class:`SpecError` with the path."""
+    import difflib
+
+    for p in space:
+        path = f"{where}.parameters.{p.name}"
+        d = declared.get(p.name)
+        if d is None:
+            close = difflib.get_close_matches(p.name, list(declared), n=1)
+            raise SpecError(
+                f"the harness does not know the parameter '{p.name}'.", path=path,
+                hint=(f"Did you mean '{close[0]}'? " if close else "")
+                + f"Known parameters: {', '.join(declared)}.")
+        hint = f"'{p.name}' takes {d.expectation}."
+        if p.kind == "categorical":
+            for i, c in enumerate(p.choices):
+                if not d.allows(c):
+                    close = difflib.get_close_matches(str(c), [str(v) for v in d.values], n=1)
+                    raise SpecError(
+                        f"{describe(c)} is not a value of '{p.name}'.",
+                        path=f"{path}.choices[{i}]",
+                        hint=(f"Did you mean '{close[0]}'? " if close else "") + hint)
+        else:
+            if not d.numeric:
+                raise SpecError(f"'{p.name}' cannot be a range (low/high).", path=path,
+                                hint=f"{hint} Give them as choices: [...].")
+            if d.integer and p.kind != "int":
+                raise SpecError(f"'{p.name}' takes whole numbers, found the range "
+                                f"{p.low}..{p.high} of type float.", path=path, hint=hint)
+            for key, v in (("low", p.low), ("high", p.high)):
+                if not d.allows(v):
+                    raise SpecError(f"{describe(v)} is outside what '{p.name}' accepts.",
+                                    path=f"{path}.{key}", hint=hint)
+        for k, vs in p.when.items():
+            _check_rule_values(declared.get(k), vs, f"{path}.when.{k}")
+        for i, inv in enumerate(p.invalid):
+            _check_rule_values(d, inv.values, f"{path}.invalid[{i}].values")
+            for k, vs in inv.when.items():
+                _check_rule_values(declared.get(k), vs, f"{path}.invalid[{i}].when.{k}")
+
+
+def _check_rule_values(d: DeclaredParam | None, values: Sequence[Scalar], path: str) -> None:
+    if d is None:
+        return
+    for v in values:
+        if not d.allows(v):
+            raise SpecError(f"{describe(v)} is not a value of '{d.name}', so this rule never "
+                            "applies.", path=path, hint=f"'{d.name}' takes {d.expectation}.")

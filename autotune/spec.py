@@ -6,17 +6,36 @@ was expected and what was found (:class:`autotune.errors.SpecError`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constraint
+from autotune.declared import declared_parameters
 from autotune.errors import SpecError
 from autotune.metrics import BUILTIN_METRICS, Direction, MetricInfo, vocabulary
-from autotune.space import SearchSpace, merge_overrides, parse_space, preset_path
+from autotune.space import (
+    RULE_KEYS,
+    DeclaredParam,
+    SearchSpace,
+    check_declared,
+    describe,
+    merge_overrides,
+    parse_space,
+    preset_path,
+)
 from autotune.yamlsrc import Located, dotted, load_located
 
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -24,8 +43,21 @@ FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
 BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """``warmup: false`` is a mistake, not 0 (pydantic's lax mode would take it)."""
+        if isinstance(v, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and field.annotation in _NUMBERS:
+                raise ValueError(f"expected a number, found {str(v).lower()} (a boolean)")
+        return v
 
 
 def _check_ref(v: str | None) -> str | None:
@@ -115,10 +147,13 @@ class WarmStartFromSpec(_Strict):
     study: str
     top_k: int = Field(default=5, ge=1)
 
+    _storage = field_validator("storage")(
+        classmethod(lambda cls, v: _check_storage_url(v) if "://" in v else v))
+
 
 class AgentSpec(_Strict):
     name: str = Field(default_factory=lambda: _default_agent())
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy/Optuna seed range
     options: dict[str, Any] = Field(default_factory=dict)
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
     warm_start_from: WarmStartFromSpec | None = None
@@ -137,11 +172,67 @@ def parse_duration(v: Any) -> float | None:
     if v is None:
         return None
     if isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v)
-    m = _DURATION.match(str(v))
-    if not m:
-        raise ValueError(f"expected seconds or a duration like '90s', '10m', '2h', found {v!r}")
-    return float(m[1]) * {"s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+        seconds = float(v)
+    else:
+        m = _DURATION.match(str(v)) if isinstance(v, str) else None
+        if not m:
+            raise ValueError(
+                f"expected seconds or a duration like '90s', '10m', '2h', found {v!r}")
+        seconds = float(m[1]) * {"s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected a positive duration (seconds, or like '90s', '10m', '2h'), "
+                         f"found {v!r}")
+    return seconds
+
+
+def _check_storage_url(v: str | None) -> str | None:
+    """An Optuna (SQLAlchemy) database URL: ``sqlite:///path/study.db``,
+    ``postgresql://user@host/db``, ..."""
+    if v is None:
+        return v
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(v).get_dialect()
+    except Exception:
+        raise ValueError(
+            f"expected a database URL such as 'sqlite:///runs/study.db' or "
+            f"'postgresql://user@host/db', found {v!r}") from None
+    return v
+
+
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _check_tracking_uri(v: str | None) -> str | None:
+    """An MLflow tracking URI: ``http(s)://host[:port]``, ``file:/path``, a database URL
+    (``sqlite:///mlflow.db``, ``postgresql://...``) or ``databricks``."""
+    if v is None:
+        return v
+    from urllib.parse import urlsplit
+
+    expected = ("expected an MLflow tracking URI such as 'http://127.0.0.1:5000', "
+                "'sqlite:///runs/mlflow.db' or 'file:./mlruns'")
+    try:
+        parts = urlsplit(v)
+    except ValueError:
+        raise ValueError(f"{expected}, found {v!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname or any(c.isspace() for c in v):
+            raise ValueError(f"{expected}; the URL has no host name, found {v!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError(f"{expected}; the port is not a number, found {v!r}") from None
+        return v
+    if scheme == "file" or scheme.startswith("databricks") or scheme == "uc":
+        return v
+    if v == "databricks":
+        return v
+    if scheme.split("+")[0] in _DB_SCHEMES:
+        return _check_storage_url(v)
+    raise ValueError(f"{expected}, found {v!r}")
 
 
 class BudgetSpec(_Strict):
@@ -166,6 +257,8 @@ class TrackingSpec(_Strict):
     uri: str | None = None
     experiment: str | None = None
     enabled: bool = True
+
+    _uri = field_validator("uri")(classmethod(lambda cls, v: _check_tracking_uri(v)))
 
 
 class ReportSpec(_Strict):
@@ -235,6 +328,7 @@ class Job(_Strict):
     base_dir: str = Field(default=".", exclude=True)
 
     _objective_ref = field_validator("objective")(_check_ref)
+    _storage = field_validator("storage")(classmethod(lambda cls, v: _check_storage_url(v)))
 
     @model_validator(mode="after")
     def _model_or_objective(self) -> Job:
@@ -312,66 +406,122 @@ class Job(_Strict):
         return _build_space(self.search_space, Path(self.base_dir))
 
 
-def _build_space(raw: Mapping[str, Any], base_dir: Path) -> SearchSpace:
+def _build_space(raw: Mapping[str, Any], base_dir: Path,
+                 declared: Mapping[str, DeclaredParam] | None = None) -> SearchSpace:
+    """The job's space: a preset with its overrides applied, or inline ``parameters:``.
+
+    With ``declared`` (model jobs), every parameter and rule value is checked against the
+    parameters the harness declares.  Errors in a preset file carry that file and line; errors
+    caused by the job file carry its field path (``search_space.overrides.<name>...``), for the
+    caller to locate.
+    """
     if "preset" in raw:
-        unknown = set(raw) - {"preset", "overrides"}
+        unknown = sorted(map(str, set(raw) - {"preset", "overrides"}))
         if unknown:
             raise SpecError(
-                f"unknown key '{sorted(unknown)[0]}' next to 'preset'.",
-                path=f"search_space.{sorted(unknown)[0]}",
+                f"unknown key '{unknown[0]}' next to 'preset'.",
+                path=f"search_space.{unknown[0]}",
                 hint="With a preset, change parameters under 'overrides:' (null removes one).",
             )
-        path = preset_path(str(raw["preset"]), [base_dir, base_dir / "search_spaces"])
+        path = preset_path(raw["preset"], [base_dir, base_dir / "search_spaces"])
         located = load_located(path)
         if not isinstance(located.data, Mapping):
-            raise SpecError("a preset must be a mapping with 'parameters'.", file=str(path))
-        unknown = set(located.data) - {"parameters", "description"}
+            raise SpecError("a preset must be a mapping with 'parameters'.", file=str(path),
+                            line=1)
+        unknown = sorted(map(str, set(located.data) - {"parameters", "description"}))
         if unknown:
-            k = sorted(unknown)[0]
+            k = unknown[0]
             raise SpecError(
                 f"unknown key '{k}'.", file=str(path), line=located.line_of((k,)), path=k
             )
         try:
-            parse_space(located.data, name=path.stem, where="parameters")
+            preset = parse_space(located.data, name=path.stem, where="parameters")
+            if declared is not None:
+                check_declared(preset, declared, where="parameters")
         except SpecError as exc:  # errors inside the preset file itself
-            p = (exc.path or "").removeprefix("parameters.")
-            loc = tuple(p.split(".")) if p else ()
-            raise SpecError(exc.reason, file=str(path), line=located.line_of(loc), path=p,
-                            hint=exc.hint) from None
-        merged = merge_overrides(located.data, raw.get("overrides"))
-        return parse_space(merged, name=path.stem)
-    unknown = set(raw) - {"parameters"}
+            p = exc.path or ""
+            raise SpecError(exc.reason, file=str(path), line=located.line_of(_split_path(p)),
+                            path=p, hint=exc.hint) from None
+        overrides = raw.get("overrides")
+        merged = merge_overrides(located.data, overrides)
+        try:
+            space = parse_space(merged, name=path.stem)
+            if declared is not None:
+                check_declared(space, declared)
+        except SpecError as exc:
+            raise _override_error(exc, overrides or {}, path, located) from None
+        return space
+    unknown = sorted(map(str, set(raw) - {"parameters"}))
     if unknown:
-        k = sorted(unknown)[0]
+        k = unknown[0]
         raise SpecError(
             f"unknown key '{k}'.",
             path=f"search_space.{k}",
             hint="Use 'parameters:' for an inline space or 'preset:' (+ 'overrides:').",
         )
-    return parse_space(raw)
+    space = parse_space(raw)
+    if declared is not None:
+        check_declared(space, declared)
+    return space
+
+
+def _override_error(exc: SpecError, overrides: Mapping[str, Any], preset: Path,
+                    located: Located) -> SpecError:
+    """An error in the merged space, moved to where it comes from: a value the override gives
+    (``search_space.overrides.<name>...``), or a preset part that the overrides broke."""
+    prefix = "search_space.parameters."
+    full = exc.path or ""
+    if not full.startswith(prefix):
+        return SpecError(exc.reason, path="search_space.overrides", hint=exc.hint)
+    m = re.match(r"^([^.\[]+)(.*)$", full.removeprefix(prefix))
+    name, rest = (m[1], m[2]) if m else (full.removeprefix(prefix), "")
+    given = overrides.get(name) if isinstance(overrides, Mapping) else None
+    key = re.match(r"^\.([^.\[]+)", rest)
+    first = key[1] if key else None
+    if isinstance(given, list):  # a list override is the parameter's choices
+        if first in (None, "choices"):
+            rest = rest.removeprefix(".choices")
+            return SpecError(exc.reason, path=f"search_space.overrides.{name}{rest}",
+                             hint=exc.hint)
+    elif isinstance(given, Mapping) and (first is None or first in given):
+        return SpecError(exc.reason, path=f"search_space.overrides.{name}{rest}", hint=exc.hint)
+    where = f"{preset}, line {located.line_of(('parameters', name, *_split_path(rest)))}"
+    if given is not None and first in RULE_KEYS:
+        return SpecError(
+            f"the preset's '{name}{rest}' ({where}), kept by the override of '{name}', does not "
+            f"hold after the overrides: {exc.reason}",
+            path=f"search_space.overrides.{name}",
+            hint=f"Give '{name}' its own '{first}:' in the override ('{first}: null' drops the "
+                 "preset's), or keep the parameters and values it refers to.",
+        )
+    return SpecError(
+        f"the preset's parameter '{name}' ({where}) does not hold after the overrides: "
+        f"{exc.reason}",
+        path="search_space.overrides",
+        hint=f"Override '{name}' too (its own 'when:', or null to remove it), or keep the "
+             "parameters and values it refers to.",
+    )
 
 
 # -------------------------------------------------------------------- loading
 _TOP_KEYS = tuple(Job.model_fields)
+_USER_KEYS = tuple(k for k in _TOP_KEYS if k not in ("source", "base_dir"))
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f"'{value}' (text)"
-    if isinstance(value, bool):
-        return f"{value} (boolean)"
-    if isinstance(value, int | float):
-        return f"{value} (number)"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return repr(value)
+    return describe(value)
+
+
+_FIELD_HINTS = {
+    "agent.seed": "A seed is an integer from 0 to 4294967295; leave it out for a random one.",
+    "name": "A name is letters, digits, '_', '.' or '-', starting with a letter or digit.",
+}
 
 
 def _pydantic_to_spec_error(err: ValidationError, doc: Located) -> SpecError:
     e = err.errors()[0]
-    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and (
+        x.startswith("function-") or x == "[key]")))
     path = dotted(loc)
     kind = e["type"]
     line = doc.line_of(loc)
@@ -394,18 +544,52 @@ def _pydantic_to_spec_error(err: ValidationError, doc: Located) -> SpecError:
                          hint=hint or None)
     if kind == "missing":
         return SpecError("this required field is missing.", file=doc.file,
-                         line=doc.line_of(loc[:-1]), path=path)
+                         line=doc.line_of(loc[:-1]), path=path,
+                         hint=f"Add '{loc[-1]}:' here (README: 'A job file').")
     msg = e["msg"].removeprefix("Value error, ")
-    found = e.get("input")
-    text = f"{msg}; found {_describe(found)}." if found is not None and kind != "value_error" \
+    if msg.startswith("Input should be "):
+        rest = msg.removeprefix("Input should be ")
+        msg = "expected " + ("a number " if rest.startswith(("greater", "less")) else "") + rest
+    if msg.startswith("String should match pattern "):
+        msg = "expected text matching the pattern " + msg.removeprefix(
+            "String should match pattern ")
+    if "[key]" in e["loc"]:
+        msg = f"a key here: {msg}"
+    text = f"{msg}; found {_describe(e['input'])}." if "input" in e and kind != "value_error" \
         else f"{msg}."
-    return SpecError(text, file=doc.file, line=line, path=path)
+    return SpecError(text, file=doc.file, line=line, path=path, hint=_FIELD_HINTS.get(path))
 
 
 def job_from_located(doc: Located) -> Job:
+    """Validate a parsed job file.  Every :class:`SpecError` it raises names a file and a line
+    (the line of the field, or of its nearest enclosing one that the file has)."""
+    try:
+        return _job_from_located(doc)
+    except SpecError as exc:
+        if exc.file and exc.line:
+            raise
+        file = exc.file or doc.file
+        line = exc.line
+        if line is None:
+            located = doc if file == doc.file else None
+            line = (located.line_of(_split_path(exc.path)) if located and exc.path else None) \
+                or (doc.lines.get(()) if located else None) or 1
+        raise SpecError(exc.reason, file=file, line=line, path=exc.path, hint=exc.hint) from None
+
+
+def _job_from_located(doc: Located) -> Job:
     if not isinstance(doc.data, Mapping):
-        raise SpecError("a job file must be a YAML mapping (name:, model:, ...).", file=doc.file)
+        raise SpecError("a job file must be a YAML mapping (name:, model:, ...); found "
+                        f"{_describe(doc.data) if doc.data is not None else 'an empty file'}.",
+                        file=doc.file, line=doc.lines.get((), 1))
     data = dict(doc.data)
+    for k in data:
+        if not isinstance(k, str):
+            raise SpecError(
+                f"unknown key {_describe(k)}.", file=doc.file, line=doc.line_of((k,)),
+                path="null" if k is None else str(k).lower() if isinstance(k, bool) else str(k),
+                hint="YAML reads yes/no/on/off/true/false as booleans and digits as numbers; "
+                     f"the keys of a job file are: {', '.join(_USER_KEYS)}.")
     for k in ("source", "base_dir"):
         if k in data:
             raise SpecError(f"unknown key '{k}'.", file=doc.file, line=doc.line_of((k,)), path=k)
@@ -479,8 +663,29 @@ def _check_semantics(job: Job, doc: Located) -> None:
                 line=doc.line_of(("constraints", i)), path=f"constraints[{i}]",
                 hint="Add 'baseline: {<configuration>}' or use an absolute bound.",
             )
+    reference = job.report.reference
+    if reference is not None:
+        names = [o.metric for o in job.objectives]
+        extra = [k for k in reference if k not in names]
+        missing = [n for n in names if n not in reference]
+        if extra or missing:
+            loc = ("report", "reference", extra[0]) if extra else ("report", "reference")
+            raise SpecError(
+                f"'{extra[0]}' is not an objective of this job." if extra else
+                f"no value for the objective(s) {', '.join(missing)}.",
+                file=doc.file, line=doc.line_of(loc), path=dotted(loc),
+                hint=f"The reference point has one value per objective: {', '.join(names)}.")
+    m = job.measurement
+    if m.max_repeats < m.min_repeats:
+        key = "max_repeats" if "max_repeats" in (doc.data.get("measurement") or {}) \
+            else "min_repeats"
+        raise SpecError(
+            f"max_repeats ({m.max_repeats}) is below min_repeats ({m.min_repeats}).",
+            file=doc.file, line=doc.line_of(("measurement", key)), path=f"measurement.{key}",
+            hint="Give max_repeats >= min_repeats (the measurement stops between the two).")
     try:
-        space = job.space
+        declared = None if job.is_custom else declared_parameters()
+        space = _build_space(job.search_space, Path(job.base_dir), declared)
     except SpecError as exc:
         if exc.file:  # already located (inside a preset file)
             raise
