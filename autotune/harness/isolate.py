@@ -20,7 +20,10 @@ import time
 import traceback
 from typing import Any
 
+from autotune import errors
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.custom import ObjectiveEvaluator
+from autotune.harness.evaluate import Evaluator
 from autotune.harness.hostlock import measurement_lock
 from autotune.spec import Job
 
@@ -43,12 +46,8 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     if job.is_custom:
-        from autotune.harness.custom import ObjectiveEvaluator
-
         ev: Any = ObjectiveEvaluator(job)
     else:
-        from autotune.harness.evaluate import Evaluator
-
         ev = Evaluator(job)
         # load the model now, so the trial timeout does not pay for the start-up; on an error the
         # first call that needs the model reports it
@@ -158,8 +157,6 @@ class IsolatedHarness:
             return msg[1]
         if status == "failed":
             raise TrialFailed(msg[1])
-        from autotune import errors
-
         raise getattr(errors, msg[1], AutotuneError)(msg[2])
 
     def _wait(self, limit: float, offset: int, what: str, setting: str) -> Any:

@@ -20,6 +20,7 @@ times the work; the subclass only implements :meth:`Transform.transform`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -311,11 +312,17 @@ class Transform(ABC):
         tmp_meta.replace(meta)
 
 
-def get_transform(name: str) -> type[Transform]:
-    import autotune.transforms.convert
-    import autotune.transforms.prune
-    import autotune.transforms.quantize  # noqa: F401
+#: the modules of the built-in transforms, loaded by name on first lookup (importing one registers
+#: its transforms).  They import this module, so it names them rather than importing them: base
+#: stays the leaf of the transforms and no import cycle forms.
+BUILTIN_MODULES = ("autotune.transforms.convert", "autotune.transforms.prune",
+                   "autotune.transforms.quantize")
 
+
+def get_transform(name: str) -> type[Transform]:
+    if name not in TRANSFORMS:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
     try:
         return TRANSFORMS[name]
     except KeyError:
