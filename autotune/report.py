@@ -13,6 +13,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -26,7 +27,9 @@ from autotune.review import front_table, hypervolume_series, objective_points, s
 from autotune.spec import Job
 from autotune.study import TrialView, open_record
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "dashboards" / "report.html.tmpl"
+#: the page template shipped inside the package (the repository's ``dashboards/``, which
+#: ``autotune/dashboards`` links to)
+TEMPLATE = Path(str(resources.files("autotune") / "dashboards" / "report.html.tmpl"))
 
 
 def default_rules(objectives: Sequence[tuple[str, Direction]]) -> list[str]:
