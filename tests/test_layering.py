@@ -280,8 +280,12 @@ def test_optuna_private_api_only_in_the_study_adapter(graph) -> None:
                     any(p.startswith("_") for p in node.module.split("."))
                     or any(a.name.startswith("_") for a in node.names)):
                 bad.append(f"{path.name}:{node.lineno}: from {node.module} import ...")
-            elif isinstance(node, ast.Attribute) and node.attr in private_attrs:
-                bad.append(f"{path.name}:{node.lineno}: .{node.attr}")
+            elif isinstance(node, ast.Import):
+                bad += [f"{path.name}:{node.lineno}: import {a.name}" for a in node.names
+                        if a.name.startswith("optuna.") and "._" in a.name]
+            elif isinstance(node, ast.Attribute) and (node.attr in private_attrs or (
+                    ast.unparse(node).startswith("optuna.") and "._" in ast.unparse(node))):
+                bad.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     assert not bad, "Optuna internals outside autotune/study.py:\n" + "\n".join(bad)
 
 
