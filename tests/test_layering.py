@@ -295,3 +295,53 @@ def test_import_autotune_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------- the loop's observers
+class _Recorder:
+    """A loop callback that records what it is told (and reports a problem of its own)."""
+
+    def __init__(self, error: str | None = None) -> None:
+        self.events: list[tuple] = []
+        self.error = error
+
+    def on_loop_start(self, record, baseline, *, catch_up: bool, finished: bool) -> None:
+        self.events.append(("start", catch_up, finished))
+
+    def on_trial_end(self, record, view, views) -> None:
+        self.events.append(("trial", view.number, len(views)))
+
+    def on_loop_end(self, record, views, *, new_trials: int) -> None:
+        self.events.append(("end", new_trials, len(views)))
+
+
+def test_the_loop_reports_to_its_callbacks_and_knows_no_mlflow(tmp_path: Path) -> None:
+    from autotune import tuner
+    from autotune.loop import LoopCallback
+    from autotune.spec import load_job
+    from autotune.testing.agents import InProcessHarness, tiny_job
+
+    path = Path(tiny_job("random", tmp_path, 3, "accuracy >= 0").source)
+    path.write_text(path.read_text().replace("enabled: false", "enabled: true"))
+    job = load_job(path)
+    assert job.tracking.enabled
+    rec = _Recorder()
+    summary = tuner.run(job, harness=InProcessHarness(job), callbacks=[rec])
+    # (invalid proposals are recorded but never measured: no trial event, but they are views)
+    measured = [t.number for t in summary.trials if t.state in ("complete", "failed")]
+    assert len(measured) == 3
+    trials = [e for e in rec.events if e[0] == "trial"]
+    assert rec.events == [("start", True, False), *trials, ("end", 3, len(summary.trials))]
+    assert [e[1] for e in trials] == measured
+    assert [e[2] for e in trials] == [n + 1 for n in measured]  # all trials so far, each time
+    assert summary.new_trials == 3 and summary.tracking_error is None
+    # tracking is enabled, but MLflow is only one of the callbacks: without it nothing is written
+    assert not list(job.out_dir.glob("mlflow*")) and not (job.out_dir / "mlartifacts").exists()
+    assert [type(cb).__name__ for cb in tuner.default_callbacks(job)] == ["TrackingCallback"]
+    assert all(isinstance(cb, LoopCallback) for cb in tuner.default_callbacks(job))
+
+    # the study is finished: the observers hear start and end, and a problem one of them had
+    again = _Recorder(error="server down")
+    summary = tuner.run(job, harness=InProcessHarness(job), callbacks=[again])
+    assert again.events == [("start", True, True), ("end", 0, len(summary.trials))]
+    assert summary.new_trials == 0 and summary.tracking_error == "server down"
