@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from autotune.cron import parse_schedule
 from autotune.deploy import load
@@ -217,8 +221,6 @@ def model_hash(job: Job) -> str:
         for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
             if cand.is_file():
                 return sha256_file(cand)
-    import importlib.util
-
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
         raise AutotuneError(f"cannot find the source of model.factory module '{module}'")
@@ -437,8 +439,6 @@ class Cycle:
                "latency_p99_ms": "p99_ms", "latency_mean_ms": "mean_ms"}.get(metric, "p50_ms")
         ratios = [b[key] / a[key] for a, b in zip(out["champion"], out["challenger"],
                                                     strict=True) if a[key] > 0]
-        import numpy as np
-
         r = np.asarray(ratios, dtype=float)
         med, lo, hi = float(np.median(r)), float(r.min()), float(r.max())
         spread = (hi - lo) / 2
@@ -504,8 +504,6 @@ class Cycle:
         if not self.job.tracking.enabled:
             return None
         try:
-            import warnings
-
             from mlflow.tracking import MlflowClient
 
             with warnings.catch_warnings():

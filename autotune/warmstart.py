@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotune.agents.base import Observation
 from autotune.errors import SpecError
 from autotune.pareto import non_dominated_sort
@@ -57,7 +59,6 @@ def _error(job: Job, message: str, sub: str = "", hint: str | None = None) -> Sp
 
 
 def from_study(job: Job, space: SearchSpace) -> WarmStart:
-    import numpy as np
     import optuna
     from optuna.trial import TrialState
 

@@ -12,12 +12,14 @@ or process makes them.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing as mp
 import os
 import signal
 import sys
 import time
 import traceback
+import warnings
 from typing import Any
 
 from autotune import errors
@@ -36,11 +38,7 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    import warnings
-
     warnings.simplefilter("ignore")
-    import faulthandler
-
     # a crash (SIGSEGV, SIGBUS, ...) leaves the Python stack in the log; SIGUSR1 (sent by the
     # parent before it kills a hung child) dumps where every thread is stuck
     faulthandler.enable(file=sys.stderr, all_threads=True)

@@ -17,6 +17,7 @@ calls the toy objective; process isolation is tested elsewhere.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Callable
@@ -182,8 +183,6 @@ class InProcessHarness:
 
 
 def tiny_job(name: str, folder: Path, budget: int, constraint: str = "accuracy >= 0.8") -> Any:
-    import json
-
     folder.mkdir(parents=True, exist_ok=True)
     text = (_JOB.replace("AGENT", name).replace("BUDGET", str(budget))
             .replace("CONSTRAINT", constraint)

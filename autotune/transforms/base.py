@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import json
 import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -252,8 +253,6 @@ class Transform(ABC):
         return ModelRef("torch", key, module=result, lineage=lineage)
 
     def _onnx_path(self, key: str) -> Path:
-        import tempfile
-
         base = self.cache_dir or Path(tempfile.mkdtemp(prefix="autotune-"))
         base.mkdir(parents=True, exist_ok=True)
         return base / f"{self.name}-{key}.onnx"
