@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from autotune.deploy.serve import serve
 from autotune.errors import AutotuneError
+from autotune.spec import load_job
 
 
 def _console() -> Any:
@@ -34,7 +36,7 @@ def _fmt(v: Any) -> str:
 def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible trials)") -> Any:
     from rich.table import Table
 
-    from autotune.tuner import front_row
+    from autotune.review import front_row
 
     rows = [front_row(t, job) for t in summary.front]
     cols = list(dict.fromkeys(c for r in rows for c in r)) if rows else ["trial"]
@@ -116,8 +118,6 @@ def main() -> None:
 
 
 def _load(path: str) -> Any:
-    from autotune.spec import load_job
-
     return load_job(path)
 
 
@@ -354,7 +354,7 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, quiet: bool) -> None:
     """Join the job's shared study (storage: postgresql://...) as one of several workers."""
-    from autotune.worker import WorkerOptions, run_worker
+    from autotune.tuner import WorkerOptions, run_worker
 
     console = _console()
     job = _load(job_file)

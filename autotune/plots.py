@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune.metrics import Direction
+from autotune.pareto import knee_point
+from autotune.review import hypervolume_series, objective_points, pareto_ranks
 from autotune.study import TrialView
 
 Objectives = Sequence[tuple[str, Direction]]
@@ -67,9 +69,6 @@ class ParetoFrontInfo:
 def _get_pareto_front_info(views: Sequence[TrialView], objectives: Objectives) -> ParetoFrontInfo:
     """Complete trials with finite objective values; infeasible ones are kept (drawn grey) but are
     never on the front.  Ranks and the knee are over the feasible trials only."""
-    from autotune.pareto import knee_point
-    from autotune.review import objective_points, pareto_ranks
-
     if not objectives:
         raise ValueError("a Pareto plot needs at least one objective")
     done = [v for v in views if v.state == "complete"]
@@ -168,8 +167,6 @@ def _get_parallel_coordinate_info(views: Sequence[TrialView], objectives: Object
                                   params: Sequence[str] | None = None) -> ParallelCoordinateInfo:
     """One line per feasible complete trial with finite objectives: the parameters (categorical
     ones mapped to their choice index, in order of first appearance), then the objectives."""
-    from autotune.review import objective_points
-
     done = [v for v in views if v.feasible]
     pts = objective_points(done, objectives)
     rows = sorted(((v, p) for v, p in zip(done, pts, strict=True)
@@ -227,8 +224,6 @@ class HypervolumeHistoryInfo:
 
 def _get_hypervolume_history_info(views: Sequence[TrialView], objectives: Objectives,
                                   reference: Sequence[float]) -> HypervolumeHistoryInfo:
-    from autotune.review import hypervolume_series
-
     series = hypervolume_series(views, objectives, reference)
     return HypervolumeHistoryInfo(tuple(n for n, _ in series), tuple(h for _, h in series),
                                   tuple(float(x) for x in reference),

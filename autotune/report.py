@@ -13,22 +13,27 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
+import autotune
 from autotune.errors import SpecError
 from autotune.metrics import Direction
+from autotune.pareto import GOALS, Record, knee_point, parse_rule
+from autotune.plots import study_figures
+from autotune.review import front_table, hypervolume_series, objective_points, study_reference, trial_table
 from autotune.spec import Job
-from autotune.study import TrialView
+from autotune.study import TrialView, open_record
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "dashboards" / "report.html.tmpl"
+#: the page template shipped inside the package (the repository's ``dashboards/``, which
+#: ``autotune/dashboards`` links to)
+TEMPLATE = Path(str(resources.files("autotune") / "dashboards" / "report.html.tmpl"))
 
 
 def default_rules(objectives: Sequence[tuple[str, Direction]]) -> list[str]:
     """One rule per objective: the best feasible trial in it (``fastest``, ``max accuracy``...)."""
-    from autotune.pareto import GOALS
-
     named = {v: k for k, v in GOALS.items()}
     return [named.get((m, d), f"{'min' if d == 'minimize' else 'max'} {m}") for m, d in objectives]
 
@@ -44,9 +49,6 @@ def winners(views: Sequence[TrialView], job: Job,
             baseline: Mapping[str, float] | None) -> list[Winner]:
     """The winner of each selection rule (the job's ``report.rules``, else :func:`default_rules`),
     then the knee point of the feasible front."""
-    from autotune.pareto import Record, knee_point, parse_rule
-    from autotune.review import objective_points
-
     complete = [v for v in views if v.state == "complete"]
     records = [Record(v.number, v.metrics, v.feasible, v.config) for v in complete]
     by_number = {v.number: v for v in complete}
@@ -125,10 +127,6 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
            storage: str = "", template: Path = TEMPLATE) -> str:
     """The report as one HTML string (pure: everything comes from the arguments)."""
     import plotly.offline
-
-    import autotune
-    from autotune.plots import study_figures
-    from autotune.review import front_table, hypervolume_series, trial_table
 
     objectives = job.objective_pairs
     names = [m for m, _ in objectives]
@@ -220,9 +218,6 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
 
 def build_report(job: Job, out: str | Path | None = None) -> Path:
     """Write the report of ``job``'s study to ``out`` (default ``<out_dir>/report.html``)."""
-    from autotune.review import study_reference
-    from autotune.tuner import open_record
-
     record = open_record(job, create=False)
     views = record.trials()
     reference = study_reference(record, job, views)

@@ -1,5 +1,5 @@
-"""What reviewers look at, computed from the study: the trial table, Pareto ranks and the
-hypervolume history against a reference point fixed once per study.
+"""What reviewers look at, computed from the study: the feasible front, the trial table, Pareto
+ranks and the hypervolume history against a reference point fixed once per study.
 
 Everything here reads :class:`~autotune.study.TrialView` objects (the study is the record); MLflow
 artifacts (:mod:`autotune.tracking`), plots (:mod:`autotune.plots`) and the HTML report
@@ -31,13 +31,18 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autotune.metrics import Direction
-from autotune.study import TrialView
+from autotune.pareto import (
+    Record,
+    default_reference,
+    front,
+    hypervolume_history,
+    non_dominated_sort,
+)
+from autotune.spec import Job
+from autotune.study import StudyRecord, TrialView
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-    from autotune.spec import Job
-    from autotune.study import StudyRecord
 
 REFERENCE_ATTR = "hypervolume_reference"
 
@@ -57,10 +62,27 @@ def _num(x: Any) -> float:
     return f
 
 
+def pareto_views(views: Sequence[TrialView], job: Job) -> list[TrialView]:
+    """The feasible Pareto front of the complete trials, in the order of :func:`autotune.pareto.front`."""
+    by_number = {t.number: t for t in views}
+    records = [Record(t.number, t.metrics, t.feasible, t.config) for t in views
+               if t.state == "complete"]
+    return [by_number[r.number] for r in front(records, job.objective_pairs)]
+
+
+def front_row(t: TrialView, job: Job) -> dict[str, Any]:
+    """One front trial as a row: number, configuration, objectives, constrained metrics."""
+    row: dict[str, Any] = {"trial": t.number}
+    row.update(t.config)
+    for m, _ in job.objective_pairs:
+        row[m] = t.metrics.get(m)
+    for c in job.parsed_constraints:
+        row.setdefault(c.metric, t.metrics.get(c.metric))
+    return row
+
+
 def pareto_ranks(views: Sequence[TrialView], objectives: Objectives) -> dict[int, int]:
     """Non-dominated rank (0 = on the front) of every feasible trial with finite objectives."""
-    from autotune.pareto import non_dominated_sort
-
     done = [t for t in views if t.feasible]
     pts = objective_points(done, objectives)
     keep = [i for i, p in enumerate(pts) if all(math.isfinite(x) for x in p)]
@@ -74,8 +96,6 @@ def compute_reference(objectives: Objectives, baseline: Mapping[str, float] | No
                       views: Sequence[TrialView] = (),
                       declared: Mapping[str, float] | None = None) -> list[float] | None:
     """The reference point by the rule in the module docstring (None if nothing is known yet)."""
-    from autotune.pareto import default_reference
-
     names = [m for m, _ in objectives]
     dirs = [d for _, d in objectives]
     if declared and all(m in declared for m in names):
@@ -109,8 +129,6 @@ def hypervolume_series(views: Sequence[TrialView], objectives: Objectives,
                        reference: Sequence[float]) -> list[tuple[int, float]]:
     """``(trial number, hypervolume of the feasible trials up to it)`` for every finished trial
     (complete or failed), in trial-number order; never decreases."""
-    from autotune.pareto import hypervolume_history
-
     done = sorted((v for v in views if v.state in ("complete", "failed")), key=lambda v: v.number)
     if not done:
         return []
@@ -162,8 +180,6 @@ def trial_table(views: Sequence[TrialView], objectives: Objectives,
 
 def front_table(views: Sequence[TrialView], job: Job) -> list[dict[str, Any]]:
     """The feasible Pareto front as rows (trial, configuration, objectives, constrained metrics)."""
-    from autotune.tuner import front_row, pareto_views
-
     return [front_row(t, job) for t in pareto_views(list(views), job)]
 
 

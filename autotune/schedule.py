@@ -28,19 +28,33 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+from autotune.cron import parse_schedule
+from autotune.deploy import load
+from autotune.deploy.bundle import read_manifest
+from autotune.deploy.export import BUNDLE_PATH_TAG, _mlflow_quiet, export_bundle, register_bundle
+from autotune.deploy.serve import RegistrySource
 from autotune.errors import AutotuneError, StudyError, TrialFailed
-from autotune.files import sha256_file
+from autotune.files import sha256_file, write_json_atomic
+from autotune.harness.hardware import Fingerprint
+from autotune.harness.hostlock import file_lock
+from autotune.harness.isolate import IsolatedHarness
 from autotune.space import config_key
 from autotune.spec import BudgetSpec, Job
-from autotune.study import TrialView
+from autotune.study import TrialView, open_record
+from autotune.tracking import JOB_TAG, experiment_id
+from autotune.tuner import run as run_job
 
 _LIBS = ("torch", "onnxruntime", "onnx", "numpy")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
@@ -90,8 +104,6 @@ class BundleDeployer:
     # ------------------------------------------------------------------ export
     def export_trial(self, job: Job, study: str, trial_number: int, out_dir: Path,
                      alias: str | None) -> Path:
-        from autotune.deploy.export import export_bundle
-
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         bundle = (Path(out_dir) / f"{study}-trial{trial_number}-{stamp}").resolve()
         res = export_bundle(_job_for_study(job, study), trial_number, out=bundle,
@@ -111,8 +123,6 @@ class BundleDeployer:
         return job.out_dir / "aliases" / f"{alias}.json"
 
     def _write_record(self, job: Job, alias: str, bundle: Path, version: str | None) -> None:
-        from autotune.files import write_json_atomic
-
         write_json_atomic(self._record_file(job, alias),
                           {"bundle": str(bundle), "model": job.name, "version": version})
 
@@ -129,8 +139,6 @@ class BundleDeployer:
         local = Path(rec["bundle"]) if rec else None
         if not job.tracking.enabled:
             return local
-        from autotune.deploy.export import _mlflow_quiet
-
         _mlflow_quiet()
         from mlflow.tracking import MlflowClient
 
@@ -148,8 +156,6 @@ class BundleDeployer:
             mv = None
         if rec is not None and rec.get("version") is None and local is not None:
             # exported while the registry was down: register it now and move the alias
-            from autotune.deploy.export import register_bundle
-
             try:
                 reg = register_bundle(local, tracking_uri=job.tracking_uri, name=job.name,
                                       alias=alias, experiment=job.tracking.experiment,
@@ -168,8 +174,6 @@ class BundleDeployer:
         if rec is not None and str(rec.get("version")) == version:
             return local
         # the alias was moved outside re-tuning (e.g. `autotune export`): follow the registry
-        from autotune.deploy.export import BUNDLE_PATH_TAG
-
         tagged = Path(mv.tags.get(BUNDLE_PATH_TAG, ""))
         if mv.tags.get(BUNDLE_PATH_TAG) and (tagged / "manifest.json").is_file():
             bundle = tagged
@@ -179,8 +183,6 @@ class BundleDeployer:
         return bundle
 
     def _download(self, job: Job, alias: str, version: str) -> Path:
-        from autotune.deploy.serve import RegistrySource
-
         src = RegistrySource(f"models:/{job.name}@{alias}", job.tracking_uri)
         fetched = src.fetch(version)
         dest = (job.out_dir / "bundles" / f"registry-{job.name}-v{version}").resolve()
@@ -192,14 +194,10 @@ class BundleDeployer:
 
     # ------------------------------------------------------------------ reading
     def load(self, bundle: Path) -> Any:
-        from autotune.deploy import load
-
         return load(bundle)
 
     def manifest(self, bundle: Path) -> dict[str, Any]:
         """The bundle's ``manifest.json`` plus the flat keys a cycle reads (study, trial, env)."""
-        from autotune.deploy.bundle import read_manifest
-
         m = read_manifest(bundle)
         src = m.get("source", {})
         return {**m, "study": src.get("study_name") or src.get("job"), "trial": src.get("trial"),
@@ -223,8 +221,6 @@ def model_hash(job: Job) -> str:
         for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
             if cand.is_file():
                 return sha256_file(cand)
-    import importlib.util
-
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
         raise AutotuneError(f"cannot find the source of model.factory module '{module}'")
@@ -233,8 +229,6 @@ def model_hash(job: Job) -> str:
 
 def environment(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     """What a cycle compares: the hardware digest and the versions of the measuring libraries."""
-    from autotune.harness.hardware import Fingerprint
-
     try:
         digest = Fingerprint.from_dict(fingerprint).digest()
     except (KeyError, TypeError, ValueError):
@@ -312,8 +306,6 @@ class Cycle:
         self.bundles = job.out_dir / "bundles"
 
     def run(self) -> CycleResult:
-        from autotune.harness.hostlock import file_lock
-
         t0 = time.monotonic()
         started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         lock = self.job.out_dir / "retune.lock"
@@ -334,8 +326,6 @@ class Cycle:
 
     # ------------------------------------------------------------------ steps
     def _cycle(self, started: str) -> CycleResult:
-        from autotune.tuner import open_record
-
         job, policy = self.job, self.policy
         harness = self.harness_factory(job)
         try:
@@ -396,8 +386,6 @@ class Cycle:
             "agent": job.agent.model_copy(update={"warm_start": warm_ok}),
             "budget": BudgetSpec(max_trials=max(policy.budget, len(warm_ok))),
         })
-        from autotune.tuner import run as run_job
-
         harness = self.harness_factory(job)
         try:
             summary = run_job(sub, harness=harness)
@@ -451,8 +439,6 @@ class Cycle:
                "latency_p99_ms": "p99_ms", "latency_mean_ms": "mean_ms"}.get(metric, "p50_ms")
         ratios = [b[key] / a[key] for a, b in zip(out["champion"], out["challenger"],
                                                     strict=True) if a[key] > 0]
-        import numpy as np
-
         r = np.asarray(ratios, dtype=float)
         med, lo, hi = float(np.median(r)), float(r.min()), float(r.max())
         spread = (hi - lo) / 2
@@ -480,9 +466,6 @@ class Cycle:
 
     def _initial(self, started: str, env: dict[str, Any], mhash: str) -> CycleResult:
         """No champion yet: finish the job's own study if needed and deploy its best trial."""
-        from autotune.tuner import open_record
-        from autotune.tuner import run as run_job
-
         job = self.job
         try:
             rec = open_record(job, create=False)
@@ -521,11 +504,7 @@ class Cycle:
         if not self.job.tracking.enabled:
             return None
         try:
-            import warnings
-
             from mlflow.tracking import MlflowClient
-
-            from autotune.tracking import JOB_TAG, experiment_id
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -569,8 +548,6 @@ def _flat_numbers(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _isolated(job: Job) -> Any:
-    from autotune.harness.isolate import IsolatedHarness
-
     return IsolatedHarness(job)
 
 
@@ -585,8 +562,6 @@ def run_schedule(job: Job, *, deployer: Deployer | None = None, max_cycles: int 
                  on_cycle: Callable[[CycleResult], None] = lambda r: None,
                  sleep: Callable[[float], None] = time.sleep) -> list[CycleResult]:
     """Run cycles on ``job.schedule`` in the foreground (``autotune schedule``)."""
-    from autotune.cron import parse_schedule
-
     if not job.schedule:
         raise AutotuneError(f"job '{job.name}' has no 'schedule:' (a cron expression or an "
                             "interval like '6h')")

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,7 +33,9 @@ Kind = Literal["categorical", "int", "float"]
 Scalar = str | int | float | bool | None
 Config = dict[str, Any]
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+#: the presets shipped inside the package (the repository's top-level ``search_spaces/``, which
+#: ``autotune/search_spaces`` links to, so a checkout, an editable install and a wheel agree)
+PRESET_DIR = Path(str(resources.files("autotune") / "search_spaces"))
 
 
 @dataclass(frozen=True)

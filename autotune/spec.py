@@ -22,10 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from autotune.agents import AGENTS, DEFAULT_AGENT
 from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constraint
+from autotune.cron import ScheduleError, parse_schedule
 from autotune.declared import declared_parameters
 from autotune.errors import SpecError
 from autotune.metrics import BUILTIN_METRICS, Direction, MetricInfo, vocabulary
+from autotune.pareto import parse_rule
 from autotune.space import (
     RULE_KEYS,
     DeclaredParam,
@@ -160,8 +163,6 @@ class AgentSpec(_Strict):
 
 
 def _default_agent() -> str:
-    from autotune.agents import DEFAULT_AGENT  # light: the registry of names only
-
     return DEFAULT_AGENT
 
 
@@ -271,8 +272,6 @@ class ReportSpec(_Strict):
     @field_validator("rules")
     @classmethod
     def _rules(cls, v: list[str]) -> list[str]:
-        from autotune.pareto import parse_rule
-
         for text in v:
             try:
                 parse_rule(text)
@@ -295,8 +294,6 @@ class RetuneSpec(_Strict):
 def _check_schedule(v: str | None) -> str | None:
     if v is None:
         return v
-    from autotune.cron import ScheduleError, parse_schedule
-
     try:
         parse_schedule(str(v))
     except ScheduleError as exc:
@@ -707,8 +704,6 @@ def _check_semantics(job: Job, doc: Located) -> None:
             loc = ("agent", "warm_start", i)
             raise SpecError(f"warm-start configuration is not in the space: {problems[0]}.",
                             file=doc.file, line=doc.line_of(loc), path=dotted(loc))
-    from autotune.agents import AGENTS  # light: registry of names only
-
     if job.agent.name not in AGENTS:
         raise SpecError(f"unknown agent '{job.agent.name}'.", file=doc.file,
                         line=doc.line_of(("agent", "name")), path="agent.name",

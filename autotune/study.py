@@ -2,18 +2,25 @@
 
 Trials are written with their full configuration (params), every measurement (user attrs
 ``metrics``), the constraint violations (``trial.set_constraint``) and, for failures, the reason.
-Everything else (MLflow, reports, export, re-tuning) reads from here.
+Everything else (MLflow, reports, export, re-tuning) reads from here: :func:`open_record` is the
+one way to open a job's study.
+
+This is also the only module that touches Optuna's private API (the section "Optuna internals"
+below: trial and study ids, the heartbeat thread); a test keeps it that way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.agents.base import Observation
@@ -21,6 +28,7 @@ from autotune.constraints import Constraint
 from autotune.errors import StudyError
 from autotune.metrics import Direction
 from autotune.space import SearchSpace
+from autotune.spec import Job
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -151,14 +159,18 @@ class StudyRecord:
             distributions={k: dists[k] for k in config},
             user_attrs={"agent": agent},
         )
-        trial_id = self.storage.create_new_trial(self.study._study_id, template_trial=template)
+        trial_id = self.storage.create_new_trial(study_id(self.study), template_trial=template)
         return self.storage.get_trial_number_from_id(trial_id)
 
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number`` (what the storage API takes)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id(self.study), number)
+
+    def frozen(self, number: int) -> FrozenTrial:
+        return self.storage.get_trial(self.trial_id(number))
+
     def _trial(self, number: int) -> optuna.Trial:
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.study._study_id, number
-        )
-        return optuna.Trial(self.study, trial_id)
+        return optuna.Trial(self.study, self.trial_id(number))
 
     def complete(self, number: int, metrics: Mapping[str, float],
                  details: Mapping[str, Any] | None = None) -> TrialView:
@@ -176,7 +188,7 @@ class StudyRecord:
             self.study.tell(number, state=TrialState.FAIL)
         else:
             self.study.tell(number, values)
-        return self.view(self.study._storage.get_trial(trial._trial_id))
+        return self.view(self.storage.get_trial(trial_id(trial)))
 
     def fail(self, number: int, reason: str, *, invalid: bool = False) -> None:
         trial = self._trial(number)
@@ -189,7 +201,7 @@ class StudyRecord:
         """Fail the RUNNING trials a crashed or killed single-process run left behind."""
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial = optuna.Trial(self.study, t._trial_id)
+            trial = optuna.Trial(self.study, trial_id(t))
             trial.set_user_attr("fail_reason", INTERRUPTED)
             trial.set_user_attr("interrupted", True)
             self.study.tell(t.number, state=TrialState.FAIL)
@@ -234,3 +246,40 @@ def _interrupted(t: FrozenTrial) -> bool:
     if t.user_attrs.get("interrupted"):
         return True
     return t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs
+
+
+def open_record(job: Job, *, create: bool = True) -> StudyRecord:
+    """The job's study; with ``create=False`` a :class:`StudyError` (not a database error) when
+    the job has never run."""
+    if create:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        url = job.storage_url
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            raise StudyError(f"no study for job '{job.name}' at {url.removeprefix('sqlite:///')}; "
+                             f"run the job first (autotune run {job.source}).")
+    return StudyRecord(job.storage_url, job.name, job.objective_pairs, job.parsed_constraints,
+                       create=create)
+
+
+# ------------------------------------------------------------------------ Optuna internals
+# Everything autotune needs from Optuna that is not public API, in one place (checked against
+# optuna 5.0, the version pinned in constraints.txt).  Outside this module, autotune uses only
+# Optuna's public API; tests/test_layering.py fails on any other private access.
+
+def study_id(study: optuna.Study) -> int:
+    """The storage's id of ``study`` (the storage API takes it; Optuna keeps it private)."""
+    return study._study_id
+
+
+def trial_id(trial: FrozenTrial | optuna.Trial) -> int:
+    """The storage's id of ``trial`` (a frozen or a live trial)."""
+    return trial._trial_id
+
+
+@contextmanager
+def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """Send ``trial_id``'s heartbeats while the block runs (a no-op for a storage without
+    heartbeats), as :meth:`optuna.Study.optimize` does around each trial."""
+    with get_heartbeat_thread(trial_id, storage):
+        yield

@@ -28,8 +28,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import autotune
+from autotune.plots import study_figures, write_figures
+from autotune.review import front_table, hypervolume_series, pareto_ranks, study_reference, trial_table
 from autotune.spec import Job, dump_job
-from autotune.study import StudyRecord, TrialView
+from autotune.study import StudyRecord, TrialView, open_record
 
 log = logging.getLogger("autotune.tracking")
 
@@ -153,8 +156,6 @@ class Tracker:
         spec = dump_job(self.job)
         from mlflow.entities import Param
 
-        import autotune
-
         params = [Param(k, v) for k, v in _flatten(spec).items()]
         params.append(Param("autotune.version", autotune.__version__))
         for i in range(0, len(params), 100):
@@ -172,8 +173,6 @@ class Tracker:
         def go() -> None:
             rid = self.parent_run_id()
             from mlflow.entities import RunTag
-
-            import autotune
 
             tags = {"autotune.version": autotune.__version__}
             if fingerprint:
@@ -203,8 +202,6 @@ class Tracker:
     def _log_hypervolume(self, views: Sequence[TrialView]) -> int:
         """Log the ``hypervolume`` steps the parent run does not have yet; returns how many."""
         from mlflow.entities import Metric
-
-        from autotune.review import hypervolume_series, study_reference
 
         ref = study_reference(self.record, self.job, views)
         if ref is None:
@@ -277,8 +274,6 @@ class Tracker:
         return n
 
     def _ranks_of(self, views: Sequence[TrialView]) -> dict[int, int]:
-        from autotune.review import pareto_ranks
-
         return pareto_ranks(views, self.job.objective_pairs)
 
     def update_ranks(self, views: Sequence[TrialView]) -> int:
@@ -342,9 +337,6 @@ def write_review_files(job: Job, record: StudyRecord, views: Sequence[TrialView]
     into ``folder`` (the parent run's artifact layout); returns the files written."""
     import csv
 
-    from autotune.plots import study_figures, write_figures
-    from autotune.review import front_table, study_reference, trial_table
-
     folder.mkdir(parents=True, exist_ok=True)
     table = trial_table(views, job.objective_pairs)
     table.to_csv(folder / "trials.csv", index=False)
@@ -366,8 +358,6 @@ def sync_job(job: Job) -> tuple[int, str | None]:
     """Write to MLflow what the study has and MLflow lacks (``autotune sync``): the parent run,
     missing nested runs, missing hypervolume steps, rank tags and the artifacts.  Returns the
     number of nested runs written and the tracking error, if MLflow was unreachable."""
-    from autotune.tuner import open_record
-
     record = open_record(job, create=False)
     tracker = Tracker(job, record)
     views = record.trials()

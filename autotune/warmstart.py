@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotune.agents.base import Observation
 from autotune.errors import SpecError
+from autotune.pareto import non_dominated_sort
 from autotune.space import Config, SearchSpace
 from autotune.spec import Job
+from autotune.yamlsrc import load_located
 
 FIELD = "agent.warm_start_from"
 
@@ -49,19 +53,14 @@ def _error(job: Job, message: str, sub: str = "", hint: str | None = None) -> Sp
     loc: tuple[str | int, ...] = ("agent", "warm_start_from", *([sub] if sub else []))
     line = None
     if job.source and Path(job.source).is_file():
-        from autotune.yamlsrc import load_located
-
         line = load_located(job.source).line_of(loc)
     return SpecError(message, file=job.source if job.source != "<memory>" else None, line=line,
                      path=".".join(map(str, loc)), hint=hint)
 
 
 def from_study(job: Job, space: SearchSpace) -> WarmStart:
-    import numpy as np
     import optuna
     from optuna.trial import TrialState
-
-    from autotune.pareto import non_dominated_sort
 
     ws = job.agent.warm_start_from
     assert ws is not None

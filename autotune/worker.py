@@ -2,7 +2,9 @@
 ``autotune worker JOB`` on one or many machines.
 
 ``autotune run`` (:func:`autotune.tuner.run`) is the same loop in *exclusive* mode: the only
-process on its study, it fails the trials a killed earlier run left RUNNING at once.
+process on its study, it fails the trials a killed earlier run left RUNNING at once.  The façade
+(:mod:`autotune.tuner`) hands the loop what it does not import: the machine restriction of the
+space and its observers (:class:`autotune.loop.LoopCallback`, e.g. MLflow tracking).
 
 Every worker opens the job's Optuna storage (PostgreSQL for several machines; SQLite works for
 several workers on one machine) with heartbeats enabled, and loops:
@@ -27,27 +29,38 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+import warnings
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+from sqlalchemy import text
+
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.hostlock import file_lock
+from autotune.harness.isolate import IsolatedHarness
+from autotune.loop import (
+    MAX_INVALID_IN_A_ROW,
+    LoopCallback,
+    Progress,
+    Restrict,
+    RunSummary,
+    check_space,
+    prepare,
+    summarize,
+)
+from autotune.review import pareto_views
 from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
-from autotune.study import StudyRecord, TrialView, derive_metrics
-from autotune.tuner import (
-    MAX_INVALID_IN_A_ROW,
-    Progress,
-    RunSummary,
-    _summary,
-    check_space,
-    pareto_views,
-    prepare,
-)
-from autotune.warmstart import WarmStart
+from autotune.study import StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
+from autotune.warmstart import WarmStart, from_study
 
 
 @dataclass(frozen=True)
@@ -65,10 +78,6 @@ class WorkerOptions:
 
 
 def _quiet_optuna() -> None:
-    import warnings
-
-    from optuna.exceptions import ExperimentalWarning
-
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 
@@ -78,8 +87,6 @@ def worker_id() -> str:
 
 def open_shared_record(job: Job, opts: WorkerOptions) -> StudyRecord:
     """The job's study through a heartbeat-enabled RDB storage."""
-    import optuna
-
     _quiet_optuna()
 
     url = job.storage_url
@@ -88,7 +95,6 @@ def open_shared_record(job: Job, opts: WorkerOptions) -> StudyRecord:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}
-    import warnings
 
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
         or optuna.storages.RetryFailedTrialCallback
@@ -125,10 +131,6 @@ def slot_lock(record: StudyRecord, job: Job) -> Iterator[None]:
     storage = record.storage
     url = job.storage_url
     if url.startswith("postgresql"):
-        import zlib
-
-        from sqlalchemy import text
-
         key = zlib.crc32(f"autotune:{record.study.study_name}".encode())
         with storage.engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -140,8 +142,6 @@ def slot_lock(record: StudyRecord, job: Job) -> Iterator[None]:
                 conn.commit()
         return
     # SQLite (and others): workers on this host only; an flock next to the study
-    from autotune.harness.hostlock import file_lock
-
     with file_lock(job.out_dir / "slot.lock"):
         yield
 
@@ -160,13 +160,19 @@ class Worker:
     ``exclusive``: this is the only process working on the study, so the RUNNING trials found at
     the start were left by a killed earlier run; they are failed as interrupted at once (and do
     not use budget) instead of after a heartbeat grace period, the agent gets the job's seed as
-    given, and MLflow catches up on trials it missed before the first new one.
+    given, and the callbacks (MLflow) catch up on trials they missed before the first new one.
+
+    ``restrict`` removes what this machine cannot run from the space
+    (:func:`autotune.tuner.restrict_to_machine`); ``callbacks`` observe the loop.
     """
 
-    def __init__(self, job: Job, *, opts: WorkerOptions | None = None,
+    def __init__(self, job: Job, *, restrict: Restrict, opts: WorkerOptions | None = None,
                  max_trials: int | None = None, progress: Progress | None = None,
-                 harness: Any = None, exclusive: bool = False) -> None:
+                 harness: Any = None, exclusive: bool = False,
+                 callbacks: Sequence[LoopCallback] = ()) -> None:
         self.job = job
+        self.restrict = restrict
+        self.callbacks = tuple(callbacks)
         self.opts = opts or WorkerOptions()
         self.budget = max_trials or job.budget.max_trials
         self.progress = progress or Progress()
@@ -191,8 +197,6 @@ class Worker:
     # ------------------------------------------------------------------ study views
     def _counts(self) -> tuple[int, int, int]:
         """(budget used by finished trials, running, waiting)."""
-        from optuna.trial import TrialState
-
         trials = self.record.study.get_trials(deepcopy=False)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
@@ -211,23 +215,21 @@ class Worker:
 
     def _claim(self, space: SearchSpace, full_space: SearchSpace,
                warm: list[dict[str, Any]]) -> _Claim | None:
-        import optuna
-        from optuna.trial import TrialState
-
         study, storage = self.record.study, self.record.storage
         optuna.storages.fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+            tid = trial_id(t)
+            if not storage.set_trial_state_values(tid, state=TrialState.RUNNING):
                 continue
-            storage.record_heartbeat(t._trial_id)
+            storage.record_heartbeat(tid)
             params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
             if not t.params:
                 dists = full_space.distributions()
                 for k, v in params.items():
-                    storage.set_trial_param(t._trial_id, k, dists[k].to_internal_repr(v), dists[k])
-            storage.set_trial_user_attr(t._trial_id, "worker", self.id)
-            storage.set_trial_user_attr(t._trial_id, "agent", t.user_attrs.get("agent", "retry"))
-            return _Claim(t.number, t._trial_id, params, retried=True)
+                    storage.set_trial_param(tid, k, dists[k].to_internal_repr(v), dists[k])
+            storage.set_trial_user_attr(tid, "worker", self.id)
+            storage.set_trial_user_attr(tid, "agent", t.user_attrs.get("agent", "retry"))
+            return _Claim(t.number, tid, params, retried=True)
         invalid_in_a_row = 0
         while True:
             done, running, waiting = self._counts()
@@ -257,17 +259,15 @@ class Worker:
                         f"the agent proposed {invalid_in_a_row} invalid combinations in a row; "
                         "check the 'invalid:' rules of the search space")
                 continue
-            tid = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            tid = self.record.trial_id(number)
             storage.record_heartbeat(tid)
             storage.set_trial_user_attr(tid, "worker", self.id)
             return _Claim(number, tid, config, retried=False)
 
     def _measure(self, claim: _Claim, harness: Any, baseline: Mapping[str, float]) -> TrialView:
         """Measure a claimed trial with its heartbeat running, and record the outcome."""
-        from optuna.storages._heartbeat import get_heartbeat_thread
-
         record, ev = self.record, self.job.evaluation
-        with get_heartbeat_thread(claim.trial_id, record.storage):
+        with heartbeat(record.storage, claim.trial_id):
             try:
                 result = harness.evaluate(claim.config)
             except TrialFailed as exc:
@@ -285,8 +285,6 @@ class Worker:
         check_space(job, full_space)
         earlier = None
         if job.agent.warm_start_from is not None:  # user errors in it surface before any measuring
-            from autotune.warmstart import from_study
-
             earlier = from_study(job, full_space)
         record = self.record
         if self.exclusive:
@@ -295,30 +293,27 @@ class Worker:
                 progress.on_message(
                     f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "
                     "they are marked failed and will not count towards the budget")
-        from autotune.tracking import Tracker
-
-        tracker = Tracker(job, record)
         done = record.counted()
         if done >= self.budget:
-            views = record.trials()
             progress.on_message(f"the job is already finished: {done} of {self.budget} trials done")
-            tracker.start(record.attr("fingerprint"), record.baseline)
-            if tracker.sync(views):  # MLflow missed trials (it was down): catch up now
-                tracker.finish(views)
-            return _summary(job, record, views, 0, t_start, finished=True,
-                            tracking_error=tracker.last_error)
-
-        from autotune.harness.isolate import IsolatedHarness
+            for cb in self.callbacks:  # e.g. MLflow missed trials (it was down): catch up now
+                cb.on_loop_start(record, record.baseline, catch_up=True, finished=True)
+            views = record.trials()
+            for cb in self.callbacks:
+                cb.on_loop_end(record, views, new_trials=0)
+            return summarize(job, record, views, 0, t_start, finished=True,
+                             tracking_error=self._callback_error())
 
         own_harness = self.harness is None
         harness = self.harness or IsolatedHarness(job)
         new = 0
         try:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
-                space, notices, baseline = prepare(job, record, harness, full_space, progress)
-                tracker.start(record.attr("fingerprint"), baseline)
-            if self.exclusive:  # (workers log their own trials; a sync here would race them)
-                tracker.sync(record.trials())
+                space, notices, baseline = prepare(job, record, harness, full_space, progress,
+                                                   self.restrict)
+                # (only an exclusive run catches up: other workers log their own trials)
+                for cb in self.callbacks:
+                    cb.on_loop_start(record, baseline, catch_up=self.exclusive, finished=False)
             self._agent = agent = create_agent(
                 job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
                 seed=job.agent.seed if self.exclusive else _seed(job), **job.agent.options)
@@ -340,18 +335,23 @@ class Worker:
                 agent.observe(view.observation())
                 new += 1
                 views = record.trials()
-                tracker.log_trial(view, views=views)
+                for cb in self.callbacks:
+                    cb.on_trial_end(record, view, views)
                 progress.on_trial(view, record.counted(), self.budget, pareto_views(views, job))
             agent.close()
         finally:
             if own_harness:
                 harness.close()
         views = record.trials()
-        summary = _summary(job, record, views, new, t_start,
-                           finished=record.counted() >= self.budget,
-                           tracking_error=tracker.last_error, notices=notices)
-        tracker.finish(views)
-        return replace(summary, tracking_error=tracker.last_error)
+        summary = summarize(job, record, views, new, t_start,
+                            finished=record.counted() >= self.budget,
+                            tracking_error=self._callback_error(), notices=notices)
+        for cb in self.callbacks:
+            cb.on_loop_end(record, views, new_trials=new)
+        return replace(summary, tracking_error=self._callback_error())
+
+    def _callback_error(self) -> str | None:
+        return next((cb.error for cb in self.callbacks if cb.error), None)
 
     def _warm_configs(self, earlier: WarmStart | None) -> list[dict[str, Any]]:
         """The configurations to measure first: ``agent.warm_start``, then those of
@@ -368,9 +368,7 @@ class Worker:
         return [c for c in seeds if config_key(c) not in measured]
 
     def _view(self, number: int) -> TrialView:
-        tid = self.record.storage.get_trial_id_from_study_id_trial_number(
-            self.record.study._study_id, number)
-        return self.record.view(self.record.storage.get_trial(tid))
+        return self.record.view(self.record.frozen(number))
 
 
 def _seed(job: Job) -> int | None:
@@ -380,8 +378,10 @@ def _seed(job: Job) -> int | None:
     return job.agent.seed + os.getpid() % 10007
 
 
-def run_worker(job: Job, *, opts: WorkerOptions | None = None, max_trials: int | None = None,
-               progress: Progress | None = None, harness: Any = None) -> RunSummary:
-    """Join the job's study and measure trials until its (global) budget is used up."""
-    return Worker(job, opts=opts, max_trials=max_trials, progress=progress, harness=harness,
-                  exclusive=False).run()
+def run_worker(job: Job, *, restrict: Restrict, opts: WorkerOptions | None = None,
+               max_trials: int | None = None, progress: Progress | None = None,
+               harness: Any = None, callbacks: Sequence[LoopCallback] = ()) -> RunSummary:
+    """Join the job's study and measure trials until its (global) budget is used up
+    (``autotune worker``: :func:`autotune.tuner.run_worker` adds MLflow tracking)."""
+    return Worker(job, restrict=restrict, opts=opts, max_trials=max_trials, progress=progress,
+                  harness=harness, exclusive=False, callbacks=callbacks).run()

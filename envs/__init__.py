@@ -14,8 +14,9 @@ import gymnasium
 CONFIG_SEARCH_ID = "autotune/ConfigSearch-v0"
 LAYER_WISE_ID = "autotune/LayerWise-v0"
 
-for _id, _entry in ((CONFIG_SEARCH_ID, "envs.config_search:ConfigSearchEnv"),
-                    (LAYER_WISE_ID, "envs.layer_wise:LayerWiseEnv")):
+# (this folder ships as ``autotune.envs``: the entry points name the package it is imported as)
+for _id, _entry in ((CONFIG_SEARCH_ID, f"{__name__}.config_search:ConfigSearchEnv"),
+                    (LAYER_WISE_ID, f"{__name__}.layer_wise:LayerWiseEnv")):
     if _id not in gymnasium.registry:
         gymnasium.register(id=_id, entry_point=_entry, disable_env_checker=True)
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformer_model as tm
 
-    from envs.layer_wise import LayerAction, LayerWiseEnv, search_policies
+    from autotune.envs.layer_wise import LayerAction, LayerWiseEnv, search_policies
 
     torch.set_num_threads(1)
     model, example = tm.build()

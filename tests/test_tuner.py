@@ -11,6 +11,7 @@ import time
 import mlflow
 import optuna
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 
 from autotune.spec import load_job
 from autotune.tuner import run, status
@@ -63,7 +64,7 @@ def _counted(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
     try:
         study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
+    except (KeyError, SQLAlchemyError):  # not created yet, or the run is creating the schema now
         return []
     return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
 

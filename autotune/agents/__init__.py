@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from autotune.errors import DependencyError, SpecError
+
 if TYPE_CHECKING:
     from autotune.agents.base import Agent
 
@@ -38,8 +40,6 @@ DEFAULT_AGENT = "gp"
 
 def create_agent(name: str, *args: Any, **kwargs: Any) -> Agent:
     """Instantiate the agent registered as ``name``."""
-    from autotune.errors import SpecError
-
     try:
         target = AGENTS[name]
     except KeyError:
@@ -51,8 +51,6 @@ def create_agent(name: str, *args: Any, **kwargs: Any) -> Agent:
     try:
         klass = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
-        from autotune.errors import DependencyError
-
         raise DependencyError(
             f"the agent '{name}' needs a package that is not installed ({exc}); install it, or pick "
             "another agent."

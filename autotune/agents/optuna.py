@@ -8,6 +8,7 @@ Optuna 5 API), so every sampler that supports constraints sees them.
 from __future__ import annotations
 
 import contextlib
+import random
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -94,8 +95,6 @@ class GridAgent(Agent):
     @property
     def order(self) -> list[Config]:
         if self._order is None:
-            import random
-
             self._order = grid_configs(self.space)
             if self.shuffle:
                 random.Random(self.seed).shuffle(self._order)

@@ -1,5 +1,5 @@
 """Reinforcement-learning agents: a Stable-Baselines3 policy builds configurations dimension by
-dimension in :class:`envs.config_search.ConfigSearchEnv`.
+dimension in :class:`autotune.envs.config_search.ConfigSearchEnv`.
 
 Names: ``rl-ppo``, ``rl-a2c``, ``rl-dqn`` (or ``options.algorithm: ppo|a2c|dqn``).
 
@@ -119,7 +119,7 @@ class RLAgent(Agent):
     @property
     def codec(self) -> Any:
         if self._codec is None:
-            from envs.config_search import SpaceCodec
+            from autotune.envs.config_search import SpaceCodec
 
             self._codec = SpaceCodec.from_space(self.space, self.cfg["bins"])
         return self._codec
@@ -160,7 +160,7 @@ class RLAgent(Agent):
 
     def _make_env(self, evaluate: Any, reference: np.ndarray, ideal: np.ndarray, front: np.ndarray,
                   budget: int) -> Any:
-        from envs.config_search import ConfigSearchEnv
+        from autotune.envs.config_search import ConfigSearchEnv
 
         return ConfigSearchEnv(self.space, self.directions, evaluate, reference=reference,
                                ideal=ideal, budget=budget, bins=self.cfg["bins"], initial_front=front)

@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import AutotuneError
+from autotune.harness.hardware import fingerprint
+from autotune.harness.ortsession import session_options as options
+from autotune.harness.stats import measure
 
 FORMAT = "autotune-bundle/1"
 MANIFEST = "manifest.json"
@@ -101,8 +104,6 @@ def hardware_matches(manifest: Mapping[str, Any]) -> bool | None:
     want = (manifest.get("hardware") or {}).get("digest")
     if not want:
         return None
-    from autotune.harness.hardware import fingerprint
-
     return fingerprint().digest() == want
 
 
@@ -199,8 +200,6 @@ class Predictor:
 
 def session_options(deploy: Mapping[str, Any]) -> Any:
     """ONNX Runtime session options from ``deploy.yaml`` (the same settings the harness used)."""
-    from autotune.harness.ortsession import session_options as options
-
     try:
         return options(deploy)
     except ValueError as exc:
@@ -264,8 +263,6 @@ def benchmark(predictor: Predictor, batch: Any = None, **measure_kwargs: Any) ->
 
     Without ``batch``, random inputs of the recorded input shapes are used.
     """
-    from autotune.harness.stats import measure
-
     if batch is None:
         rng = np.random.default_rng(0)
         batch = [rng.random((predictor.batch_size, *[d or 1 for d in s.shape[1:]])).astype(s.dtype)

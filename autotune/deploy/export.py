@@ -25,8 +25,13 @@ from typing import Any
 from autotune.deploy.bundle import DEPLOY, FORMAT, MANIFEST, MODEL_ONNX, ORT_DTYPES, BundleError
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
+from autotune.harness.evaluate import Evaluator
+from autotune.harness.hardware import Fingerprint
+from autotune.pareto import Record, knee_point, parse_rule
+from autotune.review import pareto_views
 from autotune.spec import Job
-from autotune.study import StudyRecord, TrialView
+from autotune.study import StudyRecord, TrialView, open_record
+from autotune.tracking import experiment_id
 
 #: the MLflow "model from code" file: a PythonModel that loads the bundle with autotune.deploy.load
 MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -58,9 +63,6 @@ def pick_trial(job: Job, pick: str | int, record: StudyRecord | None = None) -> 
     """The trial ``pick`` names: a trial number, ``knee`` (knee of the feasible Pareto front) or
     a selection rule such as ``fastest with accuracy_drop <= 1%``."""
     import numpy as np
-
-    from autotune.pareto import Record, knee_point, parse_rule
-    from autotune.tuner import open_record, pareto_views
 
     record = record or open_record(job, create=False)
     views = record.trials()
@@ -127,8 +129,6 @@ def _model_file(job: Job, view: TrialView) -> tuple[Path, dict[str, Any]]:
 
 def _materialize(job: Job, config: Mapping[str, Any]) -> Path:
     """Re-create the transformed model through the harness (same code path as the trial)."""
-    from autotune.harness.evaluate import Evaluator
-
     try:
         _, info = Evaluator(job)._build(config)
     except AutotuneError as exc:
@@ -214,8 +214,6 @@ def deploy_settings(job: Job, view: TrialView, runtime_info: Mapping[str, Any]) 
 def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
                    runtime_info: Mapping[str, Any], files: Mapping[str, bytes],
                    model_source: Path) -> dict[str, Any]:
-    from autotune.harness.hardware import Fingerprint
-
     details = dict(view.user_attrs.get("details") or {})
     fp = record.attr("fingerprint") or {}
     hw_summary = Fingerprint.from_dict(fp).short() if fp else None
@@ -264,8 +262,6 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
     """
     import yaml
 
-    from autotune.tuner import open_record
-
     record = record or open_record(job, create=False)
     model_path, runtime_info = _model_file(job, view)
     files = {
@@ -305,8 +301,6 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from autotune.tracking import experiment_id
 
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     manifest = json.loads((bundle / MANIFEST).read_text())
@@ -360,8 +354,6 @@ def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, registe
 
     A registry failure does not undo the bundle: it is reported in ``registry_error``.
     """
-    from autotune.tuner import open_record
-
     record = open_record(job, create=False)
     view = pick_trial(job, pick, record)
     dest = Path(out) if out else job.out_dir / "bundles" / f"trial-{view.number}"

@@ -16,6 +16,8 @@ from typing import Any
 
 from autotune.errors import TrialFailed
 from autotune.harness.evaluate import TrialResult
+from autotune.harness.hardware import fingerprint
+from autotune.refs import resolve
 from autotune.spec import Job
 
 
@@ -51,8 +53,6 @@ class ObjectiveEvaluator:
     @property
     def fn(self) -> Callable[[dict[str, Any]], Any]:
         if self._fn is None:
-            from autotune.refs import resolve
-
             self._fn = resolve(str(self.job.objective), search_paths=[self.job.base_dir],
                                field="objective")
         return self._fn
@@ -72,6 +72,4 @@ class ObjectiveEvaluator:
         return {}  # the user's code decides what runs where; nothing is removed from the space
 
     def fingerprint(self) -> dict[str, Any]:
-        from autotune.harness.hardware import fingerprint
-
         return fingerprint().to_dict()

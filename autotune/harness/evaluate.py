@@ -17,7 +17,20 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import TrialFailed
+from autotune.harness.flops import forward_flops
+from autotune.harness.hardware import (
+    cost_usd_per_million,
+    default_price_per_hour,
+    detect_capabilities,
+    fingerprint,
+    peak_gflops_cached,
+)
+from autotune.harness.hostlock import measurement_lock
+from autotune.harness.ortsession import session_options
+from autotune.harness.stats import alternate, measure
+from autotune.harness.workload import fidelity_fn, load_workload
 from autotune.spec import Job
+from autotune.transforms.base import Context, ModelRef, apply, data_digest
 
 #: configuration keys the harness understands, with their meaning and default
 HARNESS_PARAMS: dict[str, tuple[str, Any]] = {
@@ -129,8 +142,6 @@ class Evaluator:
     @property
     def workload(self):  # type: ignore[no-untyped-def]
         if self._workload is None:
-            from autotune.harness.workload import fidelity_fn, load_workload
-
             self._workload = load_workload(self.job)
             if self.job.evaluation.is_fidelity:
                 self._workload.quality_fn = fidelity_fn(
@@ -141,8 +152,6 @@ class Evaluator:
     def reference_outputs(self) -> np.ndarray:
         """Outputs of the unmodified model (fp32) on the evaluation inputs."""
         if self._reference is None:
-            from autotune.harness.workload import load_workload
-
             wl = self._workload or load_workload(self.job)
             self._workload = wl
             predict, _ = self._build({"runtime": "torch" if wl.module is not None else
@@ -153,8 +162,6 @@ class Evaluator:
     def context(self) -> Any:
         """The data transforms read: example inputs, the calibration split, the loss."""
         if self._context is None:
-            from autotune.transforms.base import Context, data_digest
-
             wl = self.workload if self._workload is None else self._workload
             example = tuple(x[:2] for x in wl.inputs)
             cal = tuple(wl.calibration or ())
@@ -168,8 +175,6 @@ class Evaluator:
         return self._context
 
     def _build(self, config: Mapping[str, Any]) -> tuple[Predict, dict[str, Any]]:
-        from autotune.transforms.base import ModelRef, apply
-
         wl = self.workload if self._workload is None else self._workload
         runtime = config.get("runtime") or ("torch" if wl.module is not None else "onnxruntime")
         quant = config.get("quantization", "fp32")
@@ -286,8 +291,6 @@ class Evaluator:
                        info: dict[str, Any] | None = None) -> Predict:
         import onnxruntime as ort
 
-        from autotune.harness.ortsession import session_options
-
         try:
             so = session_options(config)
         except ValueError as exc:
@@ -328,10 +331,6 @@ class Evaluator:
         ``torch.cuda.max_memory_allocated`` after a peak reset (torch's allocator only; ONNX
         Runtime's CUDA arena is not visible to it), present only when the trial ran on a GPU.
         """
-        from autotune.harness.hardware import cost_usd_per_million, default_price_per_hour
-        from autotune.harness.hostlock import measurement_lock
-        from autotune.harness.stats import measure
-
         m = self.job.measurement
         wl = self.workload
         t0 = time.perf_counter()
@@ -402,8 +401,6 @@ class Evaluator:
     def compare(self, configs: Mapping[str, Mapping[str, Any]], rounds: int) -> dict[str, Any]:
         """Latency of several configurations measured side by side (interleaved rounds,
         ``stats.alternate``); per name the list of per-round summaries (``to_dict``)."""
-        from autotune.harness.stats import alternate
-
         m = self.job.measurement
         wl = self.workload
         fns = {}
@@ -416,8 +413,6 @@ class Evaluator:
                 raise TrialFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
             batch = wl.batch(int(config.get("batch_size", 1)))
             fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
-        from autotune.harness.hostlock import measurement_lock
-
         with measurement_lock():
             out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
                             max_repeats=m.max_repeats, target_ci=m.target_ci,
@@ -427,8 +422,6 @@ class Evaluator:
     # ------------------------------------------------------------------ measuring helpers
     @staticmethod
     def _fingerprint():  # type: ignore[no-untyped-def]
-        from autotune.harness.hardware import fingerprint
-
         return fingerprint()
 
     @staticmethod
@@ -451,10 +444,6 @@ class Evaluator:
         Peak: a large fp32 matmul on all usable cores (or the GPU), measured once per machine and
         cached in the job's cache directory -- under the measurement lock, as it is a timing too.
         """
-        from autotune.harness.flops import forward_flops
-        from autotune.harness.hardware import peak_gflops_cached
-        from autotune.harness.hostlock import measurement_lock
-
         try:
             flops = forward_flops(self._workload, batch_size, self.cache_dir)
         except Exception:  # an exotic graph: leave the metric out rather than fail the trial
@@ -478,8 +467,6 @@ class Evaluator:
 
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict
-
-        from autotune.harness.hardware import detect_capabilities
 
         return asdict(detect_capabilities())
 

@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import autotune
 from autotune.errors import DependencyError
+from autotune.files import write_json_atomic
 
 __all__ = [
     "DEFAULT_PRICES_USD_PER_HOUR",
@@ -488,8 +490,6 @@ def _dist_version(names: tuple[str, ...]) -> str | None:
 def _libraries() -> dict[str, str | None]:
     libs = {lib: _dist_version(names) for lib, names in _LIBRARIES.items()}
     try:
-        import autotune  # already imported: this module lives in it
-
         libs["autotune"] = autotune.__version__  # the code running, not some installed copy
     except Exception:
         libs["autotune"] = _dist_version(("autotune",))
@@ -803,8 +803,6 @@ def peak_gflops_cached(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": seconds,
     }
-    from autotune.files import write_json_atomic
-
     write_json_atomic(path, {"version": 1, "entries": entries})
     return value
 

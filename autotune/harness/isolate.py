@@ -12,15 +12,20 @@ or process makes them.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing as mp
 import os
 import signal
 import sys
 import time
 import traceback
+import warnings
 from typing import Any
 
+from autotune import errors
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.custom import ObjectiveEvaluator
+from autotune.harness.evaluate import Evaluator
 from autotune.harness.hostlock import measurement_lock
 from autotune.spec import Job
 
@@ -33,22 +38,14 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    import warnings
-
     warnings.simplefilter("ignore")
-    import faulthandler
-
     # a crash (SIGSEGV, SIGBUS, ...) leaves the Python stack in the log; SIGUSR1 (sent by the
     # parent before it kills a hung child) dumps where every thread is stuck
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     if job.is_custom:
-        from autotune.harness.custom import ObjectiveEvaluator
-
         ev: Any = ObjectiveEvaluator(job)
     else:
-        from autotune.harness.evaluate import Evaluator
-
         ev = Evaluator(job)
         # load the model now, so the trial timeout does not pay for the start-up; on an error the
         # first call that needs the model reports it
@@ -158,8 +155,6 @@ class IsolatedHarness:
             return msg[1]
         if status == "failed":
             raise TrialFailed(msg[1])
-        from autotune import errors
-
         raise getattr(errors, msg[1], AutotuneError)(msg[2])
 
     def _wait(self, limit: float, offset: int, what: str, setting: str) -> Any:

@@ -7,6 +7,7 @@ user's code goes through here.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,6 @@ def load_workload(job: Job) -> Workload:
         for k, v in module.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        import inspect
-
         try:  # a changed forward() with the same weights is a different model (re-tuning)
             src = inspect.getsourcefile(factory)
             if src:

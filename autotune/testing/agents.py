@@ -17,15 +17,19 @@ calls the toy objective; process isolation is tested elsewhere.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autotune import tuner
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
+from autotune.harness.custom import ObjectiveEvaluator
 from autotune.space import Config, SearchSpace, parse_space
+from autotune.spec import load_job
 
 SPACE_YAML = {
     "parameters": {
@@ -167,8 +171,6 @@ class InProcessHarness:
     """The custom-objective evaluator without the child process (fast, deterministic)."""
 
     def __init__(self, job: Any) -> None:
-        from autotune.harness.custom import ObjectiveEvaluator
-
         self._ev = ObjectiveEvaluator(job)
         self.evaluate = self._ev.evaluate
         self.capabilities = self._ev.capabilities
@@ -181,10 +183,6 @@ class InProcessHarness:
 
 
 def tiny_job(name: str, folder: Path, budget: int, constraint: str = "accuracy >= 0.8") -> Any:
-    import json
-
-    from autotune.spec import load_job
-
     folder.mkdir(parents=True, exist_ok=True)
     text = (_JOB.replace("AGENT", name).replace("BUDGET", str(budget))
             .replace("CONSTRAINT", constraint)
@@ -212,8 +210,6 @@ def check_leaves_invalid_combinations(name: str, tmp_path: Path | None = None) -
 def check_front_is_feasible(name: str, tmp_path: Path) -> None:
     """Through the real tuner: the reported front holds only feasible trials, and it is the
     non-dominated set of the feasible ones."""
-    from autotune import tuner
-
     job = tiny_job(name, tmp_path / "front", 10, "accuracy >= 0.85")
     summary = tuner.run(job, harness=InProcessHarness(job))
     assert summary.n_complete + summary.n_failed == 10
@@ -231,8 +227,6 @@ def check_front_is_feasible(name: str, tmp_path: Path) -> None:
 def check_resume(name: str, tmp_path: Path) -> None:
     """Run 5 trials, then the same job with budget 8: 8 trials in all, the first 5 untouched,
     the new ones proposed by an agent rebuilt from the study."""
-    from autotune import tuner
-
     job = tiny_job(name, tmp_path / "resume", 5)
     first = tuner.run(job, harness=InProcessHarness(job))
     assert len(first.trials) - sum(t.state == "invalid" for t in first.trials) == 5

@@ -20,8 +20,10 @@ times the work; the subclass only implements :meth:`Transform.transform`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -251,8 +253,6 @@ class Transform(ABC):
         return ModelRef("torch", key, module=result, lineage=lineage)
 
     def _onnx_path(self, key: str) -> Path:
-        import tempfile
-
         base = self.cache_dir or Path(tempfile.mkdtemp(prefix="autotune-"))
         base.mkdir(parents=True, exist_ok=True)
         return base / f"{self.name}-{key}.onnx"
@@ -311,11 +311,17 @@ class Transform(ABC):
         tmp_meta.replace(meta)
 
 
-def get_transform(name: str) -> type[Transform]:
-    import autotune.transforms.convert
-    import autotune.transforms.prune
-    import autotune.transforms.quantize  # noqa: F401
+#: the modules of the built-in transforms, loaded by name on first lookup (importing one registers
+#: its transforms).  They import this module, so it names them rather than importing them: base
+#: stays the leaf of the transforms and no import cycle forms.
+BUILTIN_MODULES = ("autotune.transforms.convert", "autotune.transforms.prune",
+                   "autotune.transforms.quantize")
 
+
+def get_transform(name: str) -> type[Transform]:
+    if name not in TRANSFORMS:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
     try:
         return TRANSFORMS[name]
     except KeyError:

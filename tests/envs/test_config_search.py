@@ -9,9 +9,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import envs
+from autotune import envs
+from autotune.envs.config_search import ConfigSearchEnv, SpaceCodec
 from autotune.space import parse_space
-from envs.config_search import ConfigSearchEnv, SpaceCodec
 
 SPACE = parse_space({"parameters": {
     "quantization": ["fp32", "int8"],

@@ -8,8 +8,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
 
-import envs
-from envs.layer_wise import (
+from autotune import envs
+from autotune.envs.layer_wise import (
     MIXED_ACTIONS,
     PRUNE_ACTIONS,
     LayerAction,

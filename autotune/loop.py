@@ -1,0 +1,164 @@
+"""What the tuning loop is built from: its summary, its observers and what it does before the
+first trial.
+
+The loop itself is :class:`autotune.worker.Worker`; :mod:`autotune.tuner` is the façade that
+assembles it (machine restrictions, MLflow tracking) for ``autotune run`` and ``autotune worker``.
+Observers of the loop are :class:`LoopCallback` objects, as Optuna's ``callbacks=`` are for
+``study.optimize``: they are told what happened (MLflow tracking is one, see
+:mod:`autotune.callbacks`) and never feed back into measuring, so the loop imports none of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.errors import AutotuneError, SpecError, TrialFailed
+from autotune.harness.evaluate import HARNESS_PARAMS
+from autotune.review import pareto_views
+from autotune.space import SearchSpace
+from autotune.spec import Job
+from autotune.study import StudyRecord, TrialView, derive_metrics
+
+#: how many invalid combinations in a row an agent may propose before the run gives up
+MAX_INVALID_IN_A_ROW = 200
+
+#: removes from a space what this machine cannot run: ``(space, capabilities, runtime_default=)``
+#: → ``(space, notices)``; :func:`autotune.tuner.restrict_to_machine`
+Restrict = Callable[..., tuple[SearchSpace, list[str]]]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    job: str
+    finished: bool  # the budget is used up
+    trials: tuple[TrialView, ...]
+    front: tuple[TrialView, ...]
+    baseline: Mapping[str, float]
+    new_trials: int
+    wall_s: float
+    notices: tuple[str, ...] = ()
+    tracking_error: str | None = None
+
+    @property
+    def n_complete(self) -> int:
+        return sum(t.state == "complete" for t in self.trials)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(t.state == "failed" for t in self.trials)
+
+
+@dataclass
+class Progress:
+    """Callbacks for a UI; the CLI draws a progress bar from them."""
+
+    on_start: Callable[[int, int], None] = lambda done, total: None
+    on_trial: Callable[[TrialView, int, int, Sequence[TrialView]], None] = (
+        lambda view, done, total, front: None
+    )
+    on_message: Callable[[str], None] = lambda msg: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LoopCallback:
+    """An observer of the loop; every hook is optional (these do nothing).
+
+    A callback must not raise for a failure of its own (a server that is down): it keeps the
+    problem in :attr:`error`, which the run's summary reports as ``tracking_error``.
+    """
+
+    #: the last problem this observer hit, if any
+    error: str | None = None
+
+    def on_loop_start(self, record: StudyRecord, baseline: Mapping[str, float] | None, *,
+                      catch_up: bool, finished: bool) -> None:
+        """The loop is ready (baseline measured).  ``catch_up``: no other worker writes now, so
+        the observer may catch up on trials it missed; ``finished``: the budget was used up
+        before this run started, so no trial will follow."""
+
+    def on_trial_end(self, record: StudyRecord, view: TrialView,
+                     views: Sequence[TrialView]) -> None:
+        """A trial this worker measured is recorded; ``views`` are all trials so far."""
+
+    def on_loop_end(self, record: StudyRecord, views: Sequence[TrialView], *,
+                    new_trials: int) -> None:
+        """The loop stopped (budget used up, timeout, or the study was already finished)."""
+
+
+def check_space(job: Job, space: SearchSpace) -> None:
+    """Every parameter of the space is one the harness knows (a custom objective: any)."""
+    if job.is_custom:
+        return  # the user's objective defines its own parameters
+    for p in space:
+        if p.name not in HARNESS_PARAMS:
+            raise SpecError(
+                f"the harness does not know the parameter '{p.name}'.",
+                file=job.source, path=f"search_space.parameters.{p.name}",
+                hint=f"Known parameters: {', '.join(HARNESS_PARAMS)}.",
+            )
+
+
+def baseline_config(space: SearchSpace, runtime_default: str) -> dict[str, Any]:
+    """The unmodified model: fp32, unpruned, batch size and threads as the space's first/low."""
+    cfg: dict[str, Any] = {"runtime": runtime_default, "quantization": "fp32",
+                           "pruning_ratio": 0.0}
+    if "batch_size" in space:
+        p = space["batch_size"]
+        cfg["batch_size"] = p.choices[0] if p.kind == "categorical" else int(p.low)
+    return cfg
+
+
+def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace,
+            progress: Progress, restrict: Restrict) -> tuple[SearchSpace, list[str], dict[str, float]]:
+    """What the loop does before the first trial: restrict the space to this machine (with
+    notices) and measure the baseline once per study (kept in the study)."""
+    if job.is_custom:
+        space, notices = full_space, []
+    else:
+        space, notices = restrict(
+            full_space, harness.capabilities(),
+            runtime_default="torch" if job.model.factory else "onnxruntime")
+    for n in notices:
+        progress.on_message(n)
+    baseline = record.baseline
+    if baseline is None:
+        if job.is_custom:
+            baseline = _custom_baseline(job, harness, progress)
+        else:
+            progress.on_message("measuring the unmodified model (baseline)")
+            runtime_default = "torch" if job.model.factory else "onnxruntime"
+            try:
+                result = harness.evaluate(baseline_config(space, runtime_default))
+            except TrialFailed as exc:
+                raise AutotuneError(f"the unmodified model could not be measured: {exc}") from None
+            ev = job.evaluation
+            baseline = derive_metrics(result.metrics, None, ev.quality_name,
+                                      ev.quality_higher_is_better)
+        record.set_attr("baseline", baseline)
+        record.set_attr("fingerprint", harness.fingerprint())
+    return space, notices, baseline
+
+
+def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, float]:
+    """A custom objective has a baseline only when the job names one (``baseline:``)."""
+    if job.baseline is None:
+        return {}
+    progress.on_message("measuring the baseline configuration")
+    try:
+        return dict(harness.evaluate(dict(job.baseline)).metrics)
+    except TrialFailed as exc:
+        raise AutotuneError(f"the baseline configuration could not be measured: {exc}") from None
+
+
+def summarize(job: Job, record: StudyRecord, views: list[TrialView], new: int, t0: float, *,
+              finished: bool, tracking_error: str | None,
+              notices: Sequence[str] = ()) -> RunSummary:
+    return RunSummary(
+        job=job.name, finished=finished, trials=tuple(views),
+        front=tuple(pareto_views(views, job)), baseline=record.baseline or {},
+        new_trials=new, wall_s=time.monotonic() - t0, tracking_error=tracking_error,
+        notices=tuple(notices),
+    )
