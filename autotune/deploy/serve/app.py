@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
@@ -34,8 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autotune.deploy.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from autotune.errors import AutotuneError
 
-if TYPE_CHECKING:
-    from autotune.deploy.serve.server import ModelServer
+#: the server the app is built for (autotune.deploy.serve.server.ModelServer, which imports this
+#: module, so it is not imported here): the app reads its limits, metrics, token and served model.
+ModelServer = Any
 
 JSON = "application/json"
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
