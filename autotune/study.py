@@ -52,6 +52,8 @@ class TrialView:
     agent: str = ""
     duration_s: float | None = None
     user_attrs: Mapping[str, Any] = field(default_factory=dict)
+    started: float | None = None  # POSIX seconds (the study's datetime_start)
+    completed: float | None = None  # POSIX seconds (datetime_complete)
 
     @property
     def feasible(self) -> bool:
@@ -262,6 +264,8 @@ class StudyRecord:
             user_attrs={**{k: v for k, v in t.user_attrs.items()
                            if not k.startswith((METRIC_PREFIX, DETAIL_PREFIX))},
                         "details": trial_details(t.user_attrs)},
+            started=t.datetime_start.timestamp() if t.datetime_start else None,
+            completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
         )
 
     def trials(self) -> list[TrialView]:
