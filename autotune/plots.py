@@ -169,8 +169,11 @@ def _log_dimension(label: str, values: Sequence[float]) -> Dimension:
     lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
     ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in (1, 2, 5)
              if min(values) / 1.01 <= m * 10.0 ** e <= max(values) * 1.01]
-    if len(ticks) < 2:
-        ticks = [min(values), max(values)]
+    span = math.log10(max(values)) - math.log10(min(values))
+    for end in (min(values), max(values)):  # label both ends, unless a tick is already close
+        if all(abs(math.log10(end) - math.log10(t)) > 0.08 * span for t in ticks):
+            ticks.append(end)
+    ticks.sort()
     return Dimension(label + " (log)", tuple(math.log10(v) for v in values),
                      tuple(_fmt(float(t)) for t in ticks), tuple(math.log10(t) for t in ticks))
 

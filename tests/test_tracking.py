@@ -296,3 +296,38 @@ def test_artifacts_of_a_tiny_job_stay_small_and_plots_work_offline(tiny_job, tmp
     assert m and "<" not in m.group(2) and "\r" not in m.group(2) and "\0" not in m.group(2)
     js = gzip.decompress(decode_7bit(m.group(2), int(m.group(1)))).decode()
     assert js == plotly.offline.get_plotlyjs()
+
+
+def test_registered_model_has_a_signature_an_onnx_flavor_and_prints_no_ansi(tmp_path, capfd):
+    import mlflow
+    import numpy as np
+    from _deploy_job import ORT_INT8, tuned_job
+
+    from autotune.deploy import load
+    from autotune.deploy.export import pick_trial, register_bundle, write_bundle
+
+    job = tuned_job()
+    out = tmp_path / "bundle"
+    write_bundle(job, pick_trial(job, ORT_INT8), out)
+    capfd.readouterr()
+    reg = register_bundle(out, tracking_uri=job.tracking_uri, name="signed", alias=None,
+                          artifacts=job.out_dir / "mlartifacts")
+    printed = capfd.readouterr()
+    assert "\x1b[" not in printed.out + printed.err  # no coloured MLflow warning
+    assert "type hint" not in printed.out + printed.err
+    mlflow.set_tracking_uri(job.tracking_uri)
+    mlflow.set_registry_uri(job.tracking_uri)
+    try:
+        info = mlflow.models.get_model_info(reg.model_uri)
+        proto = mlflow.onnx.load_model(reg.model_uri)
+        model = mlflow.pyfunc.load_model(reg.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    assert {"python_function", "onnx"} <= set(info.flavors)
+    (inp,) = info.signature.inputs.inputs
+    assert inp.name == "input_0" and inp.shape == (-1, 64) and inp.type == np.dtype("float32")
+    assert info.signature.outputs.inputs[0].shape == (-1, 10)
+    assert proto.SerializeToString() == (out / "model.onnx").read_bytes()
+    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
+    np.testing.assert_array_equal(model.predict(x), load(out).predict(x))
