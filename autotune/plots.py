@@ -167,7 +167,8 @@ def _log_dimension(label: str, values: Sequence[float]) -> Dimension:
     """``values`` on a log10 axis labelled in their own unit (1-2-5 ticks), so that one outlier
     (an unstable measurement 100x the others) does not squash every other line together."""
     lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
-    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in (1, 2, 5)
+    steps = (1, 2, 5) if hi - lo <= 2 else (1, 3) if hi - lo <= 4 else (1,)  # ~8 labels at most
+    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in steps
              if min(values) / 1.01 <= m * 10.0 ** e <= max(values) * 1.01]
     span = math.log10(max(values)) - math.log10(min(values))
     for end in (min(values), max(values)):  # label both ends, unless a tick is already close

@@ -245,7 +245,7 @@ def why_line(view: TrialView, baseline: Mapping[str, float] | None, quality_name
     if q is not None and bq is not None:
         d = float(q) - float(bq)
         if abs(float(bq)) <= 1 and abs(float(q)) <= 1:  # a fraction: percentage points
-            parts.append(f"{quality_name} {float(q) * 100:.4g} % ({d * 100:+.2g} points)")
+            parts.append(f"{quality_name} {float(q) * 100:.4g} % ({d * 100:+.2f} points)")
         else:
             parts.append(f"{quality_name} {float(q):.4g} ({d:+.3g})")
     s, bs = view.metrics.get("model_size_mb"), baseline.get("model_size_mb")

@@ -156,7 +156,8 @@ def test_parallel_coordinate_one_outlier_goes_on_a_log_axis():
     dims = {d.label: d for d in info.dimensions}
     lat = dims["latency_p95_ms (log)"]
     assert lat.values == pytest.approx([math.log10(x) for x in lats])
-    assert lat.ticktext[0] == "0.05" and lat.ticktext[-1] == "20" and not lat.categorical
+    assert lat.ticktext[0] == "0.03" and lat.ticktext[-1] == "30" and not lat.categorical
+    assert len(lat.ticktext) <= 8  # 1-3 steps over these 4 decades
     assert dims["threads"].categorical and not dims["pruning_ratio"].categorical
     assert "accuracy" in dims  # a narrow range stays linear
     # the bulk of the lines spreads over a visible part of the axis (linear: its bottom 0.1 %)
