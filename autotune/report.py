@@ -185,6 +185,11 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
     failed = [v for v in views if v.state == "failed"]
     front_rows = front_table(views, job)
     front_numbers = {r["trial"] for r in front_rows}
+    by_number = {v.number: v for v in views}
+    for r in front_rows:  # a point whose latency is not measured tightly enough says so
+        flag = unstable(by_number[r["trial"]], job.measurement.target_ci)
+        if flag:
+            r["note"] = f"⚠ {flag}"
 
     # winners, each with why it is worth deploying and a warning when its measurement is loose
     percent = percent_metrics(job)

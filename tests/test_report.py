@@ -164,5 +164,7 @@ def test_report_says_why_flags_unstable_and_formats_as_written(tiny_job):
     assert "why this one" in win and "4× faster per item" in win
     assert "⚠ unstable: latency CI ±197 %" in win
     assert "-0.243 %" in win and "-0.002427" not in text
+    front = text.split('id="front"')[1].split("</section>")[0]
+    assert "⚠ unstable: latency CI ±197 %" in front
     trials = text.split('id="trials"')[1].split("</section>")[0]
     assert "24,110" in trials and "2.411e+04" not in text
