@@ -247,8 +247,10 @@ def report(job_file: str, out: str | None) -> None:
 def dashboard(job_file: str, host: str, port: int) -> None:
     """optuna-dashboard on the job's study, "Best Trials" chosen among feasible trials only."""
     from autotune.dashboard import serve
+    from autotune.tuner import open_record
 
     job = _load(job_file)
+    open_record(job, create=False)  # a job never run: a clear error, not an empty dashboard
     click.echo(f"optuna-dashboard for '{job.name}' on http://{host}:{port}/ (Ctrl-C stops)",
                err=True)
     try:

@@ -127,3 +127,14 @@ def test_single_objective_best_is_feasible(tmp_path):
     data = _study_json(url)
     assert [t["number"] for t in data["best_trials"]] == [ok]
     assert not math.isnan(data["best_trials"][0]["values"][0])
+
+
+def test_dashboard_of_a_job_never_run_is_a_user_error(tiny_job):
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+
+    path = tiny_job(2)
+    res = CliRunner().invoke(main, ["dashboard", str(path)])
+    assert res.exit_code == 2 and "run the job first" in res.output
+    assert not list(path.parent.rglob("study.db"))  # and no empty study was created
