@@ -234,17 +234,22 @@ def unstable(view: TrialView, target_ci: float) -> str:
 
 def why_line(view: TrialView, baseline: Mapping[str, float] | None, quality_name: str,
              percent: set[str] | frozenset[str] = frozenset()) -> str:
-    """One sentence against the unmodified model: speed-up, quality change, size change."""
+    """One sentence against the unmodified model: speed-up, quality change (in percentage points
+    for accuracy-like metrics or when the job bounds the drop with a percentage), size change."""
     if not baseline:
         return "no baseline measured: nothing to compare against"
     parts = []
     sp = view.metrics.get("speedup")
     if sp is not None and math.isfinite(float(sp)):
-        parts.append(f"{float(sp):.3g}× {'faster' if sp >= 1 else 'slower'} per item")
+        sp = float(sp)
+        parts.append(f"{sp:.3g}× faster per item" if sp >= 1 or sp <= 0
+                     else f"{1 / sp:.3g}× slower per item")
     q, bq = view.metrics.get("quality"), baseline.get("quality")
     if q is not None and bq is not None:
         d = float(q) - float(bq)
-        if abs(float(bq)) <= 1 and abs(float(q)) <= 1:  # a fraction: percentage points
+        fraction = quality_name in ("accuracy", "top1_agreement") or \
+            f"{quality_name}_drop" in percent or "quality_drop" in percent
+        if fraction:  # a share of items: percentage points
             parts.append(f"{quality_name} {float(q) * 100:.4g} % ({d * 100:+.2f} points)")
         else:
             parts.append(f"{quality_name} {float(q):.4g} ({d:+.3g})")
