@@ -248,6 +248,25 @@ def report(job_file: str, out: str | None) -> None:
     click.echo(f"report written to {path}")
 
 
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def dashboard(job_file: str, host: str, port: int) -> None:
+    """optuna-dashboard on the job's study, "Best Trials" chosen among feasible trials only."""
+    from autotune.dashboard import serve
+    from autotune.tuner import open_record
+
+    job = _load(job_file)
+    open_record(job, create=False)  # a job never run: a clear error, not an empty dashboard
+    click.echo(f"optuna-dashboard for '{job.name}' on http://{host}:{port}/ (Ctrl-C stops)",
+               err=True)
+    try:
+        serve(job.storage_url, host=host, port=port)
+    except KeyboardInterrupt:
+        click.echo("dashboard stopped", err=True)
+
+
 @main.command("export")
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--pick", default="knee", show_default=True,
@@ -324,7 +343,7 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
 
     API: GET / and /docs; SIGTERM stops accepting, finishes the requests in flight and exits.
     """
-    from autotune.deploy.serve import Limits, serve
+    from autotune.deploy.serve import Limits
 
     try:
         if job_file and not tracking_uri:

@@ -23,7 +23,16 @@ from autotune.errors import SpecError
 from autotune.metrics import Direction
 from autotune.pareto import GOALS, Record, knee_point, parse_rule
 from autotune.plots import study_figures
-from autotune.review import front_table, hypervolume_series, objective_points, study_reference, trial_table
+from autotune.review import (
+    front_table,
+    hypervolume_series,
+    objective_points,
+    percent_metrics,
+    study_reference,
+    trial_table,
+    unstable,
+    why_line,
+)
 from autotune.spec import Job
 from autotune.study import TrialView, open_record
 
@@ -45,21 +54,40 @@ class Winner:
     note: str = ""  # why there is no winner
 
 
+def _tie_key(r: Any, metrics: Sequence[tuple[str, Direction]]) -> tuple[float, ...]:
+    out = []
+    for m, d in metrics:
+        v = r.value(m)
+        out.append(math.inf if not math.isfinite(v) else (-v if d == "maximize" else v))
+    return tuple(out)
+
+
 def winners(views: Sequence[TrialView], job: Job,
             baseline: Mapping[str, float] | None) -> list[Winner]:
     """The winner of each selection rule (the job's ``report.rules``, else :func:`default_rules`),
-    then the knee point of the feasible front."""
+    then the knee point of the feasible front.
+
+    A rule's winner is its best qualifying trial; ties in the rule's metric go to the trial that
+    is best in the job's objectives (in order), then in the other rules' metrics, then the lower
+    trial number -- never to a trial another tied one dominates (a "max accuracy" tie between
+    a slow and a fast configuration of the same accuracy recommends the fast one)."""
     complete = [v for v in views if v.state == "complete"]
     records = [Record(v.number, v.metrics, v.feasible, v.config) for v in complete]
     by_number = {v.number: v for v in complete}
-    out: list[Winner] = []
+    rules = []
     for text in job.report.rules or default_rules(job.objective_pairs):
-        rule = parse_rule(text)
+        rules.append(parse_rule(text))
+    order = list(job.objective_pairs) + [(r.metric, r.direction) for r in rules
+                                         if r.metric not in dict(job.objective_pairs)]
+    out: list[Winner] = []
+    for rule in rules:
         try:
-            best = rule.select(records, baseline)
+            cands = [r for r in records if rule.qualifies(r, baseline)]
         except SpecError as exc:
             out.append(Winner(rule.text, None, exc.reason))
             continue
+        best = min(cands, key=lambda r: (_tie_key(r, [(rule.metric, rule.direction)])
+                                         + _tie_key(r, order) + (r.number,)), default=None)
         out.append(Winner(rule.text, by_number[best.number] if best else None,
                           "" if best else "no feasible trial meets this rule"))
     feas = [v for v in complete if v.feasible]
@@ -69,6 +97,22 @@ def winners(views: Sequence[TrialView], job: Job,
                       feas[k] if k is not None else None,
                       "" if k is not None else "no feasible trial yet"))
     return out
+
+
+def dominated_recommendations(ws: Sequence[Winner], job: Job) -> dict[int, int]:
+    """``{trial: trial that dominates it}`` among the recommended trials, over the job's
+    objectives and every rule's metric (empty when every recommendation is worth its place)."""
+    from autotune.pareto import parse_rule
+    from autotune.review import dominates
+
+    space = list(job.objective_pairs)
+    for text in job.report.rules or default_rules(job.objective_pairs):
+        r = parse_rule(text)
+        if r.metric not in dict(space):
+            space.append((r.metric, r.direction))
+    trials = {w.trial.number: w.trial for w in ws if w.trial is not None}
+    return {a: b for a, ta in trials.items() for b, tb in trials.items()
+            if a != b and dominates(tb.metrics, ta.metrics, space)}
 
 
 # ---------------------------------------------------------------------------------- HTML bits
@@ -87,7 +131,14 @@ def _is_num(v: Any) -> bool:
 
 
 def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-               row_class: Sequence[str] | None = None) -> str:
+               row_class: Sequence[str] | None = None, percent: set[str] | None = None) -> str:
+    """Rows as an HTML table; numbers formatted per column by
+    :func:`autotune.review.format_value` (``percent``: the columns shown as percentages)."""
+    from autotune.review import format_value
+
+    def cell(col: Any, v: Any) -> str:
+        return format_value(str(col), v, percent or set()) if _is_num(v) else _fmt(v)
+
     if not rows:
         return '<p class="muted">none</p>'
     cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
@@ -96,7 +147,7 @@ def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
     for i, r in enumerate(rows):
         cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
         cells = "".join(
-            f'<td{" class=num" if _is_num(r.get(c)) else ""}>{html.escape(_fmt(r.get(c)))}</td>'
+            f'<td{" class=num" if _is_num(r.get(c)) else ""}>{html.escape(cell(c, r.get(c)))}</td>'
             for c in cols)
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -134,16 +185,32 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
     failed = [v for v in views if v.state == "failed"]
     front_rows = front_table(views, job)
     front_numbers = {r["trial"] for r in front_rows}
+    by_number = {v.number: v for v in views}
+    for r in front_rows:  # a point whose latency is not measured tightly enough says so
+        flag = unstable(by_number[r["trial"]], job.measurement.target_ci)
+        if flag:
+            r["note"] = f"⚠ {flag}"
 
-    # winners
+    # winners, each with why it is worth deploying and a warning when its measurement is loose
+    percent = percent_metrics(job)
     win_rows = []
-    for w in winners(views, job, baseline):
+    ws = winners(views, job, baseline)
+    dominated = dominated_recommendations(ws, job)
+    for w in ws:
         row: dict[str, Any] = {"rule": w.label}
         if w.trial is None:
             row["trial"] = "—"
-            row["configuration"] = w.note
+            row["why this one"] = w.note
         else:
             row["trial"] = w.trial.number
+            qname = job.evaluation.quality_name if job.evaluation is not None else "quality"
+            notes = [why_line(w.trial, baseline, qname, percent)]
+            flag = unstable(w.trial, job.measurement.target_ci)
+            if flag:
+                notes.append(f"⚠ {flag}: re-measure before trusting the latency")
+            if w.trial.number in dominated:
+                notes.append(f"⚠ trial {dominated[w.trial.number]} is better in every objective")
+            row["why this one"] = "; ".join(n for n in notes if n)
             row["configuration"] = ", ".join(f"{k}={_fmt(v)}" for k, v in w.trial.config.items())
             for m in names:
                 row[m] = w.trial.metrics.get(m)
@@ -198,14 +265,14 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
         "plotly_js": plotly.offline.get_plotlyjs().replace("</script", "<\\/script"),
         "cards": cards_html,
         "constraints": html.escape(", ".join(job.constraints) or "none"),
-        "winners": html_table(win_rows),
+        "winners": html_table(win_rows, percent=percent),
         "front_chart": _chart(front_fig, "The front is drawn for 2 or 3 objectives with at least "
                               "one complete trial."),
-        "front_table": html_table(front_rows),
+        "front_table": html_table(front_rows, percent=percent),
         "hypervolume_chart": _chart(hv_fig, "No hypervolume yet (needs the baseline and a "
                                     "finished trial)."),
         "parallel_chart": _chart(par_fig, "No feasible trial yet."),
-        "trial_table": html_table(records, list(table.columns), classes),
+        "trial_table": html_table(records, list(table.columns), classes, percent=percent),
         "failed": failed_html,
         "hardware": _kv_table(fingerprint) if fingerprint else
         '<p class="muted">not recorded</p>',

@@ -183,3 +183,111 @@ def front_table(views: Sequence[TrialView], job: Job) -> list[dict[str, Any]]:
     return [front_row(t, job) for t in pareto_views(list(views), job)]
 
 
+
+
+# ------------------------------------------------------------------ values as the user wrote them
+def percent_metrics(job: Job) -> set[str]:
+    """Metrics the job's constraints or selection rules bound with a percentage (``accuracy_drop
+    <= 2%``): the report shows their values as percentages too."""
+    from autotune.constraints import parse_constraint
+
+    texts = list(job.constraints) + [part for rule in (job.report.rules or ())
+                                     for part in _rule_constraints(rule)]
+    out = set()
+    for text in texts:
+        try:
+            c = parse_constraint(text)
+        except ValueError:
+            continue
+        rhs = text.split(c.op, 1)[-1]
+        if "%" in rhs and "baseline" not in rhs:
+            out.add(c.metric)
+    return out
+
+
+def _rule_constraints(rule: str) -> list[str]:
+    import re
+
+    m = re.match(r"^.*?\s+with\s+(.*)$", " ".join(rule.split()), re.I)
+    return re.split(r"\s+and\s+", m.group(1), flags=re.I) if m else []
+
+
+def format_value(metric: str, value: Any, percent: set[str] | frozenset[str] = frozenset()) -> str:
+    """A measurement as a reader expects it: a percentage where the job wrote one (``-0.24 %``),
+    whole megabytes with thousands separators (``24,110 MB`` reads better than ``2.411e+04``),
+    otherwise 4 significant digits without exponent notation for everyday magnitudes."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    if metric in percent:
+        return f"{v * 100:.3g} %" if abs(v) >= 0.001 or v == 0 else f"{v * 100:.2g} %"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if metric.endswith("_mb") and abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10_000:
+        return f"{v:,.0f}"
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.3g}"
+    return f"{v:.4g}"
+
+
+# ------------------------------------------------------------------ why a recommendation
+def unstable(view: TrialView, target_ci: float) -> str:
+    """``""`` when the latency estimate is as tight as the job asked for, else a short warning
+    (``latency CI ±197 % (target ±3 %)``)."""
+    ci = view.metrics.get("latency_ci_rel")
+    if ci is None or not math.isfinite(float(ci)):
+        return ""
+    if float(ci) > target_ci or view.metrics.get("latency_stable") == 0:
+        return f"unstable: latency CI ±{float(ci) * 100:.3g} % (target ±{target_ci * 100:.3g} %)"
+    return ""
+
+
+def why_line(view: TrialView, baseline: Mapping[str, float] | None, quality_name: str,
+             percent: set[str] | frozenset[str] = frozenset()) -> str:
+    """One sentence against the unmodified model: speed-up, quality change (in percentage points
+    for accuracy-like metrics or when the job bounds the drop with a percentage), size change."""
+    if not baseline:
+        return "no baseline measured: nothing to compare against"
+    parts = []
+    sp = view.metrics.get("speedup")
+    if sp is not None and math.isfinite(float(sp)):
+        sp = float(sp)
+        parts.append(f"{sp:.3g}× faster per item" if sp >= 1 or sp <= 0
+                     else f"{1 / sp:.3g}× slower per item")
+    q, bq = view.metrics.get("quality"), baseline.get("quality")
+    if q is not None and bq is not None:
+        d = float(q) - float(bq)
+        fraction = quality_name in ("accuracy", "top1_agreement") or \
+            f"{quality_name}_drop" in percent or "quality_drop" in percent
+        if fraction:  # a share of items: percentage points
+            parts.append(f"{quality_name} {float(q) * 100:.4g} % ({d * 100:+.2f} points)")
+        else:
+            parts.append(f"{quality_name} {float(q):.4g} ({d:+.3g})")
+    s, bs = view.metrics.get("model_size_mb"), baseline.get("model_size_mb")
+    if s is not None and bs:
+        change = (float(s) / float(bs) - 1) * 100
+        parts.append(f"model {format_value('model_size_mb', float(s))} MB "
+                     f"({change:+.0f} %, was {format_value('model_size_mb', float(bs))} MB)")
+    return "vs the unmodified model: " + ", ".join(parts) if parts else ""
+
+
+def dominates(a: Mapping[str, float], b: Mapping[str, float], objectives: Objectives) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one (missing or
+    non-finite values never dominate)."""
+    better = False
+    for m, d in objectives:
+        x, y = _num(a.get(m)), _num(b.get(m))
+        if not (math.isfinite(x) and math.isfinite(y)):
+            return False
+        if d == "maximize":
+            x, y = -x, -y
+        if x > y:
+            return False
+        better |= x < y
+    return better

@@ -1,9 +1,14 @@
 """The Optuna study as the record of every trial, whichever agent proposed it.
 
-Trials are written with their full configuration (params), every measurement (user attrs
-``metrics``), the constraint violations (``trial.set_constraint``) and, for failures, the reason.
-Everything else (MLflow, reports, export, re-tuning) reads from here: :func:`open_record` is the
-one way to open a job's study.
+Trials are written with their full configuration (params), every measurement as its own numeric
+user attr (``metric.<name>``, so optuna-dashboard can sort, filter and plot each), the trial's
+details one user attr per key (``detail.<key>``), the constraint violations and, for failures, the
+reason.  The study carries the objectives' names (``study.set_metric_names``).  Constraints are
+written twice: per key (``trial.set_constraint("c0", ...)``, Optuna 5's form) and as the list in
+the ``constraints`` system attr that optuna-dashboard 0.21 reads (Optuna reads both; the keys
+differ, so nothing is overwritten).  Studies written before per-metric attrs (one JSON ``metrics``
+/ ``details`` attr) are read the same way.  Everything else (MLflow, reports, export, re-tuning)
+reads from here.
 
 This is also the only module that touches Optuna's private API (the section "Optuna internals"
 below: trial and study ids, the heartbeat thread); a test keeps it that way.
@@ -32,6 +37,10 @@ from autotune.spec import Job
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+METRIC_PREFIX = "metric."
+DETAIL_PREFIX = "detail."
+DASHBOARD_CONSTRAINTS = "constraints"  # the system attr optuna-dashboard 0.21 shows and reads
+
 INTERRUPTED = "interrupted: the run stopped before this trial finished"
 STALE = "interrupted: the worker measuring this trial stopped sending heartbeats (it was re-queued)"
 
@@ -50,6 +59,8 @@ class TrialView:
     agent: str = ""
     duration_s: float | None = None
     user_attrs: Mapping[str, Any] = field(default_factory=dict)
+    started: float | None = None  # POSIX seconds (the study's datetime_start)
+    completed: float | None = None  # POSIX seconds (datetime_complete)
 
     @property
     def feasible(self) -> bool:
@@ -91,6 +102,32 @@ def derive_metrics(
     return out
 
 
+def trial_metrics(user_attrs: Mapping[str, Any]) -> dict[str, float]:
+    """A trial's measurements from its user attrs: the ``metric.<name>`` attrs, or the single
+    ``metrics`` dict of studies written by earlier versions."""
+    out = {k[len(METRIC_PREFIX):]: float(v) for k, v in user_attrs.items()
+           if k.startswith(METRIC_PREFIX) and isinstance(v, int | float)}
+    if not out:
+        out = {k: float(v) for k, v in (user_attrs.get("metrics") or {}).items()}
+    return out
+
+
+def trial_details(user_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's details (``detail.<key>`` attrs, or the single ``details`` dict of older
+    studies)."""
+    out = {k[len(DETAIL_PREFIX):]: v for k, v in user_attrs.items() if k.startswith(DETAIL_PREFIX)}
+    return out or dict(user_attrs.get("details") or {})
+
+
+def _violations(constraints: Mapping[str, float]) -> tuple[float, ...]:
+    """``c0``, ``c1``, ... in order (the legacy list's ``"0"``, ``"1"`` keys are the same values
+    again, written for optuna-dashboard)."""
+    out = []
+    while f"c{len(out)}" in constraints:
+        out.append(constraints[f"c{len(out)}"])
+    return tuple(out)
+
+
 class StudyRecord:
     """A job's Optuna study (created on first use, continued afterwards)."""
 
@@ -124,6 +161,13 @@ class StudyRecord:
                 f"no study named '{study_name}' in {storage_url}; run the job first."
             ) from None
         self._check_objectives()
+        names = [m for m, _ in self.objectives]
+        if create and self.study.metric_names != names:
+            import warnings
+
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
+                warnings.simplefilter("ignore")
+                self.study.set_metric_names(names)  # optuna-dashboard labels the objectives
 
     def _check_objectives(self) -> None:
         saved = self.study.user_attrs.get("objectives")
@@ -178,11 +222,15 @@ class StudyRecord:
         baseline = self.baseline
         values = [float(metrics[m]) for m, _ in self.objectives]
         violations = [c.violation(metrics, baseline) for c in self.constraints]
-        trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
-        if details:
-            trial.set_user_attr("details", dict(details))
-        for i, v in enumerate(violations):
-            trial.set_constraint(f"c{i}", min(v, 1e300))
+        for k, v in metrics.items():
+            trial.set_user_attr(f"{METRIC_PREFIX}{k}", float(v))
+        for k, v in (details or {}).items():
+            trial.set_user_attr(f"{DETAIL_PREFIX}{k}", v)
+        capped = [min(v, 1e300) for v in violations]
+        for i, v in enumerate(capped):
+            trial.set_constraint(f"c{i}", v)
+        if capped:
+            self.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, capped)
         if not all(math.isfinite(v) for v in values):
             trial.set_user_attr("fail_reason", f"non-finite objective values {values}")
             self.study.tell(number, state=TrialState.FAIL)
@@ -215,17 +263,20 @@ class StudyRecord:
             TrialState.PRUNED: "invalid", TrialState.RUNNING: "running",
             TrialState.WAITING: "running",
         }[t.state]
-        cons = t.constraints
-        violations = tuple(cons[f"c{i}"] for i in range(len(cons)) if f"c{i}" in cons)
+        violations = _violations(t.constraints)
         duration = t.duration.total_seconds() if isinstance(t.duration, dt.timedelta) else None
         return TrialView(
             number=t.number, state=state, config=dict(t.params),
-            metrics=dict(t.user_attrs.get("metrics", {})),
+            metrics=trial_metrics(t.user_attrs),
             values=tuple(t.values) if t.values is not None else None,
             violations=violations,
             reason=t.user_attrs.get("fail_reason", STALE if state == "failed" else ""),
             agent=t.user_attrs.get("agent", ""), duration_s=duration,
-            user_attrs=dict(t.user_attrs),
+            user_attrs={**{k: v for k, v in t.user_attrs.items()
+                           if not k.startswith((METRIC_PREFIX, DETAIL_PREFIX))},
+                        "details": trial_details(t.user_attrs)},
+            started=t.datetime_start.timestamp() if t.datetime_start else None,
+            completed=t.datetime_complete.timestamp() if t.datetime_complete else None,
         )
 
     def trials(self) -> list[TrialView]:

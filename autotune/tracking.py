@@ -1,15 +1,20 @@
 """MLflow as the review surface, written from the study.
 
-* Parent run per job: the job spec (params + ``job.yaml``), the hardware fingerprint
-  (``hardware.json`` + ``hardware.*`` tags), autotune and library versions (``autotune.version``
-  param/tag, ``lib.*`` tags), the baseline's measurements (``baseline.*`` metrics) and
-  ``hypervolume`` with the trial number as step (reference point: :mod:`autotune.review`).
-* Nested run per trial: params = configuration, metrics = every measurement (with spread and n),
-  tags = ``state``, ``fail_reason``, ``feasible``, ``agent``, ``pareto_rank`` (``-`` when not
-  ranked: failed or infeasible).  Ranks change as trials arrive, so :meth:`Tracker.finish`
-  rewrites the rank tags that changed.
+* Parent run per job: the job spec as the artifact ``job.yaml`` and a few ``autotune.*`` tags
+  (objectives, constraints, agent, search space, budget) -- no params, so the runs table's
+  parameter columns are the trials' configuration only --, the hardware fingerprint
+  (``hardware.json`` + ``hardware.*`` tags), autotune and library versions (``autotune.version``,
+  ``lib.*`` tags), the baseline's measurements (``baseline.*`` metrics) and ``hypervolume`` with
+  the trial number as step (reference point: :mod:`autotune.review`).
+* Nested run per trial, named after its configuration (``ort int8_dynamic b1 t2 #12``), with the
+  trial's own start and end time: params = configuration, metrics = every measurement (with
+  spread and n) plus ``feasible`` (1/0) and ``pareto_rank`` (0 = on the front; absent when not
+  ranked: failed or infeasible), so the front is ``metrics.pareto_rank = 0`` and sorts
+  numerically; tags = ``state``, ``fail_reason``, ``agent``.  Ranks change as trials arrive, so
+  :meth:`Tracker.finish` logs the ranks that changed (the latest value is the rank).
 * Parent artifacts (:meth:`Tracker.finish`): ``trials.csv``, ``trials.parquet``,
-  ``pareto_front.csv`` and ``plots/*.html`` (interactive plotly, self-contained).
+  ``pareto_front.csv`` and ``plots.html`` (every interactive plot on one page, plotly.js inlined
+  once and compressed: :func:`autotune.plots.plots_page`).
 
 MLflow is never the record: if it is unreachable the tuning goes on (after the first failure the
 tracker stays quiet for the rest of the run), and :meth:`Tracker.sync` writes the missing runs
@@ -38,17 +43,6 @@ log = logging.getLogger("autotune.tracking")
 
 TRIAL_TAG = "autotune.trial_number"
 JOB_TAG = "autotune.job"
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = str(v)[:6000]
-    return out
 
 
 def experiment_id(client: Any, name: str, tracking_uri: str, artifacts: Path | None) -> str:
@@ -154,12 +148,9 @@ class Tracker:
         )
         rid = run.info.run_id
         spec = dump_job(self.job)
-        from mlflow.entities import Param
+        from mlflow.entities import RunTag
 
-        params = [Param(k, v) for k, v in _flatten(spec).items()]
-        params.append(Param("autotune.version", autotune.__version__))
-        for i in range(0, len(params), 100):
-            self.client.log_batch(rid, params=params[i:i + 100])
+        self.client.log_batch(rid, tags=[RunTag(k, v) for k, v in spec_tags(self.job, spec).items()])
         import yaml
 
         self.client.log_text(rid, yaml.safe_dump(spec, sort_keys=False), "job.yaml")
@@ -220,22 +211,28 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         parent = self.parent_run_id()
+        start = _ms(view.started)
+        end = _ms(view.completed)
         run = self.client.create_run(
             self.client.get_run(parent).info.experiment_id,
-            run_name=f"trial-{view.number:04d}",
+            run_name=run_name(view),
+            start_time=start,
             tags={"mlflow.parentRunId": parent, TRIAL_TAG: str(view.number), JOB_TAG: self.job.name},
         )
         rid = run.info.run_id
+        stamp = end or start or _now_ms()
         params = [Param(k, str(v)[:6000]) for k, v in view.config.items()]
-        metrics = [Metric(k, float(v), 0, view.number) for k, v in view.metrics.items()
+        metrics = [Metric(k, float(v), stamp, 0) for k, v in view.metrics.items()
                    if isinstance(v, int | float) and math.isfinite(float(v))]
-        tags = [RunTag("state", view.state), RunTag("agent", view.agent or ""),
-                RunTag("feasible", str(view.feasible).lower()),
-                RunTag("pareto_rank", "-" if rank is None else str(rank))]
+        metrics.append(Metric("feasible", 1.0 if view.feasible else 0.0, stamp, 0))
+        if rank is not None:
+            metrics.append(Metric("pareto_rank", float(rank), stamp, 0))
+        tags = [RunTag("state", view.state), RunTag("agent", view.agent or "")]
         if view.reason:
             tags.append(RunTag("fail_reason", view.reason[:4900]))
         self.client.log_batch(rid, metrics=metrics, params=params, tags=tags)
-        self.client.set_terminated(rid, "FINISHED" if view.state == "complete" else "FAILED")
+        self.client.set_terminated(rid, "FINISHED" if view.state == "complete" else "FAILED",
+                                   end_time=end)
 
     def nested_runs(self) -> list[Any]:
         """The parent's nested runs that carry a trial number (active ones only)."""
@@ -277,17 +274,19 @@ class Tracker:
         return pareto_ranks(views, self.job.objective_pairs)
 
     def update_ranks(self, views: Sequence[TrialView]) -> int:
-        """Rewrite the ``pareto_rank`` tag of every nested run whose rank changed; returns how
-        many changed."""
-        from mlflow.entities import RunTag
+        """Log a new ``pareto_rank`` value on every nested run whose rank changed (the runs
+        table shows the latest); returns how many changed.  Ranks are over feasible trials, and
+        feasibility does not change, so a ranked run stays ranked."""
+        from mlflow.entities import Metric
 
         ranks = self._ranks_of(views)
         n = 0
+        now = _now_ms()
         for r in self.nested_runs():
             want = ranks.get(int(r.data.tags[TRIAL_TAG]))
-            tag = "-" if want is None else str(want)
-            if r.data.tags.get("pareto_rank") != tag:
-                self.client.log_batch(r.info.run_id, tags=[RunTag("pareto_rank", tag)])
+            if want is not None and r.data.metrics.get("pareto_rank") != float(want):
+                self.client.log_batch(r.info.run_id,
+                                      metrics=[Metric("pareto_rank", float(want), now, 0)])
                 n += 1
         return n
 
@@ -315,6 +314,53 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _ms(t: float | None) -> int | None:
+    return None if t is None else int(t * 1000)
+
+
+_SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt", "torch": "torch",
+          "l1_unstructured": "l1", "structured": "struct", "gradient": "grad"}
+
+
+def run_name(view: TrialView) -> str:
+    """A short summary of the configuration, e.g. ``ort int8_dynamic l1 0.6 b1 t2 #15``: runtime,
+    device when not the CPU, quantization, pruning when any, batch size, threads, trial number."""
+    c = view.config
+    parts = [_SHORT.get(str(c["runtime"]), str(c["runtime"]))] if "runtime" in c else []
+    if c.get("device") not in (None, "cpu"):
+        parts.append(str(c["device"]))
+    if "quantization" in c:
+        parts.append(str(c["quantization"]))
+    method, ratio = c.get("pruning_method"), c.get("pruning_ratio")
+    if method not in (None, "none") and ratio not in (None, 0, 0.0):
+        parts.append(f"{_SHORT.get(str(method), str(method))} {ratio:g}"
+                     if isinstance(ratio, int | float) else f"{method} {ratio}")
+    if "batch_size" in c:
+        parts.append(f"b{c['batch_size']}")
+    if "threads" in c:
+        parts.append(f"t{c['threads']}")
+    parts.append(f"#{view.number}")
+    return " ".join(parts)
+
+
+def spec_tags(job: Job, spec: Mapping[str, Any]) -> dict[str, str]:
+    """The job spec in a few searchable parent tags (the whole spec is the ``job.yaml``
+    artifact)."""
+    import json
+
+    import autotune
+
+    tags = {
+        "autotune.version": autotune.__version__,
+        "autotune.objectives": ", ".join(f"{d} {m}" for m, d in job.objective_pairs),
+        "autotune.constraints": "; ".join(job.constraints) or "none",
+    }
+    for key in ("agent", "budget", "search_space", "measurement"):
+        if spec.get(key) is not None:
+            tags[f"autotune.{key}"] = json.dumps(spec[key], default=str)[:5000]
+    return tags
+
+
 def hardware_tags(fingerprint: Mapping[str, Any]) -> dict[str, str]:
     """Short, searchable tags from a hardware fingerprint: ``hardware.*`` and ``lib.*``."""
     tags: dict[str, str] = {}
@@ -333,7 +379,7 @@ def hardware_tags(fingerprint: Mapping[str, Any]) -> dict[str, str]:
 
 def write_review_files(job: Job, record: StudyRecord, views: Sequence[TrialView],
                        folder: Path) -> list[Path]:
-    """Write ``trials.csv``, ``trials.parquet``, ``pareto_front.csv`` and ``plots/*.html``
+    """Write ``trials.csv``, ``trials.parquet``, ``pareto_front.csv`` and ``plots.html``
     into ``folder`` (the parent run's artifact layout); returns the files written."""
     import csv
 
@@ -349,7 +395,7 @@ def write_review_files(job: Job, record: StudyRecord, views: Sequence[TrialView]
     (folder / "pareto_front.csv").write_text(buf.getvalue(), encoding="utf-8")
     ref = study_reference(record, job, views)
     figs = study_figures(views, job.objective_pairs, ref)
-    plots = write_figures(figs, folder / "plots")
+    plots = write_figures(figs, folder, title=f"autotune · {job.name}")
     return [folder / "trials.csv", folder / "trials.parquet", folder / "pareto_front.csv", *plots]
 
 

@@ -27,6 +27,7 @@ from autotune.errors import SpecError
 from autotune.pareto import non_dominated_sort
 from autotune.space import Config, SearchSpace
 from autotune.spec import Job
+from autotune.study import trial_metrics
 from autotune.yamlsrc import load_located
 
 FIELD = "agent.warm_start_from"
@@ -80,7 +81,7 @@ def from_study(job: Job, space: SearchSpace) -> WarmStart:
     objectives = job.objective_pairs
     rows: list[tuple[Any, dict[str, float], tuple[float, ...]]] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        metrics = {k: float(v) for k, v in (t.user_attrs.get("metrics") or {}).items()}
+        metrics = trial_metrics(t.user_attrs)
         if not metrics and t.values is not None:  # a study written by another tool
             saved = study.user_attrs.get("objectives") or []
             metrics = {str(m): float(v) for (m, _), v in zip(saved, t.values, strict=False)}

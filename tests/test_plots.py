@@ -139,10 +139,33 @@ def test_parallel_coordinate_info_maps_categories_and_drops_constants():
     assert list(dims) == ["runtime", "batch_size", "latency_p95_ms", "accuracy"]  # threads constant
     assert dims["runtime"].ticktext == ("torch", "onnxruntime")
     assert dims["runtime"].values == (0.0, 1.0, 1.0)
-    assert dims["batch_size"].ticktext is None and dims["batch_size"].values == (1.0, 8.0, 8.0)
+    # integers are discrete levels (categorical axis, ascending), not a continuous range
+    assert dims["batch_size"].categorical and dims["batch_size"].ticktext == ("1", "8")
+    assert dims["batch_size"].values == (0.0, 1.0, 1.0)
     assert info.color == (3.0, 2.0, 4.0) and info.reverse_scale
     fig = plot_parallel_coordinate(info)
     assert [d.label for d in fig.data[0].dimensions] == list(dims)
+    assert list(fig.data[0].dimensions[1].ticktext) == ["1", "8"]
+
+
+def test_parallel_coordinate_one_outlier_goes_on_a_log_axis():
+    lats = [0.03, 0.05, 0.04, 0.06, 32.0]  # one unstable measurement, 500x the others
+    views = [view(i, lat, 0.9 - i / 100, threads=1 + i % 2, pruning_ratio=[0.0, 0.3][i % 2])
+             for i, lat in enumerate(lats)]
+    info = _get_parallel_coordinate_info(views, OBJ2)
+    dims = {d.label: d for d in info.dimensions}
+    lat = dims["latency_p95_ms (log)"]
+    assert lat.values == pytest.approx([math.log10(x) for x in lats])
+    assert lat.ticktext[0] == "0.03" and lat.ticktext[-1] == "30" and not lat.categorical
+    assert len(lat.ticktext) <= 8  # 1-3 steps over these 4 decades
+    assert dims["threads"].categorical and not dims["pruning_ratio"].categorical
+    assert "accuracy" in dims  # a narrow range stays linear
+    # the bulk of the lines spreads over a visible part of the axis (linear: its bottom 0.1 %)
+    span = max(lat.values) - min(lat.values)
+    assert (sorted(lat.values)[-2] - min(lat.values)) / span > 0.05
+    fig = plot_parallel_coordinate(info)
+    d = fig.data[0].dimensions[-2]
+    assert list(d.tickvals) == pytest.approx([math.log10(float(t)) for t in lat.ticktext])
 
 
 def test_trial_table_has_every_trial_and_stores_as_parquet(tmp_path):

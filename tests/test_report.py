@@ -105,3 +105,66 @@ def test_bad_rule_in_the_job_file_is_located(tiny_job):
         load_job(tiny_job(2, **{"budget:": 'report: {rules: ["quickest"]}\nbudget:'}))
     assert err.value.path == "report.rules" and err.value.line is not None
     assert "cannot read the goal 'quickest'" in str(err.value)
+
+
+def test_tied_max_accuracy_never_recommends_a_dominated_trial(tiny_job):
+    """Two trials share the best accuracy; the slower one came first.  'max accuracy' picks the
+    faster one, and no recommendation is dominated by another."""
+    from autotune.report import dominated_recommendations
+
+    job = load_job(tiny_job(10))
+    record = open_record(job)
+    record.set_attr("baseline", BASELINE)
+    cfg = {"pruning_ratio": 0.0, "threads": 1, "quantization": "fp32"}
+    for lat, acc, rt, b in [(6.0, 0.91, "torch", 1), (2.5, 0.91, "onnxruntime", 8),
+                            (1.0, 0.87, "onnxruntime", 1)]:
+        n = record.start({**cfg, "runtime": rt, "batch_size": b}, job.space, agent="tpe")
+        record.complete(n, {"latency_p95_ms": lat, "accuracy": acc, "quality": acc,
+                            "accuracy_drop": BASELINE["accuracy"] - acc})
+    got = winners(record.trials(), job, record.baseline)
+    assert [w.label for w in got[:2]] == ["fastest", "max accuracy"]
+    assert got[1].trial.number == 1  # not trial 0: same accuracy, 2.4x slower
+    assert dominated_recommendations(got, job) == {}
+    rec = [w.trial for w in got if w.trial is not None]
+    from autotune.review import dominates
+
+    for a in rec:
+        assert not any(dominates(b.metrics, a.metrics, job.objective_pairs) for b in rec)
+
+
+def test_report_says_why_flags_unstable_and_formats_as_written(tiny_job):
+    """Each recommendation gets a sentence against the baseline; a latency whose CI is wider than
+    the job's target is flagged; accuracy_drop reads as a percentage (the constraint says 5 %),
+    memory with thousands separators."""
+    from autotune.review import format_value, percent_metrics, unstable, why_line
+
+    job = load_job(tiny_job(10))
+    record = open_record(job)
+    base = {**BASELINE, "latency_per_item_ms": 4.0, "peak_memory_mb": 24000.0}
+    record.set_attr("baseline", base)
+    n = record.start({"runtime": "onnxruntime", "quantization": "int8_dynamic", "batch_size": 1,
+                      "pruning_ratio": 0.0, "threads": 1}, job.space, agent="tpe")
+    record.complete(n, {"latency_p95_ms": 1.0, "accuracy": 0.9024, "quality": 0.9024,
+                        "accuracy_drop": -0.002427, "model_size_mb": 0.5, "speedup": 4.0,
+                        "latency_ci_rel": 1.97, "latency_stable": 0.0,
+                        "peak_memory_mb": 24110.3})
+    (v,) = record.trials()
+    assert percent_metrics(job) == {"accuracy_drop"}
+    assert format_value("accuracy_drop", -0.002427, {"accuracy_drop"}) == "-0.243 %"
+    assert format_value("peak_memory_mb", 24110.3) == "24,110"
+    assert format_value("latency_p95_ms", 0.04735) == "0.04735"
+    assert format_value("throughput_ips", 58900.6) == "58,901"
+    why = why_line(v, base, "accuracy")
+    assert why == ("vs the unmodified model: 4× faster per item, accuracy 90.24 % (+0.24 points), "
+                   "model 0.5 MB (-75 %, was 2 MB)")
+    assert unstable(v, job.measurement.target_ci).startswith("unstable: latency CI ±197 %")
+
+    text = build_report(job).read_text()
+    win = text.split('id="winners"')[1].split("</section>")[0]
+    assert "why this one" in win and "4× faster per item" in win
+    assert "⚠ unstable: latency CI ±197 %" in win
+    assert "-0.243 %" in win and "-0.002427" not in text
+    front = text.split('id="front"')[1].split("</section>")[0]
+    assert "⚠ unstable: latency CI ±197 %" in front
+    trials = text.split('id="trials"')[1].split("</section>")[0]
+    assert "24,110" in trials and "2.411e+04" not in text

@@ -25,8 +25,7 @@ from autotune.tuner import open_record
 from autotune.tuner import run as run_job
 
 EXPECTED_ARTIFACTS = {
-    "job.yaml", "hardware.json", "trials.csv", "trials.parquet", "pareto_front.csv",
-    "plots/pareto_front_2d.html", "plots/parallel_coordinates.html", "plots/hypervolume.html",
+    "job.yaml", "hardware.json", "trials.csv", "trials.parquet", "pareto_front.csv", "plots.html",
 }
 
 
@@ -116,10 +115,11 @@ def test_run_logs_parent_nested_runs_and_artifacts(mlflow_server, tiny_job, tmp_
     assert {r.data.tags["mlflow.parentRunId"] for r in nested} == {parent.info.run_id}
     assert parent.info.status == "FINISHED"
 
-    # parent: job spec, versions, hardware, baseline, hypervolume per trial
-    assert parent.data.params["name"] == "tiny"
-    assert parent.data.params["budget.max_trials"] == "2"
-    assert parent.data.params["autotune.version"] == parent.data.tags["autotune.version"]
+    # parent: job spec (artifact + a few tags, no params), versions, hardware, baseline, hypervolume
+    assert parent.data.params == {}
+    assert parent.data.tags["autotune.objectives"] == "minimize latency_p95_ms, maximize accuracy"
+    assert '"max_trials": 2' in parent.data.tags["autotune.budget"]
+    assert parent.data.tags["autotune.version"]
     assert parent.data.tags["hardware.cpu_arch"]
     assert int(parent.data.tags["hardware.logical_cores"]) >= 1
     assert parent.data.tags["lib.onnxruntime"]
@@ -145,10 +145,16 @@ def test_run_logs_parent_nested_runs_and_artifacts(mlflow_server, tiny_job, tmp_
         for m in ("latency_p95_ms", "latency_std_ms", "latency_n", "latency_ci_rel", "accuracy"):
             assert r.data.metrics[m] == pytest.approx(v.metrics[m])
         assert r.data.tags["state"] == "complete"
-        assert r.data.tags["feasible"] == str(v.feasible).lower()
+        assert r.data.metrics["feasible"] == float(v.feasible)
         assert r.data.tags["agent"] == "tpe"
-        assert r.data.tags["pareto_rank"] == str(ranks.get(v.number, "-"))
+        assert r.data.metrics.get("pareto_rank") == ranks.get(v.number)
+        assert "pareto_rank" not in r.data.tags and "feasible" not in r.data.tags
         assert r.info.status == "FINISHED"
+        # named after its configuration; the run lasts as long as the trial did
+        assert r.info.run_name.endswith(f"#{v.number}") and f"b{v.config['batch_size']}" in \
+            r.info.run_name
+        assert r.info.start_time == int(v.started * 1000)
+        assert r.info.end_time == int(v.completed * 1000)
 
     # artifacts, read back through the server's artifact proxy
     assert _artifacts(client, parent.info.run_id) >= EXPECTED_ARTIFACTS
@@ -157,9 +163,9 @@ def test_run_logs_parent_nested_runs_and_artifacts(mlflow_server, tiny_job, tmp_
 
     table = pd.read_parquet(local)
     assert sorted(table["trial"]) == [v.number for v in views]
-    html = Path(client.download_artifacts(parent.info.run_id, "plots/pareto_front_2d.html",
+    html = Path(client.download_artifacts(parent.info.run_id, "plots.html",
                                           str(tmp_path))).read_text()
-    assert "plotly" in html.lower() and "trial " in html
+    assert 'id="plotly-gz"' in html and "trial " in html and "pareto_front_2d" in html
 
 
 def test_server_down_then_sync_writes_each_run_once(mlflow_server, tiny_job):
@@ -205,7 +211,7 @@ def test_server_down_then_sync_writes_each_run_once(mlflow_server, tiny_job):
 
 def test_sync_writes_measured_trials_once_and_keeps_rank_tags_current(tiny_job):
     """Local SQLite store, study written by hand: invalid proposals get no run, a trial that
-    pushes another off the front changes that run's rank tag."""
+    pushes another off the front changes that run's (numeric) rank."""
     from autotune.tracking import Tracker
 
     job = load_job(tiny_job(10))
@@ -230,7 +236,8 @@ def test_sync_writes_measured_trials_once_and_keeps_rank_tags_current(tiny_job):
     tracker.finish(record.trials())
     runs = {int(r.data.tags[TRIAL_TAG]): r for r in tracker.nested_runs()}
     assert set(runs) == {0, 2}
-    assert runs[0].data.tags["pareto_rank"] == "0" and runs[2].data.tags["pareto_rank"] == "-"
+    assert runs[0].data.metrics["pareto_rank"] == 0 and "pareto_rank" not in runs[2].data.metrics
+    assert runs[0].data.metrics["feasible"] == 1 and runs[2].data.metrics["feasible"] == 0
     assert runs[2].data.tags["state"] == "failed"
     assert runs[2].data.tags["fail_reason"] == "child process crashed"
 
@@ -239,6 +246,88 @@ def test_sync_writes_measured_trials_once_and_keeps_rank_tags_current(tiny_job):
     assert tracker.sync(record.trials()) == 0
     tracker.finish(record.trials())
     runs = {int(r.data.tags[TRIAL_TAG]): r for r in tracker.nested_runs()}
-    assert runs[0].data.tags["pareto_rank"] == "1" and runs[3].data.tags["pareto_rank"] == "0"
+    assert runs[0].data.metrics["pareto_rank"] == 1 and runs[3].data.metrics["pareto_rank"] == 0
     hv = tracker.client.get_metric_history(tracker.parent_run_id(), "hypervolume")
     assert sorted(m.step for m in hv) == [0, 2, 3]
+    assert runs[3].info.run_name == "torch int8_dynamic b1 t1 #3"
+
+    # the front, filtered and sorted numerically as the runs table does (10 after 2)
+    front = tracker.client.search_runs(
+        [runs[0].info.experiment_id], filter_string="metrics.pareto_rank <= 1",
+        order_by=["metrics.pareto_rank ASC"])
+    assert [int(r.data.tags[TRIAL_TAG]) for r in front] == [3, 0]
+
+
+def test_artifacts_of_a_tiny_job_stay_small_and_plots_work_offline(tiny_job, tmp_path):
+    """All plots share one compressed plotly.js; the parent's artifacts stay under 2 MB."""
+    import gzip
+    import re
+
+    import plotly.offline
+
+    from autotune.plots import decode_7bit
+    from autotune.tracking import Tracker
+
+    job = load_job(tiny_job(10))
+    record = open_record(job)
+    record.set_attr("baseline", {"latency_p95_ms": 4.0, "accuracy": 0.9, "quality": 0.9})
+    cfg = {"runtime": "torch", "quantization": "fp32", "pruning_ratio": 0.0, "batch_size": 1,
+           "threads": 1}
+    for i, (lat, acc) in enumerate([(3.0, 0.89), (2.0, 0.885), (1.0, 0.8), (3.5, 0.9)]):
+        n = record.start({**cfg, "batch_size": [1, 8][i % 2]}, job.space, agent="tpe")
+        record.complete(n, {"latency_p95_ms": lat, "accuracy": acc, "quality": acc,
+                            "accuracy_drop": 0.9 - acc})
+    tracker = Tracker(job, record)
+    tracker.start({"cpu_model": "test"}, record.baseline)
+    tracker.sync(record.trials())
+    tracker.finish(record.trials())
+    assert tracker.last_error is None
+    (tmp_path / "dl").mkdir()
+    folder = Path(tracker.client.download_artifacts(tracker.parent_run_id(), "",
+                                                    str(tmp_path / "dl")))
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size
+             for p in folder.rglob("*") if p.is_file()}
+    assert "plots.html" in files and not any(f.startswith("plots/") for f in files)
+    assert sum(files.values()) < 2_000_000, files
+    html = (folder / "plots.html").read_text(encoding="utf-8")
+    assert html.count('class="figure"') == 3  # front, parallel coordinates, hypervolume
+    m = re.search(r'<script type="text/plain" id="plotly-gz" data-bytes="(\d+)">(.*?)</script>',
+                  html, re.S)
+    assert m and "<" not in m.group(2) and "\r" not in m.group(2) and "\0" not in m.group(2)
+    js = gzip.decompress(decode_7bit(m.group(2), int(m.group(1)))).decode()
+    assert js == plotly.offline.get_plotlyjs()
+
+
+def test_registered_model_has_a_signature_an_onnx_flavor_and_prints_no_ansi(tmp_path, capfd):
+    import mlflow
+    import numpy as np
+    from _deploy_job import ORT_INT8, tuned_job
+
+    from autotune.deploy import load
+    from autotune.deploy.export import pick_trial, register_bundle, write_bundle
+
+    job = tuned_job()
+    out = tmp_path / "bundle"
+    write_bundle(job, pick_trial(job, ORT_INT8), out)
+    capfd.readouterr()
+    reg = register_bundle(out, tracking_uri=job.tracking_uri, name="signed", alias=None,
+                          artifacts=job.out_dir / "mlartifacts")
+    printed = capfd.readouterr()
+    assert "\x1b[" not in printed.out + printed.err  # no coloured MLflow warning
+    assert "type hint" not in printed.out + printed.err
+    mlflow.set_tracking_uri(job.tracking_uri)
+    mlflow.set_registry_uri(job.tracking_uri)
+    try:
+        info = mlflow.models.get_model_info(reg.model_uri)
+        proto = mlflow.onnx.load_model(reg.model_uri)
+        model = mlflow.pyfunc.load_model(reg.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    assert {"python_function", "onnx"} <= set(info.flavors)
+    (inp,) = info.signature.inputs.inputs
+    assert inp.name == "input_0" and inp.shape == (-1, 64) and inp.type == np.dtype("float32")
+    assert info.signature.outputs.inputs[0].shape == (-1, 10)
+    assert proto.SerializeToString() == (out / "model.onnx").read_bytes()
+    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
+    np.testing.assert_array_equal(model.predict(x), load(out).predict(x))

@@ -291,17 +291,61 @@ def _mlflow_quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
+def model_signature(manifest: Mapping[str, Any]) -> Any:
+    """The MLflow signature of a bundle: one tensor per model input and output, as the manifest
+    lists them (``None`` dimensions, such as the batch axis, become -1)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def schema(specs: Any) -> Schema | None:
+        tensors = [TensorSpec(np.dtype(s["dtype"]), tuple(-1 if d is None else int(d)
+                                                          for d in s["shape"]), s["name"])
+                   for s in specs or ()]
+        return Schema(tensors) if tensors else None
+
+    inputs = schema(manifest.get("inputs"))
+    return ModelSignature(inputs=inputs, outputs=schema(manifest.get("outputs"))) if inputs \
+        else None
+
+
+class _BundleFlavor:
+    """``Model.log`` flavor: the pyfunc model from code (:data:`MLFLOW_MODEL_CODE`), plus the
+    ``onnx`` flavor over the bundle's ``model.onnx`` when there is one, so that
+    ``mlflow.onnx.load_model`` and ONNX tooling read the registered model directly."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, *, bundle: Path, **kwargs: Any) -> None:
+        import mlflow
+
+        mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        onnx_file = Path(path) / "artifacts" / bundle.name / MODEL_ONNX
+        if onnx_file.is_file():
+            import onnx
+
+            mlflow_model.add_flavor(
+                "onnx", onnx_version=onnx.__version__,
+                data=onnx_file.relative_to(path).as_posix(),
+                providers=["CPUExecutionProvider"], code=None,
+            )
+            mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
 def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | None = "champion",
                     experiment: str | None = None, artifacts: Path | None = None) -> Registered:
-    """Log ``bundle`` as an MLflow pyfunc model (code: :data:`MLFLOW_MODEL_CODE`, which loads it
-    with :func:`autotune.deploy.load`), register it as ``name`` and point ``alias`` at it."""
+    """Log ``bundle`` as an MLflow model (pyfunc from code: :data:`MLFLOW_MODEL_CODE`, which loads
+    it with :func:`autotune.deploy.load`; plus the ``onnx`` flavor for an ONNX bundle), with the
+    signature of the model's inputs and outputs; register it as ``name`` and point ``alias`` at
+    it."""
     import warnings
 
     _mlflow_quiet()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
+    from mlflow.models import Model
     from mlflow.tracking import MlflowClient
 
+    bundle = Path(bundle)
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     manifest = json.loads((bundle / MANIFEST).read_text())
     src = manifest.get("source", {})
@@ -311,24 +355,27 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
     prev_tracking, prev_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    config = manifest.get("config", {})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mlflow.start_run(experiment_id=exp_id, run_name=f"export-trial-{src.get('trial')}",
+            with mlflow.start_run(experiment_id=exp_id,
+                                  run_name=f"export trial {src.get('trial')}",
                                   tags={"autotune.job": str(src.get("job")),
                                         "autotune.trial_number": str(src.get("trial")),
                                         "autotune.kind": "export"}) as run:
-                mlflow.log_params({f"config.{k}": v for k, v in manifest.get("config", {}).items()})
-                info = mlflow.pyfunc.log_model(
-                    name="bundle", python_model=str(MLFLOW_MODEL_CODE),
-                    artifacts={"bundle": str(bundle)},
+                mlflow.log_params({f"config.{k}": v for k, v in config.items()})
+                info = Model.log(
+                    None, _BundleFlavor, name="bundle", bundle=bundle,
+                    python_model=str(MLFLOW_MODEL_CODE), artifacts={"bundle": str(bundle)},
+                    signature=model_signature(manifest),
                     pip_requirements=[f"{k}=={v}" for k, v in manifest["libraries"]["exported"].items()
                                       if v and k in ("onnxruntime", "numpy", "pyyaml")] + ["autotune"],
                     metadata={"autotune_trial": src.get("trial"), "autotune_job": src.get("job")},
                 )
                 run_id = run.info.run_id
             mv = mlflow.register_model(info.model_uri, name, tags={
-                BUNDLE_TAG: manifest_sha, BUNDLE_PATH_TAG: str(Path(bundle).resolve())})
+                BUNDLE_TAG: manifest_sha, BUNDLE_PATH_TAG: str(bundle.resolve())})
     finally:
         mlflow.set_tracking_uri(prev_tracking)
         mlflow.set_registry_uri(prev_registry)
