@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError
+from autotune.refs import resolve
 from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
-from autotune.spec import Job, job_from_located
+from autotune.spec import _REF, Job, job_from_located
 from autotune.yamlsrc import Located, load_located
 
 #: default seconds for importing all of a job's references in the child process
@@ -301,8 +302,6 @@ class ImportRun:
 def raw_references(doc: Located) -> list[tuple[str, str]]:
     """The references of a parsed (not yet validated) job file that are well formed, so that
     their import can start while the rest of the job is validated."""
-    from autotune.spec import _REF
-
     data = doc.data if isinstance(doc.data, Mapping) else {}
     out = []
     for field in ("model.factory", "evaluation.dataset", "evaluation.metric", "evaluation.loss",
@@ -351,8 +350,6 @@ def _child() -> None:
         def emit(**ev: Any) -> None:
             out.write(json.dumps({**ev, "t": time.monotonic()}, default=str) + "\n")
             out.flush()
-
-        from autotune.refs import resolve
 
         for field, ref in request["refs"]:
             emit(event="start", field=field, ref=ref)

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-from autotune.deploy.serve import serve
+from autotune.check import check_job
+from autotune.dashboard import serve as serve_dashboard
+from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError
 from autotune.spec import load_job
 
@@ -143,8 +145,6 @@ def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
                    "(0 skips the import check).")
 def validate(job_file: str, import_timeout: float) -> None:
     """Check a job file and show what it will search."""
-    from autotune.check import check_job
-
     checked = check_job(job_file, import_timeout=import_timeout)
     job, space = checked.job, checked.space
     console = _console()
@@ -254,7 +254,6 @@ def report(job_file: str, out: str | None) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def dashboard(job_file: str, host: str, port: int) -> None:
     """optuna-dashboard on the job's study, "Best Trials" chosen among feasible trials only."""
-    from autotune.dashboard import serve
     from autotune.tuner import open_record
 
     job = _load(job_file)
@@ -262,7 +261,7 @@ def dashboard(job_file: str, host: str, port: int) -> None:
     click.echo(f"optuna-dashboard for '{job.name}' on http://{host}:{port}/ (Ctrl-C stops)",
                err=True)
     try:
-        serve(job.storage_url, host=host, port=port)
+        serve_dashboard(job.storage_url, host=host, port=port)
     except KeyboardInterrupt:
         click.echo("dashboard stopped", err=True)
 
@@ -343,8 +342,6 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
 
     API: GET / and /docs; SIGTERM stops accepting, finishes the requests in flight and exits.
     """
-    from autotune.deploy.serve import Limits
-
     try:
         if job_file and not tracking_uri:
             tracking_uri = _load(job_file).tracking_uri

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from autotune.errors import AutotuneError
+
 _PATCHED = "_autotune_feasible_best"
 
 
@@ -35,8 +37,6 @@ def install_feasible_best() -> None:
     """Make optuna-dashboard's multi-objective "Best Trials" the Pareto front of the feasible
     trials (idempotent).  Raises :class:`~autotune.errors.AutotuneError` if the installed
     optuna-dashboard does not have the function this relies on (it was written against 0.21)."""
-    from autotune.errors import AutotuneError
-
     try:
         from optuna_dashboard import _app
     except ImportError:

@@ -24,6 +24,8 @@ from autotune.metrics import Direction
 from autotune.pareto import GOALS, Record, knee_point, parse_rule
 from autotune.plots import study_figures
 from autotune.review import (
+    dominates,
+    format_value,
     front_table,
     hypervolume_series,
     objective_points,
@@ -102,9 +104,6 @@ def winners(views: Sequence[TrialView], job: Job,
 def dominated_recommendations(ws: Sequence[Winner], job: Job) -> dict[int, int]:
     """``{trial: trial that dominates it}`` among the recommended trials, over the job's
     objectives and every rule's metric (empty when every recommendation is worth its place)."""
-    from autotune.pareto import parse_rule
-    from autotune.review import dominates
-
     space = list(job.objective_pairs)
     for text in job.report.rules or default_rules(job.objective_pairs):
         r = parse_rule(text)
@@ -134,8 +133,6 @@ def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
                row_class: Sequence[str] | None = None, percent: set[str] | None = None) -> str:
     """Rows as an HTML table; numbers formatted per column by
     :func:`autotune.review.format_value` (``percent``: the columns shown as percentages)."""
-    from autotune.review import format_value
-
     def cell(col: Any, v: Any) -> str:
         return format_value(str(col), v, percent or set()) if _is_num(v) else _fmt(v)
 

@@ -30,6 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from autotune.constraints import parse_constraint
 from autotune.metrics import Direction
 from autotune.pareto import (
     Record,
@@ -189,8 +190,6 @@ def front_table(views: Sequence[TrialView], job: Job) -> list[dict[str, Any]]:
 def percent_metrics(job: Job) -> set[str]:
     """Metrics the job's constraints or selection rules bound with a percentage (``accuracy_drop
     <= 2%``): the report shows their values as percentages too."""
-    from autotune.constraints import parse_constraint
-
     texts = list(job.constraints) + [part for rule in (job.report.rules or ())
                                      for part in _rule_constraints(rule)]
     out = set()

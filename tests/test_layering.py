@@ -276,7 +276,7 @@ def test_optuna_private_api_only_in_the_study_adapter(graph) -> None:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("optuna") and (
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "optuna" and (
                     any(p.startswith("_") for p in node.module.split("."))
                     or any(a.name.startswith("_") for a in node.names)):
                 bad.append(f"{path.name}:{node.lineno}: from {node.module} import ...")
