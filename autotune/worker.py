@@ -311,7 +311,7 @@ class Worker:
         from autotune.harness.isolate import IsolatedHarness
 
         own_harness = self.harness is None
-        harness = self.harness or IsolatedHarness(job)
+        harness = self.harness or IsolatedHarness(job, on_message=progress.on_status)
         new = 0
         try:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
