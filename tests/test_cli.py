@@ -251,3 +251,32 @@ def test_schema_is_valid_json_schema_and_accepts_the_example_jobs(tmp_path: Path
                 {**ok, "source": "x"}):
         assert not check.is_valid(bad), bad
     assert "cpu-inference" in json.dumps(schema["properties"]["search_space"])
+
+
+@pytest.mark.slow
+def test_quickstart_front_shows_a_trade_off(tmp_path: Path) -> None:
+    """README command 1, for real (its search, budget and objectives), with shorter timing loops
+    so it stays near a minute: the front has at least three points, and no configuration is the
+    best at everything (the fastest, the most accurate and the smallest are not one trial)."""
+    import shutil
+
+    import yaml
+
+    root = Path(__file__).parent.parent / "experiments"
+    shutil.copy(root / "digits_model.py", tmp_path)
+    job = yaml.safe_load((root / "digits-cpu.yaml").read_text())
+    job["measurement"] = {"warmup": 2, "min_repeats": 10, "target_ci": 0.05, "max_time_s": 0.3}
+    job["tracking"] = {"enabled": False}
+    path = tmp_path / "digits-cpu.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    r = _invoke("run", str(path), "--quiet")
+    assert r.exit_code == 0, r.stdout
+    data = json.loads(_invoke("status", str(path), "--json").stdout)
+    assert data["trials"]["complete"] == job["budget"]["max_trials"]
+    front = data["front"]
+    assert len(front) >= 3, [(t["number"], t["metrics"]) for t in front]
+    best = set()
+    for o in data["objectives"]:
+        sign = 1 if o["direction"] == "minimize" else -1
+        best.add(min(front, key=lambda t, m=o["metric"], s=sign: s * t["metrics"][m])["number"])
+    assert len(best) >= 2
