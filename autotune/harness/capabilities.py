@@ -9,6 +9,7 @@ from autotune.harness.fingerprint import fingerprint
 
 __all__ = ["Capabilities", "detect_capabilities"]
 
+
 @dataclass(frozen=True)
 class Capabilities:
     """What precisions and runtimes this process can use.
