@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from autotune.errors import SpecError
+from autotune.errors import AutotuneError, SpecError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,8 +147,16 @@ def tune(job: Any, *, max_trials: int | None = None, quiet: bool = False,
     :class:`autotune.tuner.Progress` to draw it differently.  Bad input raises
     :class:`~autotune.errors.SpecError`; failed trials are recorded in the results, not raised.
     """
+    import multiprocessing
+
     from autotune.tuner import Progress, run
 
+    if multiprocessing.current_process().name == "autotune-harness":
+        # the measuring process is spawned: it imports the caller's script, which must not tune
+        raise AutotuneError(
+            "autotune.tune() ran again inside the measuring process, which imports your script "
+            "as Python's multiprocessing does; put the call under "
+            "`if __name__ == \"__main__\":` (notebooks need nothing).")
     spec = as_job(job, base_dir=base_dir)
     if progress is None:
         progress = Progress() if quiet else _printing_progress(sys.stderr)

@@ -100,3 +100,17 @@ def test_a_bad_job_dict_is_a_located_spec_error(tmp_path: Path) -> None:
     assert e.value.path == "budget.max_trails" and "max_trials" in str(e.value)
     with pytest.raises(SpecError, match="a path to a job file, a dict"):
         autotune.tune(42)
+
+
+def test_a_script_without_main_guard_gets_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    """The measuring process is spawned and imports the caller's script (as multiprocessing
+    does): a script calling tune() at top level must fail with the fix, not deadlock."""
+    (tmp_path / "obj.py").write_text(OBJECTIVE)
+    script = tmp_path / "tune_it.py"
+    script.write_text("import autotune\n"
+                      f"autotune.tune({dict(JOB, budget={'max_trials': 1})!r}, "
+                      f"base_dir={str(tmp_path)!r}, quiet=True)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=240, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "put the call under `if __name__ == \"__main__\":`" in r.stderr
