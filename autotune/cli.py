@@ -1,4 +1,4 @@
-"""Command line: ``autotune validate|run|status JOB``."""
+"""Command line: ``autotune validate|run|status|report|export|retune JOB``, ``autotune schema``."""
 
 from __future__ import annotations
 
@@ -18,13 +18,79 @@ from autotune.errors import AutotuneError
 from autotune.spec import load_job
 
 
-def _console() -> Any:
+def _console(stderr: bool = False) -> Any:
+    """Rich console; ``stderr=True`` for commands whose stdout is JSON (``--json``)."""
     import shutil
 
     from rich.console import Console
 
-    width = shutil.get_terminal_size((160, 40)).columns if sys.stdout.isatty() else 160
-    return Console(highlight=False, width=max(width, 100))
+    stream = sys.stderr if stderr else sys.stdout
+    width = shutil.get_terminal_size((160, 40)).columns if stream.isatty() else 160
+    return Console(highlight=False, width=max(width, 100), stderr=stderr)
+
+
+def _json_option(f: Any) -> Any:
+    """``--json``, kept out of the command's arguments (read it with :func:`_as_json`)."""
+    return click.option("--json", "as_json", is_flag=True, expose_value=False,
+                        callback=lambda ctx, _p, v: ctx.meta.__setitem__("autotune.json", v),
+                        help="Print one JSON object on stdout (messages go to stderr).")(f)
+
+
+def _as_json() -> bool:
+    return bool(click.get_current_context().meta.get("autotune.json"))
+
+
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While a ``--json`` command works, whatever libraries print goes to stderr, so stdout
+    carries the JSON object alone (Python-level writes, and the file descriptor when stdout is
+    the process's own)."""
+    if not active:
+        yield
+        return
+    import contextlib
+    import os
+
+    saved = None
+    with contextlib.suppress(Exception):
+        if sys.stdout.fileno() == 1:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _emit_json(data: Any) -> None:
+    import json
+
+    click.echo(json.dumps(_jsonable(data), indent=2, allow_nan=False))
+
+
+def _jsonable(v: Any) -> Any:
+    """Plain JSON values: mappings/sequences recursively, NaN/inf as null, paths as strings."""
+    from collections.abc import Mapping
+    from pathlib import PurePath
+
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, bool | int | str) or v is None:
+        return v
+    if isinstance(v, PurePath):
+        return str(v)
+    if hasattr(v, "item"):  # numpy scalars
+        return _jsonable(v.item())
+    return str(v)
 
 
 def _fmt(v: Any) -> str:
@@ -35,7 +101,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible trials)") -> Any:
+def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible trials)",
+                width: int = 160) -> Any:
+    """The front as a rich table that fits ``width`` columns: parameters every front point
+    shares go to the caption, and long headers are broken at underscores (never truncated)."""
     from rich.table import Table
 
     from autotune.review import front_row
@@ -49,11 +118,45 @@ def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible tri
     cols = [c for c in cols if c not in shared]
     caption = ("all with " + ", ".join(f"{k}={v}" for k, v in shared.items())) if shared else None
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for c in cols:
-        table.add_column(c, justify="right" if c not in job.space.names else "left")
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    data_w = [max([len(row[i]) for row in cells] + [1]) for i in range(len(cols))]
+    for c, header in zip(cols, _headers(cols, data_w, width), strict=True):
+        table.add_column(header, justify="right" if c not in params else "left",
+                         overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     return table
+
+
+def _headers(names: Sequence[str], data_w: Sequence[int], width: int) -> list[str]:
+    """Headers that let the table fit ``width``: while it does not, the header that overhangs
+    its values the most is broken into lines at underscores ("latency_p95_ms" over "1.23" becomes
+    "latency" / "_p95_ms"); a table that fits keeps its headers on one line."""
+    heads = list(names)
+
+    def col_w(i: int) -> int:
+        return max(data_w[i], *(len(line) for line in heads[i].split("\n")))
+
+    tried: set[int] = set()
+    while sum(col_w(i) + 3 for i in range(len(heads))) + 1 > width:
+        overhang = [(col_w(i) - data_w[i], i) for i in range(len(heads)) if i not in tried]
+        if not overhang or max(overhang)[0] <= 0:
+            break
+        i = max(overhang)[1]
+        tried.add(i)
+        heads[i] = _wrap_header(names[i], max(data_w[i], 6))
+    return heads
+
+
+def _wrap_header(name: str, width: int) -> str:
+    parts = name.split("_")
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += "_" + part
+        else:
+            lines.append("_" + part)
+    return "\n".join(lines)
 
 
 class _Bar:
@@ -96,6 +199,13 @@ class _Bar:
         desc = f"#{view.number} {state} · front {len(front)} · best " + ", ".join(best)
         self.progress.update(self.task, completed=done, description=desc)
 
+    def status(self, message: str) -> None:
+        """What the loop waits for: a line before the bar starts, the bar's text once it runs."""
+        if self.task is None:
+            self.console.print(f"[dim]{message}[/]")
+        else:
+            self.progress.update(self.task, description=message)
+
     def stop(self) -> None:
         if self.task is not None:
             self.progress.stop()
@@ -125,17 +235,44 @@ def _load(path: str) -> Any:
 
 @contextmanager
 def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
-    """Progress callbacks for a tuning loop; the bar is stopped however the loop ends."""
+    """Progress callbacks for a tuning loop; the bar is stopped however the loop ends.
+
+    ``prog.extra["measured"]`` collects the trials this process measured (for the exit code)."""
     from autotune.tuner import Progress
 
     bar = _Bar(console, job)
-    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"))
+    measured: list[Any] = []
+
+    def on_trial(view: Any, done: int, total: int, front: Sequence[Any]) -> None:
+        measured.append(view)
+        if not quiet:
+            bar.trial(view, done, total, front)
+
+    prog = Progress(on_message=lambda m: console.print(f"[dim]{m}[/]"), on_trial=on_trial,
+                    on_status=bar.status, extra={"measured": measured})
     if not quiet:
-        prog.on_start, prog.on_trial = bar.start, bar.trial
+        prog.on_start = bar.start
     try:
         yield prog
     finally:
         bar.stop()
+
+
+def _all_failed(console: Any, measured: Sequence[Any], summary: Any) -> bool:
+    """Say so, honestly, when every trial this process measured failed (or the study has no
+    complete trial at all); the command then exits with 1."""
+    failed = [t for t in measured if t.state == "failed"]
+    if measured and len(failed) < len(measured):
+        return False
+    if not measured and (summary.n_complete or not summary.n_failed):
+        return False
+    last = failed[-1] if failed else next(
+        t for t in reversed(summary.trials) if t.state == "failed")
+    n = len(failed) if measured else summary.n_failed
+    console.print(f"[red]every trial failed[/] ({n} of {n}{' in this run' if measured else ''});"
+                  f" the last one, trial {last.number}: {last.reason.splitlines()[0][:300]}. "
+                  "See 'autotune status' for each reason and runs/<job>/logs/harness.log.")
+    return True
 
 
 @main.command()
@@ -143,8 +280,12 @@ def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
 @click.option("--import-timeout", type=click.FloatRange(0, 86400), default=60.0, show_default=True,
               help="Seconds to import the job's module:function references in a child process "
                    "(0 skips the import check).")
+@_json_option
 def validate(job_file: str, import_timeout: float) -> None:
     """Check a job file and show what it will search."""
+    if _as_json():
+        _validate_json(job_file, import_timeout)
+        return
     checked = check_job(job_file, import_timeout=import_timeout)
     job, space = checked.job, checked.space
     console = _console()
@@ -162,6 +303,44 @@ def validate(job_file: str, import_timeout: float) -> None:
         console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
+
+
+def _validate_json(job_file: str, import_timeout: float) -> None:
+    """``autotune validate --json``: ``{"ok": true, "job": ..., "search_space": [...]}``, or
+    ``{"ok": false, "error": {"message", "file", "line", "field", "hint"}}`` with exit code 2."""
+    from autotune.errors import SpecError
+
+    try:
+        checked = check_job(job_file, import_timeout=import_timeout)
+        job, space = checked.job, checked.space
+    except AutotuneError as exc:
+        spec = exc if isinstance(exc, SpecError) else None
+        _emit_json({"ok": False, "file": job_file, "error": {
+            "type": type(exc).__name__, "message": str(exc),
+            "file": spec.file if spec else None, "line": spec.line if spec else None,
+            "field": spec.path if spec else None, "hint": spec.hint if spec else None}})
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    params = []
+    for p in space:
+        d: dict[str, Any] = {"name": p.name, "kind": p.kind}
+        if p.kind == "categorical":
+            d["choices"] = list(p.choices)
+        else:
+            d.update(low=p.low, high=p.high, step=p.step, log=bool(p.log))
+        d["when"] = {k: list(v) if isinstance(v, tuple | list) else v
+                     for k, v in dict(p.when).items()} if p.when else None
+        params.append(d)
+    _emit_json({
+        "ok": True, "file": job_file, "job": job.name,
+        "objectives": [{"metric": m, "direction": d} for m, d in job.objective_pairs],
+        "constraints": list(job.constraints),
+        "agent": job.agent.name,
+        "budget": {"max_trials": job.budget.max_trials, "timeout_s": job.budget.timeout},
+        "search_space": params, "storage": job.storage_url, "tracking": job.tracking_uri,
+        "rules": [r.to_dict() for r in checked.rules],
+        "imports": [i.to_dict() for i in checked.imports],
+    })
 
 
 @main.command()
@@ -184,20 +363,24 @@ def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
         sys.exit(130)
     _report(console, job, summary)
     console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
+    if _all_failed(console, prog.extra["measured"], summary):
+        sys.exit(1)
 
 
 def _report(console: Any, job: Any, summary: Any) -> None:
     n = len([t for t in summary.trials if t.state != "invalid"])
+    done = (", budget used up" if summary.n_complete else ", budget used up with no trial "
+            "completed") if summary.finished else ""
     console.print(
         f"job '{job.name}': {n} trials, {summary.n_complete} complete, {summary.n_failed} failed"
-        f"{', finished' if summary.finished else ''}"
+        f"{done}"
     )
     if summary.baseline:
         b = summary.baseline
         shown = [m for m, _ in job.objective_pairs] + [c.metric for c in job.parsed_constraints]
         console.print("baseline: " + ", ".join(f"{m}={_fmt(b[m])}" for m in dict.fromkeys(shown)
                                                if m in b))
-    console.print(front_table(summary, job))
+    console.print(front_table(summary, job, width=console.width))
     if summary.tracking_error:
         console.print(f"[yellow]MLflow was unavailable ({summary.tracking_error}); run "
                       f"'autotune sync' to write the missing runs.[/]")
@@ -207,6 +390,7 @@ def _report(console: Any, job: Any, summary: Any) -> None:
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
+@_json_option
 def status(job_file: str) -> None:
     """Trials done and failed, and the current Pareto front."""
     from autotune.tuner import status as job_status
@@ -214,10 +398,40 @@ def status(job_file: str) -> None:
     console = _console()
     job = _load(job_file)
     summary = job_status(job)
+    if _as_json():
+        _emit_json(status_json(job, summary))
+        return
     _report(console, job, summary)
     failed = [t for t in summary.trials if t.state == "failed"]
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
+
+
+def _trial_json(t: Any) -> dict[str, Any]:
+    return {"number": t.number, "state": t.state, "feasible": t.feasible,
+            "config": dict(t.config), "metrics": dict(t.metrics), "reason": t.reason or None,
+            "duration_s": t.duration_s}
+
+
+def status_json(job: Any, summary: Any) -> dict[str, Any]:
+    """``autotune status --json``: stable keys (``trials`` counts by state, ``front`` and
+    ``failed`` as trial objects with number, state, feasible, config, metrics, reason)."""
+    states = [t.state for t in summary.trials]
+    return {
+        "job": job.name,
+        "file": job.source,
+        "finished": summary.finished,
+        "budget": {"max_trials": job.budget.max_trials, "timeout_s": job.budget.timeout},
+        "trials": {"total": sum(s != "invalid" for s in states),
+                   **{k: states.count(k) for k in ("complete", "failed", "running", "invalid")}},
+        "objectives": [{"metric": m, "direction": d} for m, d in job.objective_pairs],
+        "constraints": list(job.constraints),
+        "baseline": dict(summary.baseline),
+        "front": [_trial_json(t) for t in summary.front],
+        "failed": [_trial_json(t) for t in summary.trials if t.state == "failed"],
+        "storage": job.storage_url,
+        "tracking": job.tracking_uri,
+    }
 
 
 @main.command()
@@ -275,6 +489,7 @@ def dashboard(job_file: str, host: str, port: int) -> None:
 @click.option("--alias", default="champion", show_default=True, help="MLflow registry alias.")
 @click.option("--name", "model_name", default=None, help="Registered model name (default: job name).")
 @click.option("--no-register", is_flag=True, help="Write the bundle only.")
+@_json_option
 def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name: str | None,
                no_register: bool) -> None:
     """Export a measured configuration as a deployable bundle and register it in MLflow."""
@@ -282,10 +497,19 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
 
     from autotune.deploy.export import export_bundle
 
-    console = _console()
+    as_json = _as_json()
+    console = _console(stderr=as_json)
     job = _load(job_file)
-    res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
-                        alias=alias, model_name=model_name)
+    with _stdout_to_stderr(as_json):
+        res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
+                            alias=alias, model_name=model_name)
+    if as_json:
+        _emit_json(export_json(res))
+        if res.registry_error:
+            click.echo(f"error: the bundle is written, but MLflow registration failed: "
+                       f"{res.registry_error}", err=True)
+            sys.exit(1)
+        return
     m = res.manifest
     console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}: "
                   + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
@@ -304,6 +528,20 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
         click.echo(f"error: the bundle is written, but MLflow registration failed: "
                    f"{res.registry_error}", err=True)
         sys.exit(1)
+
+
+def export_json(res: Any) -> dict[str, Any]:
+    """``autotune export --json``: bundle, trial, config, latency, runtime, notes, registered
+    (name, version, alias, model_uri, run_id; null when not registered), registry_error, and
+    the whole manifest."""
+    from dataclasses import asdict
+
+    m = res.manifest
+    return {"bundle": str(res.bundle), "trial": res.trial, "config": dict(m.get("config") or {}),
+            "latency": dict(m.get("latency") or {}), "runtime": m.get("runtime"),
+            "notes": list(res.notes),
+            "registered": asdict(res.registered) if res.registered else None,
+            "registry_error": res.registry_error, "manifest": dict(m)}
 
 
 @main.command("serve")
@@ -384,6 +622,8 @@ def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, qu
         sys.exit(130)
     console.print(f"worker done: {summary.new_trials} trials measured here; study has "
                   f"{summary.n_complete} complete, {summary.n_failed} failed")
+    if _all_failed(console, prog.extra["measured"], summary):
+        sys.exit(1)
 
 
 def _print_cycle(console: Any, res: Any) -> None:
@@ -400,14 +640,20 @@ def _print_cycle(console: Any, res: Any) -> None:
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
+@_json_option
 def retune(job_file: str) -> None:
     """Run one re-tuning cycle now (for cron, systemd timers, Kubernetes CronJobs)."""
     from autotune.schedule import retune_once
 
-    console = _console()
+    as_json = _as_json()
+    console = _console(stderr=as_json)
     job = _load(job_file)
-    res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
-    _print_cycle(console, res)
+    with _stdout_to_stderr(as_json):
+        res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
+    if as_json:  # CycleResult's fields: job, decision, why, changed, champion, challenger, ...
+        _emit_json(res.to_dict())
+    else:
+        _print_cycle(console, res)
     if res.decision == "skipped":
         sys.exit(3)
 
@@ -427,6 +673,16 @@ def schedule(job_file: str, max_cycles: int | None) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/]")
         sys.exit(130)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of job files (for editor completion: see the README)."""
+    import json
+
+    from autotune.api import job_schema
+
+    click.echo(json.dumps(job_schema(), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,6 +60,9 @@ class Progress:
         lambda view, done, total, front: None
     )
     on_message: Callable[[str], None] = lambda msg: None
+    #: what the loop is waiting for right now (starting the measuring process, the host
+    #: measurement lock); transient, where ``on_message`` is a line worth keeping
+    on_status: Callable[[str], None] = lambda msg: None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

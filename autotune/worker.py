@@ -305,7 +305,7 @@ class Worker:
                              tracking_error=self._callback_error())
 
         own_harness = self.harness is None
-        harness = self.harness or IsolatedHarness(job)
+        harness = self.harness or IsolatedHarness(job, on_message=progress.on_status)
         new = 0
         try:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait

@@ -18,7 +18,8 @@ def _job(write_job, text: str):
 
 def test_quickstart_job_is_valid():
     job = load_job(EXPERIMENTS / "digits-cpu.yaml")
-    assert job.objective_pairs == [("latency_p95_ms", "minimize"), ("accuracy", "maximize")]
+    assert job.objective_pairs == [("latency_p95_ms", "minimize"), ("accuracy", "maximize"),
+                                  ("model_size_mb", "minimize")]
     assert "quantization" in job.space
     assert job.storage_url.startswith("sqlite:///")
     with pytest.raises(ValidationError):  # immutable

@@ -4,6 +4,9 @@
 ``$AUTOTUNE_MEASURE_LOCK``).  The kernel drops the lock when the holder dies, so a killed worker
 never blocks the host.  Re-entrant within one process (a nested ``with`` is a no-op), so wrapping
 both the harness child's request loop and the measurement itself is harmless.
+
+The holder writes its pid into the file; a process that has to wait tells the wait hook
+(:func:`set_wait_hook`) once, with the holder, so a progress display can say what it waits for.
 """
 
 from __future__ import annotations
@@ -12,13 +15,41 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 DEFAULT_LOCK = "/tmp/autotune-measure.lock"
 _local = threading.local()
 _process_lock = threading.Lock()
+_wait_hook: Callable[[str], None] | None = None
+
+
+def set_wait_hook(hook: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Call ``hook(message)`` when :func:`measurement_lock` has to wait for another process
+    (the harness child forwards it to the progress display); returns the previous hook."""
+    global _wait_hook
+    previous, _wait_hook = _wait_hook, hook
+    return previous
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from the pid its holder wrote (and the holder's command line)."""
+    try:
+        pid = int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return "another process"
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        # a measuring process is a multiprocessing child: name the command that started it
+        while proc is not None and "multiprocessing" in " ".join(proc.cmdline()):
+            proc = proc.parent()
+        cmd = " ".join(proc.cmdline()[1:5]) if proc is not None else ""
+        return f"pid {pid}" + (f": {cmd[:80]}" if cmd else "")
+    except Exception:
+        return f"pid {pid}"
 
 
 def lock_path() -> Path:
@@ -49,7 +80,18 @@ def measurement_lock(path: str | os.PathLike[str] | None = None) -> Iterator[flo
         with suppress(OSError):
             os.fchmod(fd, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                hook = _wait_hook
+                if hook is not None:
+                    with suppress(Exception):
+                        hook(f"waiting for the host measurement lock {p} (held by {_holder(fd)}; "
+                             "one measurement at a time per host)")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            with suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             _local.depth = 1
             try:
                 yield time.perf_counter() - t0

@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from autotune import errors
@@ -52,6 +53,10 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
         with contextlib.suppress(BaseException):
             _ = ev.workload
     conn.send(("ready",))
+    from autotune.harness import hostlock
+
+    # a wait for the host measurement lock is shown by the parent's progress display
+    hostlock.set_wait_hook(lambda message: conn.send(("progress", message)))
     while True:
         try:
             method, args = conn.recv()
@@ -82,8 +87,11 @@ class IsolatedHarness:
 
     def __init__(self, job: Job, *, timeout_s: float | None = None,
                  memory_limit_mb: int | None = None,
-                 startup_timeout_s: float | None = None) -> None:
+                 startup_timeout_s: float | None = None,
+                 on_message: Callable[[str], None] | None = None) -> None:
         self.job = job
+        #: told what a call is waiting for (the start-up, the host measurement lock)
+        self.on_message = on_message or (lambda message: None)
         self.timeout_s = timeout_s or job.measurement.trial_timeout_s
         self.startup_timeout_s = startup_timeout_s or max(600.0, self.timeout_s)
         self.memory_limit_mb = memory_limit_mb or job.measurement.memory_limit_mb
@@ -143,6 +151,8 @@ class IsolatedHarness:
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self._proc is None or not self._proc.is_alive():
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self.on_message("starting the measuring process (importing the libraries, "
+                            "loading the model)")
             self._start()
             self._wait(self.startup_timeout_s, offset, "starting the measuring process (loading "
                        "the model)", "the start-up limit")
@@ -170,6 +180,9 @@ class IsolatedHarness:
                 except (EOFError, OSError):  # the child died mid-reply (reset, broken pipe)
                     msg = None
                     self._proc.join(2)
+                if msg is not None and msg[0] == "progress":
+                    self.on_message(msg[1])
+                    continue
                 if msg is not None:
                     return msg
             if not self._proc.is_alive():

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from autotune.errors import DependencyError
-from autotune.harness import hardware
+from autotune.harness import cpu, gpu, hardware, peak
 from autotune.harness.hardware import (
     DEFAULT_PRICES_USD_PER_HOUR,
     Fingerprint,
@@ -121,7 +121,7 @@ def test_from_dict_tolerates_old_records():
 
 
 def test_flag_normalization():
-    assert hardware._relevant({"AVX512VNNI", "FMA3", "SSE42", "avx2", "bogus"}) == (
+    assert cpu.relevant_flags({"AVX512VNNI", "FMA3", "SSE42", "avx2", "bogus"}) == (
         "sse4_2",
         "fma",
         "avx2",
@@ -129,22 +129,92 @@ def test_flag_normalization():
     )
 
 
-def test_nvidia_smi_parsing(monkeypatch):
-    out = "NVIDIA H200, 143771, 570.86.15, 9.0\nNVIDIA H200, 143771, 570.86.15, 9.0\n"
-    monkeypatch.setattr(hardware, "_run", lambda cmd, timeout=10.0: out)
-    gpus = hardware._nvidia_smi_gpus()
-    assert (
-        gpus
-        == [
-            {
-                "name": "NVIDIA H200",
-                "memory_mb": 143771.0,
-                "driver": "570.86.15",
-                "compute_capability": "9.0",
-            }
-        ]
-        * 2
-    )
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/cpuinfo").is_file(),
+                    reason="reads /proc/cpuinfo")
+def test_proc_cpuinfo_gives_what_py_cpuinfo_gives():
+    """On Linux the kernel's file is read directly (py-cpuinfo would start a subprocess); it must
+    say what py-cpuinfo says."""
+    info = pytest.importorskip("cpuinfo").get_cpu_info()
+    if info.get("brand_raw"):
+        assert cpu.cpu_model() == info["brand_raw"]
+    if info.get("flags"):
+        assert cpu.cpu_flags() == cpu.relevant_flags(set(info["flags"]))
+    psutil = pytest.importorskip("psutil")
+    assert fingerprint().physical_cores == psutil.cpu_count(logical=False)
+
+
+def test_cpu_flags_from_py_cpuinfo_where_the_kernel_has_no_file(monkeypatch):
+    monkeypatch.setattr(cpu, "_proc_cpuinfo", dict)
+    monkeypatch.setattr(cpu, "_py_cpuinfo", lambda: {"brand_raw": "Apple M3",
+                                                     "flags": ["fp16", "i8mm", "bf16", "x"]})
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "arm64")
+    assert cpu.cpu_model() == "Apple M3"
+    assert cpu.cpu_flags() == ("neon", "asimd", "i8mm", "bf16")
+
+
+class _FakeNVML:
+    """pynvml's calls used by autotune.harness.gpu, over two GPUs."""
+
+    class _Mem:
+        total = 150_754_820_096  # bytes (143771 MiB)
+
+    def __init__(self, fail_init: bool = False) -> None:
+        self.fail_init, self.shutdown = fail_init, 0
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self):
+        self.shutdown += 1
+
+    def nvmlSystemGetDriverVersion(self):
+        return "570.86.15"
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return ["NVIDIA H200", "NVIDIA L4"][h]
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return self._Mem()
+
+    def nvmlDeviceGetCudaComputeCapability(self, h):
+        return [(9, 0), (8, 9)][h]
+
+    def nvmlDeviceGetUUID(self, h):
+        return ["GPU-aaaa-1111", "GPU-bbbb-2222"][h]
+
+
+def test_gpus_from_nvml_follow_cuda_visible_devices(monkeypatch):
+    fake = _FakeNVML()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    h200 = {"name": "NVIDIA H200", "memory_mb": 143771.0, "driver": "570.86.15",
+            "compute_capability": "9.0"}
+    l4 = {**h200, "name": "NVIDIA L4", "compute_capability": "8.9"}
+    assert gpu.gpus() == (h200, l4) and fake.shutdown == 1
+    for visible, expected in (("1", (l4,)), ("1,0", (l4, h200)), ("GPU-bbbb", (l4,)),
+                              ("", ()), ("0,7,1", (h200,)), ("-1", ())):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert gpu.gpus() == expected, visible
+    # no NVIDIA driver: no GPUs (and no error)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNVML(fail_init=True))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu.gpus() == ()
+
+
+def test_the_digest_of_a_recorded_fingerprint_is_unchanged():
+    """Digests stored in studies, bundles and caches stay valid: the same recorded machine hashes
+    as it always has (value computed before the probing moved to psutil/py-cpuinfo/NVML)."""
+    recorded = _fake(gpus=({"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559.0,
+                            "driver": "550", "compute_capability": "9.0"},))
+    assert recorded.digest() == "5c629cae2a83c009"
+    assert _fake().digest() == "1c8c9fc58de97d58"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,7 +277,7 @@ def test_peak_gflops_cached_on_disk(tmp_path, monkeypatch):
         calls.append((device, dtype, size, threads))
         return 123.5
 
-    monkeypatch.setattr(hardware, "measure_peak_gflops", fake_measure)
+    monkeypatch.setattr(peak, "measure_peak_gflops", fake_measure)
     assert peak_gflops_cached(tmp_path, seconds=0.1, size=64, threads=1) == 123.5
     assert peak_gflops_cached(tmp_path, seconds=0.1, size=64, threads=1) == 123.5
     assert len(calls) == 1
