@@ -132,6 +132,9 @@ def test_preset_overrides(write_job):
 # ------------------------------------------------------------------ hostile and careless job files
 QUICKSTART = (EXPERIMENTS / "digits-cpu.yaml").read_text()
 OVERRIDE = "batch_size: {choices: [1, 16, 64]}"
+AGENT_LINE = QUICKSTART.splitlines().index("agent:") + 1
+#: the quickstart's overrides block, whole (a case replaces it with a list)
+OVERRIDES = QUICKSTART[QUICKSTART.index("  overrides:\n"):QUICKSTART.index("objectives:")]
 
 
 def _line_of(path, text: str) -> int:
@@ -195,7 +198,7 @@ def _refused(write_job, text, path: str | None, *words: str, line_text: str | No
     (OVERRIDE, "nope: null", "search_space.overrides.nope", ["does not have"]),
     (OVERRIDE, "runtime: null", "search_space.overrides",
      ["preset's parameter 'quantization'", "cpu-inference.yaml, line", "'runtime'"]),
-    ("  overrides:\n    " + OVERRIDE, "  overrides: [batch_size]", "search_space.overrides",
+    (OVERRIDES, "  overrides: [batch_size]\n", "search_space.overrides",
      ["expected a mapping", "found a list"]),
     ("seed: 0", "seed: -1", "agent.seed", ["greater than or equal to 0", "-1"]),
     ("min_repeats: 30", "min_repeats: 30\n  max_repeats: 10", "measurement.max_repeats",
@@ -243,8 +246,8 @@ def err_path(err: SpecError):
     ("name: digits-cpu\n".encode("utf-32"), 1, ["UTF-32"]),
     (QUICKSTART.replace("description: latency", "description: lat\u00e9ncy").encode("latin-1"), 4,
      ["0xe9", "not valid UTF-8"]),
-    (QUICKSTART.encode().replace(b"agent:", b"agent:\0"), 19, ["NUL byte"]),
-    (QUICKSTART.encode().replace(b"agent:", b"agent: \x07"), 19, ["U+0007", "control"]),
+    (QUICKSTART.encode().replace(b"agent:", b"agent:\0"), AGENT_LINE, ["NUL byte"]),
+    (QUICKSTART.encode().replace(b"agent:", b"agent: \x07"), AGENT_LINE, ["U+0007", "control"]),
 ])
 def test_encoding_problems_are_located(write_job, raw, line, words):
     err = _refused(write_job, raw, None, *words)
@@ -389,13 +392,14 @@ def test_errors_stay_one_bounded_paragraph(write_job):
 
 
 def test_reference_point_names_the_objectives(write_job):
-    _refused(write_job, QUICKSTART + "report: {reference: {latency_p95_ms: 10, acuracy: 0.5}}\n",
+    _refused(write_job, QUICKSTART + "report: {reference: {latency_p95_ms: 10, acuracy: 0.5, "
+                                     "model_size_mb: 1}}\n",
              "report.reference.acuracy", "not an objective", "latency_p95_ms, accuracy")
     _refused(write_job, QUICKSTART + "report: {reference: {latency_p95_ms: 10}}\n",
-             "report.reference", "no value for the objective(s) accuracy")
+             "report.reference", "no value for the objective(s) accuracy, model_size_mb")
     ok = load_job(write_job(QUICKSTART + "report: {reference: {latency_p95_ms: 10, "
-                                         "accuracy: 0.5}}\n"))
-    assert ok.report.reference == {"latency_p95_ms": 10.0, "accuracy": 0.5}
+                                         "accuracy: 0.5, model_size_mb: 1}}\n"))
+    assert ok.report.reference == {"latency_p95_ms": 10.0, "accuracy": 0.5, "model_size_mb": 1.0}
 
 
 def test_validate_checks_that_named_files_exist(write_job):
