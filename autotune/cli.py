@@ -299,6 +299,14 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
     try:
         if job_file and not tracking_uri:
             tracking_uri = _load(job_file).tracking_uri
+        from autotune.deploy.genserve import is_generation_bundle, serve_generation
+
+        if is_generation_bundle(source):  # a language model: OpenAI-compatible, streaming
+            serve_generation(source, host=host, port=port, poll_interval=poll_interval,
+                             tracking_uri=tracking_uri, on_ready=lambda s: click.echo(
+                                 f"serving {s.current.version} from {source} on "
+                                 f"http://{host}:{port}/v1 (generation)", err=True))
+            return
         serve(source, host=host, port=port, poll_interval=poll_interval, max_wait_ms=max_wait_ms,
               tracking_uri=tracking_uri,
               on_ready=lambda s: click.echo(f"serving {s.served.version} from {source} on {s.url} "

@@ -271,6 +271,23 @@ class GenerationWorkloadSpec(_Strict):
     held_out: str | None = None
     seed: int = 0
 
+    @field_validator("prompts", "max_new_tokens", mode="before")
+    @classmethod
+    def _mapping_form(cls, v: Any, info: Any) -> Any:
+        """A mapping is the structured form; validate it as such (one clear error, not one per
+        member of the union)."""
+        if not isinstance(v, Mapping):
+            return v
+        model = PromptWindowsSpec if info.field_name == "prompts" else LengthRangeSpec
+        try:
+            return model.model_validate(v)
+        except ValidationError as err:
+            e = err.errors()[0]
+            where = ".".join(map(str, e["loc"]))
+            msg = e["msg"].removeprefix("Value error, ")
+            allowed = ", ".join(model.model_fields)
+            raise ValueError(f"{where + ': ' if where else ''}{msg} (keys: {allowed})") from None
+
     @field_validator("prompts")
     @classmethod
     def _prompts(cls, v: Any) -> Any:

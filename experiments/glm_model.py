@@ -94,7 +94,7 @@ def text_stream(n_sentences: int, seed: int) -> str:
     return " ".join(sentences(n_sentences, seed))
 
 
-def prompts(n: int, seed: int = 1, min_words: int = 4, max_words: int = 24) -> list[str]:
+def prompts(n: int = 16, seed: int = 1, min_words: int = 4, max_words: int = 24) -> list[str]:
     """Prompts for a workload: a few sentences of held-out text, cut at a random word
     (lengths uniform in ``[min_words, max_words]``)."""
     rng = random.Random(seed)

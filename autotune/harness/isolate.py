@@ -47,9 +47,9 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
 
         ev: Any = ObjectiveEvaluator(job)
     else:
-        from autotune.harness.evaluate import Evaluator
+        from autotune.harness.evaluate import evaluator_for
 
-        ev = Evaluator(job)
+        ev = evaluator_for(job)
         # load the model now, so the trial timeout does not pay for the start-up; on an error the
         # first call that needs the model reports it
         with contextlib.suppress(BaseException):

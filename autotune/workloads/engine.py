@@ -31,7 +31,10 @@ from typing import Any
 
 from autotune.errors import TrialFailed
 
-QUANTIZATIONS = ("fp32", "bf16", "int8_weight_only", "int8_dynamic", "int4_weight_only")
+#: int4: torchao 0.18's Int4WeightOnlyConfig has no CPU kernel here (its packing formats need mslk,
+#: CUDA or bf16 tile packing), and IntxWeightOnlyConfig stores 4-bit values unpacked in int8; so
+#: no int4 choice on CPU.
+QUANTIZATIONS = ("fp32", "bf16", "int8_weight_only", "int8_dynamic")
 CACHES = ("dynamic", "static", "offloaded", "quantized")
 ATTENTIONS = ("sdpa", "eager")
 BATCHING = ("static", "continuous")
@@ -58,6 +61,12 @@ class GenSettings:
                                   f"({', '.join(allowed)})")
         if self.max_batch < 1:
             raise TrialFailed(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.cache_implementation == "offloaded":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise TrialFailed("cache_implementation 'offloaded' moves the cache from the GPU "
+                                  "to CPU memory; without a GPU there is nothing to offload")
         if self.batching == "continuous" and self.cache_implementation != "dynamic":
             raise TrialFailed("continuous batching keeps one growing cache per batch: it needs "
                               "cache_implementation 'dynamic'")
@@ -80,6 +89,21 @@ class GenSettings:
 
 
 # ------------------------------------------------------------------------------ loading
+_DEFAULT_THREADS: int | None = None
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers in logs and measurements."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def load_tokenizer(folder: str | Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -96,14 +120,18 @@ def load_model(folder: str | Path, settings: GenSettings) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    if settings.threads:
-        torch.set_num_threads(int(settings.threads))
+    quiet_transformers()
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    # process-wide: a trial without 'threads' gets torch's default back, not the last trial's
+    torch.set_num_threads(int(settings.threads or _DEFAULT_THREADS))
     dtype = torch.bfloat16 if settings.quantization == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         str(folder), local_files_only=True, attn_implementation=settings.attention, dtype=dtype)
     model.eval()
     q = settings.quantization
-    if q in ("int8_weight_only", "int8_dynamic", "int4_weight_only"):
+    if q in ("int8_weight_only", "int8_dynamic"):
         quantize_model(model, q)
     if settings.compile:
         model.forward = torch.compile(model.forward, dynamic=True)
@@ -119,8 +147,6 @@ def quantize_model(model: Any, mode: str) -> None:
         config: Any = q.Int8WeightOnlyConfig()
     elif mode == "int8_dynamic":
         config = q.Int8DynamicActivationInt8WeightConfig()
-    elif mode == "int4_weight_only":
-        config = int4_cpu_config()
     else:
         raise TrialFailed(f"unknown quantization '{mode}'")
     head = model.get_output_embeddings()
@@ -131,20 +157,6 @@ def quantize_model(model: Any, mode: str) -> None:
         return isinstance(mod, torch.nn.Linear) and mod is not head
 
     q.quantize_(model, config, filter_fn=only_layers)
-
-
-def int4_cpu_config() -> Any:
-    """torchao's int4 weight-only configuration with its CPU kernel (``opaque`` packing, the
-    ``_weight_int4pack_mm_for_cpu`` op); a :class:`TrialFailed` where this build has none."""
-    import torch
-    from torchao import quantization as q
-
-    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
-        raise TrialFailed("int4_weight_only: this torch build has no CPU int4 kernel")
-    try:
-        return q.Int4WeightOnlyConfig(group_size=32, int4_packing_format="opaque")
-    except TypeError as exc:
-        raise TrialFailed(f"int4_weight_only: torchao has no CPU int4 packing ({exc})") from None
 
 
 def kv_bytes_per_token(model: Any) -> int:
@@ -166,6 +178,7 @@ class Request:
     arrival: float
     id: int = 0
     on_token: Callable[[Request, int], None] | None = None
+    on_finish: Callable[[Request], None] | None = None
     tokens: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
     done: bool = False
@@ -230,6 +243,11 @@ class Engine:
         self.peak_kv_bytes = 0
         self._queue: deque[Request] = deque()
         self._current: list[Request] = []  # the requests of the batch or prefill in progress
+        import inspect
+
+        fwd = inspect.signature(type(model).forward).parameters
+        # transformers >= 5.2x names the cache argument 'cache' ('past_key_values' deprecated)
+        self._cache_kw = "cache" if "cache" in fwd else "past_key_values"
         # continuous batching state
         self._rows: list[Request] = []
         self._cache: Any = None
@@ -266,15 +284,16 @@ class Engine:
         now = time.perf_counter()
         for r in [*self._rows, *self._current]:
             if not r.finished.is_set():
-                r.error, r.done = reason, True
-                r.finished.set()
-                source.on_done(r, now)
+                r.error = reason
+                self._finish(r, source, now)
         self._rows, self._current, self._cache = [], [], None
 
     def _finish(self, req: Request, source: Source, now: float) -> None:
         req.done = True
         req.finished.set()
         source.on_done(req, now)
+        if req.on_finish is not None:
+            req.on_finish(req)
 
     def _take(self, n: int) -> list[Request]:
         out = []
@@ -335,8 +354,9 @@ class Engine:
 
     # ------------------------------------------------------------------ continuous batching
     def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        kw = {self._cache_kw: cache}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **kw)
         return out.logits[:, -1, :]
 
     def _continuous_step(self, source: Source) -> None:
@@ -472,7 +492,8 @@ class ClosedLoop(Source):
     def _next(self, now: float) -> None:
         if self._items:
             ids, n = self._items.popleft()
-            self._ready.append(Request(list(ids), int(n), now, id=self.total - len(self._items)))
+            self._ready.append(Request(list(ids), int(n), now,
+                                       id=self.total - len(self._items) - 1))
 
     def poll(self, now: float) -> list[Request]:
         with self._lock:
