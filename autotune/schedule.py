@@ -193,7 +193,10 @@ class BundleDeployer:
     # ------------------------------------------------------------------ reading
     def load(self, bundle: Path) -> Any:
         from autotune.deploy import load
+        from autotune.deploy.genserve import is_generation_bundle, verified_bundle
 
+        if is_generation_bundle(bundle):  # a language model: checksums verified, not ONNX
+            return verified_bundle(bundle)
         return load(bundle)
 
     def manifest(self, bundle: Path) -> dict[str, Any]:
@@ -217,6 +220,10 @@ def model_hash(job: Job) -> str:
     base = Path(job.base_dir)
     if job.model.onnx:
         return sha256_file((base / job.model.onnx).resolve())
+    if job.model.huggingface:  # a language model's folder: config, weights, tokenizer
+        from autotune.workloads.generation import folder_digest, model_folder
+
+        return folder_digest(model_folder(job))
     module = str(job.model.factory).split(":", 1)[0]
     rel = Path(*module.split("."))
     for root in (base, Path.cwd()):

@@ -149,6 +149,8 @@ def test_batched_engine_matches_one_request_at_a_time(tiny_dir: str, settings: d
         assert r.tokens == ref[i]  # left padding and batching do not change greedy tokens
         assert 0 < r.ttft <= r.latency
     assert engine.peak_kv_bytes > 0
+    if s.batching == "continuous" and not s.prefill_chunk:  # joins fused into decode steps
+        assert engine.counts["fused"] > 0
 
 
 def test_offloaded_cache_without_gpu_fails_with_reason() -> None:

@@ -35,13 +35,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autotune.deploy.bundle import MANIFEST, BundleError
+from autotune.deploy.bundle import GENERATION_FORMAT, MANIFEST, BundleError
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 
 log = logging.getLogger("autotune.genserve")
 
-GEN_FORMAT = "autotune-generation-bundle/1"
+GEN_FORMAT = GENERATION_FORMAT
 GENERATION_YAML = "generation.yaml"
 #: files of a model folder a bundle may carry (no pickles: no *.bin, *.pt, *.pkl)
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",

@@ -241,6 +241,8 @@ class Engine:
         self.pad_id = int(tokenizer.pad_token_id)
         self.kv_per_token = kv_bytes_per_token(model)
         self.peak_kv_bytes = 0
+        #: forwards run, of which prefill+decode fused, and cache compactions
+        self.counts = {"forwards": 0, "fused": 0, "compactions": 0}
         self._queue: deque[Request] = deque()
         self._current: list[Request] = []  # the requests of the batch or prefill in progress
         import inspect
@@ -355,16 +357,84 @@ class Engine:
     # ------------------------------------------------------------------ continuous batching
     def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
         kw = {self._cache_kw: cache}
+        self.counts["forwards"] += 1
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                          logits_to_keep=1, **kw)
         return out.logits[:, -1, :]
 
     def _continuous_step(self, source: Source) -> None:
         free = self.settings.max_batch - len(self._rows)
-        if free > 0 and self._queue:
-            self._admit(self._take(free), source)
+        new = self._take(free) if free > 0 and self._queue else []
+        if new and self._rows and not self.settings.prefill_chunk:
+            self._fused(new, source)  # prefill the new and decode the running in one forward
+            return
+        if new:
+            self._admit(new, source)
         if self._rows:
             self._decode(source)
+
+    def _fused(self, reqs: list[Request], source: Source) -> None:
+        """One forward that prefills ``reqs`` and decodes one token for every running request.
+
+        The running rows get the new prompts' width of input, padding except their last token in
+        the last column; the new rows get the running cache's width of (masked) past.  Padding
+        left in the middle of the cache is packed away by :meth:`_compact`.
+        """
+        import torch
+
+        self._current = reqs
+        ids_new, mask_new = self._pad(reqs)
+        n, width = ids_new.shape
+        r, past = self._mask.shape
+        ids_run = torch.full((r, width), self.pad_id, dtype=torch.long)
+        ids_run[:, -1] = self._last
+        mask_run = torch.zeros((r, width), dtype=self._mask.dtype)
+        mask_run[:, -1] = 1
+        pos_run = torch.zeros((r, width), dtype=torch.long)
+        pos_run[:, -1] = self._pos
+        pos_new = (mask_new.cumsum(-1) - 1).clamp(min=0)
+        for layer in self._cache.layers:  # the new rows have no past: masked zeros
+            shape = list(layer.keys.shape)
+            shape[0] = n
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(shape)])
+            layer.values = torch.cat([layer.values, layer.values.new_zeros(shape)])
+        self._mask = torch.cat([
+            torch.cat([self._mask, mask_run], dim=1),
+            torch.cat([torch.zeros((n, past), dtype=self._mask.dtype), mask_new], dim=1)])
+        logits = self._forward(torch.cat([ids_run, ids_new]), self._mask,
+                               torch.cat([pos_run, pos_new]), self._cache)
+        self.counts["fused"] += 1
+        self._rows = self._rows + reqs
+        self._pos = torch.cat([self._pos + 1, mask_new.sum(-1)])
+        self._current = []
+        self._emit_and_retire(logits, source)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Pack each row's cached positions to the right (left padding only) when more than half
+        of the cache is padding."""
+        import torch
+
+        if self._cache is None:
+            return
+        counts = self._mask.sum(-1)
+        width = int(counts.max())
+        if self._mask.shape[1] <= 2 * width:
+            return
+        rows = self._mask.shape[0]
+        idx = torch.zeros((rows, width), dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=self._mask.dtype)
+        for i in range(rows):
+            cols = self._mask[i].nonzero().flatten()
+            idx[i, width - len(cols):] = cols
+            mask[i, width - len(cols):] = 1
+        for layer in self._cache.layers:
+            b, h, _, d = layer.keys.shape
+            g = idx[:, None, :, None].expand(b, h, width, d)
+            layer.keys = layer.keys.gather(2, g)
+            layer.values = layer.values.gather(2, g)
+        self._mask = mask
+        self.counts["compactions"] += 1
 
     def _admit(self, reqs: list[Request], source: Source) -> None:
         import torch
@@ -437,9 +507,15 @@ class Engine:
         ones = torch.ones((len(self._rows), 1), dtype=self._mask.dtype)
         self._mask = torch.cat([self._mask, ones], dim=1)
         logits = self._forward(self._last[:, None], self._mask, self._pos[:, None], self._cache)
+        self._pos = self._pos + 1
+        self._emit_and_retire(logits, source)
+
+    def _emit_and_retire(self, logits: Any, source: Source) -> None:
+        """The next token of every running row; finished rows leave the batch."""
+        import torch
+
         now = time.perf_counter()
         nxt = logits.argmax(-1)
-        self._pos = self._pos + 1
         self._last = nxt
         keep = []
         for i, (r, t) in enumerate(zip(self._rows, nxt.tolist(), strict=True)):
