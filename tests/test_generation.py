@@ -55,6 +55,17 @@ def parse(text: str):
         return job_from_located(load_located(p))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy shared machine two threads contend badly (10x slower)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir() -> str:
     import sys

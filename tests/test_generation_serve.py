@@ -13,7 +13,9 @@ import httpx
 import pytest
 
 from autotune.spec import load_job
-from tests.test_generation import write_job
+from tests.test_generation import one_thread, write_job
+
+__all__ = ["one_thread"]  # the module-wide fixture: one intra-op thread
 
 
 @pytest.fixture(scope="module")
@@ -63,25 +65,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def server(bundles: tuple):
-    import uvicorn
+    """``autotune serve BUNDLE`` in a child process (the CLI's dispatch to the generation
+    server), on a free port."""
+    import os
+    import subprocess
+    import sys
 
-    from autotune.deploy.genserve import GenerationServer, create_app
-
-    gs = GenerationServer(bundles[0], poll_interval=0)
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(gs), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", gs
-    srv.should_exit = True
-    t.join(10)
-    gs.close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from autotune.cli import main; main()", "serve",
+         str(bundles[0]), "--port", str(port), "--poll-interval", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stdout.read()) from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(20)
 
 
 def _stream(client: httpx.Client, url: str, body: dict) -> tuple[list[str], str]:
@@ -103,8 +114,8 @@ def _stream(client: httpx.Client, url: str, body: dict) -> tuple[list[str], str]
     raise AssertionError("the stream ended without [DONE]")
 
 
-def test_streams_tokens_like_the_plain_completion(server: tuple) -> None:
-    url, _ = server
+def test_streams_tokens_like_the_plain_completion(server: str) -> None:
+    url = server
     with httpx.Client(timeout=60) as c:
         body = {"prompt": "the cats see", "max_tokens": 6}
         deltas, _ = _stream(c, f"{url}/v1/completions", body)
@@ -121,10 +132,10 @@ def test_streams_tokens_like_the_plain_completion(server: tuple) -> None:
         assert c.get(f"{url}/v1/models").json()["data"][0]["settings"]["max_batch"] >= 1
 
 
-def test_hot_swap_under_concurrent_requests_has_no_failures(server: tuple,
+def test_hot_swap_under_concurrent_requests_has_no_failures(server: str,
                                                             bundles: tuple) -> None:
-    url, gs = server
-    first = gs.current.version
+    url = server
+    first = httpx.get(f"{url}/health").json()["version"]
     failures: list[str] = []
     versions: dict[str, int] = {}
     stop = threading.Event()
@@ -165,5 +176,6 @@ def test_hot_swap_under_concurrent_requests_has_no_failures(server: tuple,
     for t in threads:
         t.join(60)
     assert failures == []
-    assert gs.current.version != first
-    assert versions.get(first, 0) > 0 and versions.get(gs.current.version, 0) > 0, versions
+    now = httpx.get(f"{url}/health").json()
+    assert now["version"] != first and now["swaps"] == 1
+    assert versions.get(first, 0) > 0 and versions.get(now["version"], 0) > 0, versions
