@@ -138,6 +138,7 @@ def _items(tok, n: int = 6):
     {"batching": "static", "max_batch": 3},
     {"batching": "continuous", "max_batch": 3},
     {"batching": "continuous", "max_batch": 2, "prefill_chunk": 3, "attention": "eager"},
+    {"batching": "continuous", "max_batch": 3, "speculative": 3},
 ])
 def test_batched_engine_matches_one_request_at_a_time(tiny_dir: str, settings: dict) -> None:
     from autotune.workloads.engine import ClosedLoop, Engine, GenSettings, load_model, load_tokenizer

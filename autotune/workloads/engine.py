@@ -52,6 +52,7 @@ class GenSettings:
     max_batch: int = 1
     threads: int | None = None
     prefill_chunk: int = 0  # 0: the whole prompt in one forward
+    speculative: int = 0  # continuous: draft tokens per step from n-gram lookup (0: off)
 
     def __post_init__(self) -> None:
         for name, allowed in (("quantization", QUANTIZATIONS), ("cache_implementation", CACHES),
@@ -67,6 +68,11 @@ class GenSettings:
             if not torch.cuda.is_available():
                 raise TrialFailed("cache_implementation 'offloaded' moves the cache from the GPU "
                                   "to CPU memory; without a GPU there is nothing to offload")
+        if self.speculative and self.batching != "continuous":
+            raise TrialFailed("speculative (n-gram draft) decoding is part of continuous "
+                              "batching; use batching 'continuous'")
+        if self.speculative < 0:
+            raise TrialFailed(f"speculative must be >= 0, got {self.speculative}")
         if self.batching == "continuous" and self.cache_implementation != "dynamic":
             raise TrialFailed("continuous batching keeps one growing cache per batch: it needs "
                               "cache_implementation 'dynamic'")
@@ -80,8 +86,9 @@ class GenSettings:
         kw["max_batch"] = int(kw.get("max_batch") or default_batch)
         if "threads" in kw:
             kw["threads"] = int(kw["threads"])
-        if "prefill_chunk" in kw:
-            kw["prefill_chunk"] = int(kw["prefill_chunk"])
+        for key in ("prefill_chunk", "speculative"):
+            if key in kw:
+                kw[key] = int(kw[key])
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,12 +362,13 @@ class Engine:
         self._current = []
 
     # ------------------------------------------------------------------ continuous batching
-    def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
+    def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any, keep: int = 1) -> Any:
+        """Logits of the last position ([B, V]), or of the last ``keep`` ([B, keep, V])."""
         kw = {self._cache_kw: cache}
         self.counts["forwards"] += 1
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         logits_to_keep=1, **kw)
-        return out.logits[:, -1, :]
+                         logits_to_keep=keep, **kw)
+        return out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
 
     def _continuous_step(self, source: Source) -> None:
         free = self.settings.max_batch - len(self._rows)
@@ -504,22 +512,69 @@ class Engine:
     def _decode(self, source: Source) -> None:
         import torch
 
+        if self.settings.speculative:
+            self._decode_speculative(source)
+            return
         ones = torch.ones((len(self._rows), 1), dtype=self._mask.dtype)
         self._mask = torch.cat([self._mask, ones], dim=1)
         logits = self._forward(self._last[:, None], self._mask, self._pos[:, None], self._cache)
         self._pos = self._pos + 1
         self._emit_and_retire(logits, source)
 
-    def _emit_and_retire(self, logits: Any, source: Source) -> None:
-        """The next token of every running row; finished rows leave the batch."""
+    def _draft(self, req: Request, k: int) -> list[int]:
+        """``k`` draft tokens: what followed the latest earlier occurrence of the context's last
+        3 (else 2, else 1) tokens (prompt-lookup / n-gram speculation); pad when none."""
+        ctx = req.prompt_ids + req.tokens
+        for n in (3, 2, 1):
+            if len(ctx) <= n:
+                continue
+            tail = ctx[-n:]
+            for start in range(len(ctx) - n - 1, -1, -1):
+                if ctx[start:start + n] == tail:
+                    follow = ctx[start + n:start + n + k]
+                    return follow + [self.pad_id] * (k - len(follow))
+        return [self.pad_id] * k
+
+    def _decode_speculative(self, source: Source) -> None:
+        """One forward verifies ``k`` n-gram drafts per running request: the greedy tokens are
+        kept up to the first draft that differs (so the output equals plain greedy decoding);
+        the cache positions of rejected drafts are masked and later packed away."""
+        import torch
+
+        k = self.settings.speculative
+        rows = len(self._rows)
+        drafts = torch.tensor([self._draft(r, k) for r in self._rows], dtype=torch.long)
+        ids = torch.cat([self._last[:, None], drafts], dim=1)
+        pos = self._pos[:, None] + torch.arange(k + 1)
+        past = self._mask.shape[1]
+        self._mask = torch.cat([self._mask, torch.ones((rows, k + 1), dtype=self._mask.dtype)],
+                               dim=1)
+        logits = self._forward(ids, self._mask, pos, self._cache, keep=k + 1)
+        greedy = logits.argmax(-1)  # [rows, k + 1]
+        accepted = (drafts == greedy[:, :k]).long().cumprod(dim=1).sum(dim=1)  # [rows]
+        for i, a in enumerate(accepted.tolist()):
+            self._mask[i, past + a + 1:] = 0  # the rejected drafts' positions
+        self._pos = self._pos + accepted + 1
+        self.counts["drafted"] = self.counts.get("drafted", 0) + rows * k
+        self.counts["accepted"] = self.counts.get("accepted", 0) + int(accepted.sum())
+        tokens = [greedy[i, :a + 1].tolist() for i, a in enumerate(accepted.tolist())]
+        self._emit_and_retire(greedy[torch.arange(rows), accepted], source, tokens)
+        self._compact()
+
+    def _emit_and_retire(self, logits: Any, source: Source,
+                         tokens: list[list[int]] | None = None) -> None:
+        """The next token (or ``tokens``) of every running row; finished rows leave the
+        batch.  ``logits`` may already be token ids (1-D)."""
         import torch
 
         now = time.perf_counter()
-        nxt = logits.argmax(-1)
+        nxt = logits if logits.dim() == 1 else logits.argmax(-1)
         self._last = nxt
         keep = []
-        for i, (r, t) in enumerate(zip(self._rows, nxt.tolist(), strict=True)):
-            r.emit(t, now)
+        per_row = tokens if tokens is not None else [[t] for t in nxt.tolist()]
+        for i, (r, ts) in enumerate(zip(self._rows, per_row, strict=True)):
+            for t in ts:
+                r.emit(t, now)
             if r.done:
                 self._finish(r, source, now)
             else:

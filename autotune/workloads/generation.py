@@ -85,6 +85,9 @@ GENERATION_PARAMS: tuple[Knob, ...] = (
     Knob("prefill_chunk", "prompt tokens per prefill forward (0 = whole prompt); between chunks "
          "the running requests decode", 0, choices=(0, 8, 16, 32),
          when={"batching": ("continuous",)}),
+    Knob("speculative", "draft tokens per decode step from n-gram lookup in the request's own "
+         "context, verified in the same forward (exact greedy output; 0 = off)", 0,
+         choices=(0, 2, 4), when={"batching": ("continuous",)}),
 )
 PARAM_NAMES = tuple(k.name for k in GENERATION_PARAMS)
 
