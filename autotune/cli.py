@@ -301,7 +301,7 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
             tracking_uri = _load(job_file).tracking_uri
         from autotune.deploy.genserve import is_generation_bundle, serve_generation
 
-        if is_generation_bundle(source):  # a language model: OpenAI-compatible, streaming
+        if is_generation_bundle(source, tracking_uri):  # a language model: OpenAI-compatible
             serve_generation(source, host=host, port=port, poll_interval=poll_interval,
                              tracking_uri=tracking_uri, on_ready=lambda s: click.echo(
                                  f"serving {s.current.version} from {source} on "

@@ -49,7 +49,21 @@ _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "t
 
 
 # ------------------------------------------------------------------------------ bundles
-def is_generation_bundle(path: str | Path) -> bool:
+def is_generation_bundle(path: str | Path, tracking_uri: str | None = None) -> bool:
+    """Whether a bundle folder (or the bundle ``models:/NAME@ALIAS`` points to) is a
+    generation bundle."""
+    if str(path).startswith("models:/"):
+        from autotune.deploy.serve import open_source
+
+        try:
+            src = open_source(str(path), tracking_uri)
+            local = src.fetch(src.current_id())
+        except AutotuneError:
+            return False  # the ONNX server reports the problem
+        try:
+            return is_generation_bundle(local)
+        finally:
+            src.release(local)
     try:
         return json.loads((Path(path) / MANIFEST).read_text()).get("format") == GEN_FORMAT
     except (OSError, ValueError):
