@@ -13,6 +13,7 @@ import click
 
 from autotune.check import check_job
 from autotune.dashboard import serve as serve_dashboard
+from autotune.deploy.genserve import is_generation_bundle, serve_generation
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError
 from autotune.spec import load_job
@@ -586,6 +587,12 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
         limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
                         header_timeout_s=header_timeout, max_inflight=max_inflight,
                         max_connections=max_connections, drain_timeout_s=drain_timeout)
+        if is_generation_bundle(source, tracking_uri):  # a language model: OpenAI-compatible
+            serve_generation(source, host=host, port=port, poll_interval=poll_interval,
+                             tracking_uri=tracking_uri, on_ready=lambda s: click.echo(
+                                 f"serving {s.current.version} from {source} on "
+                                 f"http://{host}:{port}/v1 (generation)", err=True))
+            return
         serve(source, host=host, port=port, poll_interval=poll_interval, max_wait_ms=max_wait_ms,
               tracking_uri=tracking_uri, admin_token=admin_token, limits=limits,
               model_name=model_name,

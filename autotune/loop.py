@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.errors import AutotuneError, SpecError, TrialFailed
-from autotune.harness.evaluate import HARNESS_PARAMS
+from autotune.harness.evaluate import harness_params_for
 from autotune.review import pareto_views
 from autotune.space import SearchSpace
 from autotune.spec import Job
@@ -95,12 +95,13 @@ def check_space(job: Job, space: SearchSpace) -> None:
     """Every parameter of the space is one the harness knows (a custom objective: any)."""
     if job.is_custom:
         return  # the user's objective defines its own parameters
+    known = harness_params_for(job)
     for p in space:
-        if p.name not in HARNESS_PARAMS:
+        if p.name not in known:
             raise SpecError(
                 f"the harness does not know the parameter '{p.name}'.",
                 file=job.source, path=f"search_space.parameters.{p.name}",
-                hint=f"Known parameters: {', '.join(HARNESS_PARAMS)}.",
+                hint=f"Known parameters: {', '.join(known)}.",
             )
 
 
@@ -123,7 +124,7 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
     else:
         space, notices = restrict(
             full_space, harness.capabilities(),
-            runtime_default="torch" if job.model.factory else "onnxruntime")
+            runtime_default="onnxruntime" if job.model.onnx else "torch")
     for n in notices:
         progress.on_message(n)
     baseline = record.baseline
@@ -132,7 +133,7 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
             baseline = _custom_baseline(job, harness, progress)
         else:
             progress.on_message("measuring the unmodified model (baseline)")
-            runtime_default = "torch" if job.model.factory else "onnxruntime"
+            runtime_default = "onnxruntime" if job.model.onnx else "torch"
             try:
                 result = harness.evaluate(baseline_config(space, runtime_default))
             except TrialFailed as exc:

@@ -66,3 +66,34 @@ def quality_metrics(name: str, higher_is_better: bool) -> dict[str, MetricInfo]:
 def vocabulary(quality_name: str, higher_is_better: bool) -> dict[str, MetricInfo]:
     """All metric names valid for a job whose quality metric is ``quality_name``."""
     return {**BUILTIN_METRICS, **quality_metrics(quality_name, higher_is_better)}
+
+
+#: what a text-generation job measures (:mod:`autotune.workloads.generation`); names as in vLLM /
+#: genai-perf.  The quality metric (``token_agreement`` by default) comes from the job.
+_GENERATION: tuple[MetricInfo, ...] = (
+    MetricInfo("ttft_p50_ms", "minimize", "ms", "median time to first token (arrival → token)"),
+    MetricInfo("ttft_p95_ms", "minimize", "ms", "95th percentile time to first token"),
+    MetricInfo("tpot_p50_ms", "minimize", "ms", "median time per output token after the first"),
+    MetricInfo("tpot_p95_ms", "minimize", "ms", "95th percentile time per output token"),
+    MetricInfo("output_tokens_per_s", "maximize", "tokens/s",
+               "output tokens per second at the workload's concurrency"),
+    MetricInfo("requests_per_s", "maximize", "requests/s", "completed requests per second"),
+    MetricInfo("request_latency_p50_ms", "minimize", "ms", "median request latency"),
+    MetricInfo("request_latency_p95_ms", "minimize", "ms", "95th percentile request latency"),
+    MetricInfo("kv_cache_mb", "minimize", "MiB", "peak size of the key/value cache"),
+    MetricInfo("perplexity", "minimize", "", "perplexity on the held-out text"),
+    MetricInfo("perplexity_ratio", "minimize", "",
+               "held-out perplexity over the unmodified model's (1 = unchanged)"),
+    MetricInfo("throughput_ratio", "maximize", "x",
+               "output tokens/s over the unmodified model's, measured in the same process"),
+    MetricInfo("peak_memory_mb", "minimize", "MiB", "peak resident memory of the measuring process"),
+    MetricInfo("model_memory_mb", "minimize", "MiB",
+               "resident memory the trial added: its peak minus the memory before building"),
+    MetricInfo("model_size_mb", "minimize", "MiB", "size of the weights in memory"),
+)
+GENERATION_METRICS: dict[str, MetricInfo] = {m.name: m for m in _GENERATION}
+
+
+def generation_vocabulary(quality_name: str, higher_is_better: bool) -> dict[str, MetricInfo]:
+    """All metric names valid for a text-generation job."""
+    return {**GENERATION_METRICS, **quality_metrics(quality_name, higher_is_better)}

@@ -44,6 +44,7 @@ from autotune.cron import parse_schedule
 from autotune.deploy import load
 from autotune.deploy.bundle import read_manifest
 from autotune.deploy.export import BUNDLE_PATH_TAG, _mlflow_quiet, export_bundle, register_bundle
+from autotune.deploy.genserve import is_generation_bundle, verified_bundle
 from autotune.deploy.serve import RegistrySource
 from autotune.errors import AutotuneError, StudyError, TrialFailed
 from autotune.files import sha256_file, write_json_atomic
@@ -194,6 +195,8 @@ class BundleDeployer:
 
     # ------------------------------------------------------------------ reading
     def load(self, bundle: Path) -> Any:
+        if is_generation_bundle(bundle):  # a language model: checksums verified, not ONNX
+            return verified_bundle(bundle)
         return load(bundle)
 
     def manifest(self, bundle: Path) -> dict[str, Any]:
@@ -215,6 +218,10 @@ def model_hash(job: Job) -> str:
     base = Path(job.base_dir)
     if job.model.onnx:
         return sha256_file((base / job.model.onnx).resolve())
+    if job.model.huggingface:  # a language model's folder: config, weights, tokenizer
+        from autotune.workloads.generation import folder_digest, model_folder
+
+        return folder_digest(model_folder(job))
     module = str(job.model.factory).split(":", 1)[0]
     rel = Path(*module.split("."))
     for root in (base, Path.cwd()):

@@ -27,7 +27,13 @@ from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constr
 from autotune.cron import ScheduleError, parse_schedule
 from autotune.declared import declared_parameters
 from autotune.errors import SpecError
-from autotune.metrics import BUILTIN_METRICS, Direction, MetricInfo, vocabulary
+from autotune.metrics import (
+    BUILTIN_METRICS,
+    Direction,
+    MetricInfo,
+    generation_vocabulary,
+    vocabulary,
+)
 from autotune.pareto import parse_rule
 from autotune.space import (
     RULE_KEYS,
@@ -44,6 +50,7 @@ from autotune.yamlsrc import Located, dotted, load_located
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
 BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
+GENERATION_QUALITY = "token_agreement"  # text-generation jobs: greedy tokens vs the unmodified model
 
 
 _NUMBERS = (int, float, int | None, float | None)
@@ -73,10 +80,13 @@ def _check_ref(v: str | None) -> str | None:
 
 class ModelSpec(_Strict):
     """Either a torch model factory (``module:function`` → (module, example_inputs)) or an ONNX
-    file."""
+    file; or, for ``task: text-generation``, a Hugging Face model folder / cached id
+    (``huggingface:``) or a factory returning one."""
 
     factory: str | None = None
     onnx: str | None = None
+    huggingface: str | None = None
+    task: Literal["text-generation"] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     #: extra dynamic axes for the ONNX export, per input: {input_0: {1: sequence}}
     dynamic_axes: dict[str, dict[int, str]] = Field(default_factory=dict)
@@ -85,9 +95,20 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.factory is None) == (self.onnx is None):
-            raise ValueError("give exactly one of 'factory' (module:function) or 'onnx' (a file)")
+        if sum(x is not None for x in (self.factory, self.onnx, self.huggingface)) != 1:
+            raise ValueError("give exactly one of 'factory' (module:function), 'onnx' (a file) "
+                             "or 'huggingface' (a model folder or cached id, with task: "
+                             "text-generation)")
+        if self.huggingface is not None and self.task is None:
+            raise ValueError("a 'huggingface' model needs 'task: text-generation'")
+        if self.onnx is not None and self.task is not None:
+            raise ValueError("task 'text-generation' needs a 'huggingface' model or a 'factory' "
+                             "returning its folder, not an ONNX file")
         return self
+
+    @property
+    def is_generation(self) -> bool:
+        return self.task == "text-generation"
 
 
 class EvaluationSpec(_Strict):
@@ -107,7 +128,7 @@ class EvaluationSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in BUILTIN_QUALITY and not _REF.match(v):
+        if v not in (*BUILTIN_QUALITY, GENERATION_QUALITY) and not _REF.match(v):
             raise ValueError(
                 f"expected one of {', '.join(BUILTIN_QUALITY)} or 'module:function', found {v!r}"
             )
@@ -129,7 +150,7 @@ class EvaluationSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs_data(self) -> EvaluationSpec:
-        if self.dataset is None and not self.is_fidelity:
+        if self.dataset is None and not self.is_fidelity and self.metric != GENERATION_QUALITY:
             raise ValueError(
                 f"metric '{self.metric}' needs a 'dataset' (module:function returning "
                 f"(inputs, targets)); or use a fidelity metric ({', '.join(FIDELITY_METRICS)})"
@@ -291,6 +312,87 @@ class RetuneSpec(_Strict):
     rounds: int = Field(default=5, ge=1)  # side-by-side rounds champion vs challenger
 
 
+# ---------------------------------------------------------------- text-generation workload
+class PromptWindowsSpec(_Strict):
+    """Prompts cut from a text: ``count`` windows of ``min_tokens``..``max_tokens`` words
+    (uniform, seeded) from a text file or ``module:function`` returning a string."""
+
+    text: str
+    count: int = Field(default=32, ge=1)
+    min_tokens: int = Field(default=4, ge=1)
+    max_tokens: int = Field(default=32, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _order(self) -> PromptWindowsSpec:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is above max_tokens "
+                             f"({self.max_tokens})")
+        return self
+
+
+class LengthRangeSpec(_Strict):
+    """Per-request output lengths, uniform in [min, max] (seeded)."""
+
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> LengthRangeSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class GenerationWorkloadSpec(_Strict):
+    """What one measurement of a text-generation job serves.
+
+    ``prompts``: a list of strings, a text file (one prompt per line, relative to the job file),
+    ``module:function`` returning a list of strings, or windows cut from a text
+    (:class:`PromptWindowsSpec`).  ``requests`` requests are served (prompts reused in order), by
+    ``concurrency`` clients that each send the next request when the previous one finished, or
+    (``request_rate``, requests/s) arriving as a Poisson process.  ``held_out``: text for the
+    perplexity check (a file or ``module:function`` returning a string; default: the prompts).
+    """
+
+    prompts: list[str] | str | PromptWindowsSpec
+    max_new_tokens: int | LengthRangeSpec = 32
+    concurrency: int = Field(default=1, ge=1)
+    request_rate: float | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, ge=1)  # default: one per prompt
+    held_out: str | None = None
+    seed: int = 0
+
+    @field_validator("prompts", "max_new_tokens", mode="before")
+    @classmethod
+    def _mapping_form(cls, v: Any, info: Any) -> Any:
+        """A mapping is the structured form; validate it as such (one clear error, not one per
+        member of the union)."""
+        if not isinstance(v, Mapping):
+            return v
+        model = PromptWindowsSpec if info.field_name == "prompts" else LengthRangeSpec
+        try:
+            return model.model_validate(v)
+        except ValidationError as err:
+            e = err.errors()[0]
+            where = ".".join(map(str, e["loc"]))
+            msg = e["msg"].removeprefix("Value error, ")
+            allowed = ", ".join(model.model_fields)
+            raise ValueError(f"{where + ': ' if where else ''}{msg} (keys: {allowed})") from None
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or not all(isinstance(p, str) and p.strip() for p in v)):
+            raise ValueError("expected a non-empty list of non-empty prompt strings")
+        return v
+
+    @property
+    def max_output_tokens(self) -> int:
+        m = self.max_new_tokens
+        return m if isinstance(m, int) else m.max
+
+
 def _check_schedule(v: str | None) -> str | None:
     if v is None:
         return v
@@ -320,12 +422,41 @@ class Job(_Strict):
     output_dir: str | None = None
     schedule: str | None = None  # cron expression or interval ('6h') for re-tuning
     retune: RetuneSpec = Field(default_factory=RetuneSpec)
+    workload: GenerationWorkloadSpec | None = None  # text-generation jobs (model.task)
     # Filled by the loader, not by users:
     source: str = Field(default="<memory>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
 
     _objective_ref = field_validator("objective")(_check_ref)
     _storage = field_validator("storage")(classmethod(lambda cls, v: _check_storage_url(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generation_defaults(cls, data: Any) -> Any:
+        """A text-generation job's quality is greedy-token agreement unless it says otherwise."""
+        if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping) \
+                and data["model"].get("task") == "text-generation" and "evaluation" not in data:
+            return {**data, "evaluation": {"metric": GENERATION_QUALITY}}
+        return data
+
+    @model_validator(mode="after")
+    def _generation_workload(self) -> Job:
+        if self.is_generation and self.workload is None:
+            raise ValueError("a text-generation job needs a 'workload' (prompts, max_new_tokens, "
+                             "concurrency)")
+        if self.workload is not None and not self.is_generation:
+            raise ValueError("'workload' describes a text-generation job; add 'task: "
+                             "text-generation' to 'model' or remove 'workload'")
+        if self.evaluation is not None and self.evaluation.metric == GENERATION_QUALITY \
+                and not self.is_generation:
+            raise ValueError("metric 'token_agreement' is for text-generation jobs")
+        return self
+
+    @property
+    def is_generation(self) -> bool:
+        """The model generates text (``model.task: text-generation``): measured by
+        :mod:`autotune.workloads.generation`."""
+        return self.model is not None and self.model.is_generation
 
     @model_validator(mode="after")
     def _model_or_objective(self) -> Job:
@@ -380,6 +511,8 @@ class Job(_Strict):
         ev = self.evaluation
         if ev is None:
             return dict(BUILTIN_METRICS)
+        if self.is_generation:
+            return generation_vocabulary(ev.quality_name, ev.quality_higher_is_better)
         return vocabulary(ev.quality_name, ev.quality_higher_is_better)
 
     @property
@@ -600,7 +733,8 @@ def _job_from_located(doc: Located) -> Job:
             file=doc.file, line=doc.line_of(("objective",)) if both else None,
             path="objective" if both else "model",
         )
-    if "model" in data and "evaluation" not in data:
+    gen = isinstance(data.get("model"), Mapping) and data["model"].get("task") == "text-generation"
+    if "model" in data and "evaluation" not in data and not gen:
         raise SpecError("this required field is missing.", file=doc.file, path="evaluation",
                         hint="A job with a 'model' says how to judge quality under 'evaluation:'.")
     if "objective" in data and "evaluation" in data:

@@ -30,6 +30,8 @@ from autotune.harness.ortsession import session_options as options
 from autotune.harness.stats import measure
 
 FORMAT = "autotune-bundle/1"
+#: a language model's bundle (safetensors + tokenizer + generation settings; autotune.deploy.genserve)
+GENERATION_FORMAT = "autotune-generation-bundle/1"
 MANIFEST = "manifest.json"
 DEPLOY = "deploy.yaml"
 MODEL_ONNX = "model.onnx"
@@ -66,7 +68,7 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, GENERATION_FORMAT):
         raise BundleError(f"{path} is not an autotune bundle manifest (format {FORMAT!r} expected).")
     return data
 

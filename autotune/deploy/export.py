@@ -263,6 +263,10 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
     import yaml
 
     record = record or open_record(job, create=False)
+    if job.is_generation:  # weights + tokenizer + tuned generation settings
+        from autotune.deploy.genserve import write_generation_bundle
+
+        return write_generation_bundle(job, view, out, pick=pick, record=record)
     model_path, runtime_info = _model_file(job, view)
     files = {
         MODEL_ONNX: model_path.read_bytes(),

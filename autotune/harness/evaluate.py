@@ -88,6 +88,26 @@ def ort_providers(config: Mapping[str, Any]) -> list[str]:
 Predict = Callable[[list[np.ndarray]], np.ndarray]
 
 
+def evaluator_for(job: Job) -> Any:
+    """The evaluator measuring ``job``'s trials: generation (prompts → tokens at a concurrency,
+    :mod:`autotune.workloads.generation`) for ``model.task: text-generation``, else one forward
+    pass per measurement (:class:`Evaluator`)."""
+    if job.is_generation:
+        from autotune.workloads.generation import GenerationEvaluator
+
+        return GenerationEvaluator(job)
+    return Evaluator(job)
+
+
+def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
+    """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
+    if job.is_generation:
+        from autotune.workloads.generation import harness_params
+
+        return harness_params()
+    return HARNESS_PARAMS
+
+
 @dataclass(frozen=True)
 class TrialResult:
     """What one measured configuration produced."""

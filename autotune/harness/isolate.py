@@ -26,7 +26,7 @@ from typing import Any
 from autotune import errors
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.harness.custom import ObjectiveEvaluator
-from autotune.harness.evaluate import Evaluator
+from autotune.harness.evaluate import evaluator_for
 from autotune.harness.hostlock import measurement_lock
 from autotune.spec import Job
 
@@ -47,7 +47,7 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     if job.is_custom:
         ev: Any = ObjectiveEvaluator(job)
     else:
-        ev = Evaluator(job)
+        ev = evaluator_for(job)
         # load the model now, so the trial timeout does not pay for the start-up; on an error the
         # first call that needs the model reports it
         with contextlib.suppress(BaseException):
