@@ -81,3 +81,25 @@ def declared_parameters() -> Mapping[str, DeclaredParam]:
         else:  # a key the harness reads whose values nothing declares: any value
             out[name] = DeclaredParam(name, description, numeric=True)
     return MappingProxyType(out)
+
+
+@functools.cache
+def declared_generation_parameters() -> Mapping[str, DeclaredParam]:
+    """The parameters a text-generation job's space may name: the generation knobs
+    (:data:`autotune.workloads.knobs.GENERATION_PARAMS`)."""
+    from autotune.workloads.knobs import GENERATION_PARAMS
+
+    out: dict[str, DeclaredParam] = {}
+    for k in GENERATION_PARAMS:
+        optional: tuple[Any, ...] = (None,) if k.default is None else ()
+        if k.choices is not None:
+            out[k.name] = DeclaredParam(k.name, k.description, values=(*k.choices, *optional))
+        else:
+            low, high = k.low or 1, k.high
+            out[k.name] = DeclaredParam(
+                k.name, k.description, numeric=True, integer=True,
+                expected=f"an integer >= {low}" + (f" and <= {high}" if high else ""),
+                accepts=lambda v, lo=low, hi=high, opt=bool(optional): (v is None and opt) or (
+                    isinstance(v, int) and not isinstance(v, bool) and v >= lo
+                    and (hi is None or v <= hi)))
+    return MappingProxyType(out)

@@ -25,7 +25,7 @@ from pydantic import (
 from autotune.agents import AGENTS, DEFAULT_AGENT
 from autotune.constraints import Constraint, ConstraintSyntaxError, parse_constraint
 from autotune.cron import ScheduleError, parse_schedule
-from autotune.declared import declared_parameters
+from autotune.declared import declared_generation_parameters, declared_parameters
 from autotune.errors import SpecError
 from autotune.metrics import (
     BUILTIN_METRICS,
@@ -815,7 +815,8 @@ def _check_semantics(job: Job, doc: Located) -> None:
             file=doc.file, line=doc.line_of(("measurement", key)), path=f"measurement.{key}",
             hint="Give max_repeats >= min_repeats (the measurement stops between the two).")
     try:
-        declared = None if job.is_custom else declared_parameters()
+        declared = None if job.is_custom else (
+            declared_generation_parameters() if job.is_generation else declared_parameters())
         space = _build_space(job.search_space, Path(job.base_dir), declared)
     except SpecError as exc:
         if exc.file:  # already located (inside a preset file)

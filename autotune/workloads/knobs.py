@@ -1,0 +1,69 @@
+"""The generation knobs, declared next to their implementation (:mod:`autotune.workloads.engine`).
+
+A leaf module (nothing from autotune imported), so the job loader can check a generation job's
+search space against it (:func:`autotune.declared.declared_generation_parameters`) without loading
+the evaluator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A generation parameter: its values (``choices`` or ``low``/``high``), the default (what the
+    unmodified baseline uses), what it does and when it applies."""
+
+    name: str
+    description: str
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    low: int | None = None
+    high: int | None = None
+    when: Mapping[str, tuple[Any, ...]] | None = None  # applies only when these hold
+
+    def to_space(self) -> dict[str, Any]:
+        """The parameter in the search-space vocabulary (``search_spaces/*.yaml``)."""
+        out: dict[str, Any] = {"description": self.description}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        else:
+            out["low"], out["high"] = self.low, self.high
+        if self.when:
+            out["when"] = {k: list(v) for k, v in self.when.items()}
+        return out
+
+
+#: the generation knobs (register through the runtime interface as the torch/transformers
+#: generation runtime's parameters).  ``max_batch`` default None = the workload's concurrency.
+GENERATION_PARAMS: tuple[Knob, ...] = (
+    Knob("runtime", "torch + transformers (the only generation runtime so far)", "torch",
+         choices=("torch",)),
+    Knob("batching", "static: batches of up to max_batch through generate; continuous: "
+         "iteration-level scheduling (requests join and leave the batch every step)", "static",
+         choices=("static", "continuous")),
+    Knob("quantization", "weights: fp32 | bf16 cast | torchao int8 weight-only | int8 dynamic "
+         "(int8 activations too); no int4: torchao 0.18 has no CPU int4 kernel", "fp32",
+         choices=("fp32", "bf16", "int8_weight_only", "int8_dynamic")),
+    Knob("cache_implementation", "KV cache: dynamic (grows) | static (preallocated) | offloaded "
+         "(to CPU; for GPUs) | quantized (needs optimum-quanto or hqq)", "dynamic",
+         choices=("dynamic", "static", "offloaded", "quantized"),
+         when={"batching": ("static",)}),
+    Knob("attention", "attention kernel: sdpa (torch scaled_dot_product_attention) | eager",
+         "sdpa", choices=("sdpa", "eager")),
+    Knob("compile", "torch.compile the model's forward (dynamic shapes)", False,
+         choices=(False, True)),
+    Knob("max_batch", "most requests in one batch (default: the workload's concurrency)", None,
+         choices=(1, 2, 4, 8, 16)),
+    Knob("threads", "intra-op threads", None, low=1, high=None),
+    Knob("prefill_chunk", "prompt tokens per prefill forward (0 = whole prompt); between chunks "
+         "the running requests decode", 0, choices=(0, 8, 16, 32),
+         when={"batching": ("continuous",)}),
+    Knob("speculative", "draft tokens per decode step from n-gram lookup in the request's own "
+         "context, verified in the same forward (exact greedy output; 0 = off)", 0,
+         choices=(0, 2, 4), when={"batching": ("continuous",)}),
+)
+PARAM_NAMES = tuple(k.name for k in GENERATION_PARAMS)
