@@ -116,11 +116,10 @@ def test_workload_needs_a_generation_model_and_vice_versa() -> None:
 
 
 def test_unknown_generation_parameter_is_a_spec_error(tmp_path: Path) -> None:
-    from autotune.tuner import check_space
-
-    job = load_job(write_job(tmp_path, JOB.replace("    max_batch:", "    batch_size:")))
-    with pytest.raises(SpecError, match=r"batch_size.*Known parameters: runtime, batching"):
-        check_space(job, job.space)
+    # refused when the job is loaded (the space is checked against the generation knobs)
+    with pytest.raises(SpecError, match=r"batch_size.*Known parameters: runtime, batching") as e:
+        load_job(write_job(tmp_path, JOB.replace("    max_batch:", "    batch_size:")))
+    assert e.value.path == "search_space.parameters.batch_size" and e.value.line
 
 
 # ------------------------------------------------------------------------------ engine

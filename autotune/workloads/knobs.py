@@ -57,7 +57,7 @@ GENERATION_PARAMS: tuple[Knob, ...] = (
     Knob("compile", "torch.compile the model's forward (dynamic shapes)", False,
          choices=(False, True)),
     Knob("max_batch", "most requests in one batch (default: the workload's concurrency)", None,
-         choices=(1, 2, 4, 8, 16)),
+         low=1, high=None),
     Knob("threads", "intra-op threads", None, low=1, high=None),
     Knob("prefill_chunk", "prompt tokens per prefill forward (0 = whole prompt); between chunks "
          "the running requests decode", 0, choices=(0, 8, 16, 32),
