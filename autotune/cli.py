@@ -249,17 +249,21 @@ def report(job_file: str, out: str | None) -> None:
 @click.option("--alias", default="champion", show_default=True, help="MLflow registry alias.")
 @click.option("--name", "model_name", default=None, help="Registered model name (default: job name).")
 @click.option("--no-register", is_flag=True, help="Write the bundle only.")
+@click.option("--sign", "sign_key", default=None, type=click.Path(dir_okay=False),
+              help="Sign the bundle's manifest (HMAC-SHA256) with the secret key in this file.")
 def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name: str | None,
-               no_register: bool) -> None:
+               no_register: bool, sign_key: str | None) -> None:
     """Export a measured configuration as a deployable bundle and register it in MLflow."""
     from pathlib import Path
 
+    from autotune.deploy.bundle import read_key
     from autotune.deploy.export import export_bundle
 
     console = _console()
     job = _load(job_file)
+    key = read_key(sign_key) if sign_key else None
     res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
-                        alias=alias, model_name=model_name)
+                        alias=alias, model_name=model_name, key=key)
     m = res.manifest
     console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}: "
                   + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
@@ -291,11 +295,16 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
 @click.option("--tracking-uri", default=None, help="MLflow registry for models:/NAME@ALIAS.")
 @click.option("--job", "job_file", default=None, type=click.Path(dir_okay=False),
               help="Take the MLflow tracking URI from this job file.")
+@click.option("--verify-key", default=None, type=click.Path(dir_okay=False),
+              help="Serve only bundles signed with the key in this file (also on every swap).")
 def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_ms: float,
-              tracking_uri: str | None, job_file: str | None) -> None:
+              tracking_uri: str | None, job_file: str | None, verify_key: str | None) -> None:
     """Serve a bundle folder or models:/NAME@ALIAS over HTTP, swapping in new models live."""
+    from autotune.deploy.bundle import read_key, require_signature
     from autotune.deploy.serve import serve
 
+    if verify_key:
+        require_signature(read_key(verify_key))
     try:
         if job_file and not tracking_uri:
             tracking_uri = _load(job_file).tracking_uri

@@ -11,7 +11,6 @@ Public API (the CLI and the re-tuning loop use these):
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -22,7 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.deploy.bundle import DEPLOY, FORMAT, MANIFEST, MODEL_ONNX, ORT_DTYPES, BundleError
+from autotune.deploy.bundle import (
+    DEPLOY,
+    FORMAT,
+    INTEGRITY,
+    MANIFEST,
+    MODEL_ONNX,
+    ORT_DTYPES,
+    SIGN_ALG,
+    BundleError,
+    canonical_manifest,
+    key_id,
+    manifest_signature,
+    read_manifest,
+    safe_name,
+)
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.spec import Job
@@ -254,13 +267,58 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
 
 
 # ------------------------------------------------------------------------------------ writing
+def seal_manifest(manifest: Mapping[str, Any], key: bytes | None = None) -> dict[str, Any]:
+    """``manifest`` with its ``integrity`` entry: the SHA-256 of its canonical form
+    (:func:`autotune.deploy.bundle.canonical_manifest`) and, with ``key``, an HMAC-SHA256
+    signature of the same bytes.  The digest lives inside the manifest, so the one atomic write
+    of ``manifest.json`` covers it (a reader never sees a manifest and a digest out of step)."""
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != INTEGRITY},
+                                 default=str))  # as it will be read back
+    integrity: dict[str, Any] = {
+        "sha256": hashlib.sha256(canonical_manifest(body)).hexdigest(),
+        "covers": "manifest.json without 'integrity', JSON with sorted keys, separators ',' ':'",
+    }
+    if key is not None:
+        integrity["signature"] = {"alg": SIGN_ALG, "key_id": key_id(key),
+                                  "value": manifest_signature(body, key)}
+    return {**body, INTEGRITY: integrity}
+
+
+def write_manifest(out: Path, manifest: Mapping[str, Any], *, key: bytes | None = None
+                   ) -> dict[str, Any]:
+    """Seal ``manifest`` (:func:`seal_manifest`) and write it atomically as ``out/manifest.json``;
+    returns what was written."""
+    sealed = seal_manifest(manifest, key)
+    write_atomic(Path(out) / MANIFEST, json.dumps(sealed, indent=2).encode())
+    return sealed
+
+
+def _listed_files(out: Path) -> set[str]:
+    """The file names an existing bundle's manifest lists (unverified: only used to remove stale
+    files, so names that could leave the folder are dropped)."""
+    try:
+        files = json.loads((out / MANIFEST).read_bytes()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    names = set()
+    for name in files if isinstance(files, Mapping) else ():
+        try:
+            safe_name(out, name)
+        except BundleError:
+            continue
+        if "/" not in name and name != MANIFEST:
+            names.add(name)
+    return names
+
+
 def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
-                 record: StudyRecord | None = None) -> dict[str, Any]:
+                 record: StudyRecord | None = None, key: bytes | None = None) -> dict[str, Any]:
     """Write (or overwrite) the bundle folder ``out`` for ``view``; returns the manifest.
 
     Each file is replaced atomically and ``manifest.json`` last, so a reader that checks the
     manifest's files always sees a complete bundle; files of an earlier bundle that the new one
-    does not list are removed afterwards.
+    does not list are removed afterwards.  With ``key`` the manifest is signed (HMAC-SHA256);
+    :func:`autotune.deploy.load` with the same key refuses anything else.
     """
     import yaml
 
@@ -275,13 +333,10 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
     manifest = build_manifest(job, record, view, pick=pick, runtime_info=runtime_info,
                               files=files, model_source=model_path)
     out.mkdir(parents=True, exist_ok=True)
-    old: set[str] = set()
-    if (out / MANIFEST).is_file():
-        with contextlib.suppress(ValueError):
-            old = set(json.loads((out / MANIFEST).read_text()).get("files", {}))
+    old = _listed_files(out)
     for name, data in files.items():
         write_atomic(out / name, data)
-    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    manifest = write_manifest(out, manifest, key=key)
     for stale in old - set(files):
         (out / stale).unlink(missing_ok=True)
     return manifest
@@ -308,8 +363,8 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
 
     from autotune.tracking import experiment_id
 
+    manifest = read_manifest(bundle)  # checked: digest, file names
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
-    manifest = json.loads((bundle / MANIFEST).read_text())
     src = manifest.get("source", {})
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     exp_id = experiment_id(client, experiment or f"autotune-{src.get('job', name)}",
@@ -355,7 +410,8 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> N
 
 # ------------------------------------------------------------------------------------ all of it
 def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, register: bool = True,
-                  alias: str | None = "champion", model_name: str | None = None) -> ExportResult:
+                  alias: str | None = "champion", model_name: str | None = None,
+                  key: bytes | None = None) -> ExportResult:
     """Pick a trial, write its bundle (default ``job.out_dir/bundles/trial-N``) and register it.
 
     A registry failure does not undo the bundle: it is reported in ``registry_error``.
@@ -365,7 +421,7 @@ def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, registe
     record = open_record(job, create=False)
     view = pick_trial(job, pick, record)
     dest = Path(out) if out else job.out_dir / "bundles" / f"trial-{view.number}"
-    manifest = write_bundle(job, view, dest, pick=str(pick), record=record)
+    manifest = write_bundle(job, view, dest, pick=str(pick), record=record, key=key)
     notes = (manifest["runtime"]["note"],) if manifest["runtime"].get("note") else ()
     if not view.feasible:
         notes += (f"trial {view.number} violates the job's constraints.",)
