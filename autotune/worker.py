@@ -49,6 +49,10 @@ from autotune.tuner import (
 )
 from autotune.warmstart import WarmStart
 
+#: an agent that proposes only configurations the study has measured, this many times in a row,
+#: has nothing new to try: the run stops instead of spinning
+MAX_REPROPOSED_IN_A_ROW = 100
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -174,6 +178,10 @@ class Worker:
         self.exclusive = exclusive
         self.id = worker_id()
         self.seen: set[int] = set()
+        self.reproposals = 0  # proposals of configurations the study had measured already
+        self.stale: list[int] = []  # trials this worker failed for a stale heartbeat, to log
+        self.exhausted = False  # the agent proposed only measured configurations for a while
+        self._live: Any = None  # this process's liveness record (autotune.liveness), in run()
         self._record: StudyRecord | None = None
         self._agent: Agent | None = None
 
@@ -215,7 +223,13 @@ class Worker:
         from optuna.trial import TrialState
 
         study, storage = self.record.study, self.record.storage
+        running = {t._trial_id for t in study.get_trials(deepcopy=False,
+                                                          states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
+        if running:  # the ones failed just now (under the slot lock: by this worker) for MLflow
+            self.stale += [t.number for t in study.get_trials(deepcopy=False,
+                                                               states=(TrialState.FAIL,))
+                           if t._trial_id in running and "fail_reason" not in t.user_attrs]
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                 continue
@@ -228,7 +242,7 @@ class Worker:
             storage.set_trial_user_attr(t._trial_id, "worker", self.id)
             storage.set_trial_user_attr(t._trial_id, "agent", t.user_attrs.get("agent", "retry"))
             return _Claim(t.number, t._trial_id, params, retried=True)
-        invalid_in_a_row = 0
+        invalid_in_a_row = reproposed_in_a_row = 0
         while True:
             done, running, waiting = self._counts()
             if done + running + waiting >= self.budget:
@@ -241,6 +255,15 @@ class Worker:
             # machine without one): recorded, never measured, not shown to the agent
             outside = [] if reason or not from_warm else \
                 [p for p in space.validate(config) if "outside the space" in p]
+            earlier = None if reason or outside else self._measured_before(config)
+            if earlier is not None:  # never measured twice by accident: no trial, no budget
+                if not from_warm:
+                    self._reproposed(config, earlier)
+                    reproposed_in_a_row += 1
+                    if reproposed_in_a_row >= MAX_REPROPOSED_IN_A_ROW:
+                        self.exhausted = True
+                        return None
+                continue
             number = self.record.start(config, full_space, agent=self.agent.name)
             if outside:
                 self.record.fail(number, f"not runnable on this machine: {outside[0]}",
@@ -262,6 +285,33 @@ class Worker:
             storage.set_trial_user_attr(tid, "worker", self.id)
             return _Claim(number, tid, config, retried=False)
 
+    def _measured_before(self, config: Mapping[str, Any]) -> TrialView | None:
+        """The trial that measured (or is measuring) this configuration, if any: complete, or
+        failed for a reason of its own (interrupted trials are re-measured; invalid ones never
+        ran)."""
+        key = config_key(config)
+        for t in self.record.trials():
+            if t.state in ("complete", "failed", "running") and config_key(t.config) == key \
+                    and not t.reason.startswith("interrupted"):
+                return t
+        return None
+
+    def _reproposed(self, config: Mapping[str, Any], earlier: TrialView) -> None:
+        """The agent proposed a configuration the study has: it is told the recorded result
+        (a running trial's result is not known yet: it hears it on replay), and the study counts
+        the re-proposal in its ``reproposed`` attribute (trial number → times), so reports show
+        it; nothing is measured and no budget is used."""
+        if earlier.state != "running":
+            self.agent.observe(replace(earlier.observation(), config=dict(config)))
+        counts = dict(self.record.attr("reproposed") or {})
+        counts[str(earlier.number)] = int(counts.get(str(earlier.number), 0)) + 1
+        self.record.set_attr("reproposed", counts)
+        self.reproposals += 1
+        self.progress.on_message(
+            f"the agent proposed trial {earlier.number}'s configuration again: not measured "
+            f"twice, " + ("told its recorded result" if earlier.state != "running" else
+                          "it is being measured now"))
+
     def _measure(self, claim: _Claim, harness: Any, baseline: Mapping[str, float]) -> TrialView:
         """Measure a claimed trial with its heartbeat running, and record the outcome."""
         from optuna.storages._heartbeat import get_heartbeat_thread
@@ -279,6 +329,49 @@ class Worker:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
+        """Hold this process's liveness record (:mod:`autotune.liveness`) while working."""
+        from autotune.liveness import Liveness
+
+        self._live = Liveness(self.job.out_dir / "live", self.id,
+                              "run" if self.exclusive else "worker")
+        with self._live:
+            return self._run()
+
+    def _fail_dead_trials(self) -> list[int]:
+        """Fail as interrupted the RUNNING trials whose process is gone (a killed earlier run);
+        a live process's trials (another run or worker on this study) are never touched, and
+        those of other hosts are left to the heartbeat check."""
+        import optuna
+        from optuna.trial import TrialState
+
+        from autotune.study import INTERRUPTED
+
+        study, out = self.record.study, []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("worker")
+            if owner != self.id and self._live.owner_is_live(owner) is not False:
+                continue
+            trial = optuna.Trial(study, t._trial_id)
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            trial.set_user_attr("interrupted", True)
+            study.tell(t.number, state=TrialState.FAIL)
+            out.append(t.number)
+        return out
+
+    def _seed(self) -> int | None:
+        """This process's seed stream: the job's seed plus its liveness index (0 for a lone run:
+        the seed as given), plus a per-host offset when the study is shared between hosts."""
+        seed = self.job.agent.seed
+        if seed is None:
+            return None
+        index = self._live.index or 0
+        if not self.job.storage_url.startswith("sqlite"):
+            import zlib
+
+            index += 0 if self.exclusive else (zlib.crc32(socket.gethostname().encode()) % 9973)
+        return seed + index
+
+    def _run(self) -> RunSummary:
         t_start = time.monotonic()
         job, progress = self.job, self.progress
         full_space = job.space
@@ -289,8 +382,20 @@ class Worker:
 
             earlier = from_study(job, full_space)
         record = self.record
-        if self.exclusive:
-            interrupted = record.mark_interrupted()
+        # a second `autotune run` on a study a live run is using (one that took its record
+        # first: a smaller index) joins it as a worker instead of taking it over
+        others = [h for h in self._live.others() if h.index < self._live.index]
+        if self.exclusive and others:
+            progress.on_message(
+                f"job '{job.name}' is being run by {others[0].describe()}: this run joins it as "
+                "one more worker (the budget is shared; its trials are left alone)")
+            self.exclusive = False
+            dead_check = True
+        else:
+            dead_check = self.exclusive
+        if dead_check:
+            with slot_lock(record, job):  # claims set their worker under this lock
+                interrupted = self._fail_dead_trials()
             if interrupted:
                 progress.on_message(
                     f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "
@@ -303,7 +408,9 @@ class Worker:
             views = record.trials()
             progress.on_message(f"the job is already finished: {done} of {self.budget} trials done")
             tracker.start(record.attr("fingerprint"), record.baseline)
-            if tracker.sync(views):  # MLflow missed trials (it was down): catch up now
+            # MLflow missed trials (it was down), or a kill during the final write-up left the
+            # parent run RUNNING without its artifacts: repair it now
+            if tracker.sync(views) or tracker.needs_finish():
                 tracker.finish(views)
             return _summary(job, record, views, 0, t_start, finished=True,
                             tracking_error=tracker.last_error)
@@ -321,7 +428,7 @@ class Worker:
                 tracker.sync(record.trials())
             self._agent = agent = create_agent(
                 job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
-                seed=job.agent.seed if self.exclusive else _seed(job), **job.agent.options)
+                seed=self._seed(), **job.agent.options)
             self._replay()
             warm = self._warm_configs(earlier)
             progress.on_start(done, self.budget)
@@ -329,7 +436,16 @@ class Worker:
             while deadline is None or time.monotonic() < deadline:
                 with slot_lock(record, job):
                     claim = self._claim(space, full_space, warm)
+                while self.stale:  # a dead worker's trial reaches MLflow as a failed trial
+                    tracker.log_trial(self._view(self.stale.pop(0)))
                 if claim is None:
+                    if self.exhausted:
+                        notices = (*notices, (
+                            f"stopped early: the agent proposed only configurations the study had "
+                            f"measured already ({MAX_REPROPOSED_IN_A_ROW} in a row; "
+                            f"{self.reproposals} re-proposals in all, none measured twice)"))
+                        progress.on_message(notices[-1])
+                        break
                     done, running, waiting = self._counts()
                     if running + waiting == 0:
                         break
@@ -371,13 +487,6 @@ class Worker:
         tid = self.record.storage.get_trial_id_from_study_id_trial_number(
             self.record.study._study_id, number)
         return self.record.view(self.record.storage.get_trial(tid))
-
-
-def _seed(job: Job) -> int | None:
-    """Workers with the same seed would propose the same sequence: offset it by the process."""
-    if job.agent.seed is None:
-        return None
-    return job.agent.seed + os.getpid() % 10007
 
 
 def run_worker(job: Job, *, opts: WorkerOptions | None = None, max_trials: int | None = None,
