@@ -154,6 +154,10 @@ def validate(job_file: str) -> None:
         console.print(f"  {p.name:<20} {rng}{cond}")
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
+    from autotune.harness.isolate import memory_limit
+
+    mem, why = memory_limit(job)
+    console.print(f"  memory     : {f'{mem} MiB per trial' if mem else 'no limit'} ({why})")
 
 
 @main.command()
