@@ -307,3 +307,16 @@ def test_signed_bundles(tmp_path: Path) -> None:
     short.write_bytes(b"abc")
     with pytest.raises(BundleError, match="at least 16"):
         B.read_key(short)
+
+
+@pytest.mark.parametrize("text", [b"!!python/object/apply:os.system ['touch /tmp/x']\n",
+                                  b"\xff\xfe not utf-8", b"[1, 2]\n", b"a: [unclosed\n"])
+def test_hostile_deploy_yaml_is_a_one_line_error(tmp_path: Path, text: bytes) -> None:
+    b = make_bundle(tmp_path / "b")
+    (b / "deploy.yaml").write_bytes(text)
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["deploy.yaml"] = _entry(text)  # re-sealed: only the content is hostile
+    write_manifest(b, m)
+    with pytest.raises(BundleError) as exc:
+        load(b)
+    _refused(exc, "deploy.yaml")

@@ -273,6 +273,22 @@ def read_bundle_file(bundle: str | Path, name: str, files: Mapping[str, Any]) ->
     return data
 
 
+def read_bundle_yaml(bundle: str | Path, name: str, files: Mapping[str, Any]) -> dict[str, Any]:
+    """A YAML mapping from the bundle (e.g. ``deploy.yaml``), read by :func:`read_bundle_file`
+    and parsed with ``yaml.safe_load``; anything else is a one-line :class:`BundleError`."""
+    import yaml
+
+    data = read_bundle_file(bundle, name, files)
+    try:
+        value = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BundleError(f"{Path(bundle) / name} is not readable YAML: "
+                          f"{_one_line(str(exc))}") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"{Path(bundle) / name} must be a mapping.")
+    return value
+
+
 def _checked_bytes(root: Path, name: str, files: Mapping[str, Any]) -> bytes:
     """The file's bytes, after checking them against the manifest (see :func:`read_bundle_file`)."""
     return read_bundle_file(root, name, files)
@@ -410,7 +426,6 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
     by that key.  When the hardware differs from the recorded fingerprint a
     :class:`HardwareMismatchWarning` is issued.
     """
-    import yaml
 
     root = Path(bundle).resolve()
     manifest = read_manifest(root, key=read_key(key) if isinstance(key, str | Path) else key)
@@ -418,9 +433,7 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
     for name in files:  # every file, not only the ones read below
         if name not in (DEPLOY, manifest.get("model")):
             _checked_bytes(root, name, files)
-    deploy = yaml.safe_load(_checked_bytes(root, DEPLOY, files).decode())
-    if not isinstance(deploy, dict):
-        raise BundleError(f"{root / DEPLOY} must be a mapping.")
+    deploy = read_bundle_yaml(root, DEPLOY, files)
     model_name = deploy.get("model", MODEL_ONNX)
     if model_name != manifest.get("model"):
         raise TamperedBundleError(f"{root / DEPLOY} names the model file {model_name!r}, the "
