@@ -1,8 +1,10 @@
 """The tuning loop (:class:`Worker`), for ``autotune run`` and for many workers on one study:
 ``autotune worker JOB`` on one or many machines.
 
-``autotune run`` (:func:`autotune.tuner.run`) is the same loop in *exclusive* mode: the only
-process on its study, it fails the trials a killed earlier run left RUNNING at once.
+``autotune run`` (:func:`autotune.tuner.run`) is the same loop in *exclusive* mode: it fails the
+trials a killed earlier run left RUNNING at once.  Every process holds a liveness record
+(:mod:`autotune.liveness`) while it works, so only the trials of dead processes are failed; a
+second ``autotune run`` of a study a live run is using joins it as a worker.
 
 Every worker opens the job's Optuna storage (PostgreSQL for several machines; SQLite works for
 several workers on one machine) with heartbeats enabled, and loops:
@@ -17,6 +19,10 @@ several workers on one machine) with heartbeats enabled, and loops:
    suggests, so every agent sees the whole study;
 3. measure the trial with a heartbeat thread running; the measurement itself holds the host-wide
    measurement lock (:mod:`autotune.harness.hostlock`), so workers sharing a host never overlap.
+
+A configuration the study has measured (or is measuring) is never measured again by accident:
+the agent is told the recorded result, no trial is added and no budget used (the study counts
+re-proposals in its ``reproposed`` attribute).
 
 A worker exits when the budget is used up and no trial is left running or waiting.  While others'
 trials still run it keeps polling, so if one of them dies its re-queued trial is still measured.
@@ -161,10 +167,12 @@ class _Claim:
 class Worker:
     """The tuning loop, for ``autotune run`` (``exclusive``) and ``autotune worker`` alike.
 
-    ``exclusive``: this is the only process working on the study, so the RUNNING trials found at
-    the start were left by a killed earlier run; they are failed as interrupted at once (and do
-    not use budget) instead of after a heartbeat grace period, the agent gets the job's seed as
-    given, and MLflow catches up on trials it missed before the first new one.
+    ``exclusive`` (``autotune run``): the RUNNING trials found at the start whose process is gone
+    (no live liveness record) were left by a killed earlier run; they are failed as interrupted
+    at once (and do not use budget) instead of after a heartbeat grace period, and MLflow catches
+    up on trials it missed before the first new one.  When a live run took the study first, this
+    one joins it as a worker instead.  Each process's agent seed is ``seed + its liveness index``
+    (a lone run: the seed as given).
     """
 
     def __init__(self, job: Job, *, opts: WorkerOptions | None = None,
@@ -424,7 +432,8 @@ class Worker:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
                 space, notices, baseline = prepare(job, record, harness, full_space, progress)
                 tracker.start(record.attr("fingerprint"), baseline)
-            if self.exclusive:  # (workers log their own trials; a sync here would race them)
+            # (workers log their own trials; a sync here would race them)
+            if self.exclusive and not self._live.others():
                 tracker.sync(record.trials())
             self._agent = agent = create_agent(
                 job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
