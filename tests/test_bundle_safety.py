@@ -320,3 +320,17 @@ def test_hostile_deploy_yaml_is_a_one_line_error(tmp_path: Path, text: bytes) ->
     with pytest.raises(BundleError) as exc:
         load(b)
     _refused(exc, "deploy.yaml")
+
+
+def test_serve_with_a_verify_key_refuses_an_unsigned_bundle(tmp_path: Path) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    keyfile = tmp_path / "bundle.key"
+    keyfile.write_bytes(b"s" * 32)
+    b = make_bundle(tmp_path / "unsigned")
+    out = subprocess.run([sys.executable, "-m", "autotune.cli", "serve", str(b), "--port", "0",
+                          "--verify-key", str(keyfile)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 2 and "not signed" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
