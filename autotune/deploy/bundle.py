@@ -4,12 +4,19 @@ A bundle is a folder::
 
     model.onnx      the transformed model itself (quantized / pruned), not a recipe
     deploy.yaml     how to run it: runtime, provider, threads, batch size, graph optimization, ...
-    manifest.json   measurements with their spread, constraints, hardware, versions, source, and a
-                    SHA-256 for every other file
+    manifest.json   measurements with their spread, constraints, hardware, versions, source, a
+                    SHA-256 and size for every other file, and ``integrity``: the SHA-256 of the
+                    manifest itself (:func:`canonical_manifest`), optionally an HMAC-SHA256
+                    signature by a secret key (``autotune export --sign KEYFILE``)
 
-:func:`load` refuses a bundle whose files do not match their checksums, warns when this machine's
-hardware differs from the one the trial was measured on, and never unpickles anything: models are
-ONNX files, read as bytes (after their checksum is verified) and handed to ONNX Runtime.
+:func:`load` refuses a bundle whose manifest or files do not match their digests, warns when this
+machine's hardware differs from the one the trial was measured on, and never unpickles anything:
+models are ONNX files, read as bytes (after their checksum is verified) and handed to ONNX Runtime.
+
+Every file is read through :func:`read_bundle_file` (any runtime's loader calls it): names are
+confined to the folder (no ``..``, no absolute path, no symlink, checked with ``lstat`` before
+anything is opened, then opened with ``O_NOFOLLOW | O_NONBLOCK``), sizes are checked on the open
+descriptor before a byte is read, and every refusal is a one-line :class:`BundleError`.
 """
 
 from __future__ import annotations
