@@ -40,7 +40,7 @@ class TrackingCallback(LoopCallback):
         tracker.start(record.attr("fingerprint"), baseline)
         self._synced = tracker.sync(record.trials()) if catch_up else 0
         # an already finished study gets its artifacts again only when MLflow missed trials
-        self._finish = not finished
+        self._finish = not finished or tracker.needs_finish()
 
     def on_trial_end(self, record: StudyRecord, view: TrialView,
                      views: Sequence[TrialView]) -> None:

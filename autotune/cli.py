@@ -13,6 +13,7 @@ import click
 
 from autotune.check import check_job
 from autotune.dashboard import serve as serve_dashboard
+from autotune.deploy.bundle import read_key, require_signature
 from autotune.deploy.genserve import is_generation_bundle, serve_generation
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError
@@ -304,6 +305,10 @@ def validate(job_file: str, import_timeout: float) -> None:
         console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
+    from autotune.harness.isolate import memory_limit
+
+    mem, why = memory_limit(job)
+    console.print(f"  memory     : {f'{mem} MiB per trial' if mem else 'no limit'} ({why})")
 
 
 def _validate_json(job_file: str, import_timeout: float) -> None:
@@ -491,8 +496,10 @@ def dashboard(job_file: str, host: str, port: int) -> None:
 @click.option("--name", "model_name", default=None, help="Registered model name (default: job name).")
 @click.option("--no-register", is_flag=True, help="Write the bundle only.")
 @_json_option
+@click.option("--sign", "sign_key", default=None, type=click.Path(dir_okay=False),
+              help="Sign the bundle's manifest (HMAC-SHA256) with the secret key in this file.")
 def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name: str | None,
-               no_register: bool) -> None:
+               no_register: bool, sign_key: str | None) -> None:
     """Export a measured configuration as a deployable bundle and register it in MLflow."""
     from pathlib import Path
 
@@ -501,9 +508,10 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
     as_json = _as_json()
     console = _console(stderr=as_json)
     job = _load(job_file)
+    key = read_key(sign_key) if sign_key else None
     with _stdout_to_stderr(as_json):
         res = export_bundle(job, pick, out=Path(out) if out else None, register=not no_register,
-                            alias=alias, model_name=model_name)
+                            alias=alias, model_name=model_name, key=key)
     if as_json:
         _emit_json(export_json(res))
         if res.registry_error:
@@ -570,17 +578,21 @@ def export_json(res: Any) -> dict[str, Any]:
               help="Inference requests answered at once; beyond: 503 with Retry-After.")
 @click.option("--max-connections", default=1024, show_default=True, type=int,
               help="Open connections; beyond: 503 with Retry-After.")
+@click.option("--verify-key", default=None, type=click.Path(dir_okay=False),
+              help="Serve only bundles signed with the key in this file (also on every swap).")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=float,
               help="On SIGTERM, seconds the requests in flight may take before the server exits.")
 def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_ms: float,
               tracking_uri: str | None, job_file: str | None, admin_token: str | None,
               model_name: str | None, max_body_bytes: int, body_timeout: float,
               header_timeout: float, max_inflight: int, max_connections: int,
-              drain_timeout: float) -> None:
+              drain_timeout: float, verify_key: str | None) -> None:
     """Serve a bundle folder or models:/NAME@ALIAS over HTTP, swapping in new models live.
 
     API: GET / and /docs; SIGTERM stops accepting, finishes the requests in flight and exits.
     """
+    if verify_key:
+        require_signature(read_key(verify_key))
     try:
         if job_file and not tracking_uri:
             tracking_uri = _load(job_file).tracking_uri

@@ -290,6 +290,17 @@ class Tracker:
                 n += 1
         return n
 
+    def needs_finish(self) -> bool:
+        """Whether the parent run lacks its write-up: still RUNNING (a run killed while writing
+        it) or without its ``trials.csv`` artifact."""
+        def check() -> bool:
+            rid = self.parent_run_id()
+            if self.client.get_run(rid).info.status != "FINISHED":
+                return True
+            return "trials.csv" not in {f.path for f in self.client.list_artifacts(rid)}
+
+        return bool(self._safe("check the parent run", check))
+
     def finish(self, views: Sequence[TrialView]) -> None:
         """Rank tags, then the parent's artifacts: trial table (CSV, Parquet), the front (CSV)
         and the interactive plots; the parent is marked FINISHED."""

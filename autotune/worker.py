@@ -1,8 +1,10 @@
 """The tuning loop (:class:`Worker`), for ``autotune run`` and for many workers on one study:
 ``autotune worker JOB`` on one or many machines.
 
-``autotune run`` (:func:`autotune.tuner.run`) is the same loop in *exclusive* mode: the only
-process on its study, it fails the trials a killed earlier run left RUNNING at once.  The façade
+``autotune run`` (:func:`autotune.tuner.run`) is the same loop in *exclusive* mode: it fails the
+trials a killed earlier run left RUNNING at once.  Every process holds a liveness record
+(:mod:`autotune.liveness`) while it works, so only the trials of dead processes are failed; a
+second ``autotune run`` of a study a live run is using joins it as a worker.  The façade
 (:mod:`autotune.tuner`) hands the loop what it does not import: the machine restriction of the
 space and its observers (:class:`autotune.loop.LoopCallback`, e.g. MLflow tracking).
 
@@ -19,6 +21,10 @@ several workers on one machine) with heartbeats enabled, and loops:
    suggests, so every agent sees the whole study;
 3. measure the trial with a heartbeat thread running; the measurement itself holds the host-wide
    measurement lock (:mod:`autotune.harness.hostlock`), so workers sharing a host never overlap.
+
+A configuration the study has measured (or is measuring) is never measured again by accident:
+the agent is told the recorded result, no trial is added and no budget used (the study counts
+re-proposals in its ``reproposed`` attribute).
 
 A worker exits when the budget is used up and no trial is left running or waiting.  While others'
 trials still run it keeps polling, so if one of them dies its re-queued trial is still measured.
@@ -46,6 +52,7 @@ from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.harness.hostlock import file_lock
 from autotune.harness.isolate import IsolatedHarness
+from autotune.liveness import Liveness
 from autotune.loop import (
     MAX_INVALID_IN_A_ROW,
     LoopCallback,
@@ -59,8 +66,12 @@ from autotune.loop import (
 from autotune.review import pareto_views
 from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
-from autotune.study import StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
+from autotune.study import INTERRUPTED, StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
 from autotune.warmstart import WarmStart, from_study
+
+#: an agent that proposes only configurations the study has measured, this many times in a row,
+#: has nothing new to try: the run stops instead of spinning
+MAX_REPROPOSED_IN_A_ROW = 100
 
 
 @dataclass(frozen=True)
@@ -157,10 +168,12 @@ class _Claim:
 class Worker:
     """The tuning loop, for ``autotune run`` (``exclusive``) and ``autotune worker`` alike.
 
-    ``exclusive``: this is the only process working on the study, so the RUNNING trials found at
-    the start were left by a killed earlier run; they are failed as interrupted at once (and do
-    not use budget) instead of after a heartbeat grace period, the agent gets the job's seed as
-    given, and the callbacks (MLflow) catch up on trials they missed before the first new one.
+    ``exclusive`` (``autotune run``): the RUNNING trials found at the start whose process is gone
+    (no live liveness record) were left by a killed earlier run; they are failed as interrupted
+    at once (and do not use budget) instead of after a heartbeat grace period, and MLflow catches
+    up on trials it missed before the first new one.  When a live run took the study first, this
+    one joins it as a worker instead.  Each process's agent seed is ``seed + its liveness index``
+    (a lone run: the seed as given).
 
     ``restrict`` removes what this machine cannot run from the space
     (:func:`autotune.tuner.restrict_to_machine`); ``callbacks`` observe the loop.
@@ -180,6 +193,10 @@ class Worker:
         self.exclusive = exclusive
         self.id = worker_id()
         self.seen: set[int] = set()
+        self.reproposals = 0  # proposals of configurations the study had measured already
+        self.stale: list[int] = []  # trials this worker failed for a stale heartbeat, to log
+        self.exhausted = False  # the agent proposed only measured configurations for a while
+        self._live: Any = None  # this process's liveness record (autotune.liveness), in run()
         self._record: StudyRecord | None = None
         self._agent: Agent | None = None
 
@@ -216,7 +233,13 @@ class Worker:
     def _claim(self, space: SearchSpace, full_space: SearchSpace,
                warm: list[dict[str, Any]]) -> _Claim | None:
         study, storage = self.record.study, self.record.storage
+        running = {trial_id(t) for t in study.get_trials(deepcopy=False,
+                                                          states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
+        if running:  # the ones failed just now (under the slot lock: by this worker) for MLflow
+            self.stale += [t.number for t in study.get_trials(deepcopy=False,
+                                                               states=(TrialState.FAIL,))
+                           if trial_id(t) in running and "fail_reason" not in t.user_attrs]
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             tid = trial_id(t)
             if not storage.set_trial_state_values(tid, state=TrialState.RUNNING):
@@ -230,7 +253,7 @@ class Worker:
             storage.set_trial_user_attr(tid, "worker", self.id)
             storage.set_trial_user_attr(tid, "agent", t.user_attrs.get("agent", "retry"))
             return _Claim(t.number, tid, params, retried=True)
-        invalid_in_a_row = 0
+        invalid_in_a_row = reproposed_in_a_row = 0
         while True:
             done, running, waiting = self._counts()
             if done + running + waiting >= self.budget:
@@ -243,6 +266,15 @@ class Worker:
             # machine without one): recorded, never measured, not shown to the agent
             outside = [] if reason or not from_warm else \
                 [p for p in space.validate(config) if "outside the space" in p]
+            earlier = None if reason or outside else self._measured_before(config)
+            if earlier is not None:  # never measured twice by accident: no trial, no budget
+                if not from_warm:
+                    self._reproposed(config, earlier)
+                    reproposed_in_a_row += 1
+                    if reproposed_in_a_row >= MAX_REPROPOSED_IN_A_ROW:
+                        self.exhausted = True
+                        return None
+                continue
             number = self.record.start(config, full_space, agent=self.agent.name)
             if outside:
                 self.record.fail(number, f"not runnable on this machine: {outside[0]}",
@@ -264,6 +296,33 @@ class Worker:
             storage.set_trial_user_attr(tid, "worker", self.id)
             return _Claim(number, tid, config, retried=False)
 
+    def _measured_before(self, config: Mapping[str, Any]) -> TrialView | None:
+        """The trial that measured (or is measuring) this configuration, if any: complete, or
+        failed for a reason of its own (interrupted trials are re-measured; invalid ones never
+        ran)."""
+        key = config_key(config)
+        for t in self.record.trials():
+            if t.state in ("complete", "failed", "running") and config_key(t.config) == key \
+                    and not t.reason.startswith("interrupted"):
+                return t
+        return None
+
+    def _reproposed(self, config: Mapping[str, Any], earlier: TrialView) -> None:
+        """The agent proposed a configuration the study has: it is told the recorded result
+        (a running trial's result is not known yet: it hears it on replay), and the study counts
+        the re-proposal in its ``reproposed`` attribute (trial number → times), so reports show
+        it; nothing is measured and no budget is used."""
+        if earlier.state != "running":
+            self.agent.observe(replace(earlier.observation(), config=dict(config)))
+        counts = dict(self.record.attr("reproposed") or {})
+        counts[str(earlier.number)] = int(counts.get(str(earlier.number), 0)) + 1
+        self.record.set_attr("reproposed", counts)
+        self.reproposals += 1
+        self.progress.on_message(
+            f"the agent proposed trial {earlier.number}'s configuration again: not measured "
+            f"twice, " + ("told its recorded result" if earlier.state != "running" else
+                          "it is being measured now"))
+
     def _measure(self, claim: _Claim, harness: Any, baseline: Mapping[str, float]) -> TrialView:
         """Measure a claimed trial with its heartbeat running, and record the outcome."""
         record, ev = self.record, self.job.evaluation
@@ -279,6 +338,40 @@ class Worker:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunSummary:
+        """Hold this process's liveness record (:mod:`autotune.liveness`) while working."""
+        self._live = Liveness(self.job.out_dir / "live", self.id,
+                              "run" if self.exclusive else "worker")
+        with self._live:
+            return self._run()
+
+    def _fail_dead_trials(self) -> list[int]:
+        """Fail as interrupted the RUNNING trials whose process is gone (a killed earlier run);
+        a live process's trials (another run or worker on this study) are never touched, and
+        those of other hosts are left to the heartbeat check."""
+        study, out = self.record.study, []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("worker")
+            if owner != self.id and self._live.owner_is_live(owner) is not False:
+                continue
+            trial = optuna.Trial(study, trial_id(t))
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            trial.set_user_attr("interrupted", True)
+            study.tell(t.number, state=TrialState.FAIL)
+            out.append(t.number)
+        return out
+
+    def _seed(self) -> int | None:
+        """This process's seed stream: the job's seed plus its liveness index (0 for a lone run:
+        the seed as given), plus a per-host offset when the study is shared between hosts."""
+        seed = self.job.agent.seed
+        if seed is None:
+            return None
+        index = self._live.index or 0
+        if not self.job.storage_url.startswith("sqlite"):
+            index += 0 if self.exclusive else (zlib.crc32(socket.gethostname().encode()) % 9973)
+        return seed + index
+
+    def _run(self) -> RunSummary:
         t_start = time.monotonic()
         job, progress = self.job, self.progress
         full_space = job.space
@@ -287,8 +380,20 @@ class Worker:
         if job.agent.warm_start_from is not None:  # user errors in it surface before any measuring
             earlier = from_study(job, full_space)
         record = self.record
-        if self.exclusive:
-            interrupted = record.mark_interrupted()
+        # a second `autotune run` on a study a live run is using (one that took its record
+        # first: a smaller index) joins it as a worker instead of taking it over
+        others = [h for h in self._live.others() if h.index < self._live.index]
+        if self.exclusive and others:
+            progress.on_message(
+                f"job '{job.name}' is being run by {others[0].describe()}: this run joins it as "
+                "one more worker (the budget is shared; its trials are left alone)")
+            self.exclusive = False
+            dead_check = True
+        else:
+            dead_check = self.exclusive
+        if dead_check:
+            with slot_lock(record, job):  # claims set their worker under this lock
+                interrupted = self._fail_dead_trials()
             if interrupted:
                 progress.on_message(
                     f"trials {', '.join(map(str, interrupted))} were interrupted by an earlier run; "
@@ -312,11 +417,12 @@ class Worker:
                 space, notices, baseline = prepare(job, record, harness, full_space, progress,
                                                    self.restrict)
                 # (only an exclusive run catches up: other workers log their own trials)
+                catch_up = self.exclusive and not self._live.others()
                 for cb in self.callbacks:
-                    cb.on_loop_start(record, baseline, catch_up=self.exclusive, finished=False)
+                    cb.on_loop_start(record, baseline, catch_up=catch_up, finished=False)
             self._agent = agent = create_agent(
                 job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
-                seed=job.agent.seed if self.exclusive else _seed(job), **job.agent.options)
+                seed=self._seed(), **job.agent.options)
             self._replay()
             warm = self._warm_configs(earlier)
             progress.on_start(done, self.budget)
@@ -324,7 +430,18 @@ class Worker:
             while deadline is None or time.monotonic() < deadline:
                 with slot_lock(record, job):
                     claim = self._claim(space, full_space, warm)
+                while self.stale:  # a dead worker's trial reaches MLflow as a failed trial
+                    stale_view = self._view(self.stale.pop(0))
+                    for cb in self.callbacks:
+                        cb.on_trial_end(record, stale_view, record.trials())
                 if claim is None:
+                    if self.exhausted:
+                        notices = (*notices, (
+                            f"stopped early: the agent proposed only configurations the study had "
+                            f"measured already ({MAX_REPROPOSED_IN_A_ROW} in a row; "
+                            f"{self.reproposals} re-proposals in all, none measured twice)"))
+                        progress.on_message(notices[-1])
+                        break
                     done, running, waiting = self._counts()
                     if running + waiting == 0:
                         break
@@ -369,13 +486,6 @@ class Worker:
 
     def _view(self, number: int) -> TrialView:
         return self.record.view(self.record.frozen(number))
-
-
-def _seed(job: Job) -> int | None:
-    """Workers with the same seed would propose the same sequence: offset it by the process."""
-    if job.agent.seed is None:
-        return None
-    return job.agent.seed + os.getpid() % 10007
 
 
 def run_worker(job: Job, *, restrict: Restrict, opts: WorkerOptions | None = None,

@@ -18,7 +18,7 @@ from autotune.deploy import (
     load,
     verify,
 )
-from autotune.deploy.export import pick_trial, write_bundle
+from autotune.deploy.export import pick_trial, write_bundle, write_manifest
 from autotune.errors import AutotuneError
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_hardware_mismatch_warns(bundle: Path, tmp_path: Path) -> None:
         load(b)  # same machine: no warning
     m = json.loads((b / "manifest.json").read_text())
     m["hardware"]["digest"] = "0000000000000000"
-    (b / "manifest.json").write_text(json.dumps(m))
+    write_manifest(b, m)  # re-sealed: an edit without the digest is refused (test_bundle_safety)
     with pytest.warns(HardwareMismatchWarning, match="other hardware"):
         load(b)
 

@@ -156,5 +156,20 @@ def test_cli_export(tmp_path: Path) -> None:
                                   "--no-register"])
     assert r.exit_code == 0, r.output
     assert "bundle" in r.output and (out / "manifest.json").is_file()
+    # --sign KEYFILE: load(key=...) accepts it with that key only
+    from autotune.deploy import TamperedBundleError, load
+
+    keyfile, other = tmp_path / "bundle.key", tmp_path / "other.key"
+    keyfile.write_text("correct horse battery staple\n")
+    other.write_text("another key of enough length\n")
+    signed = tmp_path / "signed"
+    r = CliRunner().invoke(main, ["export", job.source, "--pick", str(ORT_INT8), "--out",
+                                  str(signed), "--no-register", "--sign", str(keyfile)])
+    assert r.exit_code == 0, r.output
+    assert load(signed, key=keyfile).predict(np.zeros((1, 64), np.float32)).shape == (1, 10)
+    with pytest.raises(TamperedBundleError, match="invalid signature"):
+        load(signed, key=other)
+    with pytest.raises(TamperedBundleError, match="not signed"):
+        load(out, key=keyfile)
     r = CliRunner().invoke(main, ["export", job.source, "--pick", "77", "--no-register"])
     assert r.exit_code == 2 and "no trial 77" in r.output

@@ -23,7 +23,7 @@ import pytest
 from _deploy_job import ORT_FP32, ORT_INT8, tuned_job
 
 from autotune.deploy import load
-from autotune.deploy.export import pick_trial, register_bundle, set_alias, write_bundle
+from autotune.deploy.export import pick_trial, register_bundle, set_alias, write_bundle, write_manifest
 from autotune.deploy.serve import (
     Limits,
     ModelServer,
@@ -299,7 +299,7 @@ def test_broken_update_keeps_the_old_model(bundles: dict[int, Path], tmp_path: P
         v0 = srv.served.version
         m = json.loads((served / "manifest.json").read_text())
         m["files"]["model.onnx"]["sha256"] = "0" * 64
-        (served / "manifest.json").write_text(json.dumps(m))
+        write_manifest(served, m)  # re-sealed: the model's checksum is what no longer matches
         code, body = _reload(srv.url)
         assert code == 500 and b"model.onnx" in body
         assert srv.served.version == v0

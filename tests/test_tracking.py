@@ -331,3 +331,67 @@ def test_registered_model_has_a_signature_an_onnx_flavor_and_prints_no_ansi(tmp_
     assert proto.SerializeToString() == (out / "model.onnx").read_bytes()
     x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
     np.testing.assert_array_equal(model.predict(x), load(out).predict(x))
+
+
+def _tracked_toy_job(folder: Path, budget: int):
+    """The conformance toy job (in-process objective: fast) with local MLflow tracking on."""
+    from autotune.testing.agents import tiny_job as toy_job
+
+    job = toy_job("random", folder, budget, "accuracy >= 0.0")
+    path = Path(job.source)
+    path.write_text(path.read_text().replace("tracking: {enabled: false}", "tracking: {}"))
+    return load_job(path)
+
+
+def test_rerun_repairs_a_parent_run_killed_during_the_write_up(tmp_path, monkeypatch):
+    import autotune.tracking as tracking
+    from autotune.testing.agents import InProcessHarness
+    from autotune.tracking import Tracker
+
+    job = _tracked_toy_job(tmp_path / "toy", 3)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the process dies while writing the parent's artifacts
+
+    monkeypatch.setattr(tracking, "write_review_files", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, harness=InProcessHarness(job))
+    record = open_record(job, create=False)
+    tracker = Tracker(job, record)
+    rid = tracker.parent_run_id()
+    assert tracker.client.get_run(rid).info.status == "RUNNING"
+    assert tracker.needs_finish()
+    monkeypatch.undo()
+
+    again = run_job(job, harness=InProcessHarness(job))  # the job is finished: repair only
+    assert again.new_trials == 0 and again.tracking_error is None
+    run = tracker.client.get_run(rid)
+    assert run.info.status == "FINISHED"
+    assert {"trials.csv", "pareto_front.csv"} <= _artifacts(tracker.client, rid)
+    assert not Tracker(job, record).needs_finish()
+
+
+def test_a_trial_failed_by_the_heartbeat_check_reaches_mlflow(tmp_path):
+    from autotune.study import STALE
+    from autotune.testing.agents import InProcessHarness
+    from autotune.tracking import Tracker
+    from autotune.tuner import run_worker
+    from autotune.worker import WorkerOptions, open_shared_record
+
+    job = _tracked_toy_job(tmp_path / "toy", 2)
+    opts = WorkerOptions(heartbeat_s=1, grace_s=2)
+    record = open_shared_record(job, opts)
+    record.set_attr("baseline", {"latency_ms": 1.0, "accuracy": 0.9})
+    n = record.start({"runtime": "torch", "quantization": "fp32", "batch_size": 1, "threads": 1,
+                      "pruning_ratio": 0.0}, job.space, agent="random")
+    tid = record.storage.get_trial_id_from_study_id_trial_number(record.study._study_id, n)
+    record.storage.set_trial_user_attr(tid, "worker", "elsewhere:1")  # a worker on another host
+    record.storage.record_heartbeat(tid)
+    time.sleep(2.5)  # ... that stopped sending heartbeats
+    summary = run_worker(job, opts=opts, harness=InProcessHarness(job))
+    states = {t.number: (t.state, t.reason) for t in summary.trials}
+    assert states[n] == ("failed", STALE)
+    runs = {int(r.data.tags[TRIAL_TAG]): r for r in Tracker(job, record).nested_runs()}
+    assert n in runs and runs[n].data.tags["state"] == "failed"
+    assert runs[n].data.tags["fail_reason"] == STALE and runs[n].info.status == "FAILED"
+    assert len(runs) == 3  # the dead trial, its retry and one more

@@ -11,7 +11,6 @@ Public API (the CLI and the re-tuning loop use these):
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -22,7 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.deploy.bundle import DEPLOY, FORMAT, MANIFEST, MODEL_ONNX, ORT_DTYPES, BundleError
+from autotune.deploy.bundle import (
+    DEPLOY,
+    FORMAT,
+    MANIFEST,
+    MODEL_ONNX,
+    ORT_DTYPES,
+    BundleError,
+    read_manifest,
+    safe_name,
+    write_manifest,
+)
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.harness.evaluate import Evaluator
@@ -252,13 +261,32 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
 
 
 # ------------------------------------------------------------------------------------ writing
+def _listed_files(out: Path) -> set[str]:
+    """The file names an existing bundle's manifest lists (unverified: only used to remove stale
+    files, so names that could leave the folder are dropped)."""
+    try:
+        files = json.loads((out / MANIFEST).read_bytes()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    names = set()
+    for name in files if isinstance(files, Mapping) else ():
+        try:
+            safe_name(out, name)
+        except BundleError:
+            continue
+        if "/" not in name and name != MANIFEST:
+            names.add(name)
+    return names
+
+
 def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
-                 record: StudyRecord | None = None) -> dict[str, Any]:
+                 record: StudyRecord | None = None, key: bytes | None = None) -> dict[str, Any]:
     """Write (or overwrite) the bundle folder ``out`` for ``view``; returns the manifest.
 
     Each file is replaced atomically and ``manifest.json`` last, so a reader that checks the
     manifest's files always sees a complete bundle; files of an earlier bundle that the new one
-    does not list are removed afterwards.
+    does not list are removed afterwards.  With ``key`` the manifest is signed (HMAC-SHA256);
+    :func:`autotune.deploy.load` with the same key refuses anything else.
     """
     import yaml
 
@@ -275,13 +303,10 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
     manifest = build_manifest(job, record, view, pick=pick, runtime_info=runtime_info,
                               files=files, model_source=model_path)
     out.mkdir(parents=True, exist_ok=True)
-    old: set[str] = set()
-    if (out / MANIFEST).is_file():
-        with contextlib.suppress(ValueError):
-            old = set(json.loads((out / MANIFEST).read_text()).get("files", {}))
+    old = _listed_files(out)
     for name, data in files.items():
         write_atomic(out / name, data)
-    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    manifest = write_manifest(out, manifest, key=key)
     for stale in old - set(files):
         (out / stale).unlink(missing_ok=True)
     return manifest
@@ -350,8 +375,8 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
     from mlflow.tracking import MlflowClient
 
     bundle = Path(bundle)
+    manifest = read_manifest(bundle)  # checked: digest, file names
     manifest_sha = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
-    manifest = json.loads((bundle / MANIFEST).read_text())
     src = manifest.get("source", {})
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     exp_id = experiment_id(client, experiment or f"autotune-{src.get('job', name)}",
@@ -400,7 +425,8 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> N
 
 # ------------------------------------------------------------------------------------ all of it
 def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, register: bool = True,
-                  alias: str | None = "champion", model_name: str | None = None) -> ExportResult:
+                  alias: str | None = "champion", model_name: str | None = None,
+                  key: bytes | None = None) -> ExportResult:
     """Pick a trial, write its bundle (default ``job.out_dir/bundles/trial-N``) and register it.
 
     A registry failure does not undo the bundle: it is reported in ``registry_error``.
@@ -408,7 +434,7 @@ def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, registe
     record = open_record(job, create=False)
     view = pick_trial(job, pick, record)
     dest = Path(out) if out else job.out_dir / "bundles" / f"trial-{view.number}"
-    manifest = write_bundle(job, view, dest, pick=str(pick), record=record)
+    manifest = write_bundle(job, view, dest, pick=str(pick), record=record, key=key)
     notes = (manifest["runtime"]["note"],) if manifest["runtime"].get("note") else ()
     if not view.feasible:
         notes += (f"trial {view.number} violates the job's constraints.",)

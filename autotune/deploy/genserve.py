@@ -35,7 +35,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from autotune.deploy.bundle import GENERATION_FORMAT, MANIFEST, BundleError
+from autotune.deploy.bundle import (
+    GENERATION_FORMAT,
+    MANIFEST,
+    BundleError,
+    read_bundle_file,
+    read_manifest,
+    write_manifest,
+)
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 
@@ -122,7 +129,7 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
             old = set(json.loads((out / MANIFEST).read_text()).get("files", {}))
     for name, data in files.items():
         write_atomic(out / name, data)
-    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    manifest = write_manifest(out, manifest)  # sealed: its digest covers it
     for stale in old - set(files):
         (out / stale).unlink(missing_ok=True)
     return manifest
@@ -135,26 +142,17 @@ def verified_bundle(path: str | Path) -> tuple[Path, dict[str, Any], Any]:
     from autotune.workloads.engine import GenSettings
 
     root = Path(path).resolve()
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read {root / MANIFEST}: {exc}") from None
+    manifest = read_manifest(root)  # a plain file, its digest, safe file names (and signature)
     if manifest.get("format") != GEN_FORMAT:
         raise BundleError(f"{root} is not a generation bundle (format {manifest.get('format')!r}).")
-    for name, meta in manifest.get("files", {}).items():
-        p = (root / name).resolve()
-        if root not in p.parents:
-            raise BundleError(f"the manifest of {root} names a file outside it: {name!r}.")
-        try:
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        except OSError as exc:
-            raise BundleError(f"bundle file {name} is missing: {exc}") from None
-        if digest != meta.get("sha256"):
-            raise BundleError(f"bundle file {name} does not match its SHA-256 in the manifest "
-                              "(changed or partly written).")
-    if GENERATION_YAML not in manifest.get("files", {}):
+    files = manifest["files"]
+    if GENERATION_YAML not in files:
         raise BundleError(f"{root} has no {GENERATION_YAML}.")
-    data = yaml.safe_load((root / GENERATION_YAML).read_text())
+    data = {}
+    for name in files:  # confined to the folder, sizes before hashes, checksums
+        raw = read_bundle_file(root, name, files)
+        if name == GENERATION_YAML:
+            data = yaml.safe_load(raw.decode("utf-8"))
     return root, manifest, GenSettings(**data["settings"])
 
 

@@ -30,7 +30,43 @@ from autotune.harness.evaluate import evaluator_for
 from autotune.harness.hostlock import measurement_lock
 from autotune.spec import Job
 
-__all__ = ["IsolatedHarness", "measurement_lock"]
+__all__ = ["IsolatedHarness", "default_memory_limit_mb", "measurement_lock", "memory_limit"]
+
+#: the share of this machine's memory one trial may use when the job sets no limit
+MEMORY_SHARE = 0.5
+
+
+def machine_memory_mb() -> int | None:
+    """This machine's memory in MiB: physical RAM, or the cgroup (container) limit if lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as f:
+                text = f.read().strip()
+            if text.isdigit() and 0 < int(text) < total:
+                total = int(text)
+    return total // 2**20
+
+
+def default_memory_limit_mb() -> int | None:
+    """The memory limit of one trial when ``measurement.memory_limit_mb`` is not set: half of
+    this machine's memory (:func:`machine_memory_mb`), at least 512 MiB; None if unknown."""
+    total = machine_memory_mb()
+    return None if total is None else max(512, int(total * MEMORY_SHARE))
+
+
+def memory_limit(job: Job) -> tuple[int | None, str]:
+    """The memory limit a trial of ``job`` runs under, in MiB, and where it comes from."""
+    if job.measurement.memory_limit_mb:
+        return job.measurement.memory_limit_mb, "measurement.memory_limit_mb"
+    limit = default_memory_limit_mb()
+    if limit is None:
+        return None, "none: this machine's memory is unknown; set measurement.memory_limit_mb"
+    return limit, (f"default: {MEMORY_SHARE:.0%} of this machine's {machine_memory_mb()} MiB; "
+                   "set measurement.memory_limit_mb to change it")
 
 
 def _child(job: Job, conn: Any, log_path: str) -> None:
@@ -94,7 +130,7 @@ class IsolatedHarness:
         self.on_message = on_message or (lambda message: None)
         self.timeout_s = timeout_s or job.measurement.trial_timeout_s
         self.startup_timeout_s = startup_timeout_s or max(600.0, self.timeout_s)
-        self.memory_limit_mb = memory_limit_mb or job.measurement.memory_limit_mb
+        self.memory_limit_mb = memory_limit_mb or memory_limit(job)[0]
         self.log_path = job.out_dir / "logs" / "harness.log"
         self._proc: Any = None
         self._conn: Any = None
@@ -208,7 +244,8 @@ class IsolatedHarness:
                     self._proc = None
                     raise TrialFailed(
                         f"out of memory: the measuring process used {rss / 2**20:.0f} MiB, over "
-                        f"the limit of {self.memory_limit_mb} MiB (measurement.memory_limit_mb)."
+                        f"the limit of {self.memory_limit_mb} MiB (measurement.memory_limit_mb"
+                        f"{'' if self.job.measurement.memory_limit_mb else ', default: half of RAM'})."
                         f"{self._output(offset)}"
                     )
 

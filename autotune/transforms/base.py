@@ -19,6 +19,8 @@ times the work; the subclass only implements :meth:`Transform.transform`.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import importlib
 import json
@@ -40,8 +42,11 @@ Kind = Literal["torch", "onnx"]
 
 #: every registered transform, by name
 TRANSFORMS: dict[str, type[Transform]] = {}
-#: torch results of this process that could not be written to disk (e.g. torchao tensor
-#: subclasses do not pickle), most recent last
+#: torch results of this process, most recent last.  They are never written to disk: a
+#: ``torch.save``d module can only be read back by unpickling it, and whoever can write the cache
+#: folder would then run code at the next ``autotune run`` (the harness's child process lives
+#: across trials, so this memo still serves the repeated lookups).  ONNX results are cached on
+#: disk: they are protobuf files read by ONNX Runtime, never unpickled.
 _MEMO: OrderedDict[tuple[str, str], tuple[Any, dict[str, Any]]] = OrderedDict()
 _MEMO_SIZE = 4
 
@@ -264,7 +269,14 @@ class Transform(ABC):
         memo = _MEMO.get((str(self.cache_dir), key))
         if memo is not None:
             _MEMO.move_to_end((str(self.cache_dir), key))
-            return memo
+            module, info = memo
+            # a copy, as a fresh load would give: callers may move or mutate it (tensor
+            # subclasses without deepcopy support stay shared, as before)
+            with contextlib.suppress(Exception):
+                module = copy.deepcopy(module)
+            return module, dict(info)
+        if self.gives != "onnx":  # torch results live in the memo only (no unpickling)
+            return None
         meta = self._meta_path(key)
         if meta is None or not meta.exists():
             return None
@@ -272,40 +284,27 @@ class Transform(ABC):
             data = json.loads(meta.read_text())
         except (OSError, ValueError):
             return None
+        if not isinstance(data, dict) or not isinstance(data.get("file"), str) \
+                or Path(data["file"]).name != data["file"] or not data["file"].endswith(".onnx"):
+            return None  # only an ONNX file in the cache folder itself is ever read
         target = self.cache_dir / data["file"]  # type: ignore[operator]
-        if not target.exists():
+        if not target.is_file():
             return None
-        if self.gives == "onnx":
-            return target, data.get("info", {})
-        import torch
-
-        try:
-            module = torch.load(target, weights_only=False, map_location="cpu")
-        except Exception:  # an unreadable cache entry is rebuilt
-            return None
-        return module, data.get("info", {})
+        return target, data.get("info", {})
 
     def _store(self, key: str, result: Any, step: Lineage) -> None:
+        if self.cache_dir is None:  # no cache folder: nothing is kept
+            return
+        if self.gives != "onnx":  # kept in this process only (see _MEMO)
+            _MEMO[(str(self.cache_dir), key)] = (result, dict(step.info))
+            while len(_MEMO) > _MEMO_SIZE:
+                _MEMO.popitem(last=False)
+            return
         meta = self._meta_path(key)
         if meta is None:  # no cache folder: nothing is kept
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        if self.gives == "onnx":
-            fname = Path(result).name
-        else:
-            import torch
-
-            fname = f"{self.name}-{key}.pt"
-            tmp = self.cache_dir / f"{fname}.{os.getpid()}.tmp"  # type: ignore[operator]
-            try:
-                torch.save(result, tmp)
-            except Exception:  # e.g. torchao tensors do not pickle: kept in this process only
-                tmp.unlink(missing_ok=True)
-                _MEMO[(str(self.cache_dir), key)] = (result, dict(step.info))
-                while len(_MEMO) > _MEMO_SIZE:
-                    _MEMO.popitem(last=False)
-                return
-            tmp.replace(self.cache_dir / fname)  # type: ignore[operator]
+        fname = Path(result).name
         tmp_meta = meta.with_suffix(f".{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps({"file": fname, **step.to_dict()}, default=str))
         tmp_meta.replace(meta)

@@ -245,3 +245,25 @@ def test_model_loading_is_bounded_by_the_startup_limit_not_the_trial_timeout(tin
     msg = str(err.value)
     assert "timed out after 3 s (the start-up limit) while starting" in msg
     assert "File \"" in msg and " line " in msg  # the Python stack of where start-up was
+
+
+def test_default_memory_limit_is_a_share_of_the_machine_and_validate_states_it(tiny_job):
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+    from autotune.harness.isolate import IsolatedHarness, machine_memory_mb, memory_limit
+    from autotune.spec import load_job
+
+    path = tiny_job()
+    job = load_job(path)
+    total = machine_memory_mb()
+    assert total and total > 0
+    limit, why = memory_limit(job)
+    assert limit == max(512, total // 2) and "default" in why
+    assert IsolatedHarness(job).memory_limit_mb == limit  # on by default, not off
+    out = CliRunner().invoke(main, ["validate", str(path)])
+    assert out.exit_code == 0 and f"memory     : {limit} MiB per trial (default" in out.output
+    path.write_text(path.read_text().replace("measurement: {", "measurement: {memory_limit_mb: 700, "))
+    job = load_job(path)
+    assert memory_limit(job) == (700, "measurement.memory_limit_mb")
+    assert IsolatedHarness(job).memory_limit_mb == 700

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -186,11 +188,14 @@ def test_cache_hit_and_lineage(mlp_onnx, mlp_context, cache):
     ref = ModelRef.torch(mlp_onnx and torch.nn.Linear(4, 4), "lin")
     apply("quantize_torch", ref, cache_dir=cache, mode="int8_dynamic")
     assert apply("quantize_torch", ref, cache_dir=cache, mode="int8_dynamic").lineage[-1].cached
-    # and plain torch results from disk, in a "new process" (memo cleared)
+    # torch results are never written to disk (they could only be read back by unpickling):
+    # a "new process" (memo cleared) rebuilds them
     apply("quantize_torch", ref, cache_dir=cache, mode="fp16")
+    assert apply("quantize_torch", ref, cache_dir=cache, mode="fp16").lineage[-1].cached
     base._MEMO.clear()
-    hit = apply("quantize_torch", ref, cache_dir=cache, mode="fp16")
-    assert hit.lineage[-1].cached and hit.module.weight.dtype == torch.float16
+    rebuilt = apply("quantize_torch", ref, cache_dir=cache, mode="fp16")
+    assert not rebuilt.lineage[-1].cached and rebuilt.module.weight.dtype == torch.float16
+    assert not list(Path(cache).glob("*.pt"))
 
 
 def test_parameters_are_declared_and_checked():
