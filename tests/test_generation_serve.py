@@ -46,9 +46,13 @@ def test_bundle_holds_weights_tokenizer_settings_and_no_pickles(bundles: tuple) 
     _, manifest, settings = verified_bundle(a)
     assert manifest["task"] == "text-generation" and "ttft_p95_ms" in manifest["metrics"]
     assert settings.max_batch >= 1
-    (a / "generation.yaml").write_text((a / "generation.yaml").read_text() + "\n# edited\n")
     from autotune.deploy.bundle import BundleError
 
+    raw = (a / "generation.yaml").read_bytes()
+    (a / "generation.yaml").write_bytes(raw + b"\n# edited\n")  # grown: refused before hashing
+    with pytest.raises(BundleError, match="bytes, more than"):
+        verified_bundle(a)
+    (a / "generation.yaml").write_bytes(raw[:-2] + b"#\n")  # same size, other bytes
     with pytest.raises(BundleError, match="SHA-256"):
         verified_bundle(a)
     from autotune.deploy.export import write_bundle
