@@ -106,95 +106,32 @@ def pareto_ranks(trials: Sequence[TrialView], job: Job) -> dict[int, int]:
 def check_space(job: Job, space: SearchSpace) -> None:
     if job.is_custom:
         return  # the user's objective defines its own parameters
-    from autotune.harness.evaluate import HARNESS_PARAMS
+    from autotune.runtimes import declared_parameters
 
+    declared = declared_parameters()
     for p in space:
-        if p.name not in HARNESS_PARAMS:
+        if p.name not in declared:
             raise SpecError(
                 f"the harness does not know the parameter '{p.name}'.",
                 file=job.source, path=f"search_space.parameters.{p.name}",
-                hint=f"Known parameters: {', '.join(HARNESS_PARAMS)}.",
+                hint=f"Known parameters: {', '.join(declared)}.",
             )
 
 
 def restrict_to_machine(space: SearchSpace, caps: Mapping[str, Any], *,
                         runtime_default: str | None = None) -> tuple[SearchSpace, list[str]]:
-    """Remove choices this machine cannot run; each removal is a notice the user sees.
+    """See :func:`autotune.machine.restrict_to_machine` (derived from the declarations)."""
+    from autotune.machine import restrict_to_machine as restrict
 
-    Whole choices go (device cuda without a GPU, ONNX Runtime providers that are not installed);
-    choices that only some combinations cannot run become ``invalid`` rules (fp16 on a CPU
-    without fp16 arithmetic, with torch), also with a notice.
-    """
-    notices: list[str] = []
-
-    def note(n: Any) -> None:
-        if n:
-            notices.append(str(n))
-
-    allowed_devices = ["cpu"] + (["cuda"] if caps.get("cuda") else [])
-    space, n = space.restrict("device", allowed_devices, "no CUDA device on this machine")
-    note(n)
-    if not caps.get("ort_available", True):
-        space, n = space.restrict("runtime", ["torch"], "onnxruntime is not installed")
-        note(n)
-    providers = set(caps.get("ort_providers") or ("CPUExecutionProvider",))
-    allowed_eps = ["cpu"]
-    if "CUDAExecutionProvider" in providers and caps.get("cuda", True):
-        allowed_eps.append("cuda")
-    if caps.get("tensorrt") or "TensorrtExecutionProvider" in providers:
-        allowed_eps.append("tensorrt")
-    space, n = space.restrict("execution_provider", allowed_eps,
-                              "ONNX Runtime here has no such execution provider")
-    note(n)
-    fixed = {"device": "cpu", "runtime": runtime_default}
-    cpu_torch = {"device": "cpu", "runtime": "torch"}
-    if not caps.get("cpu_fp16"):
-        space, n = forbid(space, "quantization", ["fp16"], cpu_torch, fixed,
-                          "this CPU has no native fp16 arithmetic (torch would emulate it)")
-        note(n)
-    if not caps.get("cpu_bf16"):
-        space, n = forbid(space, "quantization", ["bf16"], cpu_torch, fixed,
-                          "this CPU has no native bf16 arithmetic (torch would emulate it)")
-        note(n)
-    if caps.get("cuda"):
-        if not caps.get("cuda_bf16"):
-            space, n = forbid(space, "quantization", ["bf16"], {"device": "cuda"}, fixed,
-                              "this GPU has no native bf16")
-            note(n)
-        if not caps.get("cuda_fp16"):
-            space, n = forbid(space, "quantization", ["fp16"], {"device": "cuda"}, fixed,
-                              "this GPU has no fast fp16")
-            note(n)
-    return space, notices
+    return restrict(space, caps, runtime_default=runtime_default)
 
 
 def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[str, Any],
            fixed: Mapping[str, Any], reason: str) -> tuple[SearchSpace, str | None]:
-    """Add an ``invalid`` rule: ``name`` in ``values`` cannot run when ``when`` holds.
+    """See :func:`autotune.machine.forbid`."""
+    from autotune.machine import forbid as machine_forbid
 
-    Conditions on parameters that are not in the space are decided with ``fixed`` (their
-    value when unsearched; None: unknown, the condition is kept as always true)."""
-    from dataclasses import replace
-
-    from autotune.space import Invalid
-
-    if name not in space:
-        return space, None
-    p = space[name]
-    vals = tuple(v for v in values if p.contains(v))
-    if not vals:
-        return space, None
-    cond: dict[str, tuple[Any, ...]] = {}
-    for k, v in when.items():
-        if k in space:
-            cond[k] = (v,)
-        elif fixed.get(k) is not None and fixed[k] != v:
-            return space, None  # the condition can never hold
-    new = replace(p, invalid=(*p.invalid, Invalid(vals, cond, reason)))
-    space = replace(space, params=tuple(new if q.name == name else q for q in space.params))
-    where = f" with {', '.join(f'{k}={v[0]}' for k, v in cond.items())}" if cond else ""
-    return space, (f"search space: removed {name} = {', '.join(map(str, vals))}{where} "
-                   f"({reason})")
+    return machine_forbid(space, name, values, when, fixed, reason)
 
 
 def run(job: Job, *, max_trials: int | None = None, progress: Progress | None = None,
@@ -220,9 +157,10 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
     if job.is_custom:
         space, notices = full_space, []
     else:
-        space, notices = restrict_to_machine(
-            full_space, harness.capabilities(),
-            runtime_default="torch" if job.model.factory else "onnxruntime")
+        from autotune.runtimes import job_default_runtime
+
+        space, notices = restrict_to_machine(full_space, harness.capabilities(),
+                                             runtime_default=job_default_runtime(job))
     for n in notices:
         progress.on_message(n)
     baseline = record.baseline
@@ -231,7 +169,9 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
             baseline = _custom_baseline(job, harness, progress)
         else:
             progress.on_message("measuring the unmodified model (baseline)")
-            runtime_default = "torch" if job.model.factory else "onnxruntime"
+            from autotune.runtimes import job_default_runtime
+
+            runtime_default = job_default_runtime(job)
             try:
                 result = harness.evaluate(baseline_config(space, runtime_default))
             except TrialFailed as exc:
@@ -262,6 +202,9 @@ def front_row(t: TrialView, job: Job) -> dict[str, Any]:
         row[m] = t.metrics.get(m)
     for c in job.parsed_constraints:
         row.setdefault(c.metric, t.metrics.get(c.metric))
+    why = (t.user_attrs.get("details") or {}).get("not_exportable")
+    if why:  # said before anyone picks it (autotune status, the report's front table)
+        row["export"] = f"not exportable: {why}"
     return row
 
 
