@@ -155,8 +155,9 @@ def export_program(module: Any, example: Sequence[Any], dynamic_axes: Any, path:
     from autotune.transforms.convert import default_axes
 
     names = input_names(module, len(example))
-    outs = output_names(module, example)
-    wrapped = _wrapper(_unwrapped(module), _float_dtype(module))
+    dtype = _float_dtype(module)
+    outs = output_names(module, [x.to(dtype) if x.is_floating_point() else x for x in example])
+    wrapped = _wrapper(_unwrapped(module), dtype)
     axes = default_axes(example, dynamic_axes, names)
     dims: dict[str, Any] = {}
     shapes = tuple({ax: dims.setdefault(n, torch.export.Dim(n, min=1, max=65536))
@@ -208,6 +209,8 @@ def load_program(data: bytes, device: str = "cpu") -> TorchRunner:
         raise ValueError(f"not an autotune torch program (format {meta.get('format')!r})")
     tensors = load(data)
     program = meta["program"]
+    if "torch.ops.torchao." in program:  # torchao's int8 kernels are registered on import
+        import torchao  # noqa: F401
     spec = json.loads(program)
     params = {s["parameter"]["parameter_name"]
               for s in spec["graph_module"]["signature"]["input_specs"] if "parameter" in s}
