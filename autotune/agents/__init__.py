@@ -39,13 +39,17 @@ DEFAULT_AGENT = "gp"
 def create_agent(name: str, *args: Any, **kwargs: Any) -> Agent:
     """Instantiate the agent registered as ``name``."""
     from autotune.errors import SpecError
+    from autotune.runtimes import entry_points
 
+    plugins = entry_points("autotune.agents")  # third-party agents: name = "module:Class"
+    if name not in AGENTS and name in plugins:
+        return plugins[name].load()(*args, **kwargs)
     try:
         target = AGENTS[name]
     except KeyError:
         raise SpecError(
             f"unknown agent '{name}'.", path="agent.name",
-            hint=f"Available agents: {', '.join(sorted(AGENTS))}.",
+            hint=f"Available agents: {', '.join(sorted([*AGENTS, *plugins]))}.",
         ) from None
     module, cls = target.split(":")
     try:

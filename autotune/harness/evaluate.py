@@ -377,9 +377,11 @@ def _sha256(path: str) -> str:
 
 def _pruner(method: str) -> str:
     """The transform a ``pruning_method`` value selects (its ``pruning_method`` declaration)."""
+    from autotune.runtimes import load_transform_plugins
     from autotune.transforms.base import TRANSFORMS, get_transform
 
     get_transform("prune_magnitude")  # the built-ins are imported
+    load_transform_plugins()  # and the autotune.transforms entry points
     found = {getattr(c, "pruning_method", None): n for n, c in TRANSFORMS.items()}
     found.pop(None, None)
     if method not in found:
