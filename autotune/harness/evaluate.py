@@ -246,7 +246,8 @@ class Evaluator:
             import torch
 
             metrics["gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        metrics["model_size_mb"] = os.path.getsize(info["model_path"]) / 2**20
+        metrics["model_size_mb"] = (info.get("model_size_bytes")
+                                    or os.path.getsize(info["model_path"])) / 2**20
         metrics["quality"] = quality
         if "sparsity" in info:
             metrics["sparsity"] = float(info["sparsity"])

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 BUILTIN: dict[str, str] = {
     "torch": "autotune.runtimes.torch:TorchRuntime",
     "onnxruntime": "autotune.runtimes.onnxruntime:OnnxRuntime",
+    "openvino": "autotune.runtimes.openvino:OpenVinoRuntime",
 }
 
 #: entry-point groups through which plugins register
