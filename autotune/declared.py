@@ -5,11 +5,10 @@ spaces, and the values named in ``when:``/``invalid:`` rules) against this vocab
 ``runtime: tensorflow`` or ``quantization: int4`` is refused when the job is loaded instead of
 failing every trial.
 
-Today the vocabulary is derived from what the harness and the transforms declare: the harness's
-configuration keys (:data:`autotune.harness.evaluate.HARNESS_PARAMS`), the categorical values its
-code accepts (``QUANTIZATIONS``, ONNX Runtime's graph levels, execution modes and providers) and the
-transforms' :class:`~autotune.transforms.base.TParam` declarations for the keys the harness passes
-on to them.  It is the one place to change when the runtimes declare their own parameters.
+The vocabulary is what the runtimes and the pipeline declare (:mod:`autotune.runtimes`: each
+runtime's :class:`~autotune.runtimes.base.Parameter` list, the transforms' ``TParam`` declarations
+for the keys the pipeline passes on to them), in the form the job loader checks against; for
+text-generation jobs, the generation knobs (:mod:`autotune.workloads.knobs`).
 """
 
 from __future__ import annotations
@@ -28,58 +27,20 @@ def _positive_int(v: Any) -> bool:
 
 @functools.cache
 def declared_parameters() -> Mapping[str, DeclaredParam]:
-    """Every parameter a model job's search space may name, with what it accepts."""
-    # heavy (the transforms import torch), so imported here and only once per process
-    from autotune.harness.evaluate import (
-        _ORT_QUANT_KEYS,
-        _ORT_STATIC_KEYS,
-        _PROVIDERS,
-        HARNESS_PARAMS,
-        QUANTIZATIONS,
-    )
-    from autotune.harness.ortsession import EXECUTION_MODES, GRAPH_LEVELS
-    from autotune.transforms import convert, prune, quantize  # noqa: F401 - they register
-    from autotune.transforms.base import TRANSFORMS
-
-    closed: dict[str, tuple[Any, ...]] = {
-        # the values the harness's code branches on (Evaluator._build, ort_providers)
-        "runtime": ("torch", "onnxruntime"),
-        "device": ("cpu", "cuda"),
-        "quantization": QUANTIZATIONS,
-        "pruning_method": ("l1_unstructured", "structured", "gradient"),
-        "graph_optimization": GRAPH_LEVELS,
-        "execution_mode": EXECUTION_MODES,
-        "execution_provider": tuple(_PROVIDERS),
-    }
-    counts = {"batch_size": "an integer >= 1", "threads": "an integer >= 1",
-              "inter_op_threads": "an integer >= 1"}
-    # harness key -> the transform parameter it is passed to
-    via_transform: dict[str, Any] = {
-        "pruning_ratio": TRANSFORMS["prune_magnitude"].params["ratio"],
-        "pruning_scope": TRANSFORMS["prune_magnitude"].params["scope"],
-    }
-    static = TRANSFORMS["ort_int8_static"].params
-    for key, tkey in {**_ORT_QUANT_KEYS, **_ORT_STATIC_KEYS}.items():
-        via_transform[key] = static[tkey]
+    """Every parameter a model job's search space may name, with what it accepts: the runtimes'
+    and the pipeline's own declarations (:func:`autotune.runtimes.declared_parameters`)."""
+    from autotune.runtimes import declared_parameters as runtime_parameters
 
     out: dict[str, DeclaredParam] = {}
-    for name, (description, default) in HARNESS_PARAMS.items():
-        optional: tuple[Any, ...] = (None,) if default is None else ()
-        if name in closed:
-            out[name] = DeclaredParam(name, description, values=(*closed[name], *optional))
-        elif name in counts:
+    for name, p in runtime_parameters().items():
+        optional: tuple[Any, ...] = (None,) if (p.nullable or p.default is None) else ()
+        if p.kind == "categorical" and not p.any_string:
+            out[name] = DeclaredParam(name, p.description, values=(*p.choices, *optional))
+        else:
             out[name] = DeclaredParam(
-                name, description, numeric=True, integer=True,
-                expected=counts[name] + (" (or null: the default)" if optional else ""),
-                accepts=_positive_int if not optional else
-                (lambda v: v is None or _positive_int(v)))
-        elif name in via_transform:
-            tp = via_transform[name]
-            numeric = name == "pruning_ratio"
-            out[name] = DeclaredParam(name, description, accepts=tp.check,
-                                      expected=tp.expected, numeric=numeric)
-        else:  # a key the harness reads whose values nothing declares: any value
-            out[name] = DeclaredParam(name, description, numeric=True)
+                name, p.description, accepts=lambda v, p=p: p.check(v) is None,
+                expected=p.expected() + (" (or null: the default)" if optional else ""),
+                numeric=p.kind != "categorical", integer=p.kind == "int")
     return MappingProxyType(out)
 
 

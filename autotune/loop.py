@@ -18,6 +18,7 @@ from typing import Any
 from autotune.errors import AutotuneError, SpecError, TrialFailed
 from autotune.harness.evaluate import harness_params_for
 from autotune.review import pareto_views
+from autotune.runtimes import job_default_runtime
 from autotune.space import SearchSpace
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView, derive_metrics
@@ -124,7 +125,7 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
     else:
         space, notices = restrict(
             full_space, harness.capabilities(),
-            runtime_default="onnxruntime" if job.model.onnx else "torch")
+            runtime_default=job_default_runtime(job))
     for n in notices:
         progress.on_message(n)
     baseline = record.baseline
@@ -133,7 +134,7 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
             baseline = _custom_baseline(job, harness, progress)
         else:
             progress.on_message("measuring the unmodified model (baseline)")
-            runtime_default = "onnxruntime" if job.model.onnx else "torch"
+            runtime_default = job_default_runtime(job)
             try:
                 result = harness.evaluate(baseline_config(space, runtime_default))
             except TrialFailed as exc:

@@ -79,6 +79,9 @@ def front_row(t: TrialView, job: Job) -> dict[str, Any]:
         row[m] = t.metrics.get(m)
     for c in job.parsed_constraints:
         row.setdefault(c.metric, t.metrics.get(c.metric))
+    why = (t.user_attrs.get("details") or {}).get("not_exportable")
+    if why:  # said before anyone picks it (autotune status, the report's front table)
+        row["export"] = f"not exportable: {why}"
     return row
 
 

@@ -35,6 +35,7 @@ from autotune.metrics import (
     vocabulary,
 )
 from autotune.pareto import parse_rule
+from autotune.runtimes import entry_points
 from autotune.space import (
     RULE_KEYS,
     DeclaredParam,
@@ -129,8 +130,12 @@ class EvaluationSpec(_Strict):
     @classmethod
     def _metric(cls, v: str) -> str:
         if v not in (*BUILTIN_QUALITY, GENERATION_QUALITY) and not _REF.match(v):
+            plugins = entry_points("autotune.metrics")  # installed metric plugins
+            if v in plugins:
+                return v
             raise ValueError(
-                f"expected one of {', '.join(BUILTIN_QUALITY)} or 'module:function', found {v!r}"
+                f"expected one of {', '.join([*BUILTIN_QUALITY, *plugins])} or 'module:function', "
+                f"found {v!r}"
             )
         return v
 
@@ -839,7 +844,7 @@ def _check_semantics(job: Job, doc: Located) -> None:
             loc = ("agent", "warm_start", i)
             raise SpecError(f"warm-start configuration is not in the space: {problems[0]}.",
                             file=doc.file, line=doc.line_of(loc), path=dotted(loc))
-    if job.agent.name not in AGENTS:
+    if job.agent.name not in AGENTS and job.agent.name not in entry_points("autotune.agents"):
         raise SpecError(f"unknown agent '{job.agent.name}'.", file=doc.file,
                         line=doc.line_of(("agent", "name")), path="agent.name",
                         hint=f"Available agents: {', '.join(sorted(AGENTS))}.")

@@ -14,8 +14,7 @@ Names that used to live here are re-exported (study access: :mod:`autotune.study
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 from autotune.callbacks import TrackingCallback
@@ -28,8 +27,8 @@ from autotune.loop import (
     check_space,
     summarize,
 )
+from autotune.machine import forbid, restrict_to_machine
 from autotune.review import front_row, pareto_views
-from autotune.space import Invalid, SearchSpace
 from autotune.spec import Job
 from autotune.study import open_record
 from autotune.worker import Worker, WorkerOptions
@@ -53,81 +52,6 @@ __all__ = [
     "status",
 ]
 
-
-def restrict_to_machine(space: SearchSpace, caps: Mapping[str, Any], *,
-                        runtime_default: str | None = None) -> tuple[SearchSpace, list[str]]:
-    """Remove choices this machine cannot run; each removal is a notice the user sees.
-
-    Whole choices go (device cuda without a GPU, ONNX Runtime providers that are not installed);
-    choices that only some combinations cannot run become ``invalid`` rules (fp16 on a CPU
-    without fp16 arithmetic, with torch), also with a notice.
-    """
-    notices: list[str] = []
-
-    def note(n: Any) -> None:
-        if n:
-            notices.append(str(n))
-
-    allowed_devices = ["cpu"] + (["cuda"] if caps.get("cuda") else [])
-    space, n = space.restrict("device", allowed_devices, "no CUDA device on this machine")
-    note(n)
-    if not caps.get("ort_available", True):
-        space, n = space.restrict("runtime", ["torch"], "onnxruntime is not installed")
-        note(n)
-    providers = set(caps.get("ort_providers") or ("CPUExecutionProvider",))
-    allowed_eps = ["cpu"]
-    if "CUDAExecutionProvider" in providers and caps.get("cuda", True):
-        allowed_eps.append("cuda")
-    if caps.get("tensorrt") or "TensorrtExecutionProvider" in providers:
-        allowed_eps.append("tensorrt")
-    space, n = space.restrict("execution_provider", allowed_eps,
-                              "ONNX Runtime here has no such execution provider")
-    note(n)
-    fixed = {"device": "cpu", "runtime": runtime_default}
-    cpu_torch = {"device": "cpu", "runtime": "torch"}
-    if not caps.get("cpu_fp16"):
-        space, n = forbid(space, "quantization", ["fp16"], cpu_torch, fixed,
-                          "this CPU has no native fp16 arithmetic (torch would emulate it)")
-        note(n)
-    if not caps.get("cpu_bf16"):
-        space, n = forbid(space, "quantization", ["bf16"], cpu_torch, fixed,
-                          "this CPU has no native bf16 arithmetic (torch would emulate it)")
-        note(n)
-    if caps.get("cuda"):
-        if not caps.get("cuda_bf16"):
-            space, n = forbid(space, "quantization", ["bf16"], {"device": "cuda"}, fixed,
-                              "this GPU has no native bf16")
-            note(n)
-        if not caps.get("cuda_fp16"):
-            space, n = forbid(space, "quantization", ["fp16"], {"device": "cuda"}, fixed,
-                              "this GPU has no fast fp16")
-            note(n)
-    return space, notices
-
-
-def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[str, Any],
-           fixed: Mapping[str, Any], reason: str) -> tuple[SearchSpace, str | None]:
-    """Add an ``invalid`` rule: ``name`` in ``values`` cannot run when ``when`` holds.
-
-    Conditions on parameters that are not in the space are decided with ``fixed`` (their
-    value when unsearched; None: unknown, the condition is kept as always true)."""
-    if name not in space:
-        return space, None
-    p = space[name]
-    vals = tuple(v for v in values if p.contains(v))
-    if not vals:
-        return space, None
-    cond: dict[str, tuple[Any, ...]] = {}
-    for k, v in when.items():
-        if k in space:
-            cond[k] = (v,)
-        elif fixed.get(k) is not None and fixed[k] != v:
-            return space, None  # the condition can never hold
-    new = replace(p, invalid=(*p.invalid, Invalid(vals, cond, reason)))
-    space = replace(space, params=tuple(new if q.name == name else q for q in space.params))
-    where = f" with {', '.join(f'{k}={v[0]}' for k, v in cond.items())}" if cond else ""
-    return space, (f"search space: removed {name} = {', '.join(map(str, vals))}{where} "
-                   f"({reason})")
 
 
 def default_callbacks(job: Job) -> list[LoopCallback]:

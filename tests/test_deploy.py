@@ -50,7 +50,7 @@ def test_load_predicts_with_measured_settings(bundle: Path) -> None:
     out = p.predict(x)
     assert out.shape == (5, 10)
     np.testing.assert_array_equal(p.predict(x.tolist()), out)  # nested lists, cast to float32
-    np.testing.assert_array_equal(p.predict({"input_0": x}), out)
+    np.testing.assert_array_equal(p.predict({"input": x}), out)
     # one item without its batch axis (int8 dynamic: activation scales depend on the batch)
     np.testing.assert_array_equal(p.predict(x[0]), p.predict(x[:1]))
     with pytest.raises(BundleError, match="axis 1 must be 64"):

@@ -34,14 +34,14 @@ CHILD = textwrap.dedent("""
     import numpy as np
     from autotune.deploy import load
     from autotune.deploy.bundle import benchmark
-    from autotune.harness.evaluate import Evaluator
+    from autotune.runtimes.onnxruntime import OrtRunner, session
     from autotune.harness.stats import alternate
     bundle, inputs, out = sys.argv[1], sys.argv[2], sys.argv[3]
     p = load(bundle)
     x = np.load(inputs)
     np.save(out, p.predict(x))
     # the original: the harness's predictor on the job's cached model file, same settings
-    original = Evaluator._ort_predictor(p.manifest["source"]["model_cache_path"], p.deploy["config"])
+    original = OrtRunner(session(p.manifest["source"]["model_cache_path"], p.deploy["config"])).positional()
     xb = np.ascontiguousarray(x[:p.batch_size])
     rounds = alternate({"bundle": lambda: p.predict(xb), "original": lambda: original([xb])},
                        rounds=5, warmup=20, min_repeats=30, max_repeats=2000, max_time_s=0.3)
@@ -107,7 +107,8 @@ def test_manifest_and_deploy_yaml(tmp_path: Path) -> None:
 
     assert manifest["hardware"]["digest"] == fingerprint().digest()
     assert manifest["libraries"]["exported"]["onnxruntime"]
-    assert manifest["inputs"] == [{"name": "input_0", "dtype": "float32", "shape": [None, 64]}]
+    assert manifest["inputs"] == [{"name": "input", "dtype": "float32", "shape": [None, 64]}]
+    assert [o["name"] for o in manifest["outputs"]] == ["output"]
     deploy = yaml.safe_load((out / "deploy.yaml").read_text())
     assert deploy["config"] == manifest["config"]
     assert deploy["quantization"] == "int8_dynamic" and deploy["batch_size"] == 1
@@ -115,13 +116,15 @@ def test_manifest_and_deploy_yaml(tmp_path: Path) -> None:
     assert deploy["measured_latency_applies"] is True
 
 
-def test_torch_trial_ships_onnx_of_the_same_weights(tmp_path: Path) -> None:
+def test_torch_trial_ships_its_measured_program(tmp_path: Path) -> None:
     job = tuned_job()
     manifest = write_bundle(job, pick_trial(job, TORCH_FP32), tmp_path / "t")
     deploy = yaml.safe_load((tmp_path / "t" / "deploy.yaml").read_text())
-    assert deploy["measured_runtime"] == "torch" and deploy["runtime"] == "onnxruntime"
-    assert deploy["same_model_as_measured"] is True and deploy["measured_latency_applies"] is False
-    assert "torch" in deploy["note"]
+    assert deploy["measured_runtime"] == "torch" and deploy["runtime"] == "torch"
+    assert deploy["same_model_as_measured"] is True and deploy["measured_latency_applies"] is True
+    assert "note" not in deploy and manifest["model"] == "model.safetensors"
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "deploy.yaml", "manifest.json", "model.safetensors"]
     from autotune.deploy import load
     from autotune.harness.evaluate import Evaluator
 

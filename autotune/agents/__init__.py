@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autotune.errors import DependencyError, SpecError
+from autotune.runtimes import entry_points
 
 if TYPE_CHECKING:
     from autotune.agents.base import Agent
@@ -40,12 +41,15 @@ DEFAULT_AGENT = "gp"
 
 def create_agent(name: str, *args: Any, **kwargs: Any) -> Agent:
     """Instantiate the agent registered as ``name``."""
+    plugins = entry_points("autotune.agents")  # third-party agents: name = "module:Class"
+    if name not in AGENTS and name in plugins:
+        return plugins[name].load()(*args, **kwargs)
     try:
         target = AGENTS[name]
     except KeyError:
         raise SpecError(
             f"unknown agent '{name}'.", path="agent.name",
-            hint=f"Available agents: {', '.join(sorted(AGENTS))}.",
+            hint=f"Available agents: {', '.join(sorted([*AGENTS, *plugins]))}.",
         ) from None
     module, cls = target.split(":")
     try:

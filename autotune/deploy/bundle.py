@@ -2,16 +2,18 @@
 
 A bundle is a folder::
 
-    model.onnx      the transformed model itself (quantized / pruned), not a recipe
-    deploy.yaml     how to run it: runtime, provider, threads, batch size, graph optimization, ...
-    manifest.json   measurements with their spread, constraints, hardware, versions, source, a
-                    SHA-256 and size for every other file, and ``integrity``: the SHA-256 of the
-                    manifest itself (:func:`canonical_manifest`), optionally an HMAC-SHA256
-                    signature by a secret key (``autotune export --sign KEYFILE``)
+    model.*         the runtime's artifact of the transformed model (model.onnx for ONNX Runtime,
+                    model.safetensors for torch, model.xml/.bin for OpenVINO), not a recipe
+    deploy.yaml     how to run it, generated from the trial's configuration by its runtime:
+                    runtime, provider, threads, execution mode, batch size, ...
+    manifest.json   measurements with their spread, constraints, hardware, versions, source,
+                    named inputs/outputs, a SHA-256 and size for every other file, and ``integrity``:
+                    the SHA-256 of the manifest itself (:func:`canonical_manifest`), optionally
+                    an HMAC-SHA256 signature by a secret key (``autotune export --sign KEYFILE``)
 
-:func:`load` refuses a bundle whose manifest or files do not match their digests, warns when this
-machine's hardware differs from the one the trial was measured on, and never unpickles anything:
-models are ONNX files, read as bytes (after their checksum is verified) and handed to ONNX Runtime.
+:func:`load` refuses a bundle whose files do not match their checksums, warns when this machine's
+hardware differs from the one the trial was measured on, and never unpickles anything: the
+runtime named in deploy.yaml reads its files as bytes (after their checksum is verified).
 
 Every file is read through :func:`read_bundle_file` (any runtime's loader calls it): names are
 confined to the folder (no ``..``, no absolute path, no symlink, checked with ``lstat`` before
@@ -39,6 +41,7 @@ from autotune.files import write_atomic
 from autotune.harness.hardware import fingerprint
 from autotune.harness.ortsession import session_options as options
 from autotune.harness.stats import measure
+from autotune.runtimes.base import IOSpec
 
 FORMAT = "autotune-bundle/1"
 #: a language model's bundle (safetensors + tokenizer + generation settings; autotune.deploy.genserve)
@@ -352,11 +355,8 @@ def hardware_matches(manifest: Mapping[str, Any]) -> bool | None:
     return fingerprint().digest() == want
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]  # None: dynamic (the first axis is the batch)
+#: one named input or output (name, dtype, shape; None: dynamic, the first axis is the batch)
+InputSpec = IOSpec
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,9 @@ class Predictor:
     """A loaded bundle: ``predict(batch)`` runs the model as the trial was measured.
 
     ``batch`` is one array (single-input models), a sequence of arrays (one per input) or a
-    mapping input name → array; the first axis is the batch.  Returns the model's first output.
+    mapping input name → array; the first axis is the batch.  :meth:`predict` returns the model's
+    first output; :meth:`predict_all` every output by name (``outputs`` lists them).
+    ``_session`` is the runtime's :class:`~autotune.runtimes.base.Runner`.
     """
 
     path: Path
@@ -372,6 +374,7 @@ class Predictor:
     deploy: Mapping[str, Any]
     inputs: tuple[InputSpec, ...]
     _session: Any = field(repr=False)
+    outputs: tuple[InputSpec, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -383,15 +386,9 @@ class Predictor:
 
     @property
     def session_options(self) -> dict[str, Any]:
-        """The ONNX Runtime settings this predictor actually runs with (read back)."""
-        so = self._session.get_session_options()
-        return {
-            "intra_op_num_threads": so.intra_op_num_threads,
-            "inter_op_num_threads": so.inter_op_num_threads,
-            "graph_optimization_level": str(so.graph_optimization_level),
-            "execution_mode": str(so.execution_mode),
-            "providers": list(self._session.get_providers()),
-        }
+        """The settings this predictor actually runs with, read back from its runtime (for ONNX
+        Runtime: threads, graph optimization level, execution mode, providers)."""
+        return dict(self._session.settings())
 
     def as_inputs(self, batch: Any) -> list[np.ndarray]:
         """Normalize ``batch`` to one C-contiguous array per model input, in the model's dtypes."""
@@ -428,16 +425,21 @@ class Predictor:
         return out
 
     def predict(self, batch: Any) -> np.ndarray:
+        """The model's first output for ``batch``."""
         if type(batch) is np.ndarray and len(self.inputs) == 1:  # fast path: no copies, no checks
             spec = self.inputs[0]
             if (batch.dtype == spec.dtype and batch.ndim == len(spec.shape)
                     and batch.flags.c_contiguous
                     and all(w is None or w == g for w, g in zip(spec.shape[1:], batch.shape[1:],
                                                                 strict=True))):
-                return self._session.run(None, {spec.name: batch})[0]
+                return self._session.first({spec.name: batch})
         arrays = self.as_inputs(batch)
-        feed = {s.name: a for s, a in zip(self.inputs, arrays, strict=True)}
-        return self._session.run(None, feed)[0]
+        return self._session.first({s.name: a for s, a in zip(self.inputs, arrays, strict=True)})
+
+    def predict_all(self, batch: Any) -> dict[str, np.ndarray]:
+        """Every output of the model for ``batch``, by its name."""
+        arrays = self.as_inputs(batch)
+        return self._session.run({s.name: a for s, a in zip(self.inputs, arrays, strict=True)})
 
     def __call__(self, batch: Any) -> np.ndarray:
         return self.predict(batch)
@@ -457,9 +459,10 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
 
     Verifies the manifest's digest and every file's size and SHA-256 first
     (:class:`TamperedBundleError` names the file that does not match; no path outside the folder
-    is ever opened), then builds an ONNX Runtime session with the measured settings.  With
-    ``key`` (the key's bytes, or the path of a key file) the bundle must carry a valid signature
-    by that key.  When the hardware differs from the recorded fingerprint a
+    is ever opened), then hands the files to the bundle's runtime (deploy.yaml ``runtime``;
+    :meth:`~autotune.runtimes.base.Runtime.load_bundle`), which runs them with the measured
+    settings.  With ``key`` (the key's bytes, or the path of a key file) the bundle must carry a
+    valid signature by that key.  When the hardware differs from the recorded fingerprint a
     :class:`HardwareMismatchWarning` is issued.
     """
 
@@ -474,11 +477,14 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
     if model_name != manifest.get("model"):
         raise TamperedBundleError(f"{root / DEPLOY} names the model file {model_name!r}, the "
                                   f"manifest {manifest.get('model')!r}.")
-    model_bytes = _checked_bytes(root, model_name, files)
-    runtime = deploy.get("runtime")
-    if runtime != "onnxruntime":
-        raise BundleError(f"{root / DEPLOY}: runtime {runtime!r} cannot be loaded; bundles run "
-                          "ONNX files on onnxruntime.")
+    runtime_name = deploy.get("runtime")
+    from autotune.runtimes import get_runtime
+
+    try:
+        runtime = get_runtime(str(runtime_name))
+    except AutotuneError as exc:
+        raise BundleError(f"{root / DEPLOY}: runtime {runtime_name!r} cannot be loaded here: "
+                          f"{exc}") from None
     if check_hardware and hardware_matches(manifest) is False:
         hw = manifest.get("hardware") or {}
         warnings.warn(
@@ -486,22 +492,18 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
             f"digest {hw.get('digest')}); its latency and cost figures may not hold on this "
             "machine.", HardwareMismatchWarning, stacklevel=2,
         )
-    import onnxruntime as ort
-
-    provider = deploy.get("execution_provider", "CPUExecutionProvider")
-    if provider not in ort.get_available_providers():
-        raise BundleError(f"the bundle needs the ONNX Runtime provider {provider}, which this "
-                          f"installation lacks (available: {ort.get_available_providers()}).")
+    io = ([IOSpec.from_dict(d) for d in manifest.get("inputs") or []],
+          [IOSpec.from_dict(d) for d in manifest.get("outputs") or []])
     try:
-        session = ort.InferenceSession(model_bytes, session_options(deploy), providers=[provider])
-    except Exception as exc:  # a corrupt model that still matches its checksum
-        raise BundleError(f"ONNX Runtime cannot load {root / model_name}: {exc}") from None
-    inputs = tuple(
-        InputSpec(i.name, ORT_DTYPES.get(i.type, "float32"),
-                  tuple(d if isinstance(d, int) else None for d in i.shape))
-        for i in session.get_inputs()
-    )
-    return Predictor(path=root, manifest=manifest, deploy=deploy, inputs=inputs, _session=session)
+        runner = runtime.load_bundle(lambda name: _checked_bytes(root, name, files), deploy, io)
+    except BundleError:
+        raise
+    except Exception as exc:  # a corrupt model that still matches its checksum, a missing EP
+        raise BundleError(f"{runtime.name} cannot load {root / model_name}: {exc}") from None
+    inputs = tuple(runner.inputs) or tuple(io[0])
+    outputs = tuple(runner.outputs) or tuple(io[1])
+    return Predictor(path=root, manifest=manifest, deploy=deploy, inputs=inputs, _session=runner,
+                     outputs=outputs)
 
 
 def benchmark(predictor: Predictor, batch: Any = None, **measure_kwargs: Any) -> Any:

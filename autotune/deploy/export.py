@@ -26,7 +26,6 @@ from autotune.deploy.bundle import (
     FORMAT,
     MANIFEST,
     MODEL_ONNX,
-    ORT_DTYPES,
     BundleError,
     read_manifest,
     safe_name,
@@ -105,45 +104,71 @@ def pick_trial(job: Job, pick: str | int, record: StudyRecord | None = None) -> 
 
 
 # ------------------------------------------------------------------------------------ model file
-def _model_file(job: Job, view: TrialView) -> tuple[Path, dict[str, Any]]:
-    """The ONNX file of the trial's transformed model, and how it relates to what was measured."""
+def _model_file(job: Job, view: TrialView) -> tuple[Any, dict[str, Any]]:
+    """The trial's artifact and settings, generated through its runtime
+    (:meth:`~autotune.runtimes.base.Runtime.write_bundle`), and how they relate to what was
+    measured: ``latency_applies`` only when the artifact's bytes are the measured ones and no
+    setting differs.
+
+    The measured artifact is taken from the job's cache when it is still there with the recorded
+    SHA-256; otherwise the model is re-created through the harness.  Either way the bundle's files
+    are then loaded once by the runtime (as :func:`autotune.deploy.load` will), which also gives
+    the model's named inputs and outputs."""
+    from autotune.runtimes import get_runtime, job_default_runtime
+    from autotune.runtimes.base import Built
+
     config = dict(view.config)
-    default_rt = "torch" if job.model.factory else "onnxruntime"
-    runtime = config.get("runtime") or default_rt
     details = view.user_attrs.get("details") or {}
-    cached = details.get("model_path")
-    if runtime == "onnxruntime":
-        if cached and Path(cached).is_file():
-            return Path(cached), {"measured": runtime, "same_model": True, "latency_applies": True,
-                                  "materialized": False}
-        path = _materialize(job, config)
-        return path, {"measured": runtime, "same_model": True, "latency_applies": True,
-                      "materialized": True}
-    # torch: a state dict needs the user's code to run; ship the ONNX export of the same
-    # transformed model instead, run by onnxruntime.
-    path = _materialize(job, {**config, "runtime": "onnxruntime"})
-    quant = config.get("quantization", "fp32")
-    same = quant == "fp32"
-    note = (
-        "measured on the torch runtime; the bundle holds the ONNX export of the same "
-        + ("pruned fp32 weights" if same else
-           f"model quantized by ONNX Runtime ({quant}) because torch's quantized modules do not "
-           "export to ONNX: outputs differ slightly from the measured model")
-        + ", run by onnxruntime with the trial's threads. The recorded latency is torch's, "
-        "not this runtime's."
-    )
-    return path, {"measured": runtime, "same_model": same, "latency_applies": False,
-                  "materialized": True, "note": note}
-
-
-def _materialize(job: Job, config: Mapping[str, Any]) -> Path:
-    """Re-create the transformed model through the harness (same code path as the trial)."""
+    if details.get("not_exportable"):
+        raise AutotuneError(f"trial {view.number} is not exportable: {details['not_exportable']}")
+    recorded = details.get("model_sha256")
+    cached = Path(str(details.get("model_path") or ""))
+    runtime = get_runtime(str(config.get("runtime") or job_default_runtime(job)))
+    if recorded and cached.is_file() and _sha256(cached.read_bytes()) == recorded:
+        built = Built(None, cached, None, {})  # type: ignore[arg-type]
+        materialized = False
+    else:
+        runtime, built, info = _materialize(job, config)
+        if info.get("not_exportable"):
+            raise AutotuneError(f"trial {view.number} is not exportable: {info['not_exportable']}")
+        materialized = True
     try:
-        _, info = Evaluator(job)._build(config)
+        bundle = runtime.write_bundle(built, config)
+        runner = runtime.load_bundle(lambda name: bundle.files[name],
+                                     {**bundle.settings, "model": bundle.model}, ((), ()))
+    except AutotuneError as exc:
+        raise AutotuneError(f"trial {view.number} is not exportable: {exc}") from None
+    if recorded:
+        same = _sha256(bundle.files[bundle.model]) == recorded
+    else:  # recorded before artifacts were hashed: the same cached file at least
+        same = details.get("model_path") == str(built.model_path)
+    measured = details.get("runtime") or runtime.name
+    applies = same and not bundle.differs and measured == runtime.name
+    runtime_info: dict[str, Any] = {
+        "measured": measured, "same_model": same, "latency_applies": applies,
+        "materialized": materialized, "differs": list(bundle.differs),
+        "settings": dict(bundle.settings),
+    }
+    if not applies:
+        why = [] if same else ["the artifact's bytes differ from the measured one's"]
+        why += [f"{k} differs from the measured configuration" for k in bundle.differs]
+        runtime_info["note"] = "the recorded latency may not apply: " + "; ".join(
+            why or [f"measured on {measured}"])
+    return (runtime, built, bundle, runner), runtime_info
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _materialize(job: Job, config: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """Re-create the trial's model through the harness (same code path as the trial, the same
+    transform cache): (runtime, built, info)."""
+    try:
+        return Evaluator(job).build(config)
     except AutotuneError as exc:
         raise AutotuneError(f"cannot re-create the model of this configuration for a bundle: "
                             f"{exc}") from None
-    return Path(info["model_path"])
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -155,7 +180,8 @@ def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for name in ("autotune", "onnx", "onnxruntime", "torch", "numpy", "mlflow", "optuna"):
+    for name in ("autotune", "onnx", "onnxruntime", "torch", "safetensors", "openvino", "numpy",
+                 "mlflow", "optuna"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -178,42 +204,26 @@ def _constraints(job: Job, view: TrialView, baseline: Mapping[str, float] | None
     return out
 
 
-def _io_specs(model_bytes: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import onnx
-
-    m = onnx.load_model_from_string(model_bytes)
-    init = {i.name for i in m.graph.initializer}
-
-    def spec(v: Any) -> dict[str, Any]:
-        t = v.type.tensor_type
-        dtype = ORT_DTYPES.get(f"tensor({onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if dtype is None else dtype
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        return {"name": v.name, "dtype": dtype, "shape": shape}
-
-    return ([spec(i) for i in m.graph.input if i.name not in init],
-            [spec(o) for o in m.graph.output])
+def _io_specs(runner: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model's named inputs and outputs (forward signature names, dict keys), as its
+    runtime reports them for the loaded bundle."""
+    return ([s.to_dict() for s in runner.inputs], [s.to_dict() for s in runner.outputs])
 
 
 def deploy_settings(job: Job, view: TrialView, runtime_info: Mapping[str, Any]) -> dict[str, Any]:
-    """``deploy.yaml``: every setting needed to reproduce the measured behaviour."""
+    """``deploy.yaml``: the runtime's settings for this trial (generated from the trial's
+    configuration by :meth:`~autotune.runtimes.base.Runtime.write_bundle`), and how they relate
+    to what was measured."""
     c = dict(view.config)
-    threads = c.get("threads")
+    settings = dict(runtime_info["settings"])
     return {
         "format": FORMAT,
-        "model": MODEL_ONNX,
-        "runtime": "onnxruntime",  # what autotune.deploy.load runs
+        "model": runtime_info["model"],
+        "runtime": runtime_info["runtime"],  # what autotune.deploy.load runs
         "measured_runtime": runtime_info["measured"],  # what the trial measured
         "same_model_as_measured": runtime_info["same_model"],
         "measured_latency_applies": runtime_info["latency_applies"],
-        "execution_provider": "CPUExecutionProvider",
-        "device": c.get("device", "cpu"),
-        "threads": int(threads) if threads else None,  # intra-op; null = runtime default
-        "inter_op_threads": 1,
-        "execution_mode": "sequential",
-        "graph_optimization": c.get("graph_optimization", "all"),
-        "batch_size": int(c.get("batch_size", 1)),
-        "quantization": c.get("quantization", "fp32"),
+        **settings,
         "pruning_ratio": float(c.get("pruning_ratio", 0.0) or 0.0),
         "config": c,  # the full trial configuration
         **({"note": runtime_info["note"]} if runtime_info.get("note") else {}),
@@ -222,17 +232,17 @@ def deploy_settings(job: Job, view: TrialView, runtime_info: Mapping[str, Any]) 
 
 def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
                    runtime_info: Mapping[str, Any], files: Mapping[str, bytes],
-                   model_source: Path) -> dict[str, Any]:
+                   model_source: Path, runner: Any = None) -> dict[str, Any]:
     details = dict(view.user_attrs.get("details") or {})
     fp = record.attr("fingerprint") or {}
     hw_summary = Fingerprint.from_dict(fp).short() if fp else None
     digest = details.get("fingerprint_digest") or (Fingerprint.from_dict(fp).digest() if fp else None)
-    inputs, outputs = _io_specs(files[MODEL_ONNX])
+    inputs, outputs = _io_specs(runner) if runner is not None else ([], [])
     baseline = record.baseline
     return {
         "format": FORMAT,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": MODEL_ONNX,
+        "model": runtime_info["model"],
         "source": {
             "job": job.name, "job_file": job.source, "study": _redact(job.storage_url),
             "study_name": record.study.study_name,
@@ -241,7 +251,7 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
             "materialized": bool(runtime_info.get("materialized")),
         },
         "config": dict(view.config),
-        "runtime": dict(runtime_info),
+        "runtime": {k: v for k, v in runtime_info.items() if k != "settings"},
         "feasible": view.feasible,
         "objectives": [list(o) for o in job.objective_pairs],
         "metrics": dict(view.metrics),
@@ -295,13 +305,14 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
         from autotune.deploy.genserve import write_generation_bundle
 
         return write_generation_bundle(job, view, out, pick=pick, record=record)
-    model_path, runtime_info = _model_file(job, view)
+    (runtime, built, bundle, runner), runtime_info = _model_file(job, view)
+    runtime_info = {**runtime_info, "runtime": runtime.name, "model": bundle.model}
     files = {
-        MODEL_ONNX: model_path.read_bytes(),
+        **bundle.files,
         DEPLOY: yaml.safe_dump(deploy_settings(job, view, runtime_info), sort_keys=False).encode(),
     }
     manifest = build_manifest(job, record, view, pick=pick, runtime_info=runtime_info,
-                              files=files, model_source=model_path)
+                              files=files, model_source=Path(built.model_path), runner=runner)
     out.mkdir(parents=True, exist_ok=True)
     old = _listed_files(out)
     for name, data in files.items():
@@ -399,7 +410,9 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
                     python_model=str(MLFLOW_MODEL_CODE), artifacts={"bundle": str(bundle)},
                     signature=model_signature(manifest),
                     pip_requirements=[f"{k}=={v}" for k, v in manifest["libraries"]["exported"].items()
-                                      if v and k in ("onnxruntime", "numpy", "pyyaml")] + ["autotune"],
+                                      if v and k in (manifest["runtime"].get("runtime"),
+                                                     "safetensors", "numpy", "pyyaml")]
+                    + ["autotune"],
                     metadata={"autotune_trial": src.get("trial"), "autotune_job": src.get("job")},
                 )
                 run_id = run.info.run_id

@@ -11,79 +11,33 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autotune.errors import TrialFailed
-from autotune.harness.flops import forward_flops
-from autotune.harness.hardware import (
-    cost_usd_per_million,
-    default_price_per_hour,
-    detect_capabilities,
-    fingerprint,
-    peak_gflops_cached,
-)
-from autotune.harness.hostlock import measurement_lock
-from autotune.harness.ortsession import session_options
-from autotune.harness.stats import alternate, measure
-from autotune.harness.workload import fidelity_fn, load_workload
+from autotune.errors import AutotuneError, TrialFailed
 from autotune.spec import Job
-from autotune.transforms.base import Context, ModelRef, apply, data_digest
 
-#: configuration keys the harness understands, with their meaning and default
-HARNESS_PARAMS: dict[str, tuple[str, Any]] = {
-    "runtime": ("torch | onnxruntime", None),
-    "device": ("cpu (cuda where present)", "cpu"),
-    "quantization": ("fp32 | int8_dynamic", "fp32"),
-    "pruning_ratio": ("share of weights zeroed by L1 magnitude, in [0, 1)", 0.0),
-    "pruning_scope": ("global | layer", "global"),
-    "batch_size": ("items per inference call", 1),
-    "threads": ("intra-op threads", None),
-    "graph_optimization": ("ONNX Runtime: disabled | basic | extended | all", "all"),
-    "pruning_method": ("l1_unstructured | structured (shrinks Linear/FFN units) | gradient "
-                       "(|w·dL/dw|)", "l1_unstructured"),
-    "quant_format": ("ONNX Runtime int8_static: qdq | qoperator", "qdq"),
-    "per_channel": ("ONNX Runtime int8: one scale per output channel", False),
-    "reduce_range": ("ONNX Runtime int8: 7-bit weights (CPUs without VNNI)", False),
-    "weight_type": ("ONNX Runtime int8: int8 | uint8", "int8"),
-    "activation_type": ("ONNX Runtime int8_static: int8 | uint8", "uint8"),
-    "calibration": ("ONNX Runtime int8_static: minmax | entropy | percentile", "minmax"),
-    "quant_op_types": ("ONNX Runtime int8: 'all' or op types, e.g. 'MatMul,Gemm'", "all"),
-    "exclude_nodes": ("ONNX Runtime int8: nodes kept float: none | first | last | first_last | "
-                      "comma-separated node names", "none"),
-    "execution_provider": ("ONNX Runtime: cpu | cuda | tensorrt (default from device)", None),
-    "execution_mode": ("ONNX Runtime: sequential | parallel", "sequential"),
-    "inter_op_threads": ("threads running independent operators in parallel", None),
-}
-HARNESS_PARAMS["quantization"] = (
-    "fp32 | fp16 | bf16 (torch) | int8_dynamic | int8_weight_only (torch) | int8_static "
-    "(onnxruntime)", "fp32")
-HARNESS_PARAMS["pruning_ratio"] = (
-    "share of weights zeroed (unstructured) or hidden units removed (structured), in [0, 1)", 0.0)
+if TYPE_CHECKING:
+    from autotune.runtimes.base import Built, Parameter, Runtime
 
-QUANTIZATIONS = ("fp32", "fp16", "bf16", "int8_dynamic", "int8_weight_only", "int8_static")
-#: harness config key -> ONNX Runtime quantization transform parameter
-_ORT_QUANT_KEYS = {"per_channel": "per_channel", "reduce_range": "reduce_range",
-                   "weight_type": "weight_type", "quant_op_types": "op_types",
-                   "exclude_nodes": "exclude_nodes"}
-_ORT_STATIC_KEYS = {"quant_format": "quant_format", "activation_type": "activation_type",
-                    "calibration": "calibration"}
-_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
-              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                           "CPUExecutionProvider"]}
+def __getattr__(name: str) -> Any:
+    """``HARNESS_PARAMS`` ({key: (description, default)}) and ``QUANTIZATIONS``, derived from
+    the declarations (:func:`autotune.runtimes.declared_parameters`), not kept beside them."""
+    if name == "HARNESS_PARAMS":
+        from autotune.runtimes import parameter_table
 
+        return parameter_table()
+    if name == "QUANTIZATIONS":
+        from autotune.runtimes import declared_parameters
 
-def ort_providers(config: Mapping[str, Any]) -> list[str]:
-    """ONNX Runtime providers for a configuration: ``execution_provider``, else from ``device``."""
-    ep = config.get("execution_provider") or ("cuda" if config.get("device") == "cuda" else "cpu")
-    if ep not in _PROVIDERS:
-        raise TrialFailed(f"unknown execution_provider '{ep}' ({', '.join(_PROVIDERS)})")
-    if config.get("device", "cpu") == "cpu" and ep != "cpu":
-        raise TrialFailed(f"execution_provider '{ep}' needs device 'cuda'")
-    return list(_PROVIDERS[ep])
+        return declared_parameters()["quantization"].choices
+    if name == "ort_providers":  # moved to the ONNX Runtime runtime
+        from autotune.runtimes.onnxruntime import ort_providers
+
+        return ort_providers
+    raise AttributeError(name)
+
 
 Predict = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -102,10 +56,12 @@ def evaluator_for(job: Job) -> Any:
 def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
     """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
     if job.is_generation:
-        from autotune.workloads.generation import harness_params
+        from autotune.workloads.knobs import GENERATION_PARAMS
 
-        return harness_params()
-    return HARNESS_PARAMS
+        return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
+    from autotune.runtimes import parameter_table
+
+    return parameter_table()
 
 
 @dataclass(frozen=True)
@@ -162,6 +118,8 @@ class Evaluator:
     @property
     def workload(self):  # type: ignore[no-untyped-def]
         if self._workload is None:
+            from autotune.harness.workload import fidelity_fn, load_workload
+
             self._workload = load_workload(self.job)
             if self.job.evaluation.is_fidelity:
                 self._workload.quality_fn = fidelity_fn(
@@ -172,16 +130,19 @@ class Evaluator:
     def reference_outputs(self) -> np.ndarray:
         """Outputs of the unmodified model (fp32) on the evaluation inputs."""
         if self._reference is None:
+            from autotune.harness.workload import load_workload
+
             wl = self._workload or load_workload(self.job)
             self._workload = wl
-            predict, _ = self._build({"runtime": "torch" if wl.module is not None else
-                                      "onnxruntime", "quantization": "fp32"})
+            predict, _ = self._build({"quantization": "fp32"})
             self._reference = self._run_all(predict, 256)
         return self._reference
 
     def context(self) -> Any:
         """The data transforms read: example inputs, the calibration split, the loss."""
         if self._context is None:
+            from autotune.transforms.base import Context, data_digest
+
             wl = self.workload if self._workload is None else self._workload
             example = tuple(x[:2] for x in wl.inputs)
             cal = tuple(wl.calibration or ())
@@ -195,143 +156,56 @@ class Evaluator:
         return self._context
 
     def _build(self, config: Mapping[str, Any]) -> tuple[Predict, dict[str, Any]]:
-        wl = self.workload if self._workload is None else self._workload
-        runtime = config.get("runtime") or ("torch" if wl.module is not None else "onnxruntime")
-        quant = config.get("quantization", "fp32")
-        ratio = float(config.get("pruning_ratio", 0.0) or 0.0)
-        method = config.get("pruning_method", "l1_unstructured")
-        scope = config.get("pruning_scope", "global")
-        device = config.get("device", "cpu")
-        if device not in ("cpu", "cuda"):
-            raise TrialFailed(f"unknown device '{device}' (cpu or cuda)")
-        if device == "cuda":
-            import torch
+        """``predict(list of input arrays) -> first output`` and what was built (see
+        :meth:`build`)."""
+        _, built, info = self.build(config)
+        return built.runner.positional(), info
 
-            if runtime == "torch" and not torch.cuda.is_available():
-                raise TrialFailed("device 'cuda' asked for, but torch sees no CUDA device")
-        if quant not in QUANTIZATIONS:
-            raise TrialFailed(f"unknown quantization '{quant}' ({', '.join(QUANTIZATIONS)})")
+    def build(self, config: Mapping[str, Any]) -> tuple[Runtime, Built, dict[str, Any]]:
+        """Build ``config`` through its runtime: check every key against its declaration, prune
+        (the pipeline), convert the model to the kind the runtime takes, then
+        :meth:`Runtime.build`.  Raises :class:`TrialFailed` for a configuration that cannot run."""
+        from autotune.runtimes import declared_parameters, get_runtime, job_default_runtime
+        from autotune.runtimes.base import BuildContext
+        from autotune.transforms.base import ModelRef, apply, get_transform
+
+        wl = self.workload if self._workload is None else self._workload
+        name = config.get("runtime") or job_default_runtime(self.job)
+        try:
+            runtime = get_runtime(str(name))
+        except AutotuneError as exc:
+            raise TrialFailed(f"unknown runtime '{name}': {exc.hint or exc}") from None
+        _check(config, runtime, declared_parameters())
+        ratio = float(config.get("pruning_ratio", 0.0) or 0.0)
         ctx = self.context()
         cache = self.cache_dir
-        info: dict[str, Any] = {"runtime": runtime}
         ref = (ModelRef.torch(wl.module, wl.model_id) if wl.module is not None
                else ModelRef.onnx(wl.onnx_path, wl.model_id))
         if ratio > 0:
             if ref.kind != "torch":
                 raise TrialFailed("pruning needs a torch model (the job's model is an ONNX file)")
-            if method == "l1_unstructured":
-                ref = apply("prune_magnitude", ref, ctx, cache_dir=cache, ratio=ratio, scope=scope)
-            elif method == "gradient":
-                ref = apply("prune_gradient", ref, ctx, cache_dir=cache, ratio=ratio, scope=scope)
-            elif method == "structured":
-                ref = apply("prune_structured", ref, ctx, cache_dir=cache, ratio=ratio)
-            else:
-                raise TrialFailed(f"unknown pruning_method '{method}' "
-                                  "(l1_unstructured, structured or gradient)")
-        if runtime == "torch":
-            if ref.kind != "torch":
-                raise TrialFailed("the torch runtime needs a torch model, not an ONNX file")
-            if quant == "int8_static":
-                raise TrialFailed("int8_static is implemented for onnxruntime only; use "
-                                  "int8_dynamic or int8_weight_only on torch")
-            if quant != "fp32":
-                ref = apply("quantize_torch", ref, ctx, cache_dir=cache, mode=quant)
-            path = self.cache_dir / f"torch-{ref.model_id}.pt"
-            if not path.exists():
-                import torch
-
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                torch.save(ref.module.state_dict(), tmp)
-                tmp.replace(path)
-            predict = self._torch_predictor(ref.module, config, info)
-        elif runtime == "onnxruntime":
-            if ref.kind == "torch":
+            method = config.get("pruning_method", "l1_unstructured")
+            pruner = _pruner(str(method))
+            params = {"ratio": ratio}
+            if "scope" in get_transform(pruner).params:
+                params["scope"] = config.get("pruning_scope", "global")
+            ref = apply(pruner, ref, ctx, cache_dir=cache, **params)
+        if runtime.takes != ref.kind:
+            if runtime.takes == "onnx" and ref.kind == "torch":
                 ref = apply("export_onnx", ref, ctx, cache_dir=cache)
-            if quant in ("int8_dynamic", "int8_static"):
-                params = {k: config[c] for c, k in _ORT_QUANT_KEYS.items() if c in config}
-                if "exclude_nodes" in params and not params["exclude_nodes"]:
-                    params["exclude_nodes"] = "none"
-                if quant == "int8_static":
-                    params.update({k: config[c] for c, k in _ORT_STATIC_KEYS.items() if c in config})
-                    ref = apply("ort_int8_static", ref, ctx, cache_dir=cache, **params)
-                else:
-                    ref = apply("ort_int8_dynamic", ref, ctx, cache_dir=cache, **params)
-            elif quant == "fp16":
-                ref = apply("ort_fp16", ref, ctx, cache_dir=cache)
-            elif quant != "fp32":
-                raise TrialFailed(f"quantization '{quant}' is not supported on onnxruntime "
-                                  "(fp32, fp16, int8_dynamic, int8_static)")
-            path = ref.path
-            predict = self._ort_predictor(path, config, info)
-        else:
-            raise TrialFailed(f"unknown runtime '{runtime}'")
-        info["model_path"] = str(path)
-        info["lineage"] = [step.to_dict() for step in ref.lineage]
-        info.update({k: v for k, v in ref.info.items() if k in ("sparsity", "shrink")})
-        return predict, info
-
-    @staticmethod
-    def _torch_predictor(module: Any, config: Mapping[str, Any], info: dict[str, Any]) -> Predict:
-        import copy
-
-        import torch
-
-        threads = config.get("threads")
-        if threads:
-            torch.set_num_threads(int(threads))
-        if config.get("inter_op_threads"):
-            try:
-                torch.set_num_interop_threads(int(config["inter_op_threads"]))
-                info["inter_op_threads_applied"] = True
-            except RuntimeError:  # only settable before the process's first parallel work
-                info["inter_op_threads_applied"] = False
-        device = config.get("device", "cpu")
-        mod = module
-        if device == "cuda":
-            mod = copy.deepcopy(module).to("cuda")  # never move a cached module in place
-        dtype = next((p.dtype for p in mod.parameters() if p.is_floating_point()), torch.float32)
-        if dtype not in (torch.float16, torch.bfloat16):
-            dtype = torch.float32
-        dev = torch.device(device)
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-        def predict(batch: list[np.ndarray]) -> np.ndarray:
-            with torch.inference_mode():
-                xs = [torch.from_numpy(x).to(dev) for x in batch]
-                xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
-                out = mod(*xs)
-                sync()
-                return out.float().cpu().numpy()
-
-        return predict
-
-    @staticmethod
-    def _ort_predictor(path: Path, config: Mapping[str, Any],
-                       info: dict[str, Any] | None = None) -> Predict:
-        import onnxruntime as ort
-
-        try:
-            so = session_options(config)
-        except ValueError as exc:
-            raise TrialFailed(str(exc)) from None
-        providers = ort_providers(config)
-        available = ort.get_available_providers()
-        if providers[0] not in available:
-            raise TrialFailed(f"ONNX Runtime here has no {providers[0]} "
-                              f"(available: {', '.join(available)})")
-        sess = ort.InferenceSession(str(path), so, providers=providers)
-        if sess.get_providers()[0] != providers[0]:  # ORT falls back silently; we do not
-            raise TrialFailed(f"{providers[0]} could not be used for this model "
-                              f"(session got {', '.join(sess.get_providers())})")
-        if info is not None:
-            info["providers"] = sess.get_providers()
-        names = [i.name for i in sess.get_inputs()]
-
-        def predict(batch: list[np.ndarray]) -> np.ndarray:
-            return sess.run(None, dict(zip(names, batch, strict=True)))[0]
-
-        return predict
+            else:
+                raise TrialFailed(f"the {runtime.name} runtime needs a {runtime.takes} model, not "
+                                  f"{'an ONNX file' if ref.kind == 'onnx' else 'a ' + ref.kind}")
+        built = runtime.build(ref, config, BuildContext(ctx, cache))
+        final = built.model_ref
+        info: dict[str, Any] = {"runtime": runtime.name, **built.info,
+                                "model_path": str(built.model_path),
+                                "lineage": [step.to_dict() for step in final.lineage]}
+        info.update({k: v for k, v in final.info.items() if k in ("sparsity", "shrink")})
+        reason = runtime.exportable(config, built)
+        if reason:
+            info["not_exportable"] = reason
+        return runtime, built, info
 
     # ------------------------------------------------------------------ measuring
     def _run_all(self, predict: Predict, chunk: int) -> np.ndarray:
@@ -351,6 +225,10 @@ class Evaluator:
         ``torch.cuda.max_memory_allocated`` after a peak reset (torch's allocator only; ONNX
         Runtime's CUDA arena is not visible to it), present only when the trial ran on a GPU.
         """
+        from autotune.harness.hardware import cost_usd_per_million, default_price_per_hour
+        from autotune.harness.hostlock import measurement_lock
+        from autotune.harness.stats import measure
+
         m = self.job.measurement
         wl = self.workload
         t0 = time.perf_counter()
@@ -390,7 +268,8 @@ class Evaluator:
             import torch
 
             metrics["gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        metrics["model_size_mb"] = os.path.getsize(info["model_path"]) / 2**20
+        metrics["model_size_mb"] = (info.get("model_size_bytes")
+                                    or os.path.getsize(info["model_path"])) / 2**20
         metrics["quality"] = quality
         if "sparsity" in info:
             metrics["sparsity"] = float(info["sparsity"])
@@ -406,7 +285,9 @@ class Evaluator:
             "latency": stats.to_dict(),
             "model_path": info["model_path"],
             "lineage": info.get("lineage", []),
-            **{k: info[k] for k in ("providers", "shrink", "inter_op_threads_applied") if k in info},
+            **{k: info[k] for k in ("runtime", "providers", "shrink", "inter_op_threads_applied",
+                                    "not_exportable") if k in info},
+            "model_sha256": _sha256(info["model_path"]),
             "calibration_disjoint": bool(getattr(wl, "calibration_disjoint", True)),
             "price_per_hour": price,
             "price_source": "measurement.price_per_hour" if m.price_per_hour else
@@ -421,6 +302,8 @@ class Evaluator:
     def compare(self, configs: Mapping[str, Mapping[str, Any]], rounds: int) -> dict[str, Any]:
         """Latency of several configurations measured side by side (interleaved rounds,
         ``stats.alternate``); per name the list of per-round summaries (``to_dict``)."""
+        from autotune.harness.stats import alternate
+
         m = self.job.measurement
         wl = self.workload
         fns = {}
@@ -433,6 +316,8 @@ class Evaluator:
                 raise TrialFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
             batch = wl.batch(int(config.get("batch_size", 1)))
             fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
+        from autotune.harness.hostlock import measurement_lock
+
         with measurement_lock():
             out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
                             max_repeats=m.max_repeats, target_ci=m.target_ci,
@@ -442,6 +327,8 @@ class Evaluator:
     # ------------------------------------------------------------------ measuring helpers
     @staticmethod
     def _fingerprint():  # type: ignore[no-untyped-def]
+        from autotune.harness.hardware import fingerprint
+
         return fingerprint()
 
     @staticmethod
@@ -464,6 +351,10 @@ class Evaluator:
         Peak: a large fp32 matmul on all usable cores (or the GPU), measured once per machine and
         cached in the job's cache directory -- under the measurement lock, as it is a timing too.
         """
+        from autotune.harness.flops import forward_flops
+        from autotune.harness.hardware import peak_gflops_cached
+        from autotune.harness.hostlock import measurement_lock
+
         try:
             flops = forward_flops(self._workload, batch_size, self.cache_dir)
         except Exception:  # an exotic graph: leave the metric out rather than fail the trial
@@ -488,7 +379,60 @@ class Evaluator:
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict
 
+        from autotune.harness.hardware import detect_capabilities
+
         return asdict(detect_capabilities())
 
     def fingerprint(self) -> dict[str, Any]:
         return self._fingerprint().to_dict()
+
+
+# ------------------------------------------------------------------ configuration checks
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pruner(method: str) -> str:
+    """The transform a ``pruning_method`` value selects (its ``pruning_method`` declaration)."""
+    from autotune.runtimes import load_transform_plugins
+    from autotune.transforms.base import TRANSFORMS, get_transform
+
+    get_transform("prune_magnitude")  # the built-ins are imported
+    load_transform_plugins()  # and the autotune.transforms entry points
+    found = {getattr(c, "pruning_method", None): n for n, c in TRANSFORMS.items()}
+    found.pop(None, None)
+    if method not in found:
+        raise TrialFailed(f"unknown pruning_method '{method}' ({', '.join(map(str, found))})")
+    return str(found[method])
+
+
+def _check(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
+    """Each key of ``config`` against its declaration; a value another runtime supports is
+    named as such (``quantization 'bf16' is not supported on onnxruntime; torch has it``)."""
+    from autotune.runtimes import runtimes
+
+    mine = {p.name: p for p in runtime.parameters()}
+    for key, value in config.items():
+        if key in ("runtime", "pruning_method") or key not in declared:
+            continue
+        if declared[key].check(value) is not None:
+            raise TrialFailed(f"unknown {key} '{value}': {key} must be {declared[key].expected()}"
+                              if declared[key].kind == "categorical" else
+                              f"{key} must be {declared[key].expected()}; found {value!r}")
+        p = mine.get(key)
+        if p is not None and p.kind == "categorical" and p.check(value) is not None:
+            others = [rt.name for rt in runtimes() if rt.name != runtime.name and any(
+                q.name == key and q.check(value) is None for q in rt.parameters())]
+            raise TrialFailed(f"{key} '{value}' is not supported on {runtime.name} "
+                              f"({', '.join(map(str, p.choices))})"
+                              + (f"; it is implemented for {', '.join(others)} only" if others
+                                 else ""))
+    device = config.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise TrialFailed(f"unknown device '{device}' (cpu or cuda)")

@@ -156,7 +156,11 @@ def load_workload(job: Job) -> Workload:
     elif ev.is_fidelity:
         quality_fn = lambda out, t: 0.0  # noqa: E731 - replaced once the baseline has run
     else:
-        quality_fn = resolve(ev.metric, search_paths=search, field="evaluation.metric")
+        from autotune.runtimes import entry_points
+
+        plugin = entry_points("autotune.metrics").get(ev.metric)  # a metric plugin's name
+        quality_fn = (plugin.load() if plugin is not None
+                      else resolve(ev.metric, search_paths=search, field="evaluation.metric"))
     return Workload(module, onnx_path, inputs, targets, quality_fn, model_id, cal, cal_t,
                     disjoint, loss_fn, loss_name)
 

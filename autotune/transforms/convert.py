@@ -1,5 +1,8 @@
 """torch → ONNX conversion with dynamic batch (and sequence) axes.
 
+Inputs carry the names of the model's ``forward`` parameters and outputs the keys of the mapping
+it returns (``output`` for a single tensor, ``output_<i>`` for a sequence).
+
 Axis 0 of every input is the dynamic batch.  Integer inputs of rank ≥ 2 (token ids, masks) get a
 dynamic sequence axis 1 as well.  Other axes can be declared per input (``model.dynamic_axes`` in
 the job: ``{input_0: {1: seq}}``, inputs named ``input_<i>`` or by index); the same name on two
@@ -21,16 +24,47 @@ from torch import nn
 from autotune.transforms.base import Categorical, Context, ModelRef, TParam, Transform
 
 
+def input_names(module: Any, n: int) -> list[str]:
+    """The first ``n`` positional parameter names of ``module.forward`` (``input_<i>`` where the
+    signature does not say, e.g. ``*args``): the names a bundle's inputs carry."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:n]]
+    return names + [f"input_{i}" for i in range(len(names), n)]
+
+
+def flatten_outputs(out: Any) -> tuple[list[str], list[Any]]:
+    """A forward's output as (names, tensors): a tensor is ``output``, a mapping its keys, a
+    sequence ``output_<i>``."""
+    if isinstance(out, torch.Tensor):
+        return ["output"], [out]
+    if isinstance(out, Mapping):
+        items = [(str(k), v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return [k for k, _ in items], [v for _, v in items]
+    if isinstance(out, list | tuple):
+        pairs = [(f"output_{i}", v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+        return [k for k, _ in pairs], [v for _, v in pairs]
+    raise TypeError(f"the model's forward returned {type(out).__name__}; expected a tensor, a "
+                    "mapping of tensors or a sequence of tensors")
+
+
 def default_axes(example_inputs: Sequence[Any],
-                 declared: Mapping[Any, Mapping[Any, str]] | None = None) -> list[dict[int, str]]:
-    """The dynamic axes of each input: batch, sequence for integer token inputs, declared ones."""
+                 declared: Mapping[Any, Mapping[Any, str]] | None = None,
+                 names: Sequence[str] = ()) -> list[dict[int, str]]:
+    """The dynamic axes of each input: batch, sequence for integer token inputs, declared ones
+    (keyed by the input's index, ``input_<i>`` or its name)."""
     axes: list[dict[int, str]] = []
     for i, x in enumerate(example_inputs):
         a: dict[int, str] = {0: "batch"}
         is_int = not torch.is_floating_point(x) and not torch.is_complex(x) and x.dtype != torch.bool
         if x.dim() >= 2 and is_int:
             a[1] = "sequence"
-        for key in (i, str(i), f"input_{i}"):
+        for key in (i, str(i), f"input_{i}", *names[i:i + 1]):
             for ax, name in (declared or {}).get(key, {}).items():  # type: ignore[call-overload]
                 a[int(ax)] = str(name)
         axes.append(a)
@@ -42,8 +76,10 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                 dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None) -> Path:
     """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = [f"input_{i}" for i in range(len(example_inputs))]
-    axes = default_axes(example_inputs, dynamic_axes)
+    names = input_names(model, len(example_inputs))
+    with torch.inference_mode():
+        outputs = flatten_outputs(model.eval()(*example_inputs))[0]
+    axes = default_axes(example_inputs, dynamic_axes, names)
     dims: dict[str, Any] = {}
     dynamic_shapes = tuple(
         {ax: dims.setdefault(name, torch.export.Dim(name, min=1, max=65536))
@@ -55,7 +91,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(), tuple(example_inputs), str(path), input_names=names,
-            output_names=["output"], dynamic_shapes=dynamic_shapes, external_data=False, **kwargs,
+            output_names=outputs, dynamic_shapes=dynamic_shapes, external_data=False, **kwargs,
         )
     return path
 

@@ -222,6 +222,8 @@ _SCOPE = TParam("global", Categorical(["global", "layer"]), "rank all layers tog
 class MagnitudePrune(Transform):
     name = "prune_magnitude"
     takes = gives = "torch"
+    #: the value of the trial's ``pruning_method`` that selects this transform
+    pruning_method: ClassVar[str] = "l1_unstructured"
     params: ClassVar[dict[str, TParam]] = {"ratio": _RATIO, "scope": _SCOPE}
 
     def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
@@ -233,6 +235,7 @@ class MagnitudePrune(Transform):
 class GradientPrune(Transform):
     name = "prune_gradient"
     takes = gives = "torch"
+    pruning_method: ClassVar[str] = "gradient"
     reads_data = True
     params: ClassVar[dict[str, TParam]] = {"ratio": _RATIO, "scope": _SCOPE}
 
@@ -251,6 +254,7 @@ class GradientPrune(Transform):
 class StructuredPrune(Transform):
     name = "prune_structured"
     takes = gives = "torch"
+    pruning_method: ClassVar[str] = "structured"
     params: ClassVar[dict[str, TParam]] = {"ratio": _RATIO,
               "norm": TParam(2, Categorical([1, 2]), "rank units by the L1 or L2 norm of weights",
                              one_of(1, 2), "1 or 2")}

@@ -1,0 +1,94 @@
+"""What this machine can run: the search space restricted to it, derived from the declarations.
+
+Nothing here names a runtime.  The removals come from:
+
+* the pipeline: ``device: cuda`` without a CUDA device;
+* each registered runtime's :meth:`~autotune.runtimes.base.Runtime.available` (a runtime that
+  cannot run here leaves ``runtime``'s choices) and
+  :meth:`~autotune.runtimes.base.Runtime.excluded` (values it cannot run here, with the reason
+  and the condition under which they cannot: an unconditional exclusion removes the choices,
+  a conditional one becomes an ``invalid`` rule of the space).
+
+Each removal is a notice the user sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from autotune.space import Invalid, SearchSpace
+
+
+def exclusions(caps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """(runtimes available here, every exclusion of this machine)."""
+    from autotune.runtimes import runtimes
+    from autotune.runtimes.base import Exclusion
+
+    out: list[Exclusion] = []
+    if not caps.get("cuda"):
+        out.append(Exclusion("device", ("cuda",), "no CUDA device on this machine"))
+    available = []
+    for rt in runtimes():
+        why = rt.available(caps)
+        if why:
+            out.append(Exclusion("runtime", (rt.name,), why))
+            continue
+        available.append(rt.name)
+        out.extend(rt.excluded(caps))
+    return available, out
+
+
+def restrict_to_machine(space: SearchSpace, caps: Mapping[str, Any], *,
+                        runtime_default: str | None = None) -> tuple[SearchSpace, list[str]]:
+    """Remove choices this machine cannot run; each removal is a notice the user sees.
+
+    Whole choices go (device cuda without a GPU, a runtime or execution provider that is not
+    installed); choices that only some combinations cannot run become ``invalid`` rules (fp16 on
+    a CPU without fp16 arithmetic, with torch), also with a notice.  ``runtime_default`` decides
+    conditions on ``runtime`` when the space does not search it.
+    """
+    notices: list[str] = []
+    _, excl = exclusions(caps)
+    fixed = {"device": "cpu", "runtime": runtime_default}
+    for e in excl:
+        if not e.when:
+            if e.param in space:
+                allowed = [c for c in space[e.param].choices if c not in e.values]
+                space, n = space.restrict(e.param, allowed, e.reason)
+                if n:
+                    notices.append(str(n))
+            continue
+        space, n2 = forbid(space, e.param, e.values, e.when, fixed, e.reason)
+        if n2:
+            notices.append(n2)
+    return space, notices
+
+
+def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[str, Any],
+           fixed: Mapping[str, Any], reason: str) -> tuple[SearchSpace, str | None]:
+    """Add an ``invalid`` rule: ``name`` in ``values`` cannot run when ``when`` holds.
+
+    Conditions on parameters that are not in the space are decided with ``fixed`` (their
+    value when unsearched; None: unknown, the condition is kept as always true)."""
+    if name not in space:
+        return space, None
+    p = space[name]
+    vals = tuple(v for v in values if p.contains(v))
+    if not vals:
+        return space, None
+    cond: dict[str, tuple[Any, ...]] = {}
+    for k, v in when.items():
+        if k in space:
+            cond[k] = (v,)
+        elif fixed.get(k) is not None and fixed[k] != v:
+            return space, None  # the condition can never hold
+    new = replace(p, invalid=(*p.invalid, Invalid(vals, cond, reason)))
+    space = replace(space, params=tuple(new if q.name == name else q for q in space.params))
+    where = f" with {', '.join(f'{k}={v[0]}' for k, v in cond.items())}" if cond else ""
+    return space, (f"search space: removed {name} = {', '.join(map(str, vals))}{where} "
+                   f"({reason})")
+
+
+__all__ = ["exclusions", "forbid", "restrict_to_machine"]
