@@ -120,11 +120,11 @@ def study_counters(work: Path) -> dict[str, Any]:
 
 def candidates(bundle: Path, model_dir: Path) -> dict[str, Any]:
     """name -> (predict(feeds) -> np.ndarray) for the four contenders, plus the feeds."""
+    import bert_model
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    import bert_model
     from autotune.deploy import load
 
     torch.set_num_threads(THREADS)

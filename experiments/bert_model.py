@@ -8,8 +8,8 @@ saved with ``save_pretrained`` (safetensors) next to its tokenizer in a cache fo
 arguments, so it is built once per machine.
 
 The generated language: sentences from a small grammar over a vocabulary of pseudo-words (about
-9,000 of them, three or four syllables each, so the WordPiece vocabulary reaches ``vocab_size``), where each sentence stays on one
-of a few dozen *topics* (a topic fixes which nouns, verbs and adjectives appear).  Masked words are
+9,000 of them, three or four syllables each, so the WordPiece vocabulary reaches
+``vocab_size``), where each sentence stays on one of a few dozen *topics* (a topic fixes which nouns, verbs and adjectives appear).  Masked words are
 therefore predictable from their context, which is what makes the trained attention and FFN
 weights non-random.
 
@@ -21,6 +21,7 @@ computing mean-pooled sentence embeddings from ``(input_ids, attention_mask, tok
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -102,8 +103,8 @@ def _train_tokenizer(folder: Path, vocab_size: int, max_len: int) -> None:
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
                                         min_frequency=1)
-    corpus = sentences(6000, seed=1) + [" ".join(sum((v for lists in _lexicon().values()
-                                                        for v in lists), []))]
+    corpus = [*sentences(6000, seed=1),
+              " ".join(w for lists in _lexicon().values() for v in lists for w in v)]
     tok.train_from_iterator(corpus, trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -163,10 +164,8 @@ def folder(layers: int = 6, hidden: int = 384, heads: int = 12, intermediate: in
     model.eval()
     model.bert.save_pretrained(tmp)  # the encoder alone (BertModel): what a user would deploy
     (tmp / "training.json").write_text(json.dumps({"steps": steps, "log": log}, indent=1))
-    try:
+    with contextlib.suppress(OSError):  # another process built it first
         tmp.replace(out)
-    except OSError:  # another process built it first
-        pass
     return out if out.is_dir() else tmp
 
 
@@ -183,6 +182,9 @@ def build(seq_len: int = 128, **kwargs: object):  # type: ignore[no-untyped-def]
     bert = BertModel.from_pretrained(path, local_files_only=True).eval()
 
     class MeanPooled(torch.nn.Module):
+        input_names = ("input_ids", "attention_mask", "token_type_ids")  # kept by the export
+        output_names = ("sentence_embedding",)
+
         def __init__(self) -> None:
             super().__init__()
             self.bert = bert

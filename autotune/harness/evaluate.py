@@ -183,7 +183,9 @@ class Evaluator:
                 loss=wl.loss_fn, loss_name=wl.loss_name,
                 dynamic_axes=dict(self.job.model.dynamic_axes) or None,
                 digest=data_digest(*example, *cal, wl.calibration_targets) + wl.loss_name
-                + repr(sorted(self.job.model.dynamic_axes.items())),
+                + repr(sorted(self.job.model.dynamic_axes.items()))
+                + repr((wl.input_names, wl.output_names)),
+                input_names=wl.input_names, output_names=wl.output_names,
             )
         return self._context
 

@@ -139,6 +139,9 @@ class Context:
     loss_name: str = ""
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
     digest: str = ""
+    #: the model's input / output names (the ONNX export keeps them); None: input_<i> / output
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
 
 
 def digest(*parts: Any) -> str:

@@ -22,7 +22,8 @@ from autotune.transforms.base import Categorical, Context, ModelRef, TParam, Tra
 
 
 def default_axes(example_inputs: Sequence[Any],
-                 declared: Mapping[Any, Mapping[Any, str]] | None = None) -> list[dict[int, str]]:
+                 declared: Mapping[Any, Mapping[Any, str]] | None = None,
+                 names: Sequence[str] | None = None) -> list[dict[int, str]]:
     """The dynamic axes of each input: batch, sequence for integer token inputs, declared ones."""
     axes: list[dict[int, str]] = []
     for i, x in enumerate(example_inputs):
@@ -30,7 +31,7 @@ def default_axes(example_inputs: Sequence[Any],
         is_int = not torch.is_floating_point(x) and not torch.is_complex(x) and x.dtype != torch.bool
         if x.dim() >= 2 and is_int:
             a[1] = "sequence"
-        for key in (i, str(i), f"input_{i}"):
+        for key in (i, str(i), f"input_{i}", *([names[i]] if names else [])):
             for ax, name in (declared or {}).get(key, {}).items():  # type: ignore[call-overload]
                 a[int(ax)] = str(name)
         axes.append(a)
@@ -39,11 +40,15 @@ def default_axes(example_inputs: Sequence[Any],
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path,
                 *, opset: int | None = None,
-                dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None) -> Path:
-    """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes."""
+                dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None,
+                input_names: Sequence[str] | None = None,
+                output_names: Sequence[str] | None = None) -> Path:
+    """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes.
+    The graph's inputs are ``input_names`` (default ``input_<i>``), its outputs ``output_names``
+    (default ``output``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = [f"input_{i}" for i in range(len(example_inputs))]
-    axes = default_axes(example_inputs, dynamic_axes)
+    names = list(input_names) if input_names else [f"input_{i}" for i in range(len(example_inputs))]
+    axes = default_axes(example_inputs, dynamic_axes, names)
     dims: dict[str, Any] = {}
     dynamic_shapes = tuple(
         {ax: dims.setdefault(name, torch.export.Dim(name, min=1, max=65536))
@@ -55,7 +60,8 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(), tuple(example_inputs), str(path), input_names=names,
-            output_names=["output"], dynamic_shapes=dynamic_shapes, external_data=False, **kwargs,
+            output_names=list(output_names or ["output"]), dynamic_shapes=dynamic_shapes,
+            external_data=False, **kwargs,
         )
     return path
 
@@ -80,5 +86,7 @@ class ExportOnnx(Transform):
             raise ValueError("exporting to ONNX needs example inputs in the context")
         example = [torch.from_numpy(x) for x in context.example_inputs]
         export_onnx(model.module, example, out, opset=params["opset"],
-                    dynamic_axes=context.dynamic_axes)
-        return out, {"dynamic_axes": [dict(a) for a in default_axes(example, context.dynamic_axes)]}
+                    dynamic_axes=context.dynamic_axes, input_names=context.input_names,
+                    output_names=context.output_names)
+        return out, {"dynamic_axes": [dict(a) for a in default_axes(example, context.dynamic_axes,
+                                                                    context.input_names)]}
