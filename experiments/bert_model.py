@@ -9,7 +9,8 @@ arguments, so it is built once per machine.
 
 The generated language: sentences from a small grammar over a vocabulary of pseudo-words (about
 9,000 of them, three or four syllables each, so the WordPiece vocabulary reaches
-``vocab_size``), where each sentence stays on one of a few dozen *topics* (a topic fixes which nouns, verbs and adjectives appear).  Masked words are
+``vocab_size``), where each sentence stays on one of a few dozen *topics* (a topic fixes which
+nouns, verbs and adjectives appear).  Masked words are
 therefore predictable from their context, which is what makes the trained attention and FFN
 weights non-random.
 

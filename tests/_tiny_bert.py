@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "big", "small", "red", "blue", "and", "with", "fast", "slow", "green", "bird", "tree", "house", "over", "near", "quite", "very", "saw"]
+WORDS = (
+    "the", "a", "cat", "dog", "sat", "ran", "on", "under",
+    "mat", "log", "big", "small", "red", "blue", "and", "with",
+    "fast", "slow", "green", "bird", "tree", "house", "over", "near",
+    "quite", "very", "saw",
+)
 
 
 def texts(n: int = 24, seed: int = 0) -> list[str]:

@@ -43,6 +43,8 @@ HARNESS_PARAMS: dict[str, tuple[str, Any]] = {
     "execution_provider": ("ONNX Runtime: cpu | cuda | tensorrt (default from device)", None),
     "execution_mode": ("ONNX Runtime: sequential | parallel", "sequential"),
     "inter_op_threads": ("threads running independent operators in parallel", None),
+    "ort_fusion": ("ONNX Runtime: transformer graph fusion before quantization: none | bert",
+                   "none"),
 }
 HARNESS_PARAMS["quantization"] = (
     "fp32 | fp16 | bf16 (torch) | int8_dynamic | int8_weight_only (torch) | int8_static "
@@ -243,8 +245,15 @@ class Evaluator:
                 tmp.replace(path)
             predict = self._torch_predictor(ref.module, config, info)
         elif runtime == "onnxruntime":
-            if ref.kind == "torch":
-                ref = apply("export_onnx", ref, ctx, cache_dir=cache)
+            fusion = config.get("ort_fusion") or "none"
+            if ref.kind == "torch":  # fusion recognises the TorchScript exporter's graphs
+                ref = apply("export_onnx", ref, ctx, cache_dir=cache,
+                            **({"exporter": "torchscript"} if fusion != "none" else {}))
+            if fusion != "none":
+                from autotune.transforms.fusion import fusion_params
+
+                ref = apply("ort_fusion", ref, ctx, cache_dir=cache, model_type=fusion,
+                            **fusion_params(wl.module))
             if quant in ("int8_dynamic", "int8_static"):
                 params = {k: config[c] for c, k in _ORT_QUANT_KEYS.items() if c in config}
                 if "exclude_nodes" in params and not params["exclude_nodes"]:
@@ -266,6 +275,8 @@ class Evaluator:
         info["model_path"] = str(path)
         info["lineage"] = [step.to_dict() for step in ref.lineage]
         info.update({k: v for k, v in ref.info.items() if k in ("sparsity", "shrink")})
+        info.update({k: v for s in ref.lineage if s.transform == "ort_fusion"
+                     for k, v in s.info.items() if k == "fused"})
         return predict, info
 
     @staticmethod

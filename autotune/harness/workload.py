@@ -124,7 +124,9 @@ def hf_encoder(source: str, task: str) -> tuple[Any, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
         cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
-        model = cls.from_pretrained(source, local_files_only=True).eval()
+        # eager attention: the exported graph then matches ONNX Runtime's attention fusion
+        model = cls.from_pretrained(source, local_files_only=True,
+                                    attn_implementation="eager").eval()
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(

@@ -316,6 +316,7 @@ class Transform(ABC):
 
 def get_transform(name: str) -> type[Transform]:
     import autotune.transforms.convert
+    import autotune.transforms.fusion
     import autotune.transforms.prune
     import autotune.transforms.quantize  # noqa: F401
 

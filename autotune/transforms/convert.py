@@ -42,10 +42,11 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                 *, opset: int | None = None,
                 dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None,
                 input_names: Sequence[str] | None = None,
-                output_names: Sequence[str] | None = None) -> Path:
+                output_names: Sequence[str] | None = None, exporter: str = "dynamo") -> Path:
     """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes.
     The graph's inputs are ``input_names`` (default ``input_<i>``), its outputs ``output_names``
-    (default ``output``)."""
+    (default ``output``).  ``exporter="torchscript"``: torch's TorchScript-based exporter, whose
+    graphs ONNX Runtime's transformer fusion (:mod:`autotune.transforms.fusion`) recognises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(input_names) if input_names else [f"input_{i}" for i in range(len(example_inputs))]
     axes = default_axes(example_inputs, dynamic_axes, names)
@@ -58,11 +59,19 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     kwargs = {"opset_version": opset} if opset else {}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(), tuple(example_inputs), str(path), input_names=names,
-            output_names=list(output_names or ["output"]), dynamic_shapes=dynamic_shapes,
-            external_data=False, **kwargs,
-        )
+        if exporter == "torchscript":
+            torch.onnx.export(
+                model.eval(), tuple(example_inputs), str(path), input_names=names,
+                output_names=list(output_names or ["output"]), dynamo=False,
+                dynamic_axes={n: dict(a) for n, a in zip(names, axes, strict=True)},
+                opset_version=opset or 17,
+            )
+        else:
+            torch.onnx.export(
+                model.eval(), tuple(example_inputs), str(path), input_names=names,
+                output_names=list(output_names or ["output"]), dynamic_shapes=dynamic_shapes,
+                external_data=False, **kwargs,
+            )
     return path
 
 
@@ -77,6 +86,10 @@ class ExportOnnx(Transform):
         "opset": TParam(None, Categorical([None, 18, 20]), "ONNX opset (None: exporter's)",
                         lambda v: v is None or (isinstance(v, int) and v >= 7),
                         "None or an opset number >= 7"),
+        "exporter": TParam("dynamo", Categorical(["dynamo", "torchscript"]),
+                           "torch.export-based exporter, or the TorchScript one (the graphs ONNX "
+                           "Runtime's transformer fusion recognises)",
+                           lambda v: v in ("dynamo", "torchscript"), "'dynamo' or 'torchscript'"),
     }
 
     def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
@@ -87,6 +100,6 @@ class ExportOnnx(Transform):
         example = [torch.from_numpy(x) for x in context.example_inputs]
         export_onnx(model.module, example, out, opset=params["opset"],
                     dynamic_axes=context.dynamic_axes, input_names=context.input_names,
-                    output_names=context.output_names)
+                    output_names=context.output_names, exporter=params["exporter"])
         return out, {"dynamic_axes": [dict(a) for a in default_axes(example, context.dynamic_axes,
                                                                     context.input_names)]}
