@@ -7,11 +7,14 @@ against the unmodified model, constraint mean >= 0.99.
 
 Steps (each printed as it runs):
 
-1. write the tuning job ``bench-vs-hand.yaml`` as a user would (``experiments/bert-cpu.yaml`` is
-   the same file) into a work folder and run ``autotune run`` on it (a time budget, 10 minutes by
+1. write the tuning job ``bench-vs-hand.yaml`` as a user would (``experiments/bert-hf.yaml``: a
+   ``model: {huggingface: bert, task: feature-extraction}`` job) into a work folder, beside
+   ``bert/`` (a link to the saved model) and ``texts.txt`` (96 held-out sentences), and run
+   ``autotune run`` on it (a time budget, 10 minutes by
    default); ``--load`` keeps one core busy with another process *while tuning*, as on a shared
    machine, and stops it before the comparison;
-2. ``autotune export`` the pick (``--pick``, default ``min:latency_p50_ms``) into a bundle;
+2. ``autotune export`` the pick (``--pick``, default the fastest feasible ONNX Runtime trial: a
+   torch trial's bundle is not the model that was measured) into a bundle;
 3. in ONE process, interleaved rounds, ``--runs`` times (3): torch fp32 eager, ONNX Runtime fp32
    of a plain ``torch.onnx.export``, the hand one-liner
    ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, and the bundle loaded
@@ -64,11 +67,14 @@ def _busy_core() -> subprocess.Popen[bytes]:
 
 
 def tune(work: Path, minutes: float, load: bool, pick: str) -> Path:
-    job_src = HERE / "bert-cpu.yaml"
+    import bert_model
+
+    job_src = HERE / "bert-hf.yaml"
     job = work / "bench-vs-hand.yaml"
     text = job_src.read_text().replace("timeout: 10m", f"timeout: {int(minutes * 60)}s")
     job.write_text(text)
-    (work / "bert_model.py").write_text((HERE / "bert_model.py").read_text())
+    (work / "bert").symlink_to(bert_model.folder())
+    (work / "texts.txt").write_text("\n".join(bert_model.texts(96)) + "\n")
     hog = _busy_core() if load else None
     try:
         _say(f"tuning {job} for at most {minutes:g} min" + (" with one core kept busy" if load else ""))
@@ -192,7 +198,7 @@ def main() -> None:
     ap.add_argument("--load", action="store_true", help="keep one core busy while tuning")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds per run")
-    ap.add_argument("--pick", default="min:latency_p50_ms")
+    ap.add_argument("--pick", default="min latency_p50_ms with runtime == onnxruntime")
     ap.add_argument("--skip-tune", type=Path, help="reuse this finished work folder")
     args = ap.parse_args()
 
@@ -227,9 +233,10 @@ def main() -> None:
         vs_t = statistics.median(r["torch fp32"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
         cos = statistics.median(r[name]["cosine"] for r in runs)
         print(f"| {name} | {p50:.2f} | {vs_hand:.2f}x | {vs_t:.2f}x | {cos:.4f} |")
+    lat = lat or {}
     stated = lat.get("p50_ms")
     lo, hi = lat.get("p50_spread_ms", [None, None]) if isinstance(lat.get("p50_spread_ms"), list) \
-        else (lat.get("ci_low_ms"), lat.get("ci_high_ms"))
+        else (lat.get("ci95_low_ms", lat.get("ci_low_ms")), lat.get("ci95_high_ms", lat.get("ci_high_ms")))
     inside = [lo is not None and hi is not None and lo <= r["autotune bundle"]["p50_ms"] <= hi
               for r in runs]
     print(f"\nmanifest p50 {stated} ms, stated spread [{lo}, {hi}] ms; "
