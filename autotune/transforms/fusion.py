@@ -34,7 +34,14 @@ def fusion_params(module: Any) -> dict[str, int]:
     Face model or a wrapper holding one), else zeros (the optimizer detects them)."""
     if module is None:
         return {"num_heads": 0, "hidden_size": 0}
-    mods = module.modules() if hasattr(module, "modules") else [module]
+    mods = list(module.modules()) if hasattr(module, "modules") else [module]
+    for m in mods:  # heads pruned (prune_structured): let the optimizer read the graph
+        heads = getattr(m, "num_attention_heads", None)
+        size = getattr(m, "attention_head_size", None)
+        cfg = getattr(m, "config", None)
+        if isinstance(heads, int) and isinstance(size, int) \
+                and heads * size != getattr(cfg, "hidden_size", heads * size):
+            return {"num_heads": 0, "hidden_size": 0}
     for m in mods:
         cfg = getattr(m, "config", None)
         heads = getattr(cfg, "num_attention_heads", None)

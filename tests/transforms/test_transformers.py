@@ -112,3 +112,28 @@ def test_fusion_refuses_a_graph_without_transformer_blocks(mlp_onnx, mlp_context
 
     with pytest.raises(TrialFailed, match="no transformer pattern"):
         apply("ort_fusion", mlp_onnx, mlp_context, cache_dir=tmp_path)
+
+
+def test_structured_pruning_of_hugging_face_blocks(encoder, tmp_path):
+    """Attention heads and FFN intermediate units of BertLayer blocks are removed (the weights
+    really shrink), the pruned model still runs, exports with its names, and stays close."""
+    from autotune.transforms.prune import n_parameters
+
+    module, ev, cal = encoder
+    ctx = _ctx(ev, cal)
+    pruned = apply("prune_structured", ModelRef.torch(module, "tinybert"), ctx,
+                   cache_dir=tmp_path, ratio=0.25)
+    info = pruned.lineage[-1].info
+    assert (info["heads_before"], info["heads_after"]) == (8, 6)
+    assert (info["hidden_before"], info["hidden_after"]) == (256, 192)
+    assert n_parameters(pruned.module) < n_parameters(module)
+    layer = pruned.module.model.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 48
+    assert layer.intermediate.dense.out_features == 96
+    ref = _reference(module, ev)
+    got = _reference(pruned.module, ev)
+    cos = _cosine(got, ref)
+    print(f"structured 25%: cosine {cos:.4f}")
+    assert 0.5 < cos < 0.99999
+    exported = apply("export_onnx", pruned, ctx, cache_dir=tmp_path)
+    np.testing.assert_allclose(_run(exported.path, ev), got, rtol=1e-3, atol=1e-4)
