@@ -118,9 +118,14 @@ def _train_tokenizer(folder: Path, vocab_size: int, max_len: int) -> None:
 
 
 def folder(layers: int = 6, hidden: int = 384, heads: int = 12, intermediate: int = 1536,
-           vocab_size: int = 8192, max_len: int = 128, train_steps: int = 300,
+           vocab_size: int = 8192, max_len: int = 128, train_steps: int | None = None,
            seed: int = 0) -> Path:
-    """The saved encoder (config.json, model.safetensors, tokenizer files); built on first use."""
+    """The saved encoder (config.json, model.safetensors, tokenizer files); built on first use.
+
+    ``train_steps`` defaults to ``$AUTOTUNE_BERT_TRAIN_STEPS`` or 300 (fewer on a machine too
+    loaded to train 300 steps in reasonable time; the folder's training.json records them)."""
+    if train_steps is None:
+        train_steps = int(os.environ.get("AUTOTUNE_BERT_TRAIN_STEPS", "300"))
     import torch
     from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 

@@ -137,7 +137,8 @@ def test_huggingface_job_tunes_and_exports_named_io(tmp_path):
     views = {t.number: t for t in summary.trials}
     assert views[0].metrics["cosine"] > 0.9999  # fp32: the unmodified model itself
     assert 0.95 < views[1].metrics["cosine"] < 1.0  # fused + static int8, a real change
-    assert views[1].user_attrs["details"]["fused"]["Attention"] == 2
+    steps = {s["transform"]: s for s in views[1].user_attrs["details"]["lineage"]}
+    assert steps["ort_fusion"]["info"]["fused"]["Attention"] == 2
     # a selection rule filtering on a parameter picks among ONNX Runtime trials only
     res = export_bundle(job, "min latency_p50_ms with runtime == onnxruntime and "
                              "quantization in [int8_static]", out=tmp_path / "bundle",

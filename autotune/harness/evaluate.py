@@ -275,8 +275,6 @@ class Evaluator:
         info["model_path"] = str(path)
         info["lineage"] = [step.to_dict() for step in ref.lineage]
         info.update({k: v for k, v in ref.info.items() if k in ("sparsity", "shrink")})
-        info.update({k: v for s in ref.lineage if s.transform == "ort_fusion"
-                     for k, v in s.info.items() if k == "fused"})
         return predict, info
 
     @staticmethod
