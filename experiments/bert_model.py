@@ -203,7 +203,8 @@ def build(seq_len: int = 128, **kwargs: object):  # type: ignore[no-untyped-def]
             return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    enc = tok(texts(2), padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    enc = tok(texts(2), padding="max_length", truncation=True, max_length=seq_len,
+              return_tensors="pt", return_token_type_ids=True)
     return MeanPooled().eval(), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
 
 
@@ -212,7 +213,8 @@ def validation_data(seq_len: int = 128, n: int = 64) -> tuple[list[np.ndarray], 
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder(), local_files_only=True)
-    enc = tok(texts(n), padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    enc = tok(texts(n), padding="max_length", truncation=True, max_length=seq_len,
+              return_tensors="np", return_token_type_ids=True)
     return [enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64),
             enc["token_type_ids"].astype(np.int64)], None
 
