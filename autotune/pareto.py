@@ -457,8 +457,57 @@ GOALS: dict[str, tuple[str, Direction]] = {
 _RULE_HELP = (
     "A selection rule reads '<goal> [with <constraint> [and <constraint>]...]' where <goal> is one "
     f"of {', '.join(repr(g) for g in GOALS)}, 'min <metric>' or 'max <metric>'. "
-    "Example: 'fastest with accuracy_drop <= 1% and model_size_mb <= 5'."
+    "Example: 'fastest with accuracy_drop <= 1% and model_size_mb <= 5'. A constraint may also "
+    "filter on a configuration parameter: 'runtime == onnxruntime', 'quantization != bf16', "
+    "'threads in [2, 4]', 'quantization not in [fp16, bf16]'."
 )
+_PARAM = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*(?P<op>==|!=|\s(?:not\s+)?in\s)\s*(?P<value>.+)$",
+                    re.I | re.S)
+
+
+def _scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+@dataclass(frozen=True)
+class ParamFilter:
+    """``<parameter> == | != <value>`` or ``<parameter> [not] in [<value>, ...]`` on a trial's
+    configuration.  Values compare as YAML scalars, or as text (``2`` matches ``"2"``)."""
+
+    text: str
+    name: str
+    values: tuple[Any, ...]
+    negate: bool
+
+    def matches(self, params: Mapping[str, Any]) -> bool:
+        if self.name not in params:
+            return self.negate
+        v = params[self.name]
+        hit = any(v == w or str(v) == str(w) for w in self.values)
+        return hit != self.negate
+
+
+def parse_param_filter(text: str) -> ParamFilter | None:
+    """A :class:`ParamFilter` if ``text`` is one, else None (a metric constraint)."""
+    m = _PARAM.match(" ".join(text.split()))
+    if not m:
+        return None
+    op = " ".join(m["op"].split()).lower()
+    raw = m["value"].strip()
+    if op in ("in", "not in"):
+        inner = raw[1:-1] if raw[:1] in "[(" and raw[-1:] in "])" else raw
+        values = tuple(_scalar(x.strip()) for x in inner.split(",") if x.strip())
+        if not values:
+            raise SpecError(f"'{text}' lists no values after '{op}'. {_RULE_HELP}")
+    else:
+        values = (_scalar(raw),)
+    return ParamFilter(text=" ".join(text.split()), name=m["name"], values=values,
+                       negate=op in ("!=", "not in"))
 _WITH = re.compile(r"^(?P<goal>.*?)\s+with\s+(?P<rest>.*)$", re.I | re.S)
 _AND = re.compile(r"\s+and\s+", re.I)
 _EXPLICIT = re.compile(r"^(?P<dir>min|max)\s+(?P<metric>[A-Za-z_]\w*)$", re.I)
@@ -472,10 +521,15 @@ class SelectionRule:
     metric: str
     direction: Direction
     constraints: tuple[Constraint, ...] = ()
+    #: filters on the configuration (``runtime == onnxruntime``)
+    filters: tuple[ParamFilter, ...] = ()
 
     def qualifies(self, record: Record, baseline: Mapping[str, float] | None = None) -> bool:
-        """Feasible, has a finite value of the goal metric and meets every constraint."""
+        """Feasible, has a finite value of the goal metric, passes every parameter filter and
+        meets every constraint."""
         if not record.feasible or not math.isfinite(record.value(self.metric)):
+            return False
+        if not all(f.matches(record.params) for f in self.filters):
             return False
         for c in self.constraints:
             try:
@@ -541,8 +595,13 @@ def parse_rule(text: str) -> SelectionRule:
         metric = e["metric"]
         direction = "minimize" if e["dir"].lower() == "min" else "maximize"
     constraints: list[Constraint] = []
+    filters: list[ParamFilter] = []
     if rest is not None:
         for part in _AND.split(rest):
+            pf = parse_param_filter(part)
+            if pf is not None:
+                filters.append(pf)
+                continue
             try:
                 constraints.append(parse_constraint(part))
             except ConstraintSyntaxError as exc:
@@ -551,5 +610,6 @@ def parse_rule(text: str) -> SelectionRule:
                     f"{SYNTAX_HELP} {_RULE_HELP}"
                 ) from exc
     return SelectionRule(
-        text=clean, metric=metric, direction=direction, constraints=tuple(constraints)
+        text=clean, metric=metric, direction=direction, constraints=tuple(constraints),
+        filters=tuple(filters),
     )

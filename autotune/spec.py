@@ -51,6 +51,9 @@ from autotune.yamlsrc import Located, dotted, load_located
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
 BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
+#: Hugging Face encoder tasks (``model: {huggingface: ..., task: ...}``) and their default
+#: fidelity metric against the unmodified model
+ENCODER_TASKS = {"feature-extraction": "cosine", "text-classification": "top1_agreement"}
 GENERATION_QUALITY = "token_agreement"  # text-generation jobs: greedy tokens vs the unmodified model
 
 
@@ -82,12 +85,13 @@ def _check_ref(v: str | None) -> str | None:
 class ModelSpec(_Strict):
     """Either a torch model factory (``module:function`` → (module, example_inputs)) or an ONNX
     file; or, for ``task: text-generation``, a Hugging Face model folder / cached id
-    (``huggingface:``) or a factory returning one."""
+    (``huggingface:``) or a factory returning one; or a Hugging Face encoder (``huggingface:``
+    with ``task: feature-extraction | text-classification``) run on ``evaluation.texts``."""
 
     factory: str | None = None
     onnx: str | None = None
     huggingface: str | None = None
-    task: Literal["text-generation"] | None = None
+    task: Literal["text-generation", "feature-extraction", "text-classification"] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     #: extra dynamic axes for the ONNX export, per input: {input_0: {1: sequence}}
     dynamic_axes: dict[str, dict[int, str]] = Field(default_factory=dict)
@@ -101,7 +105,11 @@ class ModelSpec(_Strict):
                              "or 'huggingface' (a model folder or cached id, with task: "
                              "text-generation)")
         if self.huggingface is not None and self.task is None:
-            raise ValueError("a 'huggingface' model needs 'task: text-generation'")
+            raise ValueError("a 'huggingface' model needs a 'task': text-generation, "
+                             "feature-extraction or text-classification")
+        if self.task in ENCODER_TASKS and self.huggingface is None:
+            raise ValueError(f"task '{self.task}' needs a 'huggingface' model (a folder saved with "
+                             "save_pretrained, or a cached model id)")
         if self.onnx is not None and self.task is not None:
             raise ValueError("task 'text-generation' needs a 'huggingface' model or a 'factory' "
                              "returning its folder, not an ONNX file")
@@ -110,6 +118,11 @@ class ModelSpec(_Strict):
     @property
     def is_generation(self) -> bool:
         return self.task == "text-generation"
+
+    @property
+    def is_encoder(self) -> bool:
+        """A Hugging Face encoder: tokenized ``evaluation.texts`` in, named tensors out."""
+        return self.task in ENCODER_TASKS
 
 
 class EvaluationSpec(_Strict):
@@ -123,6 +136,12 @@ class EvaluationSpec(_Strict):
     #: module:function(outputs, targets) -> scalar torch loss, for gradient-aware pruning
     #: (default: cross-entropy for 'accuracy' jobs)
     loss: str | None = None
+    #: Hugging Face encoder jobs: the texts tokenized as evaluation (and calibration) inputs, a
+    #: list or a UTF-8 file with one text per line (relative to the job file)
+    texts: str | list[str] | None = None
+    sequence_length: int = Field(default=128, ge=1)
+    #: 'max_length' pads every text to sequence_length; 'longest' to the longest text
+    padding: Literal["max_length", "longest"] = "max_length"
 
     _ref = field_validator("dataset", "loss")(_check_ref)
 
@@ -155,6 +174,11 @@ class EvaluationSpec(_Strict):
 
     @model_validator(mode="after")
     def _needs_data(self) -> EvaluationSpec:
+        if isinstance(self.texts, list) and not self.texts:
+            raise ValueError("'texts' is empty: give at least one text (or a file path)")
+        if self.texts is not None and self.dataset is not None:
+            raise ValueError("give either 'texts' (Hugging Face encoder jobs) or 'dataset', "
+                             "not both")
         if self.dataset is None and not self.is_fidelity and self.metric != GENERATION_QUALITY:
             raise ValueError(
                 f"metric '{self.metric}' needs a 'dataset' (module:function returning "
@@ -443,6 +467,31 @@ class Job(_Strict):
                 and data["model"].get("task") == "text-generation" and "evaluation" not in data:
             return {**data, "evaluation": {"metric": GENERATION_QUALITY}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_defaults(cls, data: Any) -> Any:
+        """A Hugging Face encoder job's quality defaults to its task's fidelity metric."""
+        if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping) \
+                and data["model"].get("task") in ENCODER_TASKS \
+                and isinstance(data.get("evaluation"), Mapping) \
+                and "metric" not in data["evaluation"]:
+            metric = ENCODER_TASKS[data["model"]["task"]]
+            return {**data, "evaluation": {**data["evaluation"], "metric": metric}}
+        return data
+
+    @model_validator(mode="after")
+    def _encoder_texts(self) -> Job:
+        ev, model = self.evaluation, self.model
+        if ev is not None and ev.texts is not None and (model is None or not model.is_encoder):
+            raise ValueError("'evaluation.texts' is for Hugging Face encoder jobs (model: "
+                             "{huggingface: ..., task: feature-extraction | "
+                             "text-classification}); other models take a 'dataset'")
+        if model is not None and model.is_encoder and ev is not None \
+                and ev.texts is None and ev.dataset is None:
+            raise ValueError(f"a '{model.task}' job needs 'evaluation.texts' (a list of texts or "
+                             "a file with one per line) to tokenize as inputs")
+        return self
 
     @model_validator(mode="after")
     def _generation_workload(self) -> Job:

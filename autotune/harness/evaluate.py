@@ -151,7 +151,9 @@ class Evaluator:
                 loss=wl.loss_fn, loss_name=wl.loss_name,
                 dynamic_axes=dict(self.job.model.dynamic_axes) or None,
                 digest=data_digest(*example, *cal, wl.calibration_targets) + wl.loss_name
-                + repr(sorted(self.job.model.dynamic_axes.items())),
+                + repr(sorted(self.job.model.dynamic_axes.items()))
+                + repr((wl.input_names, wl.output_names)),
+                input_names=wl.input_names, output_names=wl.output_names,
             )
         return self._context
 
@@ -190,12 +192,19 @@ class Evaluator:
             if "scope" in get_transform(pruner).params:
                 params["scope"] = config.get("pruning_scope", "global")
             ref = apply(pruner, ref, ctx, cache_dir=cache, **params)
+        fusion = str(config.get("ort_fusion") or "none")
         if runtime.takes != ref.kind:
-            if runtime.takes == "onnx" and ref.kind == "torch":
-                ref = apply("export_onnx", ref, ctx, cache_dir=cache)
+            if runtime.takes == "onnx" and ref.kind == "torch":  # fusion recognises TorchScript's
+                ref = apply("export_onnx", ref, ctx, cache_dir=cache,
+                            **({"exporter": "torchscript"} if fusion != "none" else {}))
             else:
                 raise TrialFailed(f"the {runtime.name} runtime needs a {runtime.takes} model, not "
                                   f"{'an ONNX file' if ref.kind == 'onnx' else 'a ' + ref.kind}")
+        if fusion != "none" and ref.kind == "onnx":  # transformer graph fusion, before int8
+            from autotune.transforms.fusion import fusion_params
+
+            ref = apply("ort_fusion", ref, ctx, cache_dir=cache, model_type=fusion,
+                        **fusion_params(wl.module))
         built = runtime.build(ref, config, BuildContext(ctx, cache))
         final = built.model_ref
         info: dict[str, Any] = {"runtime": runtime.name, **built.info,

@@ -35,6 +35,10 @@ class Workload:
     calibration_disjoint: bool = True
     loss_fn: Callable[[Any, Any], Any] | None = None
     loss_name: str = ""
+    #: names of the model's inputs and outputs (Hugging Face models: the tokenizer's names, e.g.
+    #: input_ids, attention_mask, token_type_ids); the ONNX export keeps them.  None: input_<i>
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -82,6 +86,121 @@ def fidelity_fn(name: str, reference: np.ndarray) -> Callable[[np.ndarray, Any],
     return {"top1_agreement": top1_agreement, "cosine": cosine, "mse": mse}[name]
 
 
+#: encoder inputs a tokenizer may return, in the order the wrapped model takes them
+HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _hf_source(job: Job) -> str:
+    """A local folder (relative to the job file) or a cached model id."""
+    ref = str(job.model.huggingface)
+    local = Path(job.base_dir) / ref
+    return str(local.resolve()) if local.is_dir() else ref
+
+
+def _hf_texts(job: Job) -> list[str]:
+    texts = job.evaluation.texts
+    if isinstance(texts, list):
+        return [str(t) for t in texts]
+    path = Path(job.base_dir) / str(texts)
+    if not path.is_file():
+        raise SpecError(f"no texts file at {path}: give a UTF-8 file with one text per line "
+                        "(relative to the job file) or a list of texts.", path="evaluation.texts")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise SpecError(f"the texts file {path} has no non-empty lines.", path="evaluation.texts")
+    return lines
+
+
+def hf_encoder(source: str, task: str) -> tuple[Any, Any]:
+    """(wrapped module, tokenizer) for a Hugging Face encoder, offline (``local_files_only``).
+
+    ``feature-extraction``: the module returns the sentence embedding, the attention-mask-weighted
+    mean of ``last_hidden_state`` (what sentence-transformers' mean pooling computes), output
+    ``sentence_embedding``.  ``text-classification``: the ``logits``.  Its positional inputs are
+    the tokenizer's encoder inputs in :data:`HF_INPUTS` order."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+        # eager attention: the exported graph then matches ONNX Runtime's attention fusion
+        model = cls.from_pretrained(source, local_files_only=True,
+                                    attn_implementation="eager").eval()
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(
+            f"cannot load the Hugging Face model {source!r} offline ({first}). Give a folder "
+            "written by save_pretrained (model and tokenizer files) or the id of a model already "
+            "in the local Hugging Face cache; nothing is downloaded.", path="model.huggingface",
+        ) from None
+    names = tuple(n for n in HF_INPUTS if n in tok.model_input_names or n == "input_ids")
+    pool = task == "feature-extraction"
+
+    class HFEncoder(torch.nn.Module):
+        """A Hugging Face encoder with positional inputs ``input_names`` and one output."""
+
+        input_names = names
+        output_names = ("sentence_embedding",) if pool else ("logits",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            kw = {"input_ids": input_ids}
+            if attention_mask is not None:
+                kw["attention_mask"] = attention_mask
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            out = self.model(**kw)
+            if not pool:
+                return out.logits
+            h = out.last_hidden_state
+            if attention_mask is None:
+                return h.mean(1)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    return HFEncoder().eval(), tok
+
+
+def _load_hf(job: Job) -> tuple[Any, list[np.ndarray] | None, str, tuple[str, ...],
+                                 tuple[str, ...]]:
+    """(module, tokenized evaluation texts or None, model id, input names, output names)."""
+    ev = job.evaluation
+    source = _hf_source(job)
+    module, tok = hf_encoder(source, str(job.model.task))
+    names = module.input_names
+    inputs = None
+    if ev.texts is not None:
+        enc = tok(_hf_texts(job), padding=ev.padding, truncation=True,
+                  max_length=ev.sequence_length, return_tensors="np")
+        inputs = [np.ascontiguousarray(enc[n].astype(np.int64)) for n in names]
+    h = hashlib.sha256(f"{job.model.task}|{names}".encode())
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return module, inputs, h.hexdigest()[:16], names, module.output_names
+
+
+def io_names(module: Any, n_inputs: int) -> tuple[tuple[str, ...] | None,
+                                                  tuple[str, ...] | None]:
+    """A factory module's input and output names, from its ``input_names`` / ``output_names``
+    attributes (e.g. ``("input_ids", "attention_mask", "token_type_ids")``); None where it
+    declares none: the ONNX export then names them input_<i> / output."""
+    ins = getattr(module, "input_names", None)
+    outs = getattr(module, "output_names", None)
+    if ins is not None:
+        ins = tuple(str(n) for n in ins)
+        if len(ins) != n_inputs or len(set(ins)) != n_inputs:
+            raise SpecError(f"the model's input_names {list(ins)} must name each of its "
+                            f"{n_inputs} example inputs once.", path="model.factory")
+    return ins, (tuple(str(n) for n in outs) if outs is not None else None)
+
+
 def load_workload(job: Job) -> Workload:
     import torch
 
@@ -89,7 +208,11 @@ def load_workload(job: Job) -> Workload:
     ev = job.evaluation
     module = onnx_path = None
     example: list[np.ndarray] | None = None
-    if job.model.factory:
+    texts: list[np.ndarray] | None = None
+    input_names = output_names = None
+    if job.model.huggingface is not None and job.model.is_encoder:
+        module, texts, model_id, input_names, output_names = _load_hf(job)
+    elif job.model.factory:
         factory = resolve(job.model.factory, search_paths=search, field="model.factory")
         made = factory(**job.model.options)
         if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
@@ -100,6 +223,7 @@ def load_workload(job: Job) -> Workload:
             )
         module = made[0].eval()
         example = _as_list(made[1])
+        input_names, output_names = io_names(module, len(example))
         h = hashlib.sha256()
         for k, v in module.state_dict().items():
             h.update(k.encode())
@@ -118,7 +242,10 @@ def load_workload(job: Job) -> Workload:
         model_id = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
 
     targets = None
-    if ev.dataset:
+    if texts is not None:
+        inputs, targets, cal, cal_t, disjoint = split_calibration(
+            texts, None, ev.max_samples, ev.calibration_samples)
+    elif ev.dataset:
         data_fn = resolve(ev.dataset, search_paths=search, field="evaluation.dataset")
         data = data_fn()
         if not (isinstance(data, tuple) and len(data) == 2):
@@ -162,7 +289,7 @@ def load_workload(job: Job) -> Workload:
         quality_fn = (plugin.load() if plugin is not None
                       else resolve(ev.metric, search_paths=search, field="evaluation.metric"))
     return Workload(module, onnx_path, inputs, targets, quality_fn, model_id, cal, cal_t,
-                    disjoint, loss_fn, loss_name)
+                    disjoint, loss_fn, loss_name, input_names, output_names)
 
 
 def split_calibration(inputs: list[np.ndarray], targets: np.ndarray | None, max_samples: int,

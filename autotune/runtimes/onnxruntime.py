@@ -147,6 +147,10 @@ class OnnxRuntime(Runtime):
             Parameter("execution_mode", "categorical", "sequential", "ONNX Runtime runs "
                       "independent operators one by one or in parallel", EXECUTION_MODES,
                       search={"choices": list(EXECUTION_MODES)}, when=when, owner=self.name),
+            Parameter("ort_fusion", "categorical", "none", "ONNX Runtime transformer graph fusion "
+                      "(attention, layer norm, GELU) before quantization: none | bert (applied "
+                      "by the pipeline to the TorchScript export)", ("none", "bert"),
+                      search={"choices": ["none", "bert"]}, when=when, owner=self.name),
             Parameter("inter_op_threads", "int", None, "threads running independent operators "
                       "in parallel (ONNX Runtime: parallel execution mode)", low=1, high=None,
                       search={"choices": [1, 2]}, when=when, owner=self.name, nullable=True),

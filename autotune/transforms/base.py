@@ -146,6 +146,9 @@ class Context:
     loss_name: str = ""
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
     digest: str = ""
+    #: the model's input / output names (the ONNX export keeps them); None: input_<i> / output
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
 
 
 def digest(*parts: Any) -> str:
@@ -313,8 +316,8 @@ class Transform(ABC):
 #: the modules of the built-in transforms, loaded by name on first lookup (importing one registers
 #: its transforms).  They import this module, so it names them rather than importing them: base
 #: stays the leaf of the transforms and no import cycle forms.
-BUILTIN_MODULES = ("autotune.transforms.convert", "autotune.transforms.prune",
-                   "autotune.transforms.quantize")
+BUILTIN_MODULES = ("autotune.transforms.convert", "autotune.transforms.fusion",
+                   "autotune.transforms.prune", "autotune.transforms.quantize")
 
 
 def get_transform(name: str) -> type[Transform]:

@@ -38,6 +38,9 @@ def input_names(module: Any, n: int) -> list[str]:
     return names + [f"input_{i}" for i in range(len(names), n)]
 
 
+_signature_names = input_names  # (export_onnx has a parameter of that name)
+
+
 def flatten_outputs(out: Any) -> tuple[list[str], list[Any]]:
     """A forward's output as (names, tensors): a tensor is ``output``, a mapping its keys, a
     sequence ``output_<i>``."""
@@ -73,12 +76,21 @@ def default_axes(example_inputs: Sequence[Any],
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path,
                 *, opset: int | None = None,
-                dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None) -> Path:
-    """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes."""
+                dynamic_axes: Mapping[Any, Mapping[Any, str]] | None = None,
+                input_names: Sequence[str] | None = None,
+                output_names: Sequence[str] | None = None, exporter: str = "dynamo") -> Path:
+    """Export with torch's (dynamo) exporter; see the module docstring for the dynamic axes.
+    The graph's inputs are ``input_names`` (default: the names of ``forward``'s parameters), its
+    outputs ``output_names`` (default: ``output``, the keys of a mapping, ``output_<i>``).
+    ``exporter="torchscript"``: torch's TorchScript-based exporter, whose graphs ONNX Runtime's
+    transformer fusion (:mod:`autotune.transforms.fusion`) recognises."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = input_names(model, len(example_inputs))
-    with torch.inference_mode():
-        outputs = flatten_outputs(model.eval()(*example_inputs))[0]
+    names = list(input_names) if input_names else _signature_names(model, len(example_inputs))
+    if output_names:
+        outputs = list(output_names)
+    else:
+        with torch.inference_mode():
+            outputs = flatten_outputs(model.eval()(*example_inputs))[0]
     axes = default_axes(example_inputs, dynamic_axes, names)
     dims: dict[str, Any] = {}
     dynamic_shapes = tuple(
@@ -89,10 +101,19 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     kwargs = {"opset_version": opset} if opset else {}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(), tuple(example_inputs), str(path), input_names=names,
-            output_names=outputs, dynamic_shapes=dynamic_shapes, external_data=False, **kwargs,
-        )
+        if exporter == "torchscript":
+            torch.onnx.export(
+                model.eval(), tuple(example_inputs), str(path), input_names=names,
+                output_names=outputs, dynamo=False,
+                dynamic_axes={n: dict(a) for n, a in zip(names, axes, strict=True)},
+                opset_version=opset or 17,
+            )
+        else:
+            torch.onnx.export(
+                model.eval(), tuple(example_inputs), str(path), input_names=names,
+                output_names=outputs, dynamic_shapes=dynamic_shapes, external_data=False,
+                **kwargs,
+            )
     return path
 
 
@@ -107,6 +128,10 @@ class ExportOnnx(Transform):
         "opset": TParam(None, Categorical([None, 18, 20]), "ONNX opset (None: exporter's)",
                         lambda v: v is None or (isinstance(v, int) and v >= 7),
                         "None or an opset number >= 7"),
+        "exporter": TParam("dynamo", Categorical(["dynamo", "torchscript"]),
+                           "torch.export-based exporter, or the TorchScript one (the graphs ONNX "
+                           "Runtime's transformer fusion recognises)",
+                           lambda v: v in ("dynamo", "torchscript"), "'dynamo' or 'torchscript'"),
     }
 
     def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
@@ -116,5 +141,7 @@ class ExportOnnx(Transform):
             raise ValueError("exporting to ONNX needs example inputs in the context")
         example = [torch.from_numpy(x) for x in context.example_inputs]
         export_onnx(model.module, example, out, opset=params["opset"],
-                    dynamic_axes=context.dynamic_axes)
-        return out, {"dynamic_axes": [dict(a) for a in default_axes(example, context.dynamic_axes)]}
+                    dynamic_axes=context.dynamic_axes, input_names=context.input_names,
+                    output_names=context.output_names, exporter=params["exporter"])
+        return out, {"dynamic_axes": [dict(a) for a in default_axes(
+            example, context.dynamic_axes, context.input_names or ())]}

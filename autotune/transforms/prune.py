@@ -121,6 +121,8 @@ def _pairs(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, list[nn.BatchNo
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
             out.append((m.linear1, m.linear2, []))
+        elif _hf_ffn(m) is not None:
+            out.append((*_hf_ffn(m), []))  # type: ignore[arg-type]
         elif isinstance(m, nn.Sequential):
             kids = list(m.children())
             for i, k in enumerate(kids):
@@ -134,6 +136,64 @@ def _pairs(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, list[nn.BatchNo
                 if j < len(kids) and isinstance(kids[j], nn.Linear):
                     out.append((k, kids[j], norms))
     return out
+
+
+def _hf_ffn(m: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    """A Hugging Face BertLayer-style block's feed-forward pair: ``intermediate.dense`` (hidden →
+    intermediate) and ``output.dense`` (intermediate → hidden)."""
+    up = getattr(getattr(m, "intermediate", None), "dense", None)
+    down = getattr(getattr(m, "output", None), "dense", None)
+    if isinstance(up, nn.Linear) and isinstance(down, nn.Linear) \
+            and up.out_features == down.in_features:
+        return up, down
+    return None
+
+
+def _hf_attention(m: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """A Hugging Face BertAttention-style block: ``self`` (query/key/value Linear layers and an
+    ``attention_head_size``) and ``output.dense`` (heads → hidden)."""
+    sa = getattr(m, "self", None)
+    dense = getattr(getattr(m, "output", None), "dense", None)
+    if sa is None or not isinstance(dense, nn.Linear):
+        return None
+    qkv = [getattr(sa, k, None) for k in ("query", "key", "value")]
+    size = getattr(sa, "attention_head_size", None)
+    if not all(isinstance(x, nn.Linear) for x in qkv) or not isinstance(size, int) or size < 1:
+        return None
+    if any(x.out_features != dense.in_features for x in qkv) or dense.in_features % size:
+        return None
+    return sa, dense
+
+
+def prune_heads(model: nn.Module, ratio: float, *, norm: int = 2) -> tuple[int, int]:
+    """Remove ``round(ratio * heads)`` attention heads (at least one kept) of every Hugging Face
+    BertAttention-style block in place, the heads whose query/key/value/output weights have the
+    smallest norm; returns (heads before, heads after) over all blocks."""
+    before = after = 0
+    for m in list(model.modules()):
+        found = _hf_attention(m)
+        if found is None:
+            continue
+        sa, dense = found
+        size = sa.attention_head_size
+        heads = dense.in_features // size
+        keep_n = max(1, heads - round(ratio * heads))
+        before += heads
+        after += keep_n
+        if keep_n == heads:
+            continue
+        with torch.no_grad():
+            score = sum(getattr(sa, k).weight.detach().abs().pow(norm).reshape(heads, -1).sum(1)
+                        for k in ("query", "key", "value"))
+            score = score + dense.weight.detach().abs().pow(norm).t().reshape(heads, -1).sum(1)
+        kept = torch.sort(torch.topk(score, keep_n).indices).values
+        idx = (kept[:, None] * size + torch.arange(size)[None, :]).reshape(-1)
+        for k in ("query", "key", "value"):
+            _slice_linear(getattr(sa, k), idx, 0)
+        _slice_linear(dense, idx, 1)
+        sa.num_attention_heads = keep_n
+        sa.all_head_size = keep_n * size
+    return before, after
 
 
 def _slice_linear(lin: nn.Linear, keep: torch.Tensor, dim: int) -> None:
@@ -168,10 +228,12 @@ def structured_prune(model: nn.Module, ratio: float, *, norm: int = 2) -> tuple[
         raise ValueError(f"The 'norm' parameter of structured_prune must be 1 or 2. Got {norm!r}.")
     out = copy.deepcopy(model)
     pairs = _pairs(out)
-    if not pairs:
+    heads_before, heads_after = prune_heads(out, ratio, norm=norm)
+    if not pairs and not heads_before:
         raise TrialFailed(
             "structured pruning found nothing to shrink: it needs Linear layers chained in an "
-            "nn.Sequential or nn.Transformer*Layer feed-forward blocks"
+            "nn.Sequential, nn.Transformer*Layer feed-forward blocks, or Hugging Face "
+            "BertLayer-style blocks (attention heads, intermediate units)"
         )
     seen: set[int] = set()
     before = after = p_before = p_after = 0
@@ -192,8 +254,11 @@ def structured_prune(model: nn.Module, ratio: float, *, norm: int = 2) -> tuple[
                 _slice_bn(bn, keep)
             _slice_linear(cons, keep, 1)
         p_after += prod.weight.numel() + cons.weight.numel()
-    report = {"hidden_before": before, "hidden_after": after, "shrink": 1 - after / before,
+    report = {"hidden_before": before, "hidden_after": after,
+              "shrink": 1 - after / before if before else 0.0,
               "params_before": p_before, "params_after": p_after}
+    if heads_before:
+        report.update(heads_before=heads_before, heads_after=heads_after)
     return out, report
 
 

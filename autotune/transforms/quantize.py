@@ -102,7 +102,7 @@ def _staged(src: Path, dst: Path) -> Path:
     return staged
 
 
-DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv")
+DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention")
 
 
 def _op_types(spec: str) -> list[str] | None:
@@ -149,6 +149,11 @@ def _qtype(name: str) -> Any:
     return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
+#: fused contrib operators (Attention, SkipLayerNormalization, ...) defeat ONNX shape
+#: inference; their outputs are float
+_EXTRA = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
+
+
 def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
                      reduce_range: bool = False, weight_type: str = "int8",
                      op_types: str = "all", exclude_nodes: str = "none") -> Path:
@@ -163,6 +168,7 @@ def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
                 str(staged), str(dst), weight_type=_qtype(weight_type), per_channel=per_channel,
                 reduce_range=reduce_range, op_types_to_quantize=ops,
                 nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops, dynamic=True),
+                extra_options=_EXTRA,
             )
     finally:
         staged.unlink(missing_ok=True)
@@ -170,18 +176,62 @@ def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
 
 
 class _Reader:
-    """Feeds the calibration split to ONNX Runtime's calibrator in batches."""
+    """Feeds the calibration split to ONNX Runtime's calibrator one sample at a time, every named
+    input of the model from its own array.
 
-    def __init__(self, names: list[str], inputs: tuple[Any, ...], batch: int = 32) -> None:
-        n = int(inputs[0].shape[0])
-        self._batches = iter([dict(zip(names, [x[s:s + batch] for x in inputs], strict=True))
-                              for s in range(0, n, batch)])
+    One sample per call keeps every collected activation the same shape: the histogram
+    calibrators (entropy, percentile) stack what they collect, and a smaller last batch made
+    that fail ("setting an array element with a sequence ... inhomogeneous shape")."""
+
+    def __init__(self, names: list[str], inputs: tuple[Any, ...]) -> None:
+        import numpy as np
+
+        if len(names) != len(inputs):
+            raise TrialFailed(f"the model has {len(names)} inputs ({', '.join(names)}) but the "
+                              f"calibration data has {len(inputs)} arrays")
+        arrays = [np.ascontiguousarray(x) for x in inputs]
+        n = int(arrays[0].shape[0])
+        if any(int(x.shape[0]) != n for x in arrays):
+            raise TrialFailed("the calibration arrays differ in their number of samples: "
+                              + ", ".join(f"{k} {x.shape[0]}" for k, x in zip(names, arrays,
+                                                                              strict=True)))
+        self._feeds = [{k: x[i:i + 1] for k, x in zip(names, arrays, strict=True)}
+                       for i in range(n)]
+        self._it = iter(self._feeds)
 
     def get_next(self) -> dict[str, Any] | None:
-        return next(self._batches, None)
+        return next(self._it, None)
 
-    def rewind(self) -> None:  # pragma: no cover - only used by some calibrators
-        pass
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+#: an activation whose calibrated range exceeds this in magnitude cannot be represented by 8 bits
+#: (the step would exceed ~40): attention masks filled with the float minimum are the usual
+#: case.  Nodes reading or writing such a tensor are kept in float.
+OUTLIER_RANGE = 1e4
+
+
+def outlier_tensors(ranges: Mapping[str, Any], limit: float = OUTLIER_RANGE) -> set[str]:
+    """Tensors whose calibrated range exceeds ``limit`` in magnitude (or is not finite)."""
+    import numpy as np
+
+    bad = set()
+    for name, td in ranges.items():
+        lo, hi = td.range_value
+        top = max(float(np.max(np.abs(lo))), float(np.max(np.abs(hi))))
+        if not np.isfinite(top) or top > limit:
+            bad.add(name)
+    return bad
+
+
+def nodes_touching(path: Path, tensors: set[str]) -> list[str]:
+    """Names of the nodes reading or writing any of ``tensors``."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node
+            if n.name and (tensors.intersection(n.input) or tensors.intersection(n.output))]
 
 
 CALIBRATION = ("minmax", "entropy", "percentile")
@@ -191,8 +241,10 @@ def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *
                     quant_format: str = "qdq", calibration: str = "minmax",
                     per_channel: bool = False, reduce_range: bool = False,
                     weight_type: str = "int8", activation_type: str = "uint8",
-                    op_types: str = "all", exclude_nodes: str = "none") -> Path:
-    """ONNX Runtime static quantization with scales calibrated on ``calibration_inputs``."""
+                    op_types: str = "all", exclude_nodes: str = "none") -> tuple[Path, int]:
+    """ONNX Runtime static quantization with scales calibrated on ``calibration_inputs`` (one
+    array per named model input, in the model's input order); returns the path and how many
+    nodes were kept in float because a tensor they touch has an outlier range."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -216,25 +268,43 @@ def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *
             options.update(num_bins=2048, num_quantized_bins=128)
         ranges = dst.with_suffix(".ranges.json")
         with _quiet(), tempfile.TemporaryDirectory(prefix="autotune-calib-") as tmpdir:
-            calibrator = create_calibrator(
-                staged, ops, augmented_model_path=str(Path(tmpdir) / "augmented.onnx"),
-                calibrate_method=method, extra_options=options,
+            reader = _Reader(names, calibration_inputs)
+            # a min/max pass finds the tensors 8 bits cannot hold (e.g. an additive attention
+            # mask of float minimums): their nodes stay float, and the histogram calibrators,
+            # which cannot bin such ranges, skip them
+            pre = create_calibrator(
+                staged, ops, augmented_model_path=str(Path(tmpdir) / "minmax.onnx"),
+                calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": False},
             )
-            calibrator.collect_data(_Reader(names, calibration_inputs))
-            save_tensors_data(calibrator.compute_data(), ranges)
-            del calibrator
+            pre.collect_data(reader)
+            tensors = pre.compute_data()
+            del pre
+            bad = outlier_tensors(tensors)
+            if method != CalibrationMethod.MinMax:
+                reader.rewind()
+                calibrator = create_calibrator(
+                    staged, ops, augmented_model_path=str(Path(tmpdir) / "augmented.onnx"),
+                    calibrate_method=method, extra_options=options,
+                )
+                calibrator.tensors_to_calibrate = {t for t in calibrator.tensors_to_calibrate
+                                                   if t not in bad}
+                calibrator.collect_data(reader)
+                tensors = calibrator.compute_data()
+                del calibrator
+            save_tensors_data(tensors, ranges)
+            kept = nodes_touching(staged, bad)
             quantize_static(
                 str(staged), str(dst), None, calibration_cache_path=str(ranges),
                 quant_format=fmt, op_types_to_quantize=ops, per_channel=per_channel,
                 reduce_range=reduce_range, activation_type=_qtype(activation_type),
                 weight_type=_qtype(weight_type),
-                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops),
-                calibrate_method=method,
+                nodes_to_exclude=sorted({*resolve_exclude(staged, exclude_nodes, ops), *kept}),
+                calibrate_method=method, extra_options=_EXTRA,
             )
     finally:
         staged.unlink(missing_ok=True)
         dst.with_suffix(".ranges.json").unlink(missing_ok=True)
-    return dst
+    return dst, len(kept)
 
 
 def ort_float16(src: Path, dst: Path) -> Path:
@@ -300,8 +370,8 @@ class OrtInt8Static(Transform):
         assert out is not None
         if not context.calibration:
             raise TrialFailed("int8_static needs calibration inputs from the job's data")
-        return (ort_int8_static(model.path, out, context.calibration, **params),
-                {"precision": "int8_static"})
+        path, kept = ort_int8_static(model.path, out, context.calibration, **params)
+        return path, {"precision": "int8_static", "kept_float_outliers": kept}
 
 
 class OrtFloat16(Transform):

@@ -1,0 +1,252 @@
+"""Does autotune ship something better than a hand-written int8?  ``python experiments/bench_vs_hand.py``
+
+The model: a BERT-family sentence encoder (``experiments/bert_model.py``: 6 layers, hidden 384,
+12 heads, intermediate 1536, WordPiece vocabulary of 8,192, trained for 2 minutes on generated
+text), batch 1, sequence 128 (padded), 2 threads.  Quality: cosine of mean-pooled embeddings
+against the unmodified model, constraint mean >= 0.99.
+
+Steps (each printed as it runs):
+
+1. write the tuning job ``bench-vs-hand.yaml`` as a user would (``experiments/bert-hf.yaml``: a
+   ``model: {huggingface: bert, task: feature-extraction}`` job) into a work folder, beside
+   ``bert/`` (a link to the saved model) and ``texts.txt`` (96 held-out sentences), and run
+   ``autotune run`` on it (a time budget, 10 minutes by
+   default); ``--load`` keeps one core busy with another process *while tuning*, as on a shared
+   machine, and stops it before the comparison;
+2. ``autotune export`` the pick (``--pick``, default the fastest feasible ONNX Runtime trial: a
+   torch trial's bundle is not the model that was measured) into a bundle;
+3. in ONE process, interleaved rounds, ``--runs`` times (3): torch fp32 eager, ONNX Runtime fp32
+   of a plain ``torch.onnx.export``, the hand one-liner
+   ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, and the bundle loaded
+   by ``autotune.deploy.load``.  Each run gives a p50 per candidate and its ratio to the hand int8.
+
+It prints per run and as the median over runs: p50 latency, speed-up over the hand int8 and over
+torch fp32, cosine fidelity against torch fp32, and whether the bundle's manifest p50 lies inside
+the spread the manifest states.  The tuning run's own counters are printed too: duplicate
+measurements, invalid proposals counted against the budget, and which trials came first.
+
+``--skip-tune DIR`` reuses a finished work folder (job, study and bundle) to repeat step 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+SEQ = 128
+THREADS = 2
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _autotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-c", "from autotune.cli import main; main()", *args]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True)
+
+
+def _busy_core() -> subprocess.Popen[bytes]:
+    """Another process keeping one core busy (a tight loop), as on a shared machine."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def tune(work: Path, minutes: float, load: bool, pick: str) -> Path:
+    import bert_model
+
+    job_src = HERE / "bert-hf.yaml"
+    job = work / "bench-vs-hand.yaml"
+    text = job_src.read_text().replace("timeout: 10m", f"timeout: {int(minutes * 60)}s")
+    job.write_text(text)
+    (work / "bert").symlink_to(bert_model.folder())
+    (work / "texts.txt").write_text("\n".join(bert_model.texts(96)) + "\n")
+    hog = _busy_core() if load else None
+    try:
+        _say(f"tuning {job} for at most {minutes:g} min" + (" with one core kept busy" if load else ""))
+        t0 = time.perf_counter()
+        res = _autotune("run", str(job), "--quiet", cwd=work)
+        _say(f"tuning finished in {time.perf_counter() - t0:.0f} s (exit {res.returncode})")
+        if res.returncode != 0:
+            print(res.stdout[-3000:], res.stderr[-3000:])
+            raise SystemExit("tuning failed")
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    out = work / "bundle"
+    res = _autotune("export", str(job), "--pick", pick, "--out", str(out), "--no-register", cwd=work)
+    if res.returncode != 0:
+        print(res.stdout[-3000:], res.stderr[-3000:])
+        raise SystemExit("export failed")
+    _say(f"exported {pick} to {out}")
+    return out
+
+
+def study_counters(work: Path) -> dict[str, Any]:
+    """Duplicates measured, invalid proposals counted, and the first trials' configurations."""
+    import optuna
+
+    db = next(work.rglob("study.db"))
+    storage = f"sqlite:///{db}"
+    names = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    seen: dict[str, int] = {}
+    dup = invalid_counted = 0
+    first = []
+    for t in study.trials:
+        cfg = json.dumps(t.params, sort_keys=True)
+        measured = t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("reused_from")
+        if measured:
+            dup += cfg in seen
+            seen[cfg] = t.number
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("invalid") \
+                and t.user_attrs.get("counted", True) is not False:
+            invalid_counted += int(bool(t.user_attrs.get("counts_against_budget")))
+        if len(first) < 4:
+            first.append({k: t.params.get(k) for k in ("runtime", "quantization", "threads")
+                          if k in t.params} | {"source": t.user_attrs.get("source", "")})
+    return {"trials": len(study.trials), "duplicate_measurements": dup,
+            "invalid_counted": invalid_counted, "first_trials": first}
+
+
+def candidates(bundle: Path, model_dir: Path) -> dict[str, Any]:
+    """name -> (predict(feeds) -> np.ndarray) for the four contenders, plus the feeds."""
+    import bert_model
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from autotune.deploy import load
+
+    torch.set_num_threads(THREADS)
+    module, example = bert_model.build(seq_len=SEQ)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    inputs, _ = bert_model.validation_data(seq_len=SEQ, n=32)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-vs-hand-"))
+    fp32 = tmp / "model.onnx"
+    torch.onnx.export(module, tuple(example), str(fp32), input_names=names,
+                      output_names=["embedding"], dynamic_axes={n: {0: "batch"} for n in names},
+                      dynamo=False)
+    hand = tmp / "model.int8.onnx"
+    quantize_dynamic(str(fp32), str(hand), per_channel=True, weight_type=QuantType.QInt8)
+
+    def ort_session(path: Path) -> Any:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return lambda feeds: sess.run(None, dict(zip(names, feeds, strict=True)))[0]
+
+    def torch_fp32(feeds: list[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return module(*[torch.from_numpy(x) for x in feeds]).numpy()
+
+    predictor = load(bundle, check_hardware=False)
+    bundle_names = [i.name for i in predictor.inputs]
+    return {
+        "feeds": inputs,
+        "torch fp32": torch_fp32,
+        "ORT fp32": ort_session(fp32),
+        "hand int8": ort_session(hand),
+        # the bundle takes the inputs its model declares, by name (a tokenizer that returns no
+        # token_type_ids gives a model without that input)
+        "autotune bundle": lambda feeds: np.asarray(predictor.predict(
+            {n: feeds[names.index(n)] for n in bundle_names})),
+        "_predictor": predictor,
+    }
+
+
+def compare(cands: dict[str, Any], rounds: int) -> dict[str, float]:
+    """p50 (ms) per candidate over interleaved rounds (batch 1), and cosine fidelity."""
+    feeds = cands["feeds"]
+    fns = {k: v for k, v in cands.items() if not k.startswith("_") and k != "feeds"}
+    one = [x[:1] for x in feeds]
+    for fn in fns.values():  # warm-up
+        for _ in range(5):
+            fn(one)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for i in range(10):
+                batch = [x[i % len(x): i % len(x) + 1] for x in feeds]
+                t = time.perf_counter()
+                fn(batch)
+                samples[name].append((time.perf_counter() - t) * 1000)
+    ref = np.concatenate([fns["torch fp32"]([x[i:i + 1] for x in feeds]) for i in range(len(feeds[0]))])
+    out = {}
+    for name, fn in fns.items():
+        got = np.concatenate([np.asarray(fn([x[i:i + 1] for x in feeds]), dtype=np.float32)
+                              for i in range(len(feeds[0]))])
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        out[name] = {"p50_ms": float(np.median(samples[name])), "cosine": float(cos.mean())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="tuning time budget")
+    ap.add_argument("--load", action="store_true", help="keep one core busy while tuning")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds per run")
+    ap.add_argument("--pick", default="min latency_p50_ms with runtime == onnxruntime")
+    ap.add_argument("--skip-tune", type=Path, help="reuse this finished work folder")
+    args = ap.parse_args()
+
+    import bert_model
+
+    model_dir = bert_model.folder()
+    _say(f"model: {model_dir}")
+    if args.skip_tune:
+        work = args.skip_tune
+        bundle = work / "bundle"
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench-vs-hand-work-"))
+        bundle = tune(work, args.minutes, args.load, args.pick)
+    counters = study_counters(work)
+    _say(f"tuning study: {json.dumps(counters)}")
+    cands = candidates(bundle, model_dir)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    lat = manifest.get("measurements", {}).get("latency", manifest.get("latency", {}))
+    runs = []
+    for r in range(args.runs):
+        res = compare(cands, args.rounds)
+        runs.append(res)
+        hand = res["hand int8"]["p50_ms"]
+        _say(f"run {r + 1}/{args.runs}: " + ", ".join(
+            f"{k} {v['p50_ms']:.2f} ms (x{hand / v['p50_ms']:.2f} vs hand, cos {v['cosine']:.4f})"
+            for k, v in res.items()))
+    print("\n| candidate | p50 ms (median of runs) | speed-up vs hand int8 | vs torch fp32 | cosine |")
+    print("|---|---|---|---|---|")
+    for name in runs[0]:
+        p50 = statistics.median(r[name]["p50_ms"] for r in runs)
+        vs_hand = statistics.median(r["hand int8"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
+        vs_t = statistics.median(r["torch fp32"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
+        cos = statistics.median(r[name]["cosine"] for r in runs)
+        print(f"| {name} | {p50:.2f} | {vs_hand:.2f}x | {vs_t:.2f}x | {cos:.4f} |")
+    lat = lat or {}
+    stated = lat.get("p50_ms")
+    lo, hi = lat.get("p50_spread_ms", [None, None]) if isinstance(lat.get("p50_spread_ms"), list) \
+        else (lat.get("ci95_low_ms", lat.get("ci_low_ms")), lat.get("ci95_high_ms", lat.get("ci_high_ms")))
+    inside = [lo is not None and hi is not None and lo <= r["autotune bundle"]["p50_ms"] <= hi
+              for r in runs]
+    print(f"\nmanifest p50 {stated} ms, stated spread [{lo}, {hi}] ms; "
+          f"re-measured p50 inside it in {sum(inside)}/{len(inside)} runs")
+    print(f"bundle: {json.dumps({k: manifest.get(k) for k in ('config', 'runtime')}, default=str)[:400]}")
+
+
+if __name__ == "__main__":
+    main()
