@@ -101,8 +101,9 @@ def default_runtime(model_kind: str) -> str:
 
 
 def job_model_kind(job: Any) -> str:
-    """``torch`` for a job with a model factory, ``onnx`` for an ONNX file."""
-    return "torch" if job.model.factory else "onnx"
+    """``onnx`` for a job whose model is an ONNX file; ``torch`` for a model factory or a Hugging
+    Face model (loaded as a torch module)."""
+    return "onnx" if job.model.onnx else "torch"
 
 
 def job_default_runtime(job: Any) -> str:
