@@ -168,8 +168,10 @@ def validate(job_file: str, import_timeout: float) -> None:
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--max-trials", type=int, default=None, help="Override budget.max_trials.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
-    """Run the job (or continue it where it stopped)."""
+@click.option("--no-confirm", is_flag=True,
+              help="Skip the confirmation step (side-by-side re-measurement of the front).")
+def run(job_file: str, max_trials: int | None, quiet: bool, no_confirm: bool) -> None:
+    """Run the job (or continue it where it stopped), then confirm the leading trials."""
     from autotune.tuner import run as run_job
 
     console = _console()
@@ -182,8 +184,51 @@ def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
         console.print("[yellow]interrupted[/]: finished trials are kept; run the same command "
                       "again to continue.")
         sys.exit(130)
+    if summary.finished and not no_confirm and not job.is_custom and summary.front:
+        summary = _confirm(console, job, summary)
     _report(console, job, summary)
     console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
+
+
+def _confirm(console: Any, job: Any, summary: Any) -> Any:
+    """Run the confirmation step and return the summary re-read with the confirmed figures."""
+    from dataclasses import replace
+
+    from autotune.confirm import confirm
+    from autotune.tuner import status as job_status
+
+    try:
+        res = confirm(job, log=lambda m: console.print(f"[dim]{m}[/]", markup=True))
+    except AutotuneError as exc:
+        console.print(f"[yellow]confirmation skipped[/]: {exc}")
+        return summary
+    b = res.baseline
+    console.print(f"confirmed over {res.rounds} interleaved rounds: baseline p50 {b.p50_ms:.4g} ms "
+                  f"(rounds {b.p50_low_ms:.4g}-{b.p50_high_ms:.4g})")
+    for c in res.trials:
+        console.print(f"  trial {c.trial}: p50 {c.p50_ms:.4g} ms (rounds {c.p50_low_ms:.4g}-"
+                      f"{c.p50_high_ms:.4g}), {c.ratio:.3f}x the baseline (rounds "
+                      f"{c.ratio_low:.3f}-{c.ratio_high:.3f}){'' if c.stable else ', UNSTABLE'}"
+                      f"{', CONTENDED' if c.contended_rounds else ''}", markup=False)
+    for w in res.warnings:
+        console.print(f"[bold yellow]warning[/]: {w}")
+    fresh = job_status(job)
+    return replace(summary, trials=fresh.trials, front=fresh.front)
+
+
+@main.command("confirm")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def confirm_cmd(job_file: str) -> None:
+    """Re-measure the baseline and the leading trials side by side; record confirmed figures."""
+    from autotune.tuner import status as job_status
+
+    console = _console()
+    job = _load(job_file)
+    summary = job_status(job)
+    if not summary.front:
+        console.print(f"[red]error[/]: job '{job.name}' has no feasible trial to confirm")
+        sys.exit(1)
+    _report(console, job, _confirm(console, job, summary))
 
 
 def _report(console: Any, job: Any, summary: Any) -> None:
