@@ -160,8 +160,29 @@ def validate(job_file: str, import_timeout: float) -> None:
             console.print(f"  {'':<20}   {rule}", markup=False)
     for imp in checked.imports:
         console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
+    _print_portfolio(console, job, space)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
+
+
+def _print_portfolio(console: Any, job: Any, space: Any) -> None:
+    """The hardware portfolio entries that apply on this machine (measured first), and why the
+    others do not."""
+    from pathlib import Path
+
+    from autotune.harness.hardware import detect_capabilities, fingerprint
+    from autotune.portfolio import applicable, job_portfolio
+
+    entries = [] if job.is_custom else job_portfolio(job.search_space, Path(job.base_dir))
+    if not entries:
+        return
+    fp = fingerprint()
+    found = applicable(entries, space, fp.cpu_flags, detect_capabilities().to_dict(),
+                       fp.usable_cores or fp.logical_cores or 1)
+    for e, cfg in found.configs:
+        console.print(f"  portfolio  : {e.name} (measured first here): {cfg}", markup=False)
+    for e, why in found.skipped:
+        console.print(f"  portfolio  : {e.name}: not here ({why})", markup=False)
 
 
 @main.command()
@@ -403,6 +424,26 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
                   err=True))
     except KeyboardInterrupt:
         pass
+
+
+def _print_portfolio(console: Any, job: Any, space: Any) -> None:
+    """The hardware portfolio entries that apply on this machine (measured first), and why the
+    others do not."""
+    from pathlib import Path
+
+    from autotune.harness.hardware import detect_capabilities, fingerprint
+    from autotune.portfolio import applicable, job_portfolio
+
+    entries = [] if job.is_custom else job_portfolio(job.search_space, Path(job.base_dir))
+    if not entries:
+        return
+    fp = fingerprint()
+    found = applicable(entries, space, fp.cpu_flags, detect_capabilities().to_dict(),
+                       fp.usable_cores or fp.logical_cores or 1)
+    for e, cfg in found.configs:
+        console.print(f"  portfolio  : {e.name} (measured first here): {cfg}", markup=False)
+    for e, why in found.skipped:
+        console.print(f"  portfolio  : {e.name}: not here ({why})", markup=False)
 
 
 @main.command()

@@ -425,7 +425,7 @@ def _build_space(raw: Mapping[str, Any], base_dir: Path,
         if not isinstance(located.data, Mapping):
             raise SpecError("a preset must be a mapping with 'parameters'.", file=str(path),
                             line=1)
-        unknown = sorted(map(str, set(located.data) - {"parameters", "description"}))
+        unknown = sorted(map(str, set(located.data) - {"parameters", "description", "portfolio"}))
         if unknown:
             k = unknown[0]
             raise SpecError(
@@ -448,7 +448,7 @@ def _build_space(raw: Mapping[str, Any], base_dir: Path,
         except SpecError as exc:
             raise _override_error(exc, overrides or {}, path, located) from None
         return space
-    unknown = sorted(map(str, set(raw) - {"parameters"}))
+    unknown = sorted(map(str, set(raw) - {"parameters", "portfolio"}))  # autotune.portfolio
     if unknown:
         k = unknown[0]
         raise SpecError(
