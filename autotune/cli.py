@@ -15,6 +15,7 @@ from autotune.check import check_job
 from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError
+from autotune.harness.contention import flag
 from autotune.spec import load_job
 
 
@@ -41,6 +42,9 @@ def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible tri
     from autotune.review import front_row
 
     rows = [front_row(t, job) for t in summary.front]
+    flags = [flag(t.user_attrs) for t in summary.front]
+    if any(flags):  # confirmed by side-by-side rounds, or measured while the cores were busy
+        rows = [{**r, "latency": f or "single run"} for r, f in zip(rows, flags, strict=True)]
     cols = list(dict.fromkeys(c for r in rows for c in r)) if rows else ["trial"]
     params = set(job.space.names)
     # a parameter every front configuration shares goes into the caption, so the table fits

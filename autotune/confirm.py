@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.evaluate import CONTENTION_KEY
 from autotune.harness.isolate import IsolatedHarness
 from autotune.loop import baseline_config
 from autotune.review import pareto_views
@@ -169,25 +170,32 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
                 if len(active) < 2:
                     raise AutotuneError("no candidate left to confirm") from None
                 continue
-            round_contention = out.get("__contention__") or [{}] * want
-            contended += [bool(c.get("contended")) for c in round_contention]
+            busy = out.get(CONTENTION_KEY) or {}
+            contended += [bool(busy.get("contended"))] * want
             for n in active:
                 per[n].extend(out[n])
             done = len(per[BASELINE])
-            interim = _all(per, configs, views, tolerance, min_rounds, contended)
+            interim = _all(*_usable(per, contended, min_rounds), configs, views, tolerance,
+                           min_rounds)
             unstable = [c.name for c in interim if not c.stable]
-            if not unstable:
+            quiet = contended.count(False)
+            if not unstable and (quiet >= min_rounds or not any(contended)):
                 break
             if done >= max_rounds or time.monotonic() - t0 > max_time_s:
-                log(f"ratios still moving after {done} rounds: {', '.join(unstable)} "
-                    f"(spread over {tolerance:.0%}); recorded as unstable")
+                if unstable:
+                    log(f"ratios still moving after {done} rounds: {', '.join(unstable)} "
+                        f"(spread over {tolerance:.0%}); recorded as unstable")
                 break
             want = min(2, max_rounds - done)
-            log(f"round {done}: {', '.join(unstable)} not yet stable; {want} more round(s)")
+            why = f"{', '.join(unstable)} not yet stable" if unstable else \
+                f"rounds ran contended ({busy.get('other_cpu_pct', 0):.0f}% of the cores used " \
+                "by other processes); re-measuring"
+            log(f"round {done}: {why}; {want} more round(s)")
     finally:
         if own_harness:
             harness.close()
-    results = _all(per, configs, views, tolerance, min_rounds, contended)
+    kept, used_contended = _usable(per, contended, min_rounds)
+    results = _all(kept, used_contended, configs, views, tolerance, min_rounds)
     base = next(c for c in results if c.name == BASELINE)
     trials = tuple(c for c in results if c.name != BASELINE)
     warnings: list[str] = []
@@ -196,19 +204,32 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             f"the baseline's own latency is unstable: its per-round p50 spans "
             f"{base.p50_low_ms:.3g}-{base.p50_high_ms:.3g} ms (+-{base.spread_rel:.0%}) over "
             f"{base.rounds} rounds; speedups rest on it")
-    if any(contended):
-        warnings.append(f"{sum(contended)} of {len(contended)} confirmation rounds ran while other "
-                        "processes used the cores (contended): the confirmed figures may not hold "
-                        "on a quiet machine")
+    if any(used_contended):
+        warnings.append(f"the confirmation itself ran contended: {sum(used_contended)} of "
+                        f"{len(used_contended)} rounds it rests on ran while other processes used "
+                        "the cores; the confirmed figures may not hold on a quiet machine")
+    elif any(contended):
+        log(f"{sum(contended)} contended round(s) left out; the figures rest on "
+            f"{len(used_contended)} quiet rounds")
     _record(record, job, base, trials, contended, warnings)
     return ConfirmResult(job=job.name, baseline=base, trials=trials, rounds=base.rounds,
                          stable=all(c.stable for c in results), wall_s=time.monotonic() - t0,
-                         contended=any(contended), warnings=tuple(warnings))
+                         contended=any(used_contended), warnings=tuple(warnings))
 
 
-def _all(per: Mapping[str, list[Mapping[str, Any]]], configs: Mapping[str, Mapping[str, Any]],
-         views: Sequence[TrialView], tolerance: float, min_rounds: int,
-         contended: list[bool]) -> list[Confirmed]:
+def _usable(per: Mapping[str, list[Mapping[str, Any]]], contended: list[bool], min_rounds: int
+            ) -> tuple[dict[str, list[Mapping[str, Any]]], list[bool]]:
+    """The rounds the figures rest on: the uncontended ones when there are ``min_rounds`` of
+    them, else all (then the result says how many ran contended)."""
+    quiet = [i for i, c in enumerate(contended) if not c]
+    if len(quiet) >= min_rounds and len(quiet) < len(contended):
+        return {n: [r[i] for i in quiet] for n, r in per.items()}, [False] * len(quiet)
+    return dict(per), list(contended)
+
+
+def _all(per: Mapping[str, list[Mapping[str, Any]]], contended: list[bool],
+         configs: Mapping[str, Mapping[str, Any]], views: Sequence[TrialView], tolerance: float,
+         min_rounds: int) -> list[Confirmed]:
     by_number = {t.number: t for t in views}
     base_batch = int(configs[BASELINE].get("batch_size", 1))
     out = []
@@ -230,7 +251,8 @@ def _record(record: StudyRecord, job: Job, base: Confirmed, trials: Sequence[Con
     base_dict = {**base.to_dict(), "metrics": base_metrics}
     record.set_attr(CONFIRMATION, {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "rounds": base.rounds, "contended_rounds": sum(contended),
+        "rounds": base.rounds, "rounds_measured": len(contended),
+        "contended_rounds": sum(contended),
         "baseline": base_dict, "warnings": list(warnings),
         "trials": {str(c.trial): c.to_dict() for c in trials},
     })

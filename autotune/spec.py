@@ -252,6 +252,10 @@ class MeasurementSpec(_Strict):
     trial_timeout_s: float = Field(default=300.0, gt=0)
     memory_limit_mb: int | None = Field(default=None, ge=64)
     price_per_hour: float | None = Field(default=None, gt=0)
+    # contention (autotune.harness.contention): other processes' share of the measured cores
+    # above which a measurement is contended, and how long to wait for quiet cores first
+    contention_threshold_pct: float = Field(default=25.0, gt=0, le=100)
+    contention_wait_s: float = Field(default=2.0, ge=0)
 
 
 class TrackingSpec(_Strict):

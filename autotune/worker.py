@@ -44,6 +44,7 @@ from sqlalchemy import text
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.contention import note as contention_note
 from autotune.harness.hostlock import file_lock
 from autotune.harness.isolate import IsolatedHarness
 from autotune.loop import (
@@ -332,6 +333,8 @@ class Worker:
                     time.sleep(self.opts.poll_s)  # others finish; re-check for stale trials
                     continue
                 view = self._measure(claim, harness, baseline)
+                if (busy := contention_note(view.user_attrs.get("details"))) is not None:
+                    progress.on_message(f"trial {view.number}: {busy}")
                 self.seen.add(view.number)
                 agent.observe(view.observation())
                 new += 1

@@ -48,6 +48,13 @@ def test_confirm_records_the_front_and_the_baseline(tuned) -> None:
         assert v.metrics["latency_p50_ms"] == pytest.approx(c.p50_ms)
         assert v.metrics["latency_ratio"] == pytest.approx(c.ratio)
         assert v.user_attrs["measured"]["latency_p50_ms"] == before[c.trial]["latency_p50_ms"]
+    # every measurement records the contention around it; the confirmation counts its rounds
+    for v in views.values():
+        if v.state == "complete":
+            busy = v.user_attrs["details"]["contention"]
+            assert {"other_cpu_pct", "steal_pct", "load", "contended"} <= set(busy)
+    assert 0 <= attr["contended_rounds"] <= attr["rounds_measured"]
+    assert res.contended == bool(res.baseline.contended_rounds)
     unconfirmed = set(views) - {c.trial for c in res.trials}
     for n in unconfirmed:
         assert "confirmed" not in views[n].user_attrs
