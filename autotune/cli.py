@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +17,8 @@ from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError
 from autotune.harness.contention import flag
+from autotune.harness.hardware import detect_capabilities, fingerprint
+from autotune.portfolio import applicable, job_portfolio
 from autotune.spec import load_job
 
 
@@ -172,11 +175,6 @@ def validate(job_file: str, import_timeout: float) -> None:
 def _print_portfolio(console: Any, job: Any, space: Any) -> None:
     """The hardware portfolio entries that apply on this machine (measured first), and why the
     others do not."""
-    from pathlib import Path
-
-    from autotune.harness.hardware import detect_capabilities, fingerprint
-    from autotune.portfolio import applicable, job_portfolio
-
     entries = [] if job.is_custom else job_portfolio(job.search_space, Path(job.base_dir))
     if not entries:
         return
@@ -268,11 +266,29 @@ def _report(console: Any, job: Any, summary: Any) -> None:
         console.print("baseline: " + ", ".join(f"{m}={_fmt(b[m])}" for m in dict.fromkeys(shown)
                                                if m in b))
     console.print(front_table(summary, job))
+    _measurement_warnings(console, job, summary)
     if summary.tracking_error:
         console.print(f"[yellow]MLflow was unavailable ({summary.tracking_error}); run "
                       f"'autotune sync' to write the missing runs.[/]")
     console.print(f"study   : {job.storage_url}\nMLflow  : mlflow ui --backend-store-uri "
                   f"{job.tracking_uri}")
+
+
+def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
+    """Loud lines for an unstable baseline, a contended confirmation and contended front trials."""
+    from autotune.study import measurement_warnings, open_record
+
+    try:
+        warnings = measurement_warnings(open_record(job, create=False))
+    except AutotuneError:
+        warnings = []
+    for w in warnings:
+        console.print(f"[bold yellow]warning[/]: {w}", highlight=False)
+    busy = [t.number for t in summary.front if flag(t.user_attrs) == "contended"]
+    if busy:
+        console.print(f"[yellow]front trial(s) {', '.join(map(str, busy))} were measured while "
+                      "other processes used the cores (contended); 'autotune confirm "
+                      f"{job.source}' re-measures them side by side[/]")
 
 
 @main.command()
@@ -428,26 +444,6 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
                   err=True))
     except KeyboardInterrupt:
         pass
-
-
-def _print_portfolio(console: Any, job: Any, space: Any) -> None:
-    """The hardware portfolio entries that apply on this machine (measured first), and why the
-    others do not."""
-    from pathlib import Path
-
-    from autotune.harness.hardware import detect_capabilities, fingerprint
-    from autotune.portfolio import applicable, job_portfolio
-
-    entries = [] if job.is_custom else job_portfolio(job.search_space, Path(job.base_dir))
-    if not entries:
-        return
-    fp = fingerprint()
-    found = applicable(entries, space, fp.cpu_flags, detect_capabilities().to_dict(),
-                       fp.usable_cores or fp.logical_cores or 1)
-    for e, cfg in found.configs:
-        console.print(f"  portfolio  : {e.name} (measured first here): {cfg}", markup=False)
-    for e, why in found.skipped:
-        console.print(f"  portfolio  : {e.name}: not here ({why})", markup=False)
 
 
 @main.command()

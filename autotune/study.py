@@ -124,6 +124,17 @@ def with_confirmed(view: TrialView, confirmation: Mapping[str, Any] | None,
         "measured": {k: view.metrics[k] for k in overlay if k in view.metrics}})
 
 
+def measurement_warnings(record: StudyRecord) -> list[str]:
+    """What the study says about its own measurements: an unstable baseline, a confirmation that
+    ran contended or did not settle (``autotune.confirm``)."""
+    out = []
+    if record.attr("baseline_unstable"):
+        out.append(str(record.attr("baseline_unstable")))
+    conf = record.attr(CONFIRMATION) or {}
+    out += [str(w) for w in conf.get("warnings", [])]
+    return out
+
+
 def trial_metrics(user_attrs: Mapping[str, Any]) -> dict[str, float]:
     """A trial's measurements from its user attrs: the ``metric.<name>`` attrs, or the single
     ``metrics`` dict of studies written by earlier versions."""

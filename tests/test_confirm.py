@@ -72,3 +72,23 @@ def test_manifest_states_the_confirmed_p50_and_spread(tuned, tmp_path: Path) -> 
     assert (exp["spread_low_ms"], exp["spread_high_ms"]) == pytest.approx(
         (c.p50_low_ms, c.p50_high_ms))
     assert man["metrics"]["latency_p50_ms"] == pytest.approx(c.p50_ms)
+
+
+def test_cli_confirm_then_status_and_report_show_it(tuned) -> None:
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+    from autotune.report import build_report
+
+    job = tuned
+    out = CliRunner().invoke(main, ["confirm", job.source])
+    assert out.exit_code == 0, out.output
+    assert "confirmed over" in out.output and "trial " in out.output
+    out = CliRunner().invoke(main, ["status", job.source])
+    assert out.exit_code == 0, out.output
+    assert "confirmed" in out.output  # the front's latency column
+    attr = open_record(job, create=False).attr(CONFIRMATION)
+    html = build_report(job).read_text()
+    assert ">confirmed" in html
+    for w in attr["warnings"]:  # a contended confirmation or unstable baseline is in the report
+        assert w.split(":")[0] in html
