@@ -207,13 +207,13 @@ def run(job_file: str, max_trials: int | None, quiet: bool, no_confirm: bool) ->
         console.print("[yellow]interrupted[/]: finished trials are kept; run the same command "
                       "again to continue.")
         sys.exit(130)
-    if summary.finished and not no_confirm and not job.is_custom and summary.front:
+    if summary.new_trials and not no_confirm and not job.is_custom and summary.front:
         summary = _confirm(console, job, summary)
     _report(console, job, summary)
     console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
 
 
-def _confirm(console: Any, job: Any, summary: Any) -> Any:
+def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False) -> Any:
     """Run the confirmation step and return the summary re-read with the confirmed figures."""
     from dataclasses import replace
 
@@ -223,6 +223,8 @@ def _confirm(console: Any, job: Any, summary: Any) -> Any:
     try:
         res = confirm(job, log=lambda m: console.print(f"[dim]{m}[/]", markup=True))
     except AutotuneError as exc:
+        if strict:
+            raise
         console.print(f"[yellow]confirmation skipped[/]: {exc}")
         return summary
     b = res.baseline
@@ -249,9 +251,8 @@ def confirm_cmd(job_file: str) -> None:
     job = _load(job_file)
     summary = job_status(job)
     if not summary.front:
-        console.print(f"[red]error[/]: job '{job.name}' has no feasible trial to confirm")
-        sys.exit(1)
-    _report(console, job, _confirm(console, job, summary))
+        raise AutotuneError(f"job '{job.name}' has no feasible trial to confirm")
+    _report(console, job, _confirm(console, job, summary, strict=True))
 
 
 def _report(console: Any, job: Any, summary: Any) -> None:

@@ -160,7 +160,7 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             try:
                 out = harness.compare(active, want)
             except TrialFailed as exc:
-                bad = [n for n in active if n != BASELINE and n in str(exc).split(":")[0]]
+                bad = [n for n in active if n != BASELINE and n == str(exc).split(":")[0]]
                 if not bad:
                     raise AutotuneError(f"the confirmation could not measure: {exc}") from None
                 log(f"{bad[0]} no longer runs ({exc}); confirming without it")

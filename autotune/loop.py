@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.errors import AutotuneError, SpecError, TrialFailed
+from autotune.harness.contention import note as contention_note
 from autotune.harness.evaluate import HARNESS_PARAMS
 from autotune.review import pareto_views
 from autotune.space import SearchSpace
@@ -141,6 +142,9 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
                         result = again
             except TrialFailed as exc:
                 raise AutotuneError(f"the unmodified model could not be measured: {exc}") from None
+            busy = contention_note(result.details)
+            if busy:
+                progress.on_message(f"baseline: {busy}")
             warn = loose_baseline(result.metrics, job.measurement.target_ci)
             if warn:
                 progress.on_message(f"WARNING: {warn}")

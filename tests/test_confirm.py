@@ -3,6 +3,7 @@ study, used by the front and stated in the exported manifest."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_cli_confirm_then_status_and_report_show_it(tuned) -> None:
     assert out.exit_code == 0, out.output
     assert "confirmed" in out.output  # the front's latency column
     attr = open_record(job, create=False).attr(CONFIRMATION)
-    html = build_report(job).read_text()
-    assert ">confirmed" in html
+    page = build_report(job).read_text()
+    assert ">confirmed" in page
     for w in attr["warnings"]:  # a contended confirmation or unstable baseline is in the report
-        assert w.split(":")[0] in html
+        assert html.escape(w.split(":")[0]) in page
