@@ -93,3 +93,22 @@ def test_cli_confirm_then_status_and_report_show_it(tuned) -> None:
     assert ">confirmed" in page
     for w in attr["warnings"]:  # a contended confirmation or unstable baseline is in the report
         assert html.escape(w.split(":")[0]) in page
+
+
+def test_run_confirms_at_the_end_unless_told_not_to(write_job) -> None:
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+
+    path = write_job(TINY_JOB.replace("MAXTRIALS", "2").replace("agent: {name: tpe, seed: 1}",
+                                                                 WARM))
+    job = load_job(path)
+    out = CliRunner().invoke(main, ["run", str(path), "--quiet", "--no-confirm"])
+    assert out.exit_code == 0, out.output
+    assert "confirmed over" not in out.output
+    assert open_record(job, create=False).attr(CONFIRMATION) is None
+    out = CliRunner().invoke(main, ["run", str(path), "--quiet", "--max-trials", "3"])
+    assert out.exit_code == 0, out.output
+    assert "confirmed over" in out.output
+    attr = open_record(job, create=False).attr(CONFIRMATION)
+    assert attr["rounds"] >= 3 and attr["trials"]
