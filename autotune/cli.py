@@ -213,7 +213,8 @@ def run(job_file: str, max_trials: int | None, quiet: bool, no_confirm: bool) ->
     console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
 
 
-def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False) -> Any:
+def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
+             **options: Any) -> Any:
     """Run the confirmation step and return the summary re-read with the confirmed figures."""
     from dataclasses import replace
 
@@ -221,7 +222,7 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False) -> A
     from autotune.tuner import status as job_status
 
     try:
-        res = confirm(job, log=lambda m: console.print(f"[dim]{m}[/]", markup=True))
+        res = confirm(job, log=lambda m: console.print(f"[dim]{m}[/]", markup=True), **options)
     except AutotuneError as exc:
         if strict:
             raise
@@ -243,7 +244,13 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False) -> A
 
 @main.command("confirm")
 @click.argument("job_file", type=click.Path(dir_okay=False))
-def confirm_cmd(job_file: str) -> None:
+@click.option("--candidates", "k", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="How many leading feasible trials to re-measure.")
+@click.option("--max-rounds", type=click.IntRange(3, 100), default=8, show_default=True,
+              help="At most this many interleaved rounds (at least 3 are measured).")
+@click.option("--tolerance", type=click.FloatRange(0.001, 1.0), default=0.05, show_default=True,
+              help="Stable when every ratio to the baseline varies by at most this between rounds.")
+def confirm_cmd(job_file: str, k: int, max_rounds: int, tolerance: float) -> None:
     """Re-measure the baseline and the leading trials side by side; record confirmed figures."""
     from autotune.tuner import status as job_status
 
@@ -252,7 +259,8 @@ def confirm_cmd(job_file: str) -> None:
     summary = job_status(job)
     if not summary.front:
         raise AutotuneError(f"job '{job.name}' has no feasible trial to confirm")
-    _report(console, job, _confirm(console, job, summary, strict=True))
+    _report(console, job, _confirm(console, job, summary, strict=True, k=k,
+                                   max_rounds=max_rounds, tolerance=tolerance))
 
 
 def _report(console: Any, job: Any, summary: Any) -> None:
