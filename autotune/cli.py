@@ -385,10 +385,17 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
     console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}: "
                   + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
     lat = m.get("latency") or {}
-    if lat:
+    if lat:  # the trial's own measurement
         console.print(f"  latency p50 {_fmt(lat.get('p50_ms'))} ms (95% CI {_fmt(lat.get('ci95_low_ms'))}"
                       f"..{_fmt(lat.get('ci95_high_ms'))}), p95 {_fmt(lat.get('p95_ms'))} ms, "
                       f"n={lat.get('n')}, measured on {m['runtime']['measured']}")
+    exp = m.get("expected_latency") or {}
+    if exp.get("source") == "confirmation":
+        console.print(f"  confirmed p50 {_fmt(exp['p50_ms'])} ms (between rounds "
+                      f"{_fmt(exp['spread_low_ms'])}..{_fmt(exp['spread_high_ms'])}), "
+                      f"{_fmt(exp['ratio_to_baseline'])}x the baseline, {exp['rounds']} rounds"
+                      f"{'' if exp['stable'] else ', not stable'}"
+                      f"{', ran contended' if exp.get('contended_rounds') else ''}")
     for note in res.notes:
         console.print(f"  [yellow]note[/]: {note}")
     if res.registered:

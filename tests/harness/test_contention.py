@@ -52,3 +52,20 @@ def test_own_work_is_not_contention() -> None:
     if w.result.contended and contention.probe(0.3).contended:
         pytest.skip("other work started on this machine during the test")
     assert not w.result.contended, w.result
+
+
+def test_flags_and_notes_for_tables_and_the_run_output() -> None:
+    busy = contention.Contention(other_cpu_pct=80.0, steal_pct=0.0, load=3.0, cores=2,
+                                 window_s=0.5, contended=True, waited_s=2.0,
+                                 quiet_before=False).to_dict()
+    quiet = {**busy, "other_cpu_pct": 3.0, "contended": False}
+    assert contention.flag({"details": {"contention": busy}}) == "contended"
+    assert contention.flag({"details": {"contention": quiet}}) == ""
+    assert contention.flag({"details": {}}) == ""
+    assert contention.flag({"confirmed": {"rounds": 3, "contended_rounds": 0},
+                            "details": {"contention": busy}}) == "confirmed"
+    assert contention.flag({"confirmed": {"rounds": 3, "contended_rounds": 3}}) == \
+        "confirmed, contended"
+    line = contention.note({"contention": busy})
+    assert line is not None and "80% of the 2 core(s)" in line and "waiting 2.0 s" in line
+    assert contention.note({"contention": quiet}) is None
