@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,9 @@ from autotune.deploy.bundle import read_key, require_signature
 from autotune.deploy.genserve import is_generation_bundle, serve_generation
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError
+from autotune.harness.contention import flag
+from autotune.harness.hardware import detect_capabilities, fingerprint
+from autotune.portfolio import applicable, job_portfolio
 from autotune.spec import load_job
 
 
@@ -112,6 +116,9 @@ def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible tri
     from autotune.review import front_row
 
     rows = [front_row(t, job) for t in summary.front]
+    flags = [flag(t.user_attrs) for t in summary.front]
+    if any(flags):  # confirmed by side-by-side rounds, or measured while the cores were busy
+        rows = [{**r, "latency": f or "single run"} for r, f in zip(rows, flags, strict=True)]
     cols = list(dict.fromkeys(c for r in rows for c in r)) if rows else ["trial"]
     params = set(job.space.names)
     # a parameter every front configuration shares goes into the caption, so the table fits
@@ -303,6 +310,7 @@ def validate(job_file: str, import_timeout: float) -> None:
             console.print(f"  {'':<20}   {rule}", markup=False)
     for imp in checked.imports:
         console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
+    _print_portfolio(console, job, space)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
     from autotune.harness.isolate import memory_limit
@@ -349,12 +357,29 @@ def _validate_json(job_file: str, import_timeout: float) -> None:
     })
 
 
+def _print_portfolio(console: Any, job: Any, space: Any) -> None:
+    """The hardware portfolio entries that apply on this machine (measured first), and why the
+    others do not."""
+    entries = [] if job.is_custom else job_portfolio(job.search_space, Path(job.base_dir))
+    if not entries:
+        return
+    fp = fingerprint()
+    found = applicable(entries, space, fp.cpu_flags, detect_capabilities().to_dict(),
+                       fp.usable_cores or fp.logical_cores or 1)
+    for e, cfg in found.configs:
+        console.print(f"  portfolio  : {e.name} (measured first here): {cfg}", markup=False)
+    for e, why in found.skipped:
+        console.print(f"  portfolio  : {e.name}: not here ({why})", markup=False)
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--max-trials", type=int, default=None, help="Override budget.max_trials.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
-    """Run the job (or continue it where it stopped)."""
+@click.option("--no-confirm", is_flag=True,
+              help="Skip the confirmation step (side-by-side re-measurement of the front).")
+def run(job_file: str, max_trials: int | None, quiet: bool, no_confirm: bool) -> None:
+    """Run the job (or continue it where it stopped), then confirm the leading trials."""
     from autotune.tuner import run as run_job
 
     console = _console()
@@ -367,10 +392,62 @@ def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
         console.print("[yellow]interrupted[/]: finished trials are kept; run the same command "
                       "again to continue.")
         sys.exit(130)
+    if summary.new_trials and not no_confirm and not job.is_custom and summary.front:
+        summary = _confirm(console, job, summary)
     _report(console, job, summary)
     console.print(f"wall time {time.monotonic() - t0:.1f} s, {summary.new_trials} new trials")
     if _all_failed(console, prog.extra["measured"], summary):
         sys.exit(1)
+
+
+def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
+             **options: Any) -> Any:
+    """Run the confirmation step and return the summary re-read with the confirmed figures."""
+    from dataclasses import replace
+
+    from autotune.confirm import confirm
+    from autotune.tuner import status as job_status
+
+    try:
+        res = confirm(job, log=lambda m: console.print(f"[dim]{m}[/]", markup=True), **options)
+    except AutotuneError as exc:
+        if strict:
+            raise
+        console.print(f"[yellow]confirmation skipped[/]: {exc}")
+        return summary
+    b = res.baseline
+    console.print(f"confirmed over {res.rounds} interleaved rounds: baseline p50 {b.p50_ms:.4g} ms "
+                  f"(rounds {b.p50_low_ms:.4g}-{b.p50_high_ms:.4g})")
+    for c in res.trials:
+        console.print(f"  trial {c.trial}: p50 {c.p50_ms:.4g} ms (rounds {c.p50_low_ms:.4g}-"
+                      f"{c.p50_high_ms:.4g}), {c.ratio:.3f}x the baseline (rounds "
+                      f"{c.ratio_low:.3f}-{c.ratio_high:.3f}){'' if c.stable else ', UNSTABLE'}"
+                      f"{', CONTENDED' if c.contended_rounds else ''}", markup=False)
+    for w in res.warnings:
+        console.print(f"[bold yellow]warning[/]: {w}")
+    fresh = job_status(job)
+    return replace(summary, trials=fresh.trials, front=fresh.front)
+
+
+@main.command("confirm")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--candidates", "k", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="How many leading feasible trials to re-measure.")
+@click.option("--max-rounds", type=click.IntRange(3, 100), default=8, show_default=True,
+              help="At most this many interleaved rounds (at least 3 are measured).")
+@click.option("--tolerance", type=click.FloatRange(0.001, 1.0), default=0.05, show_default=True,
+              help="Stable when every ratio to the baseline varies by at most this between rounds.")
+def confirm_cmd(job_file: str, k: int, max_rounds: int, tolerance: float) -> None:
+    """Re-measure the baseline and the leading trials side by side; record confirmed figures."""
+    from autotune.tuner import status as job_status
+
+    console = _console()
+    job = _load(job_file)
+    summary = job_status(job)
+    if not summary.front:
+        raise AutotuneError(f"job '{job.name}' has no feasible trial to confirm")
+    _report(console, job, _confirm(console, job, summary, strict=True, k=k,
+                                   max_rounds=max_rounds, tolerance=tolerance))
 
 
 def _report(console: Any, job: Any, summary: Any) -> None:
@@ -387,11 +464,29 @@ def _report(console: Any, job: Any, summary: Any) -> None:
         console.print("baseline: " + ", ".join(f"{m}={_fmt(b[m])}" for m in dict.fromkeys(shown)
                                                if m in b))
     console.print(front_table(summary, job, width=console.width))
+    _measurement_warnings(console, job, summary)
     if summary.tracking_error:
         console.print(f"[yellow]MLflow was unavailable ({summary.tracking_error}); run "
                       f"'autotune sync' to write the missing runs.[/]")
     console.print(f"study   : {job.storage_url}\nMLflow  : mlflow ui --backend-store-uri "
                   f"{job.tracking_uri}")
+
+
+def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
+    """Loud lines for an unstable baseline, a contended confirmation and contended front trials."""
+    from autotune.study import measurement_warnings, open_record
+
+    try:
+        warnings = measurement_warnings(open_record(job, create=False))
+    except AutotuneError:
+        warnings = []
+    for w in warnings:
+        console.print(f"[bold yellow]warning[/]: {w}", highlight=False)
+    busy = [t.number for t in summary.front if flag(t.user_attrs) == "contended"]
+    if busy:
+        console.print(f"[yellow]front trial(s) {', '.join(map(str, busy))} were measured while "
+                      "other processes used the cores (contended); 'autotune confirm "
+                      f"{job.source}' re-measures them side by side[/]")
 
 
 @main.command()
@@ -523,10 +618,17 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
     console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}: "
                   + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
     lat = m.get("latency") or {}
-    if lat:
+    if lat:  # the trial's own measurement
         console.print(f"  latency p50 {_fmt(lat.get('p50_ms'))} ms (95% CI {_fmt(lat.get('ci95_low_ms'))}"
                       f"..{_fmt(lat.get('ci95_high_ms'))}), p95 {_fmt(lat.get('p95_ms'))} ms, "
                       f"n={lat.get('n')}, measured on {m['runtime']['measured']}")
+    exp = m.get("expected_latency") or {}
+    if exp.get("source") == "confirmation":
+        console.print(f"  confirmed p50 {_fmt(exp['p50_ms'])} ms (between rounds "
+                      f"{_fmt(exp['spread_low_ms'])}..{_fmt(exp['spread_high_ms'])}), "
+                      f"{_fmt(exp['ratio_to_baseline'])}x the baseline, {exp['rounds']} rounds"
+                      f"{'' if exp['stable'] else ', not stable'}"
+                      f"{', ran contended' if exp.get('contended_rounds') else ''}")
     for note in res.notes:
         console.print(f"  [yellow]note[/]: {note}")
     if res.registered:

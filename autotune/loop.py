@@ -10,12 +10,14 @@ Observers of the loop are :class:`LoopCallback` objects, as Optuna's ``callbacks
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.errors import AutotuneError, SpecError, TrialFailed
+from autotune.harness.contention import note as contention_note
 from autotune.harness.evaluate import harness_params_for
 from autotune.review import pareto_views
 from autotune.runtimes import job_default_runtime
@@ -137,14 +139,39 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
             runtime_default = job_default_runtime(job)
             try:
                 result = harness.evaluate(baseline_config(space, runtime_default))
+                if loose_baseline(result.metrics, job.measurement.target_ci):  # once more
+                    progress.on_message("the baseline's latency is unstable; re-measuring it")
+                    again = harness.evaluate(baseline_config(space, runtime_default))
+                    if again.metrics.get("latency_ci_rel", math.inf) < \
+                            result.metrics.get("latency_ci_rel", math.inf):
+                        result = again
             except TrialFailed as exc:
                 raise AutotuneError(f"the unmodified model could not be measured: {exc}") from None
+            busy = contention_note(result.details)
+            if busy:
+                progress.on_message(f"baseline: {busy}")
+            warn = loose_baseline(result.metrics, job.measurement.target_ci)
+            if warn:
+                progress.on_message(f"WARNING: {warn}")
+                record.set_attr("baseline_unstable", warn)
             ev = job.evaluation
             baseline = derive_metrics(result.metrics, None, ev.quality_name,
                                       ev.quality_higher_is_better)
         record.set_attr("baseline", baseline)
         record.set_attr("fingerprint", harness.fingerprint())
     return space, notices, baseline
+
+
+def loose_baseline(metrics: Mapping[str, float], target_ci: float) -> str | None:
+    """Why the baseline's latency cannot be trusted (its median's 95 % CI is wider than the job's
+    ``measurement.target_ci``), or None."""
+    ci = metrics.get("latency_ci_rel")
+    if ci is None or ci <= target_ci:
+        return None
+    return (f"the baseline's latency is unstable: its median is known to +-{ci:.0%} (n="
+            f"{metrics.get('latency_n', 0):.0f}), wider than measurement.target_ci "
+            f"{target_ci:.0%}; speedups rest on it until the confirmation step (autotune confirm) "
+            "re-measures it side by side")
 
 
 def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import autotune
 from autotune.errors import SpecError
+from autotune.harness.contention import flag as latency_flag
 from autotune.metrics import Direction
 from autotune.pareto import GOALS, Record, knee_point, parse_rule
 from autotune.plots import study_figures
@@ -36,7 +37,7 @@ from autotune.review import (
     why_line,
 )
 from autotune.spec import Job
-from autotune.study import TrialView, open_record
+from autotune.study import TrialView, measurement_warnings, open_record
 
 #: the page template shipped inside the package (the repository's ``dashboards/``, which
 #: ``autotune/dashboards`` links to)
@@ -172,7 +173,7 @@ def _chart(fig: Any | None, empty: str) -> str:
 # ---------------------------------------------------------------------------------- the page
 def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float] | None,
            fingerprint: Mapping[str, Any] | None, reference: Sequence[float] | None,
-           storage: str = "", template: Path = TEMPLATE) -> str:
+           storage: str = "", template: Path = TEMPLATE, warnings: Sequence[str] = ()) -> str:
     """The report as one HTML string (pure: everything comes from the arguments)."""
     import plotly.offline
 
@@ -185,6 +186,13 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
     by_number = {v.number: v for v in views}
     for r in front_rows:  # a point whose latency is not measured tightly enough says so
         flag = unstable(by_number[r["trial"]], job.measurement.target_ci)
+        how = latency_flag(by_number[r["trial"]].user_attrs)  # confirmed / contended
+        conf = by_number[r["trial"]].user_attrs.get("confirmed")
+        if conf:
+            flag = "" if conf.get("stable") else \
+                f"confirmation not stable (ratio spread ±{conf.get('spread_rel', 0):.0%})"
+        if how:
+            r["latency"] = how
         if flag:
             r["note"] = f"⚠ {flag}"
 
@@ -252,6 +260,7 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
     ]
     if baseline:
         cards += [(f"baseline {m}", _fmt(baseline.get(m))) for m in names if m in baseline]
+    cards += [("⚠ warning", w) for w in warnings]  # unstable baseline, contended confirmation
     cards_html = "".join(f'<div class="card"><div class="k">{html.escape(k)}</div>'
                          f'<div class="v">{html.escape(v)}</div></div>' for k, v in cards)
 
@@ -286,7 +295,8 @@ def build_report(job: Job, out: str | Path | None = None) -> Path:
     views = record.trials()
     reference = study_reference(record, job, views)
     text = render(job, views, baseline=record.baseline, fingerprint=record.attr("fingerprint"),
-                  reference=reference, storage=job.storage_url)
+                  reference=reference, storage=job.storage_url,
+                  warnings=measurement_warnings(record))
     path = Path(out) if out is not None else job.out_dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

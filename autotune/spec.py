@@ -302,6 +302,10 @@ class MeasurementSpec(_Strict):
     trial_timeout_s: float = Field(default=300.0, gt=0)
     memory_limit_mb: int | None = Field(default=None, ge=64)
     price_per_hour: float | None = Field(default=None, gt=0)
+    # contention (autotune.harness.contention): other processes' share of the measured cores
+    # above which a measurement is contended, and how long to wait for quiet cores first
+    contention_threshold_pct: float = Field(default=25.0, gt=0, le=100)
+    contention_wait_s: float = Field(default=2.0, ge=0)
 
 
 class TrackingSpec(_Strict):
@@ -612,7 +616,7 @@ def _build_space(raw: Mapping[str, Any], base_dir: Path,
         if not isinstance(located.data, Mapping):
             raise SpecError("a preset must be a mapping with 'parameters'.", file=str(path),
                             line=1)
-        unknown = sorted(map(str, set(located.data) - {"parameters", "description"}))
+        unknown = sorted(map(str, set(located.data) - {"parameters", "description", "portfolio"}))
         if unknown:
             k = unknown[0]
             raise SpecError(
@@ -635,7 +639,7 @@ def _build_space(raw: Mapping[str, Any], base_dir: Path,
         except SpecError as exc:
             raise _override_error(exc, overrides or {}, path, located) from None
         return space
-    unknown = sorted(map(str, set(raw) - {"parameters"}))
+    unknown = sorted(map(str, set(raw) - {"parameters", "portfolio"}))  # autotune.portfolio
     if unknown:
         k = unknown[0]
         raise SpecError(

@@ -20,7 +20,7 @@ import datetime as dt
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 METRIC_PREFIX = "metric."
 DETAIL_PREFIX = "detail."
 DASHBOARD_CONSTRAINTS = "constraints"  # the system attr optuna-dashboard 0.21 shows and reads
+#: study attr written by :mod:`autotune.confirm`: ``{"baseline": {...}, "trials": {"N": {...}}}``
+#: (finished trials cannot take new user attrs in Optuna, so confirmed figures live on the study)
+CONFIRMATION = "confirmation"
 
 INTERRUPTED = "interrupted: the run stopped before this trial finished"
 STALE = "interrupted: the worker measuring this trial stopped sending heartbeats (it was re-queued)"
@@ -99,6 +102,36 @@ def derive_metrics(
             drop = baseline["quality"] - q if higher_is_better else q - baseline["quality"]
             out["quality_drop"] = drop
             out.setdefault(f"{quality_name}_drop", drop)
+    return out
+
+
+def with_confirmed(view: TrialView, confirmation: Mapping[str, Any] | None,
+                   constraints: Sequence[Constraint] = ()) -> TrialView:
+    """``view`` with the figures of the confirmation step (:mod:`autotune.confirm`) in place of
+    its own latency figures, the constraints re-checked against the confirmed baseline; the
+    trial's own measurement stays in ``user_attrs["measured"]`` and the confirmation in
+    ``user_attrs["confirmed"]``."""
+    conf = ((confirmation or {}).get("trials") or {}).get(str(view.number))
+    if not conf or view.state != "complete":
+        return view
+    overlay = {k: float(v) for k, v in (conf.get("metrics") or {}).items()}
+    metrics = {**view.metrics, **overlay}
+    base = (confirmation or {}).get("baseline", {}).get("metrics")
+    violations = tuple(c.violation(metrics, base) for c in constraints) if base and constraints \
+        else view.violations
+    return replace(view, metrics=metrics, violations=violations, user_attrs={
+        **view.user_attrs, "confirmed": dict(conf),
+        "measured": {k: view.metrics[k] for k in overlay if k in view.metrics}})
+
+
+def measurement_warnings(record: StudyRecord) -> list[str]:
+    """What the study says about its own measurements: an unstable baseline, a confirmation that
+    ran contended or did not settle (``autotune.confirm``)."""
+    out = []
+    if record.attr("baseline_unstable"):
+        out.append(str(record.attr("baseline_unstable")))
+    conf = record.attr(CONFIRMATION) or {}
+    out += [str(w) for w in conf.get("warnings", [])]
     return out
 
 
@@ -280,7 +313,10 @@ class StudyRecord:
         )
 
     def trials(self) -> list[TrialView]:
-        return [self.view(t) for t in self.study.get_trials(deepcopy=False)]
+        confirmed = self.attr(CONFIRMATION)
+        views = [self.view(t) for t in self.study.get_trials(deepcopy=False)]
+        return [with_confirmed(v, confirmed, self.constraints) for v in views] if confirmed \
+            else views
 
     def counted(self) -> int:
         """Trials that use up the budget: finished ones, not interrupted or invalid ones."""

@@ -50,6 +50,7 @@ from sqlalchemy import text
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.contention import note as contention_note
 from autotune.harness.hostlock import file_lock
 from autotune.harness.isolate import IsolatedHarness
 from autotune.liveness import Liveness
@@ -63,6 +64,7 @@ from autotune.loop import (
     prepare,
     summarize,
 )
+from autotune.portfolio import portfolio_seeds
 from autotune.review import pareto_views
 from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
@@ -424,7 +426,7 @@ class Worker:
                 job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
                 seed=self._seed(), **job.agent.options)
             self._replay()
-            warm = self._warm_configs(earlier)
+            warm = self._warm_configs(earlier, portfolio_seeds(job, space, harness, progress))
             progress.on_start(done, self.budget)
             deadline = t_start + job.budget.timeout if job.budget.timeout else None
             while deadline is None or time.monotonic() < deadline:
@@ -448,6 +450,8 @@ class Worker:
                     time.sleep(self.opts.poll_s)  # others finish; re-check for stale trials
                     continue
                 view = self._measure(claim, harness, baseline)
+                if (busy := contention_note(view.user_attrs.get("details"))) is not None:
+                    progress.on_message(f"trial {view.number}: {busy}")
                 self.seen.add(view.number)
                 agent.observe(view.observation())
                 new += 1
@@ -470,7 +474,8 @@ class Worker:
     def _callback_error(self) -> str | None:
         return next((cb.error for cb in self.callbacks if cb.error), None)
 
-    def _warm_configs(self, earlier: WarmStart | None) -> list[dict[str, Any]]:
+    def _warm_configs(self, earlier: WarmStart | None,
+                      portfolio: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         """The configurations to measure first: ``agent.warm_start``, then those of
         ``agent.warm_start_from`` (whose measurements the agent observes as hints), each unless
         the study has it already."""
@@ -481,6 +486,9 @@ class Worker:
             have = {config_key(s) for s in seeds}
             seeds += [dict(c) for c in earlier.configs if config_key(c) not in have]
             self.progress.on_message(earlier.message)
+        have = {config_key(s) for s in seeds}  # the hardware portfolio (autotune.portfolio)
+        seeds[len(self.job.agent.warm_start):len(self.job.agent.warm_start)] = [
+            dict(c) for c in portfolio if config_key(c) not in have]
         measured = {config_key(t.config) for t in self.record.trials()}
         return [c for c in seeds if config_key(c) not in measured]
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.confirm import manifest_latency
 from autotune.deploy.bundle import (
     DEPLOY,
     FORMAT,
@@ -256,6 +257,8 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
         "objectives": [list(o) for o in job.objective_pairs],
         "metrics": dict(view.metrics),
         "latency": details.get("latency"),  # the full spread: percentiles, std, median CI, n
+        # the p50 to expect and its spread (between confirmation rounds when confirmed)
+        "expected_latency": manifest_latency(view),
         "baseline": baseline,
         "constraints": _constraints(job, view, baseline),
         "hardware": {"digest": digest, "summary": hw_summary, "fingerprint": fp},

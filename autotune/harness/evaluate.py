@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness import contention
 from autotune.spec import Job
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Built, Parameter, Runtime
+
+#: the key of ``Evaluator.compare``'s result holding the contention seen while it measured
+CONTENTION_KEY = "_contention"
+
 
 def __getattr__(name: str) -> Any:
     """``HARNESS_PARAMS`` ({key: (description, default)}) and ``QUANTIZATIONS``, derived from
@@ -255,7 +260,7 @@ class Evaluator:
                 outputs = self._run_all(predict, max(batch_size, 64))
                 quality = float(wl.quality_fn(outputs, wl.targets))
                 timings["quality_s"] = time.perf_counter() - t1
-                with measurement_lock() as waited:
+                with measurement_lock() as waited, self._contention() as busy:
                     t2 = time.perf_counter()
                     stats = measure(
                         lambda: predict(batch), warmup=m.warmup, min_repeats=m.min_repeats,
@@ -305,6 +310,7 @@ class Evaluator:
             "memory_before_build_mb": before_mb,
             "timings_s": timings,
             "elapsed_s": time.perf_counter() - t0,
+            "contention": busy.result.to_dict() if busy.result else None,
         }
         return TrialResult(metrics=metrics, details=details)
 
@@ -327,11 +333,25 @@ class Evaluator:
             fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
         from autotune.harness.hostlock import measurement_lock
 
-        with measurement_lock():
+        with measurement_lock(), self._contention() as busy:
             out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
                             max_repeats=m.max_repeats, target_ci=m.target_ci,
                             max_time_s=m.max_time_s)
-        return {name: [s.to_dict() for s in stats] for name, stats in out.items()}
+        res: dict[str, Any] = {name: [s.to_dict() for s in stats] for name, stats in out.items()}
+        res[CONTENTION_KEY] = busy.result.to_dict() if busy.result else None
+        return res
+
+    def _contention(self) -> Any:
+        """Sample other processes' use of the cores around a measurement; wait a bounded time for
+        quiet first (:mod:`autotune.harness.contention`)."""
+        m = self.job.measurement
+
+        def say(c: Any) -> None:
+            print(f"contention: {c.describe()}; waiting up to {m.contention_wait_s:g} s for "
+                  "quiet cores", flush=True)
+
+        return contention.watch(wait_s=m.contention_wait_s,
+                                threshold_pct=m.contention_threshold_pct, on_wait=say)
 
     # ------------------------------------------------------------------ measuring helpers
     @staticmethod

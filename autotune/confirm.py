@@ -1,0 +1,277 @@
+"""The confirmation step: re-measure the baseline and the leading candidates side by side.
+
+A trial's latency was measured once, alone, at whatever moment the tuner reached it; on a shared
+machine that figure can be off by tens of percent.  Before a front is reported or exported,
+:func:`confirm` measures the unmodified model (the baseline) and the best feasible trials (at most
+``k``, the front ordered by the first objective) in ONE measuring process, in interleaved rounds
+(``harness.compare``, :func:`autotune.harness.stats.alternate`): every round times each
+configuration once, so drift of the machine hits all of them alike.  Rounds are added until the
+ratio of every candidate to the baseline is stable (the half-range of its per-round ratios within
+``tolerance`` of their median, at least ``min_rounds``), or ``max_rounds`` / ``max_time_s`` run
+out (then the result says ``stable: false``).
+
+Per trial the study records (study attr ``confirmation``, :data:`autotune.study.CONFIRMATION`):
+the confirmed p50/p95 (median over rounds), the ratio to the baseline (median of the per-round
+ratios, per item), the spread between rounds (min and max of the per-round p50s and ratios), the
+rounds, and whether any round ran contended.  :meth:`autotune.study.StudyRecord.trials` overlays
+the confirmed figures on the trial's metrics (its own measurement stays under
+``user_attrs["measured"]``), so the front, the selection rules, the report and ``autotune
+export``'s manifest use them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.evaluate import CONTENTION_KEY
+from autotune.harness.isolate import IsolatedHarness
+from autotune.loop import baseline_config
+from autotune.review import pareto_views
+from autotune.spec import Job
+from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
+
+#: the per-round latency keys and the metric each confirms
+_LATENCY_KEYS = {"p50_ms": "latency_p50_ms", "p90_ms": "latency_p90_ms",
+                 "p95_ms": "latency_p95_ms", "p99_ms": "latency_p99_ms",
+                 "mean_ms": "latency_mean_ms"}
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """One configuration's confirmed figures (the baseline's ratio is 1)."""
+
+    name: str
+    trial: int | None
+    p50_ms: float
+    p95_ms: float
+    p50_low_ms: float
+    p50_high_ms: float
+    ratio: float  # per item, to the baseline, median over rounds
+    ratio_low: float
+    ratio_high: float
+    spread_rel: float  # half-range of the per-round ratios over their median
+    rounds: int
+    stable: bool
+    contended_rounds: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.trial, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
+                "p50_low_ms": self.p50_low_ms, "p50_high_ms": self.p50_high_ms,
+                "ratio": self.ratio, "ratio_low": self.ratio_low, "ratio_high": self.ratio_high,
+                "spread_rel": self.spread_rel, "rounds": self.rounds, "stable": self.stable,
+                "contended_rounds": self.contended_rounds, "metrics": dict(self.metrics)}
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    job: str
+    baseline: Confirmed
+    trials: tuple[Confirmed, ...]
+    rounds: int
+    stable: bool
+    wall_s: float
+    contended: bool = False
+    warnings: tuple[str, ...] = ()
+
+
+def candidates(views: Sequence[TrialView], job: Job, k: int) -> list[TrialView]:
+    """The feasible front ordered by the first objective, at most ``k`` trials."""
+    metric, direction = job.objective_pairs[0]
+    front = [t for t in pareto_views(views, job) if metric in t.metrics]
+    front.sort(key=lambda t: t.metrics[metric] * (1 if direction == "minimize" else -1))
+    return front[:k]
+
+
+def _spread(xs: Sequence[float]) -> float:
+    med = float(np.median(xs))
+    return (max(xs) - min(xs)) / 2 / med if med > 0 else math.inf
+
+
+def _summarize(name: str, trial: int | None, rounds: list[Mapping[str, Any]],
+               base_rounds: list[Mapping[str, Any]], batch: int, base_batch: int,
+               tolerance: float, min_rounds: int, contended: list[bool],
+               own: Mapping[str, float]) -> Confirmed:
+    ratios = [(r["p50_ms"] / batch) / (b["p50_ms"] / base_batch)
+              for r, b in zip(rounds, base_rounds, strict=True) if b["p50_ms"] > 0]
+    p50s = [float(r["p50_ms"]) for r in rounds]
+    spread = _spread(ratios) if name != BASELINE else _spread(p50s)
+    metrics: dict[str, float] = {m: float(np.median([float(r[k]) for r in rounds]))
+                                 for k, m in _LATENCY_KEYS.items() if all(k in r for r in rounds)}
+    p50 = metrics["latency_p50_ms"]
+    metrics["latency_per_item_ms"] = p50 / batch
+    metrics["throughput_ips"] = batch / (p50 / 1000.0)
+    ratio = float(np.median(ratios))
+    metrics["latency_ratio"] = ratio
+    metrics["speedup"] = 1.0 / ratio if ratio > 0 else math.inf
+    if own.get("cost_usd_per_million") and own.get("latency_p50_ms"):
+        metrics["cost_usd_per_million"] = own["cost_usd_per_million"] * p50 / own["latency_p50_ms"]
+    return Confirmed(
+        name=name, trial=trial, p50_ms=p50, p95_ms=metrics.get("latency_p95_ms", math.nan),
+        p50_low_ms=min(p50s), p50_high_ms=max(p50s), ratio=ratio, ratio_low=min(ratios),
+        ratio_high=max(ratios), spread_rel=spread, rounds=len(rounds),
+        stable=len(rounds) >= min_rounds and spread <= tolerance,
+        contended_rounds=sum(contended), metrics=metrics)
+
+
+def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None, k: int = 4,
+            min_rounds: int = 3, max_rounds: int = 8, tolerance: float = 0.05,
+            max_time_s: float = 300.0, log: Callable[[str], None] = lambda m: None
+            ) -> ConfirmResult:
+    """Re-measure the baseline and the leading ``k`` candidates interleaved until their ratios to
+    the baseline are stable; record the confirmed figures in the study.  See the module doc."""
+    if job.is_custom:
+        raise AutotuneError("confirmation needs the built-in harness (a custom objective measures "
+                            "its own figures)")
+    if min_rounds < 2 or max_rounds < min_rounds:
+        raise AutotuneError(f"confirmation rounds: need 2 <= min_rounds <= max_rounds (got "
+                            f"{min_rounds}, {max_rounds})")
+    t0 = time.monotonic()
+    record = record or open_record(job, create=False)
+    views = record.trials()
+    picks = candidates(views, job, k)
+    if not picks:
+        raise AutotuneError(f"job '{job.name}' has no feasible trial to confirm")
+    runtime_default = "torch" if job.model.factory else "onnxruntime"
+    configs: dict[str, dict[str, Any]] = {BASELINE: baseline_config(job.space, runtime_default)}
+    for t in picks:
+        configs[f"trial{t.number}"] = dict(t.config)
+    own_harness = harness is None
+    if own_harness:
+        harness = IsolatedHarness(job)
+    log(f"confirming the baseline and {len(picks)} leading trial(s) "
+        f"({', '.join(str(t.number) for t in picks)}) side by side, {min_rounds}-{max_rounds} "
+        "rounds")
+    per: dict[str, list[Mapping[str, Any]]] = {n: [] for n in configs}
+    contended: list[bool] = []
+    active = dict(configs)
+    try:
+        want = min_rounds
+        while True:
+            try:
+                out = harness.compare(active, want)
+            except TrialFailed as exc:
+                bad = [n for n in active if n != BASELINE and n == str(exc).split(":")[0]]
+                if not bad:
+                    raise AutotuneError(f"the confirmation could not measure: {exc}") from None
+                log(f"{bad[0]} no longer runs ({exc}); confirming without it")
+                for n in bad:
+                    active.pop(n)
+                    per.pop(n)
+                if len(active) < 2:
+                    raise AutotuneError("no candidate left to confirm") from None
+                continue
+            busy = out.get(CONTENTION_KEY) or {}
+            contended += [bool(busy.get("contended"))] * want
+            for n in active:
+                per[n].extend(out[n])
+            done = len(per[BASELINE])
+            interim = _all(*_usable(per, contended, min_rounds), configs, views, tolerance,
+                           min_rounds)
+            # the candidates' ratios decide; the baseline's own drift is reported, not waited out
+            unstable = [c.name for c in interim if not c.stable and c.name != BASELINE]
+            quiet = contended.count(False)
+            if not unstable and (quiet >= min_rounds or not any(contended)):
+                break
+            if done >= max_rounds or time.monotonic() - t0 > max_time_s:
+                if unstable:
+                    log(f"ratios still moving after {done} rounds: {', '.join(unstable)} "
+                        f"(spread over {tolerance:.0%}); recorded as unstable")
+                break
+            want = min(2, max_rounds - done)
+            why = f"{', '.join(unstable)} not yet stable" if unstable else \
+                f"rounds ran contended ({busy.get('other_cpu_pct', 0):.0f}% of the cores used " \
+                "by other processes); re-measuring"
+            log(f"round {done}: {why}; {want} more round(s)")
+    finally:
+        if own_harness:
+            harness.close()
+    kept, used_contended = _usable(per, contended, min_rounds)
+    results = _all(kept, used_contended, configs, views, tolerance, min_rounds)
+    base = next(c for c in results if c.name == BASELINE)
+    trials = tuple(c for c in results if c.name != BASELINE)
+    warnings: list[str] = []
+    if not base.stable:
+        warnings.append(
+            f"the baseline's own latency is unstable: its per-round p50 spans "
+            f"{base.p50_low_ms:.3g}-{base.p50_high_ms:.3g} ms (+-{base.spread_rel:.0%}) over "
+            f"{base.rounds} rounds; speedups rest on it")
+    if any(used_contended):
+        warnings.append(f"the confirmation itself ran contended: {sum(used_contended)} of "
+                        f"{len(used_contended)} rounds it rests on ran while other processes used "
+                        "the cores; the confirmed figures may not hold on a quiet machine")
+    elif any(contended):
+        log(f"{sum(contended)} contended round(s) left out; the figures rest on "
+            f"{len(used_contended)} quiet rounds")
+    _record(record, job, base, trials, contended, warnings)
+    return ConfirmResult(job=job.name, baseline=base, trials=trials, rounds=base.rounds,
+                         stable=all(c.stable for c in trials), wall_s=time.monotonic() - t0,
+                         contended=any(used_contended), warnings=tuple(warnings))
+
+
+def _usable(per: Mapping[str, list[Mapping[str, Any]]], contended: list[bool], min_rounds: int
+            ) -> tuple[dict[str, list[Mapping[str, Any]]], list[bool]]:
+    """The rounds the figures rest on: the uncontended ones when there are ``min_rounds`` of
+    them, else all (then the result says how many ran contended)."""
+    quiet = [i for i, c in enumerate(contended) if not c]
+    if len(quiet) >= min_rounds and len(quiet) < len(contended):
+        return {n: [r[i] for i in quiet] for n, r in per.items()}, [False] * len(quiet)
+    return dict(per), list(contended)
+
+
+def _all(per: Mapping[str, list[Mapping[str, Any]]], contended: list[bool],
+         configs: Mapping[str, Mapping[str, Any]], views: Sequence[TrialView], tolerance: float,
+         min_rounds: int) -> list[Confirmed]:
+    by_number = {t.number: t for t in views}
+    base_batch = int(configs[BASELINE].get("batch_size", 1))
+    out = []
+    for name, rounds in per.items():
+        number = None if name == BASELINE else int(name.removeprefix("trial"))
+        own = dict(by_number[number].user_attrs.get("measured") or {}) if number is not None \
+            else {}
+        if number is not None:
+            own = {**by_number[number].metrics, **own}
+        out.append(_summarize(name, number, rounds, per[BASELINE],
+                              int(configs[name].get("batch_size", 1)), base_batch, tolerance,
+                              min_rounds, contended, own))
+    return out
+
+
+def _record(record: StudyRecord, job: Job, base: Confirmed, trials: Sequence[Confirmed],
+            contended: list[bool], warnings: list[str]) -> None:
+    base_metrics = {**(record.baseline or {}), **base.metrics}
+    base_dict = {**base.to_dict(), "metrics": base_metrics}
+    record.set_attr(CONFIRMATION, {
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "rounds": base.rounds, "rounds_measured": len(contended),
+        "contended_rounds": sum(contended),
+        "baseline": base_dict, "warnings": list(warnings),
+        "trials": {str(c.trial): c.to_dict() for c in trials},
+    })
+
+
+def manifest_latency(view: TrialView) -> dict[str, Any] | None:
+    """What a bundle's manifest states as the pick's latency: the confirmed p50 and the spread
+    between the confirmation's rounds when the trial was confirmed, else the trial's own p50 and
+    the 95 % interval of its median (``source`` says which)."""
+    conf = view.user_attrs.get("confirmed")
+    if conf:
+        return {"source": "confirmation", "p50_ms": conf["p50_ms"], "p95_ms": conf["p95_ms"],
+                "spread_low_ms": conf["p50_low_ms"], "spread_high_ms": conf["p50_high_ms"],
+                "ratio_to_baseline": conf["ratio"], "ratio_low": conf["ratio_low"],
+                "ratio_high": conf["ratio_high"], "rounds": conf["rounds"],
+                "stable": conf["stable"], "contended_rounds": conf.get("contended_rounds", 0)}
+    lat = (view.user_attrs.get("details") or {}).get("latency")
+    if not isinstance(lat, Mapping) or "p50_ms" not in lat:
+        return None
+    return {"source": "trial", "p50_ms": lat["p50_ms"], "p95_ms": lat.get("p95_ms"),
+            "spread_low_ms": lat.get("ci95_low_ms"), "spread_high_ms": lat.get("ci95_high_ms")}

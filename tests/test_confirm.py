@@ -1,0 +1,114 @@
+"""The confirmation step: the baseline and the front re-measured side by side, recorded in the
+study, used by the front and stated in the exported manifest."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pytest
+from _deploy_job import WARM
+from conftest import TINY_JOB
+
+from autotune.confirm import BASELINE, confirm
+from autotune.deploy.export import export_bundle
+from autotune.spec import load_job
+from autotune.study import CONFIRMATION, open_record
+from autotune.tuner import run, status
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tuned(write_job):
+    text = TINY_JOB.replace("MAXTRIALS", "3").replace("agent: {name: tpe, seed: 1}", WARM)
+    job = load_job(write_job(text))
+    run(job, callbacks=[])
+    return job
+
+
+def test_confirm_records_the_front_and_the_baseline(tuned) -> None:
+    job = tuned
+    before = {t.number: dict(t.metrics) for t in status(job).trials}
+    res = confirm(job, k=2, min_rounds=3, max_rounds=4, tolerance=0.5)
+    assert res.baseline.name == BASELINE and res.baseline.rounds >= 3
+    assert 1 <= len(res.trials) <= 2
+    attr = open_record(job, create=False).attr(CONFIRMATION)
+    assert attr["baseline"]["rounds"] == res.rounds >= 3
+    assert attr["baseline"]["metrics"]["latency_p50_ms"] == pytest.approx(res.baseline.p50_ms)
+    for c in res.trials:
+        rec = attr["trials"][str(c.trial)]
+        assert rec["p50_low_ms"] <= rec["p50_ms"] <= rec["p50_high_ms"]
+        assert rec["ratio_low"] <= rec["ratio"] <= rec["ratio_high"]
+        assert rec["rounds"] == res.rounds
+    # the study's views carry the confirmed figures, the original measurement is kept
+    views = {t.number: t for t in status(job).trials}
+    for c in res.trials:
+        v = views[c.trial]
+        assert v.metrics["latency_p50_ms"] == pytest.approx(c.p50_ms)
+        assert v.metrics["latency_ratio"] == pytest.approx(c.ratio)
+        assert v.user_attrs["measured"]["latency_p50_ms"] == before[c.trial]["latency_p50_ms"]
+    # every measurement records the contention around it; the confirmation counts its rounds
+    for v in views.values():
+        if v.state == "complete":
+            busy = v.user_attrs["details"]["contention"]
+            assert {"other_cpu_pct", "steal_pct", "load", "contended"} <= set(busy)
+    assert 0 <= attr["contended_rounds"] <= attr["rounds_measured"]
+    assert res.contended == bool(res.baseline.contended_rounds)
+    unconfirmed = set(views) - {c.trial for c in res.trials}
+    for n in unconfirmed:
+        assert "confirmed" not in views[n].user_attrs
+
+
+def test_manifest_states_the_confirmed_p50_and_spread(tuned, tmp_path: Path) -> None:
+    job = tuned
+    res = confirm(job, k=1, min_rounds=3, max_rounds=3, tolerance=0.5)
+    c = res.trials[0]
+    out = export_bundle(job, c.trial, out=tmp_path / "bundle", register=False)
+    man = json.loads((out.bundle / "manifest.json").read_text())
+    exp = man["expected_latency"]
+    assert exp["source"] == "confirmation"
+    assert exp["p50_ms"] == pytest.approx(c.p50_ms)
+    assert (exp["spread_low_ms"], exp["spread_high_ms"]) == pytest.approx(
+        (c.p50_low_ms, c.p50_high_ms))
+    assert man["metrics"]["latency_p50_ms"] == pytest.approx(c.p50_ms)
+
+
+def test_cli_confirm_then_status_and_report_show_it(tuned) -> None:
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+    from autotune.report import build_report
+
+    job = tuned
+    out = CliRunner().invoke(main, ["confirm", job.source])
+    assert out.exit_code == 0, out.output
+    assert "confirmed over" in out.output and "trial " in out.output
+    out = CliRunner().invoke(main, ["status", job.source])
+    assert out.exit_code == 0, out.output
+    assert "confirmed" in out.output  # the front's latency column
+    attr = open_record(job, create=False).attr(CONFIRMATION)
+    page = build_report(job).read_text()
+    assert ">confirmed" in page
+    for w in attr["warnings"]:  # a contended confirmation or unstable baseline is in the report
+        assert html.escape(w.split(":")[0]) in page
+
+
+def test_run_confirms_at_the_end_unless_told_not_to(write_job) -> None:
+    from click.testing import CliRunner
+
+    from autotune.cli import main
+
+    path = write_job(TINY_JOB.replace("MAXTRIALS", "2").replace("agent: {name: tpe, seed: 1}",
+                                                                 WARM))
+    job = load_job(path)
+    out = CliRunner().invoke(main, ["run", str(path), "--quiet", "--no-confirm"])
+    assert out.exit_code == 0, out.output
+    assert "confirmed over" not in out.output
+    assert open_record(job, create=False).attr(CONFIRMATION) is None
+    out = CliRunner().invoke(main, ["run", str(path), "--quiet", "--max-trials", "3"])
+    assert out.exit_code == 0, out.output
+    assert "confirmed over" in out.output
+    attr = open_record(job, create=False).attr(CONFIRMATION)
+    assert attr["rounds"] >= 3 and attr["trials"]
