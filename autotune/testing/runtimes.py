@@ -1,6 +1,6 @@
 """Conformance checks every runtime must pass (like :mod:`autotune.testing.agents`).
 
-``tests/runtimes/test_conformance.py`` runs them over every registered runtime (built-ins and
+``tests/runtimes/test_runtime_conformance.py`` runs them over every registered runtime (built-ins and
 installed plugins).  A third-party runtime can run the same checks::
 
     from autotune.testing.runtimes import CHECKS
