@@ -27,12 +27,13 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +43,10 @@ from autotune.harness.hardware import fingerprint
 from autotune.harness.ortsession import session_options as options
 from autotune.harness.stats import measure
 from autotune.runtimes.base import IOSpec
+
+if TYPE_CHECKING:
+    from autotune.spec import Job
+    from autotune.study import TrialView
 
 FORMAT = "autotune-bundle/1"
 #: a language model's bundle (safetensors + tokenizer + generation settings; autotune.deploy.genserve)
@@ -517,3 +522,43 @@ def benchmark(predictor: Predictor, batch: Any = None, **measure_kwargs: Any) ->
                  for s in predictor.inputs]
     arrays = predictor.as_inputs(batch)
     return measure(lambda: predictor.predict(arrays), **measure_kwargs)
+
+
+# ------------------------------------------------- manifest helpers (shared by export and genserve)
+def _redact(url: str) -> str:
+    return re.sub(r"://[^/@]*@", "://***@", url)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("autotune", "onnx", "onnxruntime", "torch", "safetensors", "openvino", "numpy",
+                 "mlflow", "optuna"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _constraints(job: Job, view: TrialView, baseline: Mapping[str, float] | None
+                 ) -> list[dict[str, Any]]:
+    out = []
+    for c in job.parsed_constraints:
+        try:
+            bound: float | None = c.bound(baseline)
+        except KeyError:
+            bound = None
+        value = view.metrics.get(c.metric)
+        out.append({"constraint": c.text, "metric": c.metric, "op": c.op, "bound": bound,
+                    "value": value, "satisfied": c.satisfied(view.metrics, baseline)
+                    if bound is not None else None})
+    return out
+
+
+def _mlflow_quiet() -> None:
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)

@@ -27,6 +27,10 @@ from autotune.deploy.bundle import (
     MANIFEST,
     MODEL_ONNX,
     BundleError,
+    _constraints,
+    _mlflow_quiet,
+    _redact,
+    _versions,
     read_manifest,
     safe_name,
     write_manifest,
@@ -172,38 +176,6 @@ def _materialize(job: Job, config: Mapping[str, Any]) -> tuple[Any, Any, dict[st
 
 
 # ------------------------------------------------------------------------------------ manifest
-def _redact(url: str) -> str:
-    return re.sub(r"://[^/@]*@", "://***@", url)
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for name in ("autotune", "onnx", "onnxruntime", "torch", "safetensors", "openvino", "numpy",
-                 "mlflow", "optuna"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _constraints(job: Job, view: TrialView, baseline: Mapping[str, float] | None
-                 ) -> list[dict[str, Any]]:
-    out = []
-    for c in job.parsed_constraints:
-        try:
-            bound: float | None = c.bound(baseline)
-        except KeyError:
-            bound = None
-        value = view.metrics.get(c.metric)
-        out.append({"constraint": c.text, "metric": c.metric, "op": c.op, "bound": bound,
-                    "value": value, "satisfied": c.satisfied(view.metrics, baseline)
-                    if bound is not None else None})
-    return out
-
-
 def _io_specs(runner: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The model's named inputs and outputs (forward signature names, dict keys), as its
     runtime reports them for the loaded bundle."""
@@ -324,13 +296,6 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
 
 
 # ------------------------------------------------------------------------------------ registry
-def _mlflow_quiet() -> None:
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-
-
 def model_signature(manifest: Mapping[str, Any]) -> Any:
     """The MLflow signature of a bundle: one tensor per model input and output, as the manifest
     lists them (``None`` dimensions, such as the batch axis, become -1)."""

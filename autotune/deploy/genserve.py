@@ -84,7 +84,7 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
 
     import yaml
 
-    from autotune.deploy.export import _constraints, _redact, _versions
+    from autotune.deploy.bundle import _constraints, _redact, _versions
     from autotune.tuner import open_record
     from autotune.workloads.engine import GenSettings
     from autotune.workloads.generation import check_config, model_folder

@@ -7,15 +7,14 @@ below) and returns an immutable :class:`TrialResult`.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.result import TrialResult, _PeakRSS
 from autotune.spec import Job
 
 if TYPE_CHECKING:
@@ -62,45 +61,6 @@ def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
     from autotune.runtimes import parameter_table
 
     return parameter_table()
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """What one measured configuration produced."""
-
-    metrics: Mapping[str, float]
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-class _PeakRSS:
-    """Samples the process's resident memory in the background; ``peak`` in MiB."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self.peak = self._proc.memory_info().rss
-        self.start_mb = self.peak / 2**20
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
 
 
 class Evaluator:

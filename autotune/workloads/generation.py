@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError, TrialFailed
+from autotune.harness.result import TrialResult, _PeakRSS
 from autotune.spec import Job
 from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES
 
@@ -385,8 +386,6 @@ class GenerationEvaluator:
         return passes, timings
 
     def evaluate(self, config: Mapping[str, Any]) -> Any:
-        from autotune.harness.evaluate import TrialResult, _PeakRSS
-
         t0 = time.perf_counter()
         reference = self.reference()
         timings: dict[str, float] = {"reference_s": time.perf_counter() - t0}
