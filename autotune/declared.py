@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from autotune.runtimes import declared_parameters as runtime_parameters
 from autotune.space import DeclaredParam
 
 
@@ -29,8 +30,6 @@ def _positive_int(v: Any) -> bool:
 def declared_parameters() -> Mapping[str, DeclaredParam]:
     """Every parameter a model job's search space may name, with what it accepts: the runtimes'
     and the pipeline's own declarations (:func:`autotune.runtimes.declared_parameters`)."""
-    from autotune.runtimes import declared_parameters as runtime_parameters
-
     out: dict[str, DeclaredParam] = {}
     for name, p in runtime_parameters().items():
         optional: tuple[Any, ...] = (None,) if (p.nullable or p.default is None) else ()

@@ -42,6 +42,7 @@ from autotune.files import write_atomic
 from autotune.harness.hardware import fingerprint
 from autotune.harness.ortsession import session_options as options
 from autotune.harness.stats import measure
+from autotune.runtimes import get_runtime
 from autotune.runtimes.base import IOSpec
 
 if TYPE_CHECKING:
@@ -483,8 +484,6 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
         raise TamperedBundleError(f"{root / DEPLOY} names the model file {model_name!r}, the "
                                   f"manifest {manifest.get('model')!r}.")
     runtime_name = deploy.get("runtime")
-    from autotune.runtimes import get_runtime
-
     try:
         runtime = get_runtime(str(runtime_name))
     except AutotuneError as exc:

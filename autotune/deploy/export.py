@@ -35,12 +35,15 @@ from autotune.deploy.bundle import (
     safe_name,
     write_manifest,
 )
+from autotune.deploy.genserve import write_generation_bundle
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.harness.evaluate import Evaluator
 from autotune.harness.hardware import Fingerprint
 from autotune.pareto import Record, knee_point, parse_rule
 from autotune.review import pareto_views
+from autotune.runtimes import get_runtime, job_default_runtime
+from autotune.runtimes.base import Built
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView, open_record
 from autotune.tracking import experiment_id
@@ -118,9 +121,6 @@ def _model_file(job: Job, view: TrialView) -> tuple[Any, dict[str, Any]]:
     SHA-256; otherwise the model is re-created through the harness.  Either way the bundle's files
     are then loaded once by the runtime (as :func:`autotune.deploy.load` will), which also gives
     the model's named inputs and outputs."""
-    from autotune.runtimes import get_runtime, job_default_runtime
-    from autotune.runtimes.base import Built
-
     config = dict(view.config)
     details = view.user_attrs.get("details") or {}
     if details.get("not_exportable"):
@@ -274,8 +274,6 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
 
     record = record or open_record(job, create=False)
     if job.is_generation:  # weights + tokenizer + tuned generation settings
-        from autotune.deploy.genserve import write_generation_bundle
-
         return write_generation_bundle(job, view, out, pick=pick, record=record)
     (runtime, built, bundle, runner), runtime_info = _model_file(job, view)
     runtime_info = {**runtime_info, "runtime": runtime.name, "model": bundle.model}

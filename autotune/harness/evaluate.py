@@ -14,7 +14,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.hardware import (
+    cost_usd_per_million,
+    default_price_per_hour,
+    detect_capabilities,
+    fingerprint,
+    peak_gflops_cached,
+)
+from autotune.harness.hostlock import measurement_lock
 from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.runtimes import (
+    declared_parameters,
+    get_runtime,
+    job_default_runtime,
+    load_transform_plugins,
+    parameter_table,
+    runtimes,
+)
+from autotune.runtimes.base import BuildContext
 from autotune.spec import Job
 
 if TYPE_CHECKING:
@@ -24,12 +41,8 @@ def __getattr__(name: str) -> Any:
     """``HARNESS_PARAMS`` ({key: (description, default)}) and ``QUANTIZATIONS``, derived from
     the declarations (:func:`autotune.runtimes.declared_parameters`), not kept beside them."""
     if name == "HARNESS_PARAMS":
-        from autotune.runtimes import parameter_table
-
         return parameter_table()
     if name == "QUANTIZATIONS":
-        from autotune.runtimes import declared_parameters
-
         return declared_parameters()["quantization"].choices
     if name == "ort_providers":  # moved to the ONNX Runtime runtime
         from autotune.runtimes.onnxruntime import ort_providers
@@ -58,8 +71,6 @@ def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
         from autotune.workloads.knobs import GENERATION_PARAMS
 
         return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
-    from autotune.runtimes import parameter_table
-
     return parameter_table()
 
 
@@ -127,8 +138,6 @@ class Evaluator:
         """Build ``config`` through its runtime: check every key against its declaration, prune
         (the pipeline), convert the model to the kind the runtime takes, then
         :meth:`Runtime.build`.  Raises :class:`TrialFailed` for a configuration that cannot run."""
-        from autotune.runtimes import declared_parameters, get_runtime, job_default_runtime
-        from autotune.runtimes.base import BuildContext
         from autotune.transforms.base import ModelRef, apply, get_transform
 
         wl = self.workload if self._workload is None else self._workload
@@ -194,8 +203,6 @@ class Evaluator:
         ``torch.cuda.max_memory_allocated`` after a peak reset (torch's allocator only; ONNX
         Runtime's CUDA arena is not visible to it), present only when the trial ran on a GPU.
         """
-        from autotune.harness.hardware import cost_usd_per_million, default_price_per_hour
-        from autotune.harness.hostlock import measurement_lock
         from autotune.harness.stats import measure
 
         m = self.job.measurement
@@ -285,8 +292,6 @@ class Evaluator:
                 raise TrialFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
             batch = wl.batch(int(config.get("batch_size", 1)))
             fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
-        from autotune.harness.hostlock import measurement_lock
-
         with measurement_lock():
             out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
                             max_repeats=m.max_repeats, target_ci=m.target_ci,
@@ -296,8 +301,6 @@ class Evaluator:
     # ------------------------------------------------------------------ measuring helpers
     @staticmethod
     def _fingerprint():  # type: ignore[no-untyped-def]
-        from autotune.harness.hardware import fingerprint
-
         return fingerprint()
 
     @staticmethod
@@ -321,9 +324,6 @@ class Evaluator:
         cached in the job's cache directory -- under the measurement lock, as it is a timing too.
         """
         from autotune.harness.flops import forward_flops
-        from autotune.harness.hardware import peak_gflops_cached
-        from autotune.harness.hostlock import measurement_lock
-
         try:
             flops = forward_flops(self._workload, batch_size, self.cache_dir)
         except Exception:  # an exotic graph: leave the metric out rather than fail the trial
@@ -348,8 +348,6 @@ class Evaluator:
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        from autotune.harness.hardware import detect_capabilities
-
         return asdict(detect_capabilities())
 
     def fingerprint(self) -> dict[str, Any]:
@@ -369,7 +367,6 @@ def _sha256(path: str) -> str:
 
 def _pruner(method: str) -> str:
     """The transform a ``pruning_method`` value selects (its ``pruning_method`` declaration)."""
-    from autotune.runtimes import load_transform_plugins
     from autotune.transforms.base import TRANSFORMS, get_transform
 
     get_transform("prune_magnitude")  # the built-ins are imported
@@ -384,8 +381,6 @@ def _pruner(method: str) -> str:
 def _check(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
     """Each key of ``config`` against its declaration; a value another runtime supports is
     named as such (``quantization 'bf16' is not supported on onnxruntime; torch has it``)."""
-    from autotune.runtimes import runtimes
-
     mine = {p.name: p for p in runtime.parameters()}
     for key, value in config.items():
         if key in ("runtime", "pruning_method") or key not in declared:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import DependencyError
+from autotune.harness.fingerprint import dist_version, fingerprint
 from autotune.harness.prices import positive
 
 __all__ = ["measure_peak_gflops", "peak_gflops_cached"]
@@ -158,8 +159,6 @@ def peak_gflops_cached(
     _check_peak_args(device, dtype, seconds, size, threads)
     torch = _import_torch()
     resolved_threads, n = _resolve(torch, device, size, threads)
-    from autotune.harness.fingerprint import dist_version, fingerprint
-
     fp = fingerprint()
     key = "|".join(
         [
