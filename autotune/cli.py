@@ -11,13 +11,23 @@ from typing import Any
 
 import click
 
+from autotune.api import job_schema
 from autotune.check import check_job
 from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.bundle import read_key, require_signature
+from autotune.deploy.export import export_bundle
 from autotune.deploy.genserve import is_generation_bundle, serve_generation
 from autotune.deploy.serve import Limits, serve
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, SpecError
+from autotune.harness.isolate import memory_limit
+from autotune.report import build_report
+from autotune.review import front_row
+from autotune.schedule import retune_once, run_schedule
 from autotune.spec import load_job
+from autotune.tracking import sync_job
+from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
+from autotune.tuner import run as run_job
+from autotune.tuner import status as job_status
 
 
 def _console(stderr: bool = False) -> Any:
@@ -108,8 +118,6 @@ def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible tri
     """The front as a rich table that fits ``width`` columns: parameters every front point
     shares go to the caption, and long headers are broken at underscores (never truncated)."""
     from rich.table import Table
-
-    from autotune.review import front_row
 
     rows = [front_row(t, job) for t in summary.front]
     cols = list(dict.fromkeys(c for r in rows for c in r)) if rows else ["trial"]
@@ -240,8 +248,6 @@ def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
     """Progress callbacks for a tuning loop; the bar is stopped however the loop ends.
 
     ``prog.extra["measured"]`` collects the trials this process measured (for the exit code)."""
-    from autotune.tuner import Progress
-
     bar = _Bar(console, job)
     measured: list[Any] = []
 
@@ -305,8 +311,6 @@ def validate(job_file: str, import_timeout: float) -> None:
         console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
-    from autotune.harness.isolate import memory_limit
-
     mem, why = memory_limit(job)
     console.print(f"  memory     : {f'{mem} MiB per trial' if mem else 'no limit'} ({why})")
 
@@ -314,8 +318,6 @@ def validate(job_file: str, import_timeout: float) -> None:
 def _validate_json(job_file: str, import_timeout: float) -> None:
     """``autotune validate --json``: ``{"ok": true, "job": ..., "search_space": [...]}``, or
     ``{"ok": false, "error": {"message", "file", "line", "field", "hint"}}`` with exit code 2."""
-    from autotune.errors import SpecError
-
     try:
         checked = check_job(job_file, import_timeout=import_timeout)
         job, space = checked.job, checked.space
@@ -355,8 +357,6 @@ def _validate_json(job_file: str, import_timeout: float) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(job_file: str, max_trials: int | None, quiet: bool) -> None:
     """Run the job (or continue it where it stopped)."""
-    from autotune.tuner import run as run_job
-
     console = _console()
     job = _load(job_file)
     t0 = time.monotonic()
@@ -399,8 +399,6 @@ def _report(console: Any, job: Any, summary: Any) -> None:
 @_json_option
 def status(job_file: str) -> None:
     """Trials done and failed, and the current Pareto front."""
-    from autotune.tuner import status as job_status
-
     console = _console()
     job = _load(job_file)
     summary = job_status(job)
@@ -444,8 +442,6 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
 @click.argument("job_file", type=click.Path(dir_okay=False))
 def sync(job_file: str) -> None:
     """Write the trials MLflow is missing (e.g. after the server was down) from the study."""
-    from autotune.tracking import sync_job
-
     job = _load(job_file)
     n, error = sync_job(job)
     if error:
@@ -461,8 +457,6 @@ def sync(job_file: str) -> None:
               help="Where to write the HTML file (default: <output dir>/report.html).")
 def report(job_file: str, out: str | None) -> None:
     """Write a self-contained HTML report of the job's study (works offline)."""
-    from autotune.report import build_report
-
     job = _load(job_file)
     path = build_report(job, out)
     click.echo(f"report written to {path}")
@@ -474,8 +468,6 @@ def report(job_file: str, out: str | None) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def dashboard(job_file: str, host: str, port: int) -> None:
     """optuna-dashboard on the job's study, "Best Trials" chosen among feasible trials only."""
-    from autotune.tuner import open_record
-
     job = _load(job_file)
     open_record(job, create=False)  # a job never run: a clear error, not an empty dashboard
     click.echo(f"optuna-dashboard for '{job.name}' on http://{host}:{port}/ (Ctrl-C stops)",
@@ -502,8 +494,6 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
                no_register: bool, sign_key: str | None) -> None:
     """Export a measured configuration as a deployable bundle and register it in MLflow."""
     from pathlib import Path
-
-    from autotune.deploy.export import export_bundle
 
     as_json = _as_json()
     console = _console(stderr=as_json)
@@ -627,8 +617,6 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, quiet: bool) -> None:
     """Join the job's shared study (storage: postgresql://...) as one of several workers."""
-    from autotune.tuner import WorkerOptions, run_worker
-
     console = _console()
     job = _load(job_file)
     opts = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
@@ -662,8 +650,6 @@ def _print_cycle(console: Any, res: Any) -> None:
 @_json_option
 def retune(job_file: str) -> None:
     """Run one re-tuning cycle now (for cron, systemd timers, Kubernetes CronJobs)."""
-    from autotune.schedule import retune_once
-
     as_json = _as_json()
     console = _console(stderr=as_json)
     job = _load(job_file)
@@ -682,8 +668,6 @@ def retune(job_file: str) -> None:
 @click.option("--max-cycles", type=int, default=None, help="Stop after this many cycles.")
 def schedule(job_file: str, max_cycles: int | None) -> None:
     """Re-tune on the job's 'schedule:' in the foreground (a long-lived process)."""
-    from autotune.schedule import run_schedule
-
     console = _console()
     try:
         job = _load(job_file)
@@ -698,8 +682,6 @@ def schedule(job_file: str, max_cycles: int | None) -> None:
 def schema() -> None:
     """Print the JSON Schema of job files (for editor completion: see the README)."""
     import json
-
-    from autotune.api import job_schema
 
     click.echo(json.dumps(job_schema(), indent=2))
 
