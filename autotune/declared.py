@@ -20,6 +20,7 @@ from typing import Any
 
 from autotune.runtimes import declared_parameters as runtime_parameters
 from autotune.space import DeclaredParam
+from autotune.workloads.knobs import GENERATION_PARAMS
 
 
 def _positive_int(v: Any) -> bool:
@@ -47,8 +48,6 @@ def declared_parameters() -> Mapping[str, DeclaredParam]:
 def declared_generation_parameters() -> Mapping[str, DeclaredParam]:
     """The parameters a text-generation job's space may name: the generation knobs
     (:data:`autotune.workloads.knobs.GENERATION_PARAMS`)."""
-    from autotune.workloads.knobs import GENERATION_PARAMS
-
     out: dict[str, DeclaredParam] = {}
     for k in GENERATION_PARAMS:
         optional: tuple[Any, ...] = (None,) if k.default is None else ()

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -44,10 +44,7 @@ from autotune.harness.ortsession import session_options as options
 from autotune.harness.stats import measure
 from autotune.runtimes import get_runtime
 from autotune.runtimes.base import IOSpec
-
-if TYPE_CHECKING:
-    from autotune.spec import Job
-    from autotune.study import TrialView
+from autotune.spec import Job
 
 FORMAT = "autotune-bundle/1"
 #: a language model's bundle (safetensors + tokenizer + generation settings; autotune.deploy.genserve)
@@ -541,8 +538,10 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _constraints(job: Job, view: TrialView, baseline: Mapping[str, float] | None
+def _constraints(job: Job, view: Any, baseline: Mapping[str, float] | None
                  ) -> list[dict[str, Any]]:
+    """Each of ``job``'s constraints against the trial ``view`` (an
+    :class:`autotune.study.TrialView`, not imported here: it would load Optuna)."""
     out = []
     for c in job.parsed_constraints:
         try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.flops import forward_flops
 from autotune.harness.hardware import (
     cost_usd_per_million,
     default_price_per_hour,
@@ -23,6 +24,8 @@ from autotune.harness.hardware import (
 )
 from autotune.harness.hostlock import measurement_lock
 from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.stats import alternate, measure
+from autotune.harness.workload import fidelity_fn, load_workload
 from autotune.runtimes import (
     declared_parameters,
     get_runtime,
@@ -32,7 +35,11 @@ from autotune.runtimes import (
     runtimes,
 )
 from autotune.runtimes.base import BuildContext
+from autotune.runtimes.onnxruntime import ort_providers  # (moved there; still importable from here)
 from autotune.spec import Job
+from autotune.transforms.base import TRANSFORMS, Context, ModelRef, apply, data_digest, get_transform
+from autotune.workloads.generation import GenerationEvaluator
+from autotune.workloads.knobs import GENERATION_PARAMS
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Built, Parameter, Runtime
@@ -44,10 +51,6 @@ def __getattr__(name: str) -> Any:
         return parameter_table()
     if name == "QUANTIZATIONS":
         return declared_parameters()["quantization"].choices
-    if name == "ort_providers":  # moved to the ONNX Runtime runtime
-        from autotune.runtimes.onnxruntime import ort_providers
-
-        return ort_providers
     raise AttributeError(name)
 
 
@@ -59,8 +62,6 @@ def evaluator_for(job: Job) -> Any:
     :mod:`autotune.workloads.generation`) for ``model.task: text-generation``, else one forward
     pass per measurement (:class:`Evaluator`)."""
     if job.is_generation:
-        from autotune.workloads.generation import GenerationEvaluator
-
         return GenerationEvaluator(job)
     return Evaluator(job)
 
@@ -68,8 +69,6 @@ def evaluator_for(job: Job) -> Any:
 def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
     """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
     if job.is_generation:
-        from autotune.workloads.knobs import GENERATION_PARAMS
-
         return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
     return parameter_table()
 
@@ -89,8 +88,6 @@ class Evaluator:
     @property
     def workload(self):  # type: ignore[no-untyped-def]
         if self._workload is None:
-            from autotune.harness.workload import fidelity_fn, load_workload
-
             self._workload = load_workload(self.job)
             if self.job.evaluation.is_fidelity:
                 self._workload.quality_fn = fidelity_fn(
@@ -101,8 +98,6 @@ class Evaluator:
     def reference_outputs(self) -> np.ndarray:
         """Outputs of the unmodified model (fp32) on the evaluation inputs."""
         if self._reference is None:
-            from autotune.harness.workload import load_workload
-
             wl = self._workload or load_workload(self.job)
             self._workload = wl
             predict, _ = self._build({"quantization": "fp32"})
@@ -112,8 +107,6 @@ class Evaluator:
     def context(self) -> Any:
         """The data transforms read: example inputs, the calibration split, the loss."""
         if self._context is None:
-            from autotune.transforms.base import Context, data_digest
-
             wl = self.workload if self._workload is None else self._workload
             example = tuple(x[:2] for x in wl.inputs)
             cal = tuple(wl.calibration or ())
@@ -138,8 +131,6 @@ class Evaluator:
         """Build ``config`` through its runtime: check every key against its declaration, prune
         (the pipeline), convert the model to the kind the runtime takes, then
         :meth:`Runtime.build`.  Raises :class:`TrialFailed` for a configuration that cannot run."""
-        from autotune.transforms.base import ModelRef, apply, get_transform
-
         wl = self.workload if self._workload is None else self._workload
         name = config.get("runtime") or job_default_runtime(self.job)
         try:
@@ -203,8 +194,6 @@ class Evaluator:
         ``torch.cuda.max_memory_allocated`` after a peak reset (torch's allocator only; ONNX
         Runtime's CUDA arena is not visible to it), present only when the trial ran on a GPU.
         """
-        from autotune.harness.stats import measure
-
         m = self.job.measurement
         wl = self.workload
         t0 = time.perf_counter()
@@ -278,8 +267,6 @@ class Evaluator:
     def compare(self, configs: Mapping[str, Mapping[str, Any]], rounds: int) -> dict[str, Any]:
         """Latency of several configurations measured side by side (interleaved rounds,
         ``stats.alternate``); per name the list of per-round summaries (``to_dict``)."""
-        from autotune.harness.stats import alternate
-
         m = self.job.measurement
         wl = self.workload
         fns = {}
@@ -323,7 +310,6 @@ class Evaluator:
         Peak: a large fp32 matmul on all usable cores (or the GPU), measured once per machine and
         cached in the job's cache directory -- under the measurement lock, as it is a timing too.
         """
-        from autotune.harness.flops import forward_flops
         try:
             flops = forward_flops(self._workload, batch_size, self.cache_dir)
         except Exception:  # an exotic graph: leave the metric out rather than fail the trial
@@ -367,8 +353,6 @@ def _sha256(path: str) -> str:
 
 def _pruner(method: str) -> str:
     """The transform a ``pruning_method`` value selects (its ``pruning_method`` declaration)."""
-    from autotune.transforms.base import TRANSFORMS, get_transform
-
     get_transform("prune_magnitude")  # the built-ins are imported
     load_transform_plugins()  # and the autotune.transforms entry points
     found = {getattr(c, "pruning_method", None): n for n, c in TRANSFORMS.items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import DependencyError
+from autotune.files import write_json_atomic
 from autotune.harness.fingerprint import dist_version, fingerprint
 from autotune.harness.prices import positive
 
@@ -185,8 +186,6 @@ def peak_gflops_cached(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": seconds,
     }
-    from autotune.files import write_json_atomic
-
     write_json_atomic(path, {"version": 1, "entries": entries})
     return value
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.errors import DependencyError, SpecError
 from autotune.runtimes.base import Parameter, Runtime
+from autotune.transforms.base import TRANSFORMS, Categorical, Range, get_transform
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Parameter, Runtime
@@ -110,8 +111,6 @@ def job_default_runtime(job: Any) -> str:
 # ------------------------------------------------------------------------ the vocabulary
 def _pipeline_parameters() -> list[Parameter]:
     """Keys the pipeline itself reads: which runtime, where, batch, threads, pruning."""
-    from autotune.transforms.base import TRANSFORMS, get_transform
-
     get_transform("prune_magnitude")  # imports the built-in transforms
     load_transform_plugins()
     pruners = {cls.pruning_method: cls for cls in TRANSFORMS.values()  # type: ignore[attr-defined]
@@ -149,8 +148,6 @@ def _from_tparam(name: str, tp: Any, owner: str, *, kind: str | None = None,
                  when: Mapping[str, tuple[Any, ...]] | None = None, any_string: bool = False,
                  low: float | None = None, high: float | None = None) -> Parameter:
     """A configuration key declared by a transform's :class:`TParam` (one declaration, two uses)."""
-    from autotune.transforms.base import Categorical, Range
-
     search = tp.search.to_yaml() if tp.search is not None else None
     if isinstance(tp.search, Categorical) and kind in (None, "categorical"):
         return Parameter(name, "categorical", tp.default, tp.description,
