@@ -35,7 +35,7 @@ from autotune.runtimes import (
     runtimes,
 )
 from autotune.runtimes.base import BuildContext
-from autotune.runtimes.onnxruntime import ort_providers  # (moved there; still importable from here)
+from autotune.runtimes.onnxruntime import ort_providers as ort_providers  # (re-exported: it moved)
 from autotune.spec import Job
 from autotune.transforms.base import TRANSFORMS, Context, ModelRef, apply, data_digest, get_transform
 from autotune.workloads.generation import GenerationEvaluator
