@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from autotune import schedule as scheduling  # (module: tests patch scheduling.retune_once)
 from autotune.api import job_schema
 from autotune.check import check_job
 from autotune.dashboard import serve as serve_dashboard
@@ -22,7 +23,6 @@ from autotune.errors import AutotuneError, SpecError
 from autotune.harness.isolate import memory_limit
 from autotune.report import build_report
 from autotune.review import front_row
-from autotune.schedule import retune_once, run_schedule
 from autotune.spec import load_job
 from autotune.tracking import sync_job
 from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
@@ -654,7 +654,7 @@ def retune(job_file: str) -> None:
     console = _console(stderr=as_json)
     job = _load(job_file)
     with _stdout_to_stderr(as_json):
-        res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
+        res = scheduling.retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
     if as_json:  # CycleResult's fields: job, decision, why, changed, champion, challenger, ...
         _emit_json(res.to_dict())
     else:
@@ -671,7 +671,7 @@ def schedule(job_file: str, max_cycles: int | None) -> None:
     console = _console()
     try:
         job = _load(job_file)
-        run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
+        scheduling.run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
                      on_cycle=lambda r: _print_cycle(console, r))
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/]")
