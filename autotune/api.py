@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from autotune.errors import AutotuneError, SpecError
+from autotune.space import _PARAM_KEYS, PRESET_DIR
+from autotune.spec import Job, job_from_located, load_job
+from autotune.tuner import Progress, run, status
+from autotune.yamlsrc import Located
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,15 +46,11 @@ def as_job(job: Any, *, base_dir: str | os.PathLike[str] | None = None) -> Job:
     file) are looked up in ``base_dir`` (default: the current directory); a mistake raises the
     same :class:`~autotune.errors.SpecError` as a file would, with the field's path.
     """
-    from autotune.spec import Job, job_from_located, load_job
-
     if isinstance(job, Job):
         return job
     if isinstance(job, str | os.PathLike):
         return load_job(job)
     if isinstance(job, Mapping):
-        from autotune.yamlsrc import Located
-
         parsed = job_from_located(Located(data=dict(job), file="<memory>"))
         where = Path(base_dir) if base_dir is not None else Path.cwd()
         return parsed.model_copy(update={"base_dir": str(where.resolve())})
@@ -121,8 +121,6 @@ class Results:
 
 def _printing_progress(out: TextIO) -> Progress:
     """One line per message and per trial, for notebooks (no terminal redrawing)."""
-    from autotune.tuner import Progress
-
     def on_trial(view: TrialView, done: int, total: int, front: Sequence[TrialView]) -> None:
         state = view.state if view.state != "complete" else (
             "ok" if view.feasible else "infeasible")
@@ -149,8 +147,6 @@ def tune(job: Any, *, max_trials: int | None = None, quiet: bool = False,
     """
     import multiprocessing
 
-    from autotune.tuner import Progress, run
-
     if multiprocessing.current_process().name == "autotune-harness":
         # the measuring process is spawned: it imports the caller's script, which must not tune
         raise AutotuneError(
@@ -167,8 +163,6 @@ def tune(job: Any, *, max_trials: int | None = None, quiet: bool = False,
 def load_results(job: Any, *, base_dir: str | os.PathLike[str] | None = None) -> Results:
     """The results of a job that has run (its study), without measuring anything; a
     :class:`~autotune.errors.StudyError` if it never ran."""
-    from autotune.tuner import status
-
     spec = as_job(job, base_dir=base_dir)
     return Results.from_summary(spec, status(spec))
 
@@ -184,8 +178,6 @@ def job_schema() -> dict[str, Any]:
     (``autotune schema``).  Generated from the :class:`~autotune.spec.Job` model; the loader's
     own fields (``source``, ``base_dir``) are left out, and ``search_space`` parameters are
     described as in ``search_spaces/*.yaml``."""
-    from autotune.spec import Job
-
     schema = Job.model_json_schema(mode="validation")
     props, defs = schema["properties"], schema["$defs"]
     for internal in ("source", "base_dir"):
@@ -215,8 +207,6 @@ def job_schema() -> dict[str, Any]:
 def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
     """``search_space:``: a preset (+ overrides) or inline parameters, each parameter with
     ``choices`` or ``low``/``high`` (the keys :mod:`autotune.space` accepts)."""
-    from autotune.space import _PARAM_KEYS
-
     scalar = {"type": ["string", "number", "integer", "boolean", "null"]}
     param_props: dict[str, Any] = {
         "choices": {"type": "array", "items": scalar, "minItems": 1},
@@ -253,6 +243,4 @@ def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _presets() -> list[str]:
-    from autotune.space import PRESET_DIR
-
     return sorted(p.stem for p in Path(PRESET_DIR).glob("*.yaml"))

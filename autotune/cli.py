@@ -12,16 +12,26 @@ from typing import Any
 
 import click
 
+from autotune import schedule as scheduling  # (module: tests patch scheduling.retune_once)
+from autotune.api import job_schema
 from autotune.check import check_job
 from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.bundle import read_key, require_signature
+from autotune.deploy.export import export_bundle
 from autotune.deploy.genserve import is_generation_bundle, serve_generation
 from autotune.deploy.serve import Limits, serve
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, SpecError
 from autotune.harness.contention import flag
 from autotune.harness.hardware import detect_capabilities, fingerprint
+from autotune.harness.isolate import memory_limit
 from autotune.portfolio import applicable, job_portfolio
+from autotune.report import build_report
+from autotune.review import front_row
 from autotune.spec import load_job
+from autotune.tracking import sync_job
+from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
+from autotune.tuner import run as run_job
+from autotune.tuner import status as job_status
 
 
 def _console(stderr: bool = False) -> Any:
@@ -112,8 +122,6 @@ def front_table(summary: Any, job: Any, title: str = "Pareto front (feasible tri
     """The front as a rich table that fits ``width`` columns: parameters every front point
     shares go to the caption, and long headers are broken at underscores (never truncated)."""
     from rich.table import Table
-
-    from autotune.review import front_row
 
     rows = [front_row(t, job) for t in summary.front]
     flags = [flag(t.user_attrs) for t in summary.front]
@@ -247,8 +255,6 @@ def _progress(console: Any, job: Any, quiet: bool) -> Iterator[Any]:
     """Progress callbacks for a tuning loop; the bar is stopped however the loop ends.
 
     ``prog.extra["measured"]`` collects the trials this process measured (for the exit code)."""
-    from autotune.tuner import Progress
-
     bar = _Bar(console, job)
     measured: list[Any] = []
 
@@ -313,8 +319,6 @@ def validate(job_file: str, import_timeout: float) -> None:
     _print_portfolio(console, job, space)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
-    from autotune.harness.isolate import memory_limit
-
     mem, why = memory_limit(job)
     console.print(f"  memory     : {f'{mem} MiB per trial' if mem else 'no limit'} ({why})")
 
@@ -322,8 +326,6 @@ def validate(job_file: str, import_timeout: float) -> None:
 def _validate_json(job_file: str, import_timeout: float) -> None:
     """``autotune validate --json``: ``{"ok": true, "job": ..., "search_space": [...]}``, or
     ``{"ok": false, "error": {"message", "file", "line", "field", "hint"}}`` with exit code 2."""
-    from autotune.errors import SpecError
-
     try:
         checked = check_job(job_file, import_timeout=import_timeout)
         job, space = checked.job, checked.space
@@ -380,8 +382,6 @@ def _print_portfolio(console: Any, job: Any, space: Any) -> None:
               help="Skip the confirmation step (side-by-side re-measurement of the front).")
 def run(job_file: str, max_trials: int | None, quiet: bool, no_confirm: bool) -> None:
     """Run the job (or continue it where it stopped), then confirm the leading trials."""
-    from autotune.tuner import run as run_job
-
     console = _console()
     job = _load(job_file)
     t0 = time.monotonic()
@@ -494,8 +494,6 @@ def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
 @_json_option
 def status(job_file: str) -> None:
     """Trials done and failed, and the current Pareto front."""
-    from autotune.tuner import status as job_status
-
     console = _console()
     job = _load(job_file)
     summary = job_status(job)
@@ -539,8 +537,6 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
 @click.argument("job_file", type=click.Path(dir_okay=False))
 def sync(job_file: str) -> None:
     """Write the trials MLflow is missing (e.g. after the server was down) from the study."""
-    from autotune.tracking import sync_job
-
     job = _load(job_file)
     n, error = sync_job(job)
     if error:
@@ -556,8 +552,6 @@ def sync(job_file: str) -> None:
               help="Where to write the HTML file (default: <output dir>/report.html).")
 def report(job_file: str, out: str | None) -> None:
     """Write a self-contained HTML report of the job's study (works offline)."""
-    from autotune.report import build_report
-
     job = _load(job_file)
     path = build_report(job, out)
     click.echo(f"report written to {path}")
@@ -569,8 +563,6 @@ def report(job_file: str, out: str | None) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def dashboard(job_file: str, host: str, port: int) -> None:
     """optuna-dashboard on the job's study, "Best Trials" chosen among feasible trials only."""
-    from autotune.tuner import open_record
-
     job = _load(job_file)
     open_record(job, create=False)  # a job never run: a clear error, not an empty dashboard
     click.echo(f"optuna-dashboard for '{job.name}' on http://{host}:{port}/ (Ctrl-C stops)",
@@ -597,8 +589,6 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
                no_register: bool, sign_key: str | None) -> None:
     """Export a measured configuration as a deployable bundle and register it in MLflow."""
     from pathlib import Path
-
-    from autotune.deploy.export import export_bundle
 
     as_json = _as_json()
     console = _console(stderr=as_json)
@@ -729,8 +719,6 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def worker(job_file: str, max_trials: int | None, heartbeat: int, grace: int, quiet: bool) -> None:
     """Join the job's shared study (storage: postgresql://...) as one of several workers."""
-    from autotune.tuner import WorkerOptions, run_worker
-
     console = _console()
     job = _load(job_file)
     opts = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
@@ -764,13 +752,11 @@ def _print_cycle(console: Any, res: Any) -> None:
 @_json_option
 def retune(job_file: str) -> None:
     """Run one re-tuning cycle now (for cron, systemd timers, Kubernetes CronJobs)."""
-    from autotune.schedule import retune_once
-
     as_json = _as_json()
     console = _console(stderr=as_json)
     job = _load(job_file)
     with _stdout_to_stderr(as_json):
-        res = retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
+        res = scheduling.retune_once(job, log=lambda m: console.print(f"[dim]{m}[/]"))
     if as_json:  # CycleResult's fields: job, decision, why, changed, champion, challenger, ...
         _emit_json(res.to_dict())
     else:
@@ -784,12 +770,10 @@ def retune(job_file: str) -> None:
 @click.option("--max-cycles", type=int, default=None, help="Stop after this many cycles.")
 def schedule(job_file: str, max_cycles: int | None) -> None:
     """Re-tune on the job's 'schedule:' in the foreground (a long-lived process)."""
-    from autotune.schedule import run_schedule
-
     console = _console()
     try:
         job = _load(job_file)
-        run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
+        scheduling.run_schedule(job, max_cycles=max_cycles, log=lambda m: console.print(f"[dim]{m}[/]"),
                      on_cycle=lambda r: _print_cycle(console, r))
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/]")
@@ -800,8 +784,6 @@ def schedule(job_file: str, max_cycles: int | None) -> None:
 def schema() -> None:
     """Print the JSON Schema of job files (for editor completion: see the README)."""
     import json
-
-    from autotune.api import job_schema
 
     click.echo(json.dumps(job_schema(), indent=2))
 

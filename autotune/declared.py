@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from autotune.runtimes import declared_parameters as runtime_parameters
 from autotune.space import DeclaredParam
+from autotune.workloads.knobs import GENERATION_PARAMS
 
 
 def _positive_int(v: Any) -> bool:
@@ -29,8 +31,6 @@ def _positive_int(v: Any) -> bool:
 def declared_parameters() -> Mapping[str, DeclaredParam]:
     """Every parameter a model job's search space may name, with what it accepts: the runtimes'
     and the pipeline's own declarations (:func:`autotune.runtimes.declared_parameters`)."""
-    from autotune.runtimes import declared_parameters as runtime_parameters
-
     out: dict[str, DeclaredParam] = {}
     for name, p in runtime_parameters().items():
         optional: tuple[Any, ...] = (None,) if (p.nullable or p.default is None) else ()
@@ -48,8 +48,6 @@ def declared_parameters() -> Mapping[str, DeclaredParam]:
 def declared_generation_parameters() -> Mapping[str, DeclaredParam]:
     """The parameters a text-generation job's space may name: the generation knobs
     (:data:`autotune.workloads.knobs.GENERATION_PARAMS`)."""
-    from autotune.workloads.knobs import GENERATION_PARAMS
-
     out: dict[str, DeclaredParam] = {}
     for k in GENERATION_PARAMS:
         optional: tuple[Any, ...] = (None,) if k.default is None else ()

@@ -18,14 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from autotune.runtimes import runtimes
+from autotune.runtimes.base import Exclusion
 from autotune.space import Invalid, SearchSpace
 
 
 def exclusions(caps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
     """(runtimes available here, every exclusion of this machine)."""
-    from autotune.runtimes import runtimes
-    from autotune.runtimes.base import Exclusion
-
     out: list[Exclusion] = []
     if not caps.get("cuda"):
         out.append(Exclusion("device", ("cuda",), "no CUDA device on this machine"))

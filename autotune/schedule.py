@@ -56,6 +56,7 @@ from autotune.spec import BudgetSpec, Job
 from autotune.study import TrialView, open_record
 from autotune.tracking import JOB_TAG, experiment_id
 from autotune.tuner import run as run_job
+from autotune.workloads.generation import folder_digest, model_folder
 
 _LIBS = ("torch", "onnxruntime", "onnx", "numpy")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
@@ -219,8 +220,6 @@ def model_hash(job: Job) -> str:
     if job.model.onnx:
         return sha256_file((base / job.model.onnx).resolve())
     if job.model.huggingface:  # a language model's folder: config, weights, tokenizer
-        from autotune.workloads.generation import folder_digest, model_folder
-
         return folder_digest(model_folder(job))
     module = str(job.model.factory).split(":", 1)[0]
     rel = Path(*module.split("."))

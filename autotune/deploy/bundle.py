@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,9 @@ from autotune.files import write_atomic
 from autotune.harness.hardware import fingerprint
 from autotune.harness.ortsession import session_options as options
 from autotune.harness.stats import measure
+from autotune.runtimes import get_runtime
 from autotune.runtimes.base import IOSpec
+from autotune.spec import Job
 
 FORMAT = "autotune-bundle/1"
 #: a language model's bundle (safetensors + tokenizer + generation settings; autotune.deploy.genserve)
@@ -478,8 +481,6 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
         raise TamperedBundleError(f"{root / DEPLOY} names the model file {model_name!r}, the "
                                   f"manifest {manifest.get('model')!r}.")
     runtime_name = deploy.get("runtime")
-    from autotune.runtimes import get_runtime
-
     try:
         runtime = get_runtime(str(runtime_name))
     except AutotuneError as exc:
@@ -517,3 +518,45 @@ def benchmark(predictor: Predictor, batch: Any = None, **measure_kwargs: Any) ->
                  for s in predictor.inputs]
     arrays = predictor.as_inputs(batch)
     return measure(lambda: predictor.predict(arrays), **measure_kwargs)
+
+
+# ------------------------------------------------- manifest helpers (shared by export and genserve)
+def _redact(url: str) -> str:
+    return re.sub(r"://[^/@]*@", "://***@", url)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("autotune", "onnx", "onnxruntime", "torch", "safetensors", "openvino", "numpy",
+                 "mlflow", "optuna"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _constraints(job: Job, view: Any, baseline: Mapping[str, float] | None
+                 ) -> list[dict[str, Any]]:
+    """Each of ``job``'s constraints against the trial ``view`` (an
+    :class:`autotune.study.TrialView`, not imported here: it would load Optuna)."""
+    out = []
+    for c in job.parsed_constraints:
+        try:
+            bound: float | None = c.bound(baseline)
+        except KeyError:
+            bound = None
+        value = view.metrics.get(c.metric)
+        out.append({"constraint": c.text, "metric": c.metric, "op": c.op, "bound": bound,
+                    "value": value, "satisfied": c.satisfied(view.metrics, baseline)
+                    if bound is not None else None})
+    return out
+
+
+def _mlflow_quiet() -> None:
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)

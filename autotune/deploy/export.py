@@ -28,16 +28,23 @@ from autotune.deploy.bundle import (
     MANIFEST,
     MODEL_ONNX,
     BundleError,
+    _constraints,
+    _mlflow_quiet,
+    _redact,
+    _versions,
     read_manifest,
     safe_name,
     write_manifest,
 )
+from autotune.deploy.genserve import write_generation_bundle
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.harness.evaluate import Evaluator
 from autotune.harness.hardware import Fingerprint
 from autotune.pareto import Record, knee_point, parse_rule
 from autotune.review import pareto_views
+from autotune.runtimes import get_runtime, job_default_runtime
+from autotune.runtimes.base import Built
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialView, open_record
 from autotune.tracking import experiment_id
@@ -115,9 +122,6 @@ def _model_file(job: Job, view: TrialView) -> tuple[Any, dict[str, Any]]:
     SHA-256; otherwise the model is re-created through the harness.  Either way the bundle's files
     are then loaded once by the runtime (as :func:`autotune.deploy.load` will), which also gives
     the model's named inputs and outputs."""
-    from autotune.runtimes import get_runtime, job_default_runtime
-    from autotune.runtimes.base import Built
-
     config = dict(view.config)
     details = view.user_attrs.get("details") or {}
     if details.get("not_exportable"):
@@ -173,38 +177,6 @@ def _materialize(job: Job, config: Mapping[str, Any]) -> tuple[Any, Any, dict[st
 
 
 # ------------------------------------------------------------------------------------ manifest
-def _redact(url: str) -> str:
-    return re.sub(r"://[^/@]*@", "://***@", url)
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for name in ("autotune", "onnx", "onnxruntime", "torch", "safetensors", "openvino", "numpy",
-                 "mlflow", "optuna"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _constraints(job: Job, view: TrialView, baseline: Mapping[str, float] | None
-                 ) -> list[dict[str, Any]]:
-    out = []
-    for c in job.parsed_constraints:
-        try:
-            bound: float | None = c.bound(baseline)
-        except KeyError:
-            bound = None
-        value = view.metrics.get(c.metric)
-        out.append({"constraint": c.text, "metric": c.metric, "op": c.op, "bound": bound,
-                    "value": value, "satisfied": c.satisfied(view.metrics, baseline)
-                    if bound is not None else None})
-    return out
-
-
 def _io_specs(runner: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The model's named inputs and outputs (forward signature names, dict keys), as its
     runtime reports them for the loaded bundle."""
@@ -305,8 +277,6 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
 
     record = record or open_record(job, create=False)
     if job.is_generation:  # weights + tokenizer + tuned generation settings
-        from autotune.deploy.genserve import write_generation_bundle
-
         return write_generation_bundle(job, view, out, pick=pick, record=record)
     (runtime, built, bundle, runner), runtime_info = _model_file(job, view)
     runtime_info = {**runtime_info, "runtime": runtime.name, "model": bundle.model}
@@ -327,13 +297,6 @@ def write_bundle(job: Job, view: TrialView, out: Path, *, pick: str = "",
 
 
 # ------------------------------------------------------------------------------------ registry
-def _mlflow_quiet() -> None:
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-
-
 def model_signature(manifest: Mapping[str, Any]) -> Any:
     """The MLflow signature of a bundle: one tensor per model input and output, as the manifest
     lists them (``None`` dimensions, such as the batch axis, become -1)."""

@@ -39,12 +39,18 @@ from autotune.deploy.bundle import (
     GENERATION_FORMAT,
     MANIFEST,
     BundleError,
+    _constraints,
+    _redact,
+    _versions,
     read_bundle_file,
     read_manifest,
     write_manifest,
 )
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
+from autotune.tuner import open_record
+from autotune.workloads.engine import Engine, GenSettings, Live, Request, load_model, load_tokenizer
+from autotune.workloads.generation import check_config, model_folder
 
 log = logging.getLogger("autotune.genserve")
 
@@ -83,11 +89,6 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
     import datetime as dt
 
     import yaml
-
-    from autotune.deploy.export import _constraints, _redact, _versions
-    from autotune.tuner import open_record
-    from autotune.workloads.engine import GenSettings
-    from autotune.workloads.generation import check_config, model_folder
 
     record = record or open_record(job, create=False)
     config = dict(view.config)
@@ -139,8 +140,6 @@ def verified_bundle(path: str | Path) -> tuple[Path, dict[str, Any], Any]:
     """(folder, manifest, settings) of a generation bundle whose files match their hashes."""
     import yaml
 
-    from autotune.workloads.engine import GenSettings
-
     root = Path(path).resolve()
     manifest = read_manifest(root)  # a plain file, its digest, safe file names (and signature)
     if manifest.get("format") != GEN_FORMAT:
@@ -161,8 +160,6 @@ class GenerationService:
     """One loaded bundle: the model, its engine thread, and a counter of requests in flight."""
 
     def __init__(self, bundle: str | Path, version: str = "") -> None:
-        from autotune.workloads.engine import Engine, Live, load_model, load_tokenizer
-
         self.root, self.manifest, self.settings = verified_bundle(bundle)
         self.version = version or hashlib.sha256(
             (self.root / MANIFEST).read_bytes()).hexdigest()[:12]
@@ -179,8 +176,6 @@ class GenerationService:
 
     def submit(self, prompt_ids: list[int], max_tokens: int,
                on_token: Callable[[Any, int], None], on_finish: Callable[[Any], None]) -> Any:
-        from autotune.workloads.engine import Request
-
         with self._lock:
             self.in_flight += 1
 

@@ -7,17 +7,40 @@ below) and returns an immutable :class:`TrialResult`.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.harness import contention
+from autotune.harness.flops import forward_flops
+from autotune.harness.hardware import (
+    cost_usd_per_million,
+    default_price_per_hour,
+    detect_capabilities,
+    fingerprint,
+    peak_gflops_cached,
+)
+from autotune.harness.hostlock import measurement_lock
+from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.stats import alternate, measure
+from autotune.harness.workload import fidelity_fn, load_workload
+from autotune.runtimes import (
+    declared_parameters,
+    get_runtime,
+    job_default_runtime,
+    load_transform_plugins,
+    parameter_table,
+    runtimes,
+)
+from autotune.runtimes.base import BuildContext
+from autotune.runtimes.onnxruntime import ort_providers as ort_providers  # (re-exported: it moved)
 from autotune.spec import Job
+from autotune.transforms.base import TRANSFORMS, Context, ModelRef, apply, data_digest, get_transform
+from autotune.workloads.generation import GenerationEvaluator
+from autotune.workloads.knobs import GENERATION_PARAMS
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Built, Parameter, Runtime
@@ -30,17 +53,9 @@ def __getattr__(name: str) -> Any:
     """``HARNESS_PARAMS`` ({key: (description, default)}) and ``QUANTIZATIONS``, derived from
     the declarations (:func:`autotune.runtimes.declared_parameters`), not kept beside them."""
     if name == "HARNESS_PARAMS":
-        from autotune.runtimes import parameter_table
-
         return parameter_table()
     if name == "QUANTIZATIONS":
-        from autotune.runtimes import declared_parameters
-
         return declared_parameters()["quantization"].choices
-    if name == "ort_providers":  # moved to the ONNX Runtime runtime
-        from autotune.runtimes.onnxruntime import ort_providers
-
-        return ort_providers
     raise AttributeError(name)
 
 
@@ -52,8 +67,6 @@ def evaluator_for(job: Job) -> Any:
     :mod:`autotune.workloads.generation`) for ``model.task: text-generation``, else one forward
     pass per measurement (:class:`Evaluator`)."""
     if job.is_generation:
-        from autotune.workloads.generation import GenerationEvaluator
-
         return GenerationEvaluator(job)
     return Evaluator(job)
 
@@ -61,51 +74,8 @@ def evaluator_for(job: Job) -> Any:
 def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
     """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
     if job.is_generation:
-        from autotune.workloads.knobs import GENERATION_PARAMS
-
         return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
-    from autotune.runtimes import parameter_table
-
     return parameter_table()
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """What one measured configuration produced."""
-
-    metrics: Mapping[str, float]
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-class _PeakRSS:
-    """Samples the process's resident memory in the background; ``peak`` in MiB."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self.peak = self._proc.memory_info().rss
-        self.start_mb = self.peak / 2**20
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
 
 
 class Evaluator:
@@ -123,8 +93,6 @@ class Evaluator:
     @property
     def workload(self):  # type: ignore[no-untyped-def]
         if self._workload is None:
-            from autotune.harness.workload import fidelity_fn, load_workload
-
             self._workload = load_workload(self.job)
             if self.job.evaluation.is_fidelity:
                 self._workload.quality_fn = fidelity_fn(
@@ -135,8 +103,6 @@ class Evaluator:
     def reference_outputs(self) -> np.ndarray:
         """Outputs of the unmodified model (fp32) on the evaluation inputs."""
         if self._reference is None:
-            from autotune.harness.workload import load_workload
-
             wl = self._workload or load_workload(self.job)
             self._workload = wl
             predict, _ = self._build({"quantization": "fp32"})
@@ -146,8 +112,6 @@ class Evaluator:
     def context(self) -> Any:
         """The data transforms read: example inputs, the calibration split, the loss."""
         if self._context is None:
-            from autotune.transforms.base import Context, data_digest
-
             wl = self.workload if self._workload is None else self._workload
             example = tuple(x[:2] for x in wl.inputs)
             cal = tuple(wl.calibration or ())
@@ -172,10 +136,6 @@ class Evaluator:
         """Build ``config`` through its runtime: check every key against its declaration, prune
         (the pipeline), convert the model to the kind the runtime takes, then
         :meth:`Runtime.build`.  Raises :class:`TrialFailed` for a configuration that cannot run."""
-        from autotune.runtimes import declared_parameters, get_runtime, job_default_runtime
-        from autotune.runtimes.base import BuildContext
-        from autotune.transforms.base import ModelRef, apply, get_transform
-
         wl = self.workload if self._workload is None else self._workload
         name = config.get("runtime") or job_default_runtime(self.job)
         try:
@@ -239,10 +199,6 @@ class Evaluator:
         ``torch.cuda.max_memory_allocated`` after a peak reset (torch's allocator only; ONNX
         Runtime's CUDA arena is not visible to it), present only when the trial ran on a GPU.
         """
-        from autotune.harness.hardware import cost_usd_per_million, default_price_per_hour
-        from autotune.harness.hostlock import measurement_lock
-        from autotune.harness.stats import measure
-
         m = self.job.measurement
         wl = self.workload
         t0 = time.perf_counter()
@@ -317,8 +273,6 @@ class Evaluator:
     def compare(self, configs: Mapping[str, Mapping[str, Any]], rounds: int) -> dict[str, Any]:
         """Latency of several configurations measured side by side (interleaved rounds,
         ``stats.alternate``); per name the list of per-round summaries (``to_dict``)."""
-        from autotune.harness.stats import alternate
-
         m = self.job.measurement
         wl = self.workload
         fns = {}
@@ -331,8 +285,6 @@ class Evaluator:
                 raise TrialFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
             batch = wl.batch(int(config.get("batch_size", 1)))
             fns[name] = (lambda p, b: lambda: p(b))(predict, batch)
-        from autotune.harness.hostlock import measurement_lock
-
         with measurement_lock(), self._contention() as busy:
             out = alternate(fns, rounds, warmup=m.warmup, min_repeats=m.min_repeats,
                             max_repeats=m.max_repeats, target_ci=m.target_ci,
@@ -356,8 +308,6 @@ class Evaluator:
     # ------------------------------------------------------------------ measuring helpers
     @staticmethod
     def _fingerprint():  # type: ignore[no-untyped-def]
-        from autotune.harness.hardware import fingerprint
-
         return fingerprint()
 
     @staticmethod
@@ -380,10 +330,6 @@ class Evaluator:
         Peak: a large fp32 matmul on all usable cores (or the GPU), measured once per machine and
         cached in the job's cache directory -- under the measurement lock, as it is a timing too.
         """
-        from autotune.harness.flops import forward_flops
-        from autotune.harness.hardware import peak_gflops_cached
-        from autotune.harness.hostlock import measurement_lock
-
         try:
             flops = forward_flops(self._workload, batch_size, self.cache_dir)
         except Exception:  # an exotic graph: leave the metric out rather than fail the trial
@@ -408,8 +354,6 @@ class Evaluator:
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        from autotune.harness.hardware import detect_capabilities
-
         return asdict(detect_capabilities())
 
     def fingerprint(self) -> dict[str, Any]:
@@ -429,9 +373,6 @@ def _sha256(path: str) -> str:
 
 def _pruner(method: str) -> str:
     """The transform a ``pruning_method`` value selects (its ``pruning_method`` declaration)."""
-    from autotune.runtimes import load_transform_plugins
-    from autotune.transforms.base import TRANSFORMS, get_transform
-
     get_transform("prune_magnitude")  # the built-ins are imported
     load_transform_plugins()  # and the autotune.transforms entry points
     found = {getattr(c, "pruning_method", None): n for n, c in TRANSFORMS.items()}
@@ -444,8 +385,6 @@ def _pruner(method: str) -> str:
 def _check(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
     """Each key of ``config`` against its declaration; a value another runtime supports is
     named as such (``quantization 'bf16' is not supported on onnxruntime; torch has it``)."""
-    from autotune.runtimes import runtimes
-
     mine = {p.name: p for p in runtime.parameters()}
     for key, value in config.items():
         if key in ("runtime", "pruning_method") or key not in declared:

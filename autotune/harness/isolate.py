@@ -25,6 +25,7 @@ from typing import Any
 
 from autotune import errors
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness import hostlock
 from autotune.harness.custom import ObjectiveEvaluator
 from autotune.harness.evaluate import evaluator_for
 from autotune.harness.hostlock import measurement_lock
@@ -89,8 +90,6 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
         with contextlib.suppress(BaseException):
             _ = ev.workload
     conn.send(("ready",))
-    from autotune.harness import hostlock
-
     # a wait for the host measurement lock is shown by the parent's progress display
     hostlock.set_wait_hook(lambda message: conn.send(("progress", message)))
     while True:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import DependencyError
+from autotune.files import write_json_atomic
+from autotune.harness.fingerprint import dist_version, fingerprint
 from autotune.harness.prices import positive
 
 __all__ = ["measure_peak_gflops", "peak_gflops_cached"]
@@ -158,8 +160,6 @@ def peak_gflops_cached(
     _check_peak_args(device, dtype, seconds, size, threads)
     torch = _import_torch()
     resolved_threads, n = _resolve(torch, device, size, threads)
-    from autotune.harness.fingerprint import dist_version, fingerprint
-
     fp = fingerprint()
     key = "|".join(
         [
@@ -186,8 +186,6 @@ def peak_gflops_cached(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": seconds,
     }
-    from autotune.files import write_json_atomic
-
     write_json_atomic(path, {"version": 1, "entries": entries})
     return value
 

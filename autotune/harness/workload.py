@@ -17,6 +17,7 @@ import numpy as np
 
 from autotune.errors import SpecError
 from autotune.refs import resolve
+from autotune.runtimes import entry_points
 from autotune.spec import Job
 
 
@@ -283,8 +284,6 @@ def load_workload(job: Job) -> Workload:
     elif ev.is_fidelity:
         quality_fn = lambda out, t: 0.0  # noqa: E731 - replaced once the baseline has run
     else:
-        from autotune.runtimes import entry_points
-
         plugin = entry_points("autotune.metrics").get(ev.metric)  # a metric plugin's name
         quality_fn = (plugin.load() if plugin is not None
                       else resolve(ev.metric, search_paths=search, field="evaluation.metric"))

@@ -18,7 +18,9 @@ import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from autotune.errors import SpecError
+from autotune.errors import DependencyError, SpecError
+from autotune.runtimes.base import Parameter, Runtime
+from autotune.transforms.base import TRANSFORMS, Categorical, Range, get_transform
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Parameter, Runtime
@@ -54,14 +56,10 @@ def registered() -> dict[str, str]:
 def _load(name: str, target: str) -> Runtime:
     import importlib
 
-    from autotune.runtimes.base import Runtime
-
     module, _, attr = target.partition(":")
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        from autotune.errors import DependencyError
-
         raise DependencyError(f"the runtime '{name}' ({target}) cannot be imported: {exc}; "
                               "install its package, or leave it out of the search space.") from exc
     inst = obj() if isinstance(obj, type) else obj
@@ -113,9 +111,6 @@ def job_default_runtime(job: Any) -> str:
 # ------------------------------------------------------------------------ the vocabulary
 def _pipeline_parameters() -> list[Parameter]:
     """Keys the pipeline itself reads: which runtime, where, batch, threads, pruning."""
-    from autotune.runtimes.base import Parameter
-    from autotune.transforms.base import TRANSFORMS, get_transform
-
     get_transform("prune_magnitude")  # imports the built-in transforms
     load_transform_plugins()
     pruners = {cls.pruning_method: cls for cls in TRANSFORMS.values()  # type: ignore[attr-defined]
@@ -153,9 +148,6 @@ def _from_tparam(name: str, tp: Any, owner: str, *, kind: str | None = None,
                  when: Mapping[str, tuple[Any, ...]] | None = None, any_string: bool = False,
                  low: float | None = None, high: float | None = None) -> Parameter:
     """A configuration key declared by a transform's :class:`TParam` (one declaration, two uses)."""
-    from autotune.runtimes.base import Parameter
-    from autotune.transforms.base import Categorical, Range
-
     search = tp.search.to_yaml() if tp.search is not None else None
     if isinstance(tp.search, Categorical) and kind in (None, "categorical"):
         return Parameter(name, "categorical", tp.default, tp.description,

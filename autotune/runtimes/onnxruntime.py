@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import TrialFailed
+from autotune.harness.ortsession import EXECUTION_MODES, GRAPH_LEVELS, session_options
 from autotune.runtimes.base import (
     BuildContext,
     Built,
@@ -28,6 +29,7 @@ from autotune.runtimes.base import (
     Runner,
     Runtime,
 )
+from autotune.transforms.base import apply, get_transform
 
 MODEL_FILE = "model.onnx"
 QUANTIZATIONS = ("fp32", "fp16", "int8_dynamic", "int8_static")
@@ -100,8 +102,6 @@ def session(model: str | bytes | Path, settings: Mapping[str, Any]) -> Any:
     provider is missing or ONNX Runtime silently fell back to another."""
     import onnxruntime as ort
 
-    from autotune.harness.ortsession import session_options
-
     try:
         so = session_options(settings)
     except ValueError as exc:
@@ -128,10 +128,7 @@ class OnnxRuntime(Runtime):
         return None if caps.get("ort_available", True) else "onnxruntime is not installed"
 
     def parameters(self) -> list[Parameter]:
-        from autotune.harness.ortsession import EXECUTION_MODES, GRAPH_LEVELS
         from autotune.runtimes import from_tparam
-        from autotune.transforms.base import get_transform
-
         when = {"runtime": (self.name,)}
         out = [
             Parameter("quantization", "categorical", "fp32", "ONNX Runtime: fp32, fp16 (float "
@@ -180,8 +177,6 @@ class OnnxRuntime(Runtime):
                           "ONNX Runtime here has no such execution provider")] if missing else []
 
     def build(self, model: Any, config: Mapping[str, Any], ctx: BuildContext) -> Built:
-        from autotune.transforms.base import apply, get_transform
-
         ref = model
         quant = config.get("quantization") or "fp32"
         tctx, cache = ctx.transform_context, ctx.cache_dir

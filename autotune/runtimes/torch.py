@@ -49,6 +49,7 @@ from autotune.runtimes.base import (
     Runner,
     Runtime,
 )
+from autotune.transforms.base import apply
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "autotune-torch-export/1"
@@ -282,8 +283,6 @@ class TorchRuntime(Runtime):
 
     def build(self, model: Any, config: Mapping[str, Any], ctx: BuildContext) -> Built:
         import torch
-
-        from autotune.transforms.base import apply
 
         device = str(config.get("device", "cpu"))
         if device.startswith("cuda") and not torch.cuda.is_available():

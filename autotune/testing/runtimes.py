@@ -21,6 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from autotune.errors import TrialFailed
+from autotune.harness.evaluate import _check
+from autotune.runtimes import declared_parameters, get_runtime
+from autotune.runtimes.base import BuildContext
+from autotune.transforms.base import Context, ModelRef, apply, data_digest
+
 INPUT, OUTPUT = "features", "logits"
 
 
@@ -41,10 +47,6 @@ def _model() -> Any:
 
 
 def _built(name: str, tmp_path: Path, config: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    from autotune.runtimes import get_runtime
-    from autotune.runtimes.base import BuildContext
-    from autotune.transforms.base import Context, ModelRef, apply, data_digest
-
     rt = get_runtime(name)
     x = np.random.default_rng(0).standard_normal((2, 12)).astype(np.float32)
     ctx = Context(example_inputs=(x,), digest=data_digest(x))
@@ -65,8 +67,6 @@ def _reference(x: np.ndarray) -> np.ndarray:
 def check_declarations(name: str, tmp_path: Path) -> None:
     """Every declared parameter's default and search values pass its own check; the runtime's
     name is a ``runtime`` choice of the vocabulary."""
-    from autotune.runtimes import declared_parameters, get_runtime
-
     rt = get_runtime(name)
     declared = declared_parameters()
     assert name in declared["runtime"].choices
@@ -108,10 +108,6 @@ def check_bundle_round_trip(name: str, tmp_path: Path) -> None:
 
 def check_unsupported_value_fails_clearly(name: str, tmp_path: Path) -> None:
     """A quantization the runtime does not declare is refused before anything is built."""
-    from autotune.errors import TrialFailed
-    from autotune.harness.evaluate import _check
-    from autotune.runtimes import declared_parameters, get_runtime
-
     rt = get_runtime(name)
     mine = {p.name: p for p in rt.parameters()}.get("quantization")
     others = [q for q in declared_parameters()["quantization"].choices

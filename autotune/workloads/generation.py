@@ -32,7 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError, TrialFailed
+from autotune.files import write_atomic
+from autotune.harness.hardware import detect_capabilities, fingerprint
+from autotune.harness.hostlock import measurement_lock
+from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.refs import resolve
 from autotune.spec import Job
+from autotune.workloads.engine import (
+    ClosedLoop,
+    Engine,
+    GenSettings,
+    Poisson,
+    load_model,
+    load_tokenizer,
+    quiet_transformers,
+)
 from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES
 
 
@@ -71,8 +85,6 @@ class GenerationWorkload:
 
 def _resolve_text(ref: str, base: Path, field: str) -> Any:
     """A ``module:function`` result, or the contents of a file relative to the job."""
-    from autotune.refs import resolve
-
     if ":" in ref and not (base / ref).exists() and not Path(ref).is_absolute():
         return resolve(ref, search_paths=[str(base)], field=field)()
     path = (base / ref).resolve()
@@ -89,8 +101,6 @@ def model_folder(job: Job) -> Path:
     base = Path(job.base_dir)
     spec = job.model
     if spec.factory:
-        from autotune.refs import resolve
-
         made = resolve(spec.factory, search_paths=[str(base)], field="model.factory")(
             **spec.options)
         if not isinstance(made, str | Path) or not Path(made).is_dir():
@@ -115,8 +125,6 @@ def model_folder(job: Job) -> Path:
 
 
 def load_generation_workload(job: Job, tokenizer: Any | None = None) -> GenerationWorkload:
-    from autotune.workloads.engine import load_tokenizer
-
     wl = job.workload
     assert wl is not None
     base = Path(job.base_dir)
@@ -231,8 +239,6 @@ class PassResult:
 
 def serve_pass(engine: Any, wl: GenerationWorkload, n: int | None = None) -> PassResult:
     """Serve the first ``n`` (default all) requests of the workload once; wall-clock timing."""
-    from autotune.workloads.engine import ClosedLoop, Poisson
-
     items = [(list(ids), m) for ids, m in wl.items[:n or len(wl.items)]]
     t0 = time.perf_counter()
     source = (Poisson(items, wl.request_rate, wl.seed) if wl.request_rate
@@ -296,8 +302,6 @@ class GenerationEvaluator:
     @property
     def workload(self) -> GenerationWorkload:
         if self._wl is None:
-            from autotune.workloads.engine import load_tokenizer, quiet_transformers
-
             quiet_transformers()
             folder = model_folder(self.job)
             self._tok = load_tokenizer(folder)
@@ -305,15 +309,11 @@ class GenerationEvaluator:
         return self._wl
 
     def settings(self, config: Mapping[str, Any]) -> Any:
-        from autotune.workloads.engine import GenSettings
-
         check_config(config)
         return GenSettings.from_config(config, default_batch=self.workload.concurrency)
 
     def build(self, config: Mapping[str, Any]) -> Any:
         """(engine, settings) for a configuration."""
-        from autotune.workloads.engine import Engine, load_model
-
         s = self.settings(config)
         if s.cache_implementation == "quantized":
             import importlib.util
@@ -336,9 +336,6 @@ class GenerationEvaluator:
         if self._reference is None:
             import hashlib
             import json
-
-            from autotune.files import write_atomic
-            from autotune.workloads.engine import ClosedLoop, Engine, GenSettings, load_model
 
             wl = self.workload
             key = hashlib.sha256(json.dumps(
@@ -366,8 +363,6 @@ class GenerationEvaluator:
 
     # ------------------------------------------------------------------ measuring
     def _passes(self, engine: Any) -> tuple[list[PassResult], dict[str, float]]:
-        from autotune.harness.hostlock import measurement_lock
-
         m = self.job.measurement
         wl = self.workload
         timings: dict[str, float] = {}
@@ -385,8 +380,6 @@ class GenerationEvaluator:
         return passes, timings
 
     def evaluate(self, config: Mapping[str, Any]) -> Any:
-        from autotune.harness.evaluate import TrialResult, _PeakRSS
-
         t0 = time.perf_counter()
         reference = self.reference()
         timings: dict[str, float] = {"reference_s": time.perf_counter() - t0}
@@ -434,8 +427,6 @@ class GenerationEvaluator:
         """Several configurations side by side: per round one pass of each (interleaved); per
         name the list of per-round summaries (the generation metrics, plus ``p50_ms`` /
         ``p95_ms`` = request latency percentiles, as the forward workload's rounds have)."""
-        from autotune.harness.hostlock import measurement_lock
-
         engines = {}
         for name, config in configs.items():
             try:
@@ -459,8 +450,6 @@ class GenerationEvaluator:
     # ------------------------------------------------------------------ machine
     @staticmethod
     def _fingerprint() -> Any:
-        from autotune.harness.hardware import fingerprint
-
         return fingerprint()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -468,7 +457,5 @@ class GenerationEvaluator:
 
     def capabilities(self) -> dict[str, Any]:
         from dataclasses import asdict
-
-        from autotune.harness.hardware import detect_capabilities
 
         return asdict(detect_capabilities())
