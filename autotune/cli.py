@@ -15,6 +15,7 @@ import click
 from autotune import schedule as scheduling  # (module: tests patch scheduling.retune_once)
 from autotune.api import job_schema
 from autotune.check import check_job
+from autotune.confirm import confirm
 from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.bundle import read_key, require_signature
 from autotune.deploy.export import export_bundle
@@ -28,6 +29,7 @@ from autotune.portfolio import applicable, job_portfolio
 from autotune.report import build_report
 from autotune.review import front_row
 from autotune.spec import load_job
+from autotune.study import measurement_warnings
 from autotune.tracking import sync_job
 from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
 from autotune.tuner import run as run_job
@@ -405,9 +407,6 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
     """Run the confirmation step and return the summary re-read with the confirmed figures."""
     from dataclasses import replace
 
-    from autotune.confirm import confirm
-    from autotune.tuner import status as job_status
-
     try:
         res = confirm(job, log=lambda m: console.print(f"[dim]{m}[/]", markup=True), **options)
     except AutotuneError as exc:
@@ -439,8 +438,6 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
               help="Stable when every ratio to the baseline varies by at most this between rounds.")
 def confirm_cmd(job_file: str, k: int, max_rounds: int, tolerance: float) -> None:
     """Re-measure the baseline and the leading trials side by side; record confirmed figures."""
-    from autotune.tuner import status as job_status
-
     console = _console()
     job = _load(job_file)
     summary = job_status(job)
@@ -474,8 +471,6 @@ def _report(console: Any, job: Any, summary: Any) -> None:
 
 def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
     """Loud lines for an unstable baseline, a contended confirmation and contended front trials."""
-    from autotune.study import measurement_warnings, open_record
-
     try:
         warnings = measurement_warnings(open_record(job, create=False))
     except AutotuneError:
