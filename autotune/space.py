@@ -609,6 +609,8 @@ class DeclaredParam:
 
     @property
     def expectation(self) -> str:
+        if self.values and set(map(repr, self.values)) == {"False", "True"}:
+            return "true or false"
         if self.values:
             return "one of " + ", ".join(_show(v) for v in self.values)
         return self.expected or "a value the harness accepts"

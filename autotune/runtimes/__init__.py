@@ -158,7 +158,8 @@ def _from_tparam(name: str, tp: Any, owner: str, *, kind: str | None = None,
         low = tp.search.low if low is None else low
         high = tp.search.high if high is None else high
     return Parameter(name, k, tp.default, tp.description, low=low, high=high,  # type: ignore[arg-type]
-                     search=search, when=dict(when or {}), owner=owner)
+                     search=search, when=dict(when or {}), owner=owner,
+                     expected_text=tp.expected)
 
 
 from_tparam = _from_tparam

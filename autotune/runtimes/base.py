@@ -57,6 +57,9 @@ class Parameter:
     owner: str = ""
     any_string: bool = False
     nullable: bool = False
+    #: what is allowed, in words, when the declaration says it better than the range (a transform's
+    #: ``TParam.expected``, e.g. "a number in [0, 1)")
+    expected_text: str = ""
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not allowed (None: it is)."""
@@ -77,11 +80,17 @@ class Parameter:
         return None
 
     def expected(self) -> str:
+        if self.expected_text:
+            return self.expected_text
         if self.kind == "categorical":
+            if set(map(repr, self.choices)) == {"False", "True"}:
+                return "true or false"
             return f"one of {', '.join(map(str, self.choices))}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
+        what = "an integer" if self.kind == "int" else "a number"
+        if self.high is None:
+            return what if self.low is None else f"{what} >= {self.low:g}"
         lo = "-inf" if self.low is None else f"{self.low:g}"
-        return f"an {'int' if self.kind == 'int' else 'number'} in [{lo}, {hi}]"
+        return f"{what} in [{lo}, {self.high:g}]"
 
     def merged(self, other: Parameter) -> Parameter:
         """The union of two declarations of the same key (e.g. ``quantization`` per runtime)."""
