@@ -80,7 +80,7 @@ def make_bundle(root: Path, *, key: bytes | None = None, deploy: dict[str, Any] 
     data = _model_bytes()
     (root / "model.onnx").write_bytes(data)
     settings = {"format": B.FORMAT, "model": "model.onnx", "runtime": "onnxruntime",
-                "execution_provider": "CPUExecutionProvider", "threads": 1, "inter_op_threads": 1,
+                "execution_provider": "cpu", "threads": 1, "inter_op_threads": 1,
                 "execution_mode": "sequential", "graph_optimization": "all", "batch_size": 1,
                 **(deploy or {})}
     text = yaml.safe_dump(settings).encode()
