@@ -326,7 +326,7 @@ def test_registered_model_has_a_signature_an_onnx_flavor_and_prints_no_ansi(tmp_
         mlflow.set_registry_uri(None)
     assert {"python_function", "onnx"} <= set(info.flavors)
     (inp,) = info.signature.inputs.inputs
-    assert inp.name == "input_0" and inp.shape == (-1, 64) and inp.type == np.dtype("float32")
+    assert inp.name == "input" and inp.shape == (-1, 64) and inp.type == np.dtype("float32")
     assert info.signature.outputs.inputs[0].shape == (-1, 10)
     assert proto.SerializeToString() == (out / "model.onnx").read_bytes()
     x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
