@@ -688,7 +688,8 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
                         max_connections=max_connections, drain_timeout_s=drain_timeout)
         if is_generation_bundle(source, tracking_uri):  # a language model: OpenAI-compatible
             serve_generation(source, host=host, port=port, poll_interval=poll_interval,
-                             tracking_uri=tracking_uri, on_ready=lambda s: click.echo(
+                             tracking_uri=tracking_uri, admin_token=admin_token,
+                             on_ready=lambda s: click.echo(
                                  f"serving {s.current.version} from {source} on "
                                  f"http://{host}:{port}/v1 (generation)", err=True))
             return

@@ -15,6 +15,8 @@ import pytest
 from autotune.spec import load_job
 from tests.test_generation import one_thread, write_job
 
+TOKEN = "generation-admin-token"  # autotune serve --admin-token
+
 __all__ = ["one_thread"]  # the module-wide fixture: one intra-op thread
 
 
@@ -82,7 +84,7 @@ def server(bundles: tuple):
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from autotune.cli import main; main()", "serve",
-         str(bundles[0]), "--port", str(port), "--poll-interval", "0"],
+         str(bundles[0]), "--port", str(port), "--poll-interval", "0", "--admin-token", TOKEN],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -173,7 +175,14 @@ def test_hot_swap_under_concurrent_requests_has_no_failures(server: str,
         t.start()
     time.sleep(1.0)
     with httpx.Client(timeout=60) as c:
+        # the admin route swaps to any path: refused without the server's token
         r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])})
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"], r.text
+        r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])},
+                   headers={"Authorization": "Bearer wrong-token"})
+        assert r.status_code == 401, r.text
+        r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])},
+                   headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["swapped"], r.text
     time.sleep(1.0)
     stop.set()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import shutil
@@ -201,8 +202,12 @@ class GenerationServer:
     ``models:/NAME@ALIAS``), swapped when the source changes (polled) or on request."""
 
     def __init__(self, source: str | Path, *, poll_interval: float = 1.0,
-                 tracking_uri: str | None = None) -> None:
+                 tracking_uri: str | None = None, admin_token: str | None = None) -> None:
         from autotune.deploy.serve import open_source
+
+        #: bearer token for ``POST /admin/reload`` (which can swap to any bundle path); without
+        #: one the route is disabled, as on the predict server
+        self.admin_token = admin_token
 
         self.source = open_source(str(source), tracking_uri)
         self.poll_interval = poll_interval
@@ -386,6 +391,15 @@ def add_generation_routes(routes: list[Any], server: GenerationServer) -> list[A
                              "swaps": server.swaps})
 
     async def reload(request: HTTPRequest) -> Any:
+        token = server.admin_token
+        if not token:
+            return error(403, "admin routes are disabled: start the server with --admin-token "
+                              "TOKEN (or the AUTOTUNE_ADMIN_TOKEN environment variable).")
+        scheme, _, cred = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(cred.strip().encode(),
+                                                                 token.encode()):
+            return error(401, "this admin route needs the header 'Authorization: Bearer "
+                              "<token>' with the server's admin token.")
         body = {}
         with contextlib.suppress(ValueError):
             body = await request.json() or {}
@@ -417,11 +431,13 @@ def create_app(server: GenerationServer) -> Any:
 
 def serve_generation(source: str, *, host: str = "127.0.0.1", port: int = 8000,
                      poll_interval: float = 1.0, tracking_uri: str | None = None,
+                     admin_token: str | None = None,
                      on_ready: Callable[[GenerationServer], None] | None = None) -> None:
     """Serve a generation bundle with uvicorn until interrupted."""
     import uvicorn
 
-    server = GenerationServer(source, poll_interval=poll_interval, tracking_uri=tracking_uri)
+    server = GenerationServer(source, poll_interval=poll_interval, tracking_uri=tracking_uri,
+                              admin_token=admin_token)
     server.start_watching()
     if on_ready:
         on_ready(server)
