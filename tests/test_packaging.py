@@ -140,7 +140,7 @@ def test_installed_cli_validates_a_preset_job_and_reports_a_finished_job(install
     (tmp_path / "custom.yaml").write_text(textwrap.dedent(CUSTOM_JOB).lstrip())
     _run([cli, "run", "custom.yaml", "--quiet"], cwd=tmp_path, timeout=180)
     out = _run([cli, "status", "custom.yaml"], cwd=tmp_path).stdout
-    assert "3 trials, 3 complete, 0 failed, finished" in out
+    assert "3 trials, 3 complete, 0 failed, budget used up" in out
     _run([cli, "report", "custom.yaml", "--out", "report.html"], cwd=tmp_path)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert page.lstrip().lower().startswith("<!doctype html")

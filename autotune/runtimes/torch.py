@@ -12,8 +12,8 @@ safetensors file, ``model.safetensors``:
   (``torch._export.serde.serialize``), the input/output names and dtypes.
 
 Why not the alternatives: a ``state_dict`` (``torch.save``) needs the user's model code to run,
-and both ``torch.load(weights_only=False)`` and ``torch.export.load`` (.pt2) unpickle — the .pt2
-loader falls back to ``weights_only=False`` for its sample inputs and pickles tensor subclasses
+and both an unrestricted ``torch.load`` and ``torch.export.load`` (.pt2) unpickle — the .pt2
+loader turns weights-only loading off for its sample inputs and pickles tensor subclasses
 such as torchao's int8 weights.  Here torchao's subclasses are first flattened into plain tensors
 (``torchao.utils.unwrap_tensor_subclass``), the program is JSON and the tensors are safetensors:
 loading parses JSON and copies bytes; nothing is unpickled and no user code is needed.
