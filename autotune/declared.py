@@ -27,10 +27,10 @@ def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-@functools.cache
 def declared_parameters() -> Mapping[str, DeclaredParam]:
     """Every parameter a model job's search space may name, with what it accepts: the runtimes'
-    and the pipeline's own declarations (:func:`autotune.runtimes.declared_parameters`)."""
+    and the pipeline's own declarations (:func:`autotune.runtimes.declared_parameters`); not
+    cached, so a runtime plugin installed while a process (a notebook) runs is seen."""
     out: dict[str, DeclaredParam] = {}
     for name, p in runtime_parameters().items():
         optional: tuple[Any, ...] = (None,) if (p.nullable or p.default is None) else ()
