@@ -109,6 +109,16 @@ def output_names(module: Any, example: Sequence[Any]) -> list[str]:
         return flatten_outputs(module(*example))[0]
 
 
+def _max_positions(module: Any) -> int:
+    """The longest sequence the model takes: a Hugging Face config's ``max_position_embeddings``
+    (BERT: 512; torch.export refuses a dynamic sequence axis bounded beyond it), else 65536."""
+    for m in module.modules():
+        n = getattr(getattr(m, "config", None), "max_position_embeddings", None)
+        if isinstance(n, int) and n > 1:
+            return n
+    return 65536
+
+
 def _float_dtype(module: Any) -> Any:
     import torch
 
@@ -161,8 +171,10 @@ def export_program(module: Any, example: Sequence[Any], dynamic_axes: Any, path:
     wrapped = _wrapper(_unwrapped(module), dtype)
     axes = default_axes(example, dynamic_axes, names)
     dims: dict[str, Any] = {}
-    shapes = tuple({ax: dims.setdefault(n, torch.export.Dim(n, min=1, max=65536))
-                    for ax, n in a.items()} for a in axes)
+    seq_max = _max_positions(module)
+    shapes = tuple({ax: dims.setdefault(n, torch.export.Dim(
+        n, min=1, max=seq_max if n == "sequence" else 65536)) for ax, n in a.items()}
+        for a in axes)
     ep = torch.export.export(wrapped, tuple(example), dynamic_shapes=(shapes,), strict=False)
     with torch.inference_mode():
         got = wrapped(*example)
