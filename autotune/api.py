@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from autotune.errors import AutotuneError, SpecError
 from autotune.space import _PARAM_KEYS, PRESET_DIR
 from autotune.spec import Job, job_from_located, load_job
+from autotune.study import TrialCounts
 from autotune.tuner import Progress, run, status
 from autotune.yamlsrc import Located
 
@@ -59,7 +60,7 @@ def as_job(job: Any, *, base_dir: str | os.PathLike[str] | None = None) -> Job:
 
 
 @dataclass(frozen=True)
-class Results:
+class Results(TrialCounts):
     """A job's trials as read from its study (after :func:`tune`, or by :func:`load_results`).
 
     ``trials`` are every trial (``state``: complete, failed, invalid, running), ``front`` the
@@ -80,14 +81,6 @@ class Results:
         return cls(job=job, trials=summary.trials, front=summary.front,
                    baseline=dict(summary.baseline), finished=summary.finished,
                    new_trials=summary.new_trials, notices=summary.notices)
-
-    @property
-    def n_complete(self) -> int:
-        return sum(t.state == "complete" for t in self.trials)
-
-    @property
-    def n_failed(self) -> int:
-        return sum(t.state == "failed" for t in self.trials)
 
     def to_frame(self, *, include_invalid: bool = False) -> pd.DataFrame:
         """One row per trial, indexed by trial number: ``state``, ``feasible``, ``pareto`` (on

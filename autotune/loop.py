@@ -23,7 +23,7 @@ from autotune.review import pareto_views
 from autotune.runtimes import job_default_runtime
 from autotune.space import SearchSpace
 from autotune.spec import Job
-from autotune.study import StudyRecord, TrialView, derive_metrics
+from autotune.study import StudyRecord, TrialCounts, TrialView, derive_metrics
 
 #: how many invalid combinations in a row an agent may propose before the run gives up
 MAX_INVALID_IN_A_ROW = 200
@@ -34,7 +34,7 @@ Restrict = Callable[..., tuple[SearchSpace, list[str]]]
 
 
 @dataclass(frozen=True)
-class RunSummary:
+class RunSummary(TrialCounts):
     job: str
     finished: bool  # the budget is used up
     trials: tuple[TrialView, ...]
@@ -44,14 +44,6 @@ class RunSummary:
     wall_s: float
     notices: tuple[str, ...] = ()
     tracking_error: str | None = None
-
-    @property
-    def n_complete(self) -> int:
-        return sum(t.state == "complete" for t in self.trials)
-
-    @property
-    def n_failed(self) -> int:
-        return sum(t.state == "failed" for t in self.trials)
 
 
 @dataclass

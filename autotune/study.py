@@ -161,6 +161,21 @@ def _violations(constraints: Mapping[str, float]) -> tuple[float, ...]:
     return tuple(out)
 
 
+class TrialCounts:
+    """``n_complete`` / ``n_failed`` of a result holding ``trials`` (a run's summary, the
+    notebook API's results)."""
+
+    trials: tuple[TrialView, ...]
+
+    @property
+    def n_complete(self) -> int:
+        return sum(t.state == "complete" for t in self.trials)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(t.state == "failed" for t in self.trials)
+
+
 class StudyRecord:
     """A job's Optuna study (created on first use, continued afterwards)."""
 
