@@ -45,25 +45,25 @@ def _raw_json(status: int, reason: str, data: dict[str, Any], extra: str = "") -
 def _protocol_class(limits: Limits, metrics: Metrics) -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    busy_body = json.dumps({"error": f"the server has too many open connections; retry in "
-                                     f"{limits.retry_after_s} s."}).encode()
+    def canned(status: int, reason: str, message: str,
+               headers: tuple[tuple[bytes, bytes], ...] = ()) -> Any:
+        """An ASGI app answering ``status`` with a JSON error and closing the connection."""
+        body = json.dumps({"error": message}).encode()
 
-    async def overloaded(scope: Any, receive: Any, send: Any) -> None:
-        metrics.reject("connections")
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(busy_body)).encode()),
-            (b"retry-after", str(limits.retry_after_s).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": busy_body, "more_body": False})
+        async def answer(scope: Any, receive: Any, send: Any) -> None:
+            metrics.reject(reason)
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                *headers, (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    head_body = json.dumps({"error": f"the request line and headers are larger than this "
-                                     f"server's limit of {limits.max_header_bytes} bytes."}).encode()
+        return answer
 
-    async def too_large_head(scope: Any, receive: Any, send: Any) -> None:
-        metrics.reject("headers_too_large")
-        await send({"type": "http.response.start", "status": 431, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(head_body)).encode()),
-            (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": head_body, "more_body": False})
+    overloaded = canned(503, "connections", f"the server has too many open connections; retry in "
+                        f"{limits.retry_after_s} s.",
+                        ((b"retry-after", str(limits.retry_after_s).encode()),))
+    too_large_head = canned(431, "headers_too_large", f"the request line and headers are larger "
+                            f"than this server's limit of {limits.max_header_bytes} bytes.")
 
     class Protocol(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
