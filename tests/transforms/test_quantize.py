@@ -230,3 +230,27 @@ def test_subclasses_register_by_name():
         base.TRANSFORMS.pop("test_identity")
     with pytest.raises(TrialFailed, match="takes a onnx model"):
         apply("ort_fp16", ModelRef.torch(torch.nn.Identity(), "id"))
+
+
+def test_entropy_threshold_matches_onnx_runtimes_search() -> None:
+    """Our array version of the KL threshold search picks what ONNX Runtime's loop picks."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from autotune.transforms.quantize import entropy_threshold
+
+    rng = np.random.default_rng(0)
+    samples = {"normal": rng.normal(0, 1, 20000),
+               "heavy tail": rng.standard_t(2, 20000),
+               "skewed, sparse": np.concatenate([rng.exponential(0.3, 3000), [40.0, -2.0]])}
+    ort_search = HistogramCollector("entropy", symmetric=False, num_bins=2048,
+                                    num_quantized_bins=128, percentile=99.99,
+                                    scenario="same").get_entropy_threshold
+    for name, x in samples.items():
+        x = x.astype(np.float32)
+        top = float(np.abs(x).max())
+        hist, edges = np.histogram(x, 2048, range=(-top, top))
+        histogram = (hist, edges.astype(np.float32), np.float32(x.min()), np.float32(x.max()))
+        ours = entropy_threshold(histogram, 128)
+        theirs = ort_search(histogram, 128)
+        assert [float(v) for v in ours] == [float(v) for v in theirs], name
+        assert float(ours[1]) < top  # a real clipping threshold, not the whole range
