@@ -256,8 +256,9 @@ def test_schema_is_valid_json_schema_and_accepts_the_example_jobs(tmp_path: Path
 @pytest.mark.slow
 def test_quickstart_front_shows_a_trade_off(tmp_path: Path) -> None:
     """README command 1, for real (its search, budget and objectives), with shorter timing loops
-    so it stays near a minute: the front has at least three points, and no configuration is the
-    best at everything (the fastest, the most accurate and the smallest are not one trial)."""
+    and without the closing confirmation (tests/test_confirm.py covers it) so it stays near a
+    minute: the front has at least three points, and no configuration is the best at everything
+    (the fastest, the most accurate and the smallest are not one trial)."""
     import shutil
 
     import yaml
@@ -269,7 +270,7 @@ def test_quickstart_front_shows_a_trade_off(tmp_path: Path) -> None:
     job["tracking"] = {"enabled": False}
     path = tmp_path / "digits-cpu.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
-    r = _invoke("run", str(path), "--quiet")
+    r = _invoke("run", str(path), "--quiet", "--no-confirm")
     assert r.exit_code == 0, r.stdout
     data = json.loads(_invoke("status", str(path), "--json").stdout)
     assert data["trials"]["complete"] == job["budget"]["max_trials"]

@@ -91,7 +91,8 @@ def test_two_runs_of_one_job_at_once(write_job, tmp_path: Path) -> None:
                      "target_ci": 0.001}))
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "AUTOTUNE_MEASURE_LOCK": str(tmp_path / "host.lock")}  # not shared with other tests
-    cmd = [sys.executable, "-m", "autotune.cli", "run", str(path), "--quiet"]
+    cmd = [sys.executable, "-m", "autotune.cli", "run", str(path), "--quiet",
+           "--no-confirm"]  # the closing confirmation is tests/test_confirm.py's
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=420)[0] for p in procs]

@@ -74,7 +74,8 @@ def test_killed_run_resumes_without_losing_or_repeating_trials(tiny_job):
     path = tiny_job(max_trials=7)
     job = load_job(path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "autotune.cli", "run", str(path), "--quiet"]
+    cmd = [sys.executable, "-m", "autotune.cli", "run", str(path), "--quiet",
+           "--no-confirm"]  # the closing confirmation is tests/test_confirm.py's
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + 240
