@@ -13,17 +13,26 @@ Steps (each printed as it runs):
    ``autotune run`` on it (a time budget, 10 minutes by
    default); ``--load`` keeps one core busy with another process *while tuning*, as on a shared
    machine, and stops it before the comparison;
-2. ``autotune export`` the pick (``--pick``, default the fastest feasible ONNX Runtime trial: a
-   torch trial's bundle is not the model that was measured) into a bundle;
+2. ``autotune export`` the pick (``--pick``, default the fastest feasible trial) into a bundle;
 3. in ONE process, interleaved rounds, ``--runs`` times (3): torch fp32 eager, ONNX Runtime fp32
    of a plain ``torch.onnx.export``, the hand one-liner
    ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, and the bundle loaded
-   by ``autotune.deploy.load``.  Each run gives a p50 per candidate and its ratio to the hand int8.
+   by ``autotune.deploy.load``.  Each candidate is timed as the tuner times a configuration
+   (``autotune.harness.stats.alternate`` with the job's measurement settings: every round measures
+   each candidate until its median is stable, the order rotating), so the four are measured alike
+   and the bundle is measured as its manifest's figures were.  Each run gives a p50 per candidate
+   (median over rounds) and its ratio to the hand int8; after each run the bundle is also measured
+   alone in a fresh process.
+
+With ``--load`` the tuning's own warning applies (its figures were measured on busy cores): once
+the load is gone the benchmark runs ``autotune confirm`` (the side-by-side re-measurement, now on
+quiet cores) before exporting, as the warning tells a user to.
 
 It prints per run and as the median over runs: p50 latency, speed-up over the hand int8 and over
-torch fp32, cosine fidelity against torch fp32, and whether the bundle's manifest p50 lies inside
-the spread the manifest states.  The tuning run's own counters are printed too: duplicate
-measurements, invalid proposals counted against the budget, and which trials came first.
+torch fp32, cosine fidelity against torch fp32, and whether the bundle's re-measured p50 (side by
+side, and alone in a fresh process) lies inside the spread its manifest states.  The tuning run's
+own counters are printed too: duplicate measurements, invalid proposals counted against the
+budget, and which trials came first.
 
 ``--skip-tune DIR`` reuses a finished work folder (job, study and bundle) to repeat step 3.
 """
@@ -88,6 +97,13 @@ def tune(work: Path, minutes: float, load: bool, pick: str) -> Path:
         if hog is not None:
             hog.kill()
             hog.wait()
+    if load:
+        _say("load stopped; `autotune confirm` re-measures the leading trials on the quiet cores")
+        res = _autotune("confirm", str(job), cwd=work)
+        print(res.stdout[-2000:])
+        if res.returncode != 0:
+            print(res.stderr[-3000:])
+            raise SystemExit("confirm failed")
     out = work / "bundle"
     res = _autotune("export", str(job), "--pick", pick, "--out", str(out), "--no-register", cwd=work)
     if res.returncode != 0:
@@ -170,30 +186,58 @@ def candidates(bundle: Path, model_dir: Path) -> dict[str, Any]:
     }
 
 
-def compare(cands: dict[str, Any], rounds: int) -> dict[str, float]:
-    """p50 (ms) per candidate over interleaved rounds (batch 1), and cosine fidelity."""
+#: how each candidate is timed: the job's own ``measurement:`` settings (experiments/bert-hf.yaml),
+#: so the bundle is re-measured the way its manifest's figures were measured
+MEASURE = {"warmup": 5, "min_repeats": 30, "target_ci": 0.03, "max_time_s": 2.0}
+
+
+def compare(cands: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """p50 (ms) per candidate over interleaved rounds (batch 1) and cosine fidelity.
+
+    Timed with the harness's own :func:`autotune.harness.stats.alternate`: every round measures
+    each candidate once (warm-up, then timed calls until its median is stable or 2 s pass), the
+    order rotating between rounds, on one fixed sentence -- as the tuner and its confirmation
+    step time a configuration.  A candidate's p50 is the median of its per-round p50s."""
+    from autotune.harness.stats import alternate
+
     feeds = cands["feeds"]
     fns = {k: v for k, v in cands.items() if not k.startswith("_") and k != "feeds"}
     one = [x[:1] for x in feeds]
-    for fn in fns.values():  # warm-up
-        for _ in range(5):
-            fn(one)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for i in range(10):
-                batch = [x[i % len(x): i % len(x) + 1] for x in feeds]
-                t = time.perf_counter()
-                fn(batch)
-                samples[name].append((time.perf_counter() - t) * 1000)
+    per_round = alternate({k: (lambda f: lambda: f(one))(fn) for k, fn in fns.items()}, rounds,
+                          **MEASURE)
     ref = np.concatenate([fns["torch fp32"]([x[i:i + 1] for x in feeds]) for i in range(len(feeds[0]))])
-    out = {}
+    out: dict[str, Any] = {}
     for name, fn in fns.items():
         got = np.concatenate([np.asarray(fn([x[i:i + 1] for x in feeds]), dtype=np.float32)
                               for i in range(len(feeds[0]))])
         cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-        out[name] = {"p50_ms": float(np.median(samples[name])), "cosine": float(cos.mean())}
+        p50s = [s.p50_ms for s in per_round[name]]
+        out[name] = {"p50_ms": float(np.median(p50s)), "cosine": float(cos.mean()),
+                     "cosine_min": float(cos.min()), "round_p50s": p50s}
     return out
+
+
+_FRESH = """
+import json, sys, numpy as np
+from autotune.deploy import load
+from autotune.harness.stats import measure
+p = load(sys.argv[1], check_hardware=False)
+feeds = json.loads(sys.argv[2])
+batch = {i.name: np.asarray(feeds[i.name], dtype=np.int64) for i in p.inputs}
+print(json.dumps([measure(lambda: p.predict(batch), **json.loads(sys.argv[3])).p50_ms
+                  for _ in range(int(sys.argv[4]))]))
+"""
+
+
+def fresh_process_p50(bundle: Path, feeds: list[np.ndarray], rounds: int) -> float:
+    """The bundle re-measured alone in a new process (``rounds`` measurements; their median)."""
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    one = {n: x[:1].tolist() for n, x in zip(names, feeds, strict=True)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-c", _FRESH, str(bundle), json.dumps(one),
+                          json.dumps(MEASURE), str(rounds)], env=env, text=True,
+                         capture_output=True, check=True)
+    return float(np.median(json.loads(res.stdout.strip().splitlines()[-1])))
 
 
 def main() -> None:
@@ -201,15 +245,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="tuning time budget")
     ap.add_argument("--load", action="store_true", help="keep one core busy while tuning")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds per run")
-    ap.add_argument("--pick", default="min latency_p50_ms with runtime == onnxruntime")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per run")
+    ap.add_argument("--pick", default="min latency_p50_ms")
     ap.add_argument("--skip-tune", type=Path, help="reuse this finished work folder")
     args = ap.parse_args()
 
     import bert_model
 
     model_dir = bert_model.folder()
-    _say(f"model: {model_dir}")
+    _say(f"model: {model_dir} ({bert_model.training_summary(model_dir)})")
     if args.skip_tune:
         work = args.skip_tune
         bundle = work / "bundle"
@@ -218,34 +262,46 @@ def main() -> None:
         bundle = tune(work, args.minutes, args.load, args.pick)
     counters = study_counters(work)
     _say(f"tuning study: {json.dumps(counters)}")
-    cands = candidates(bundle, model_dir)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    lat = manifest.get("measurements", {}).get("latency", manifest.get("latency", {}))
-    runs = []
+    _say(f"bundle: {json.dumps(manifest.get('config'))}")
+    # what the manifest states: the confirmation's figures (p50 and the spread between its
+    # rounds), or -- for a pick that was not confirmed -- the trial's own p50 and its 95 % interval
+    expected = manifest.get("expected_latency") or {}
+    stated, lo, hi = (expected.get(k) for k in ("p50_ms", "spread_low_ms", "spread_high_ms"))
+    _say(f"manifest: p50 {stated} ms, spread [{lo}, {hi}] ms "
+         f"(source: {expected.get('source', 'none')})")
+    cands = candidates(bundle, model_dir)
+    runs, fresh = [], []
     for r in range(args.runs):
         res = compare(cands, args.rounds)
         runs.append(res)
+        fresh.append(fresh_process_p50(bundle, cands["feeds"], 3))
         hand = res["hand int8"]["p50_ms"]
         _say(f"run {r + 1}/{args.runs}: " + ", ".join(
             f"{k} {v['p50_ms']:.2f} ms (x{hand / v['p50_ms']:.2f} vs hand, cos {v['cosine']:.4f})"
-            for k, v in res.items()))
-    print("\n| candidate | p50 ms (median of runs) | speed-up vs hand int8 | vs torch fp32 | cosine |")
+            for k, v in res.items()) + f"; bundle alone in a fresh process {fresh[-1]:.2f} ms")
+    print("\n| candidate | p50 ms (median of runs) | speed-up vs hand int8 | vs torch fp32 "
+          "| cosine mean (min) |")
     print("|---|---|---|---|---|")
     for name in runs[0]:
         p50 = statistics.median(r[name]["p50_ms"] for r in runs)
         vs_hand = statistics.median(r["hand int8"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
         vs_t = statistics.median(r["torch fp32"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
         cos = statistics.median(r[name]["cosine"] for r in runs)
-        print(f"| {name} | {p50:.2f} | {vs_hand:.2f}x | {vs_t:.2f}x | {cos:.4f} |")
-    lat = lat or {}
-    stated = lat.get("p50_ms")
-    lo, hi = lat.get("p50_spread_ms", [None, None]) if isinstance(lat.get("p50_spread_ms"), list) \
-        else (lat.get("ci95_low_ms", lat.get("ci_low_ms")), lat.get("ci95_high_ms", lat.get("ci_high_ms")))
-    inside = [lo is not None and hi is not None and lo <= r["autotune bundle"]["p50_ms"] <= hi
-              for r in runs]
-    print(f"\nmanifest p50 {stated} ms, stated spread [{lo}, {hi}] ms; "
-          f"re-measured p50 inside it in {sum(inside)}/{len(inside)} runs")
-    print(f"bundle: {json.dumps({k: manifest.get(k) for k in ('config', 'runtime')}, default=str)[:400]}")
+        cmin = min(r[name]["cosine_min"] for r in runs)
+        print(f"| {name} | {p50:.2f} | {vs_hand:.2f}x | {vs_t:.2f}x | {cos:.4f} ({cmin:.4f}) |")
+    per_run = [r["hand int8"]["p50_ms"] / r["autotune bundle"]["p50_ms"] for r in runs]
+    print(f"\nbundle vs hand int8 per run: {', '.join(f'{x:.2f}x' for x in per_run)}")
+
+    def within(x: float) -> bool:
+        return lo is not None and hi is not None and lo <= x <= hi
+
+    side = [r["autotune bundle"]["p50_ms"] for r in runs]
+    print(f"manifest p50 {stated} ms, stated spread [{lo}, {hi}] ms:")
+    print(f"  re-measured side by side (this process): {', '.join(f'{x:.2f}' for x in side)} ms, "
+          f"inside in {sum(map(within, side))}/{len(side)} runs")
+    print(f"  re-measured alone in a fresh process:    {', '.join(f'{x:.2f}' for x in fresh)} ms, "
+          f"inside in {sum(map(within, fresh))}/{len(fresh)} runs")
 
 
 if __name__ == "__main__":
