@@ -189,11 +189,13 @@ def for_machine(job: Any, space: SearchSpace, harness: Any) -> Applicable:
                       int(fp.get("usable_cores") or fp.get("logical_cores") or 1))
 
 
-def portfolio_seeds(job: Any, space: SearchSpace, harness: Any, progress: Any) -> list[dict[str, Any]]:
-    """The configurations of the portfolio entries that apply here, to measure first; says so
-    through ``progress.on_message``."""
+def portfolio_seeds(job: Any, space: SearchSpace, harness: Any, progress: Any
+                    ) -> list[tuple[dict[str, Any], str]]:
+    """The configurations of the portfolio entries that apply here, to measure first, each with
+    its source label (``portfolio: <entry name>``, recorded on its trial); says so through
+    ``progress.on_message``."""
     found = for_machine(job, space, harness)
     if found.configs:
         progress.on_message("hardware portfolio: measuring first "
                             + "; ".join(e.name for e, _ in found.configs))
-    return [c for _, c in found.configs]
+    return [(c, f"portfolio: {e.name}") for e, c in found.configs]

@@ -242,14 +242,17 @@ class StudyRecord:
         return self.study.user_attrs.get(key, default)
 
     # ------------------------------------------------------------------ writing trials
-    def start(self, config: Mapping[str, Any], space: SearchSpace, *, agent: str) -> int:
-        """Create a RUNNING trial holding ``config``; returns its number."""
+    def start(self, config: Mapping[str, Any], space: SearchSpace, *, agent: str,
+              source: str = "agent") -> int:
+        """Create a RUNNING trial holding ``config``; returns its number.  ``source`` says where
+        the configuration came from: ``agent`` (proposed by it), ``warm_start``,
+        ``warm_start_from`` or ``portfolio: <entry name>``."""
         dists = space.distributions()
         template = optuna.trial.create_trial(
             state=TrialState.RUNNING,
             params=dict(config),
             distributions={k: dists[k] for k in config},
-            user_attrs={"agent": agent},
+            user_attrs={"agent": agent, "source": source},
         )
         trial_id = self.storage.create_new_trial(study_id(self.study), template_trial=template)
         return self.storage.get_trial_number_from_id(trial_id)

@@ -227,7 +227,8 @@ class Tracker:
         metrics.append(Metric("feasible", 1.0 if view.feasible else 0.0, stamp, 0))
         if rank is not None:
             metrics.append(Metric("pareto_rank", float(rank), stamp, 0))
-        tags = [RunTag("state", view.state), RunTag("agent", view.agent or "")]
+        tags = [RunTag("state", view.state), RunTag("agent", view.agent or ""),
+                RunTag("source", str(view.user_attrs.get("source", "")))]  # agent / portfolio / ...
         if view.reason:
             tags.append(RunTag("fail_reason", view.reason[:4900]))
         self.client.log_batch(rid, metrics=metrics, params=params, tags=tags)

@@ -233,7 +233,7 @@ class Worker:
             self.agent.observe(t.observation())
 
     def _claim(self, space: SearchSpace, full_space: SearchSpace,
-               warm: list[dict[str, Any]]) -> _Claim | None:
+               warm: list[tuple[dict[str, Any], str]]) -> _Claim | None:
         study, storage = self.record.study, self.record.storage
         running = {trial_id(t) for t in study.get_trials(deepcopy=False,
                                                           states=(TrialState.RUNNING,))}
@@ -262,7 +262,7 @@ class Worker:
                 return None
             self._replay()
             from_warm = bool(warm)
-            config = dict(warm.pop(0)) if warm else self.agent.suggest()
+            config, source = warm.pop(0) if warm else (self.agent.suggest(), "agent")
             reason = space.invalid_reason(config)
             # a warm-start configuration the restricted space cannot hold (e.g. device cuda on a
             # machine without one): recorded, never measured, not shown to the agent
@@ -277,7 +277,7 @@ class Worker:
                         self.exhausted = True
                         return None
                 continue
-            number = self.record.start(config, full_space, agent=self.agent.name)
+            number = self.record.start(config, full_space, agent=self.agent.name, source=source)
             if outside:
                 self.record.fail(number, f"not runnable on this machine: {outside[0]}",
                                  invalid=True)
@@ -475,22 +475,24 @@ class Worker:
         return next((cb.error for cb in self.callbacks if cb.error), None)
 
     def _warm_configs(self, earlier: WarmStart | None,
-                      portfolio: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-        """The configurations to measure first: ``agent.warm_start``, then those of
-        ``agent.warm_start_from`` (whose measurements the agent observes as hints), each unless
-        the study has it already."""
-        seeds = [dict(c) for c in self.job.agent.warm_start]
+                      portfolio: Sequence[tuple[dict[str, Any], str]] = ()
+                      ) -> list[tuple[dict[str, Any], str]]:
+        """The configurations to measure first, each with its source (recorded on its trial as
+        ``user_attrs["source"]``): ``agent.warm_start``, the hardware portfolio
+        (:mod:`autotune.portfolio`), then those of ``agent.warm_start_from`` (whose measurements
+        the agent observes as hints), each unless the study has it already."""
+        seeds = [(dict(c), "warm_start") for c in self.job.agent.warm_start]
+        have = {config_key(c) for c, _ in seeds}
+        seeds += [(dict(c), src) for c, src in portfolio if config_key(c) not in have]
         if earlier is not None:
             for obs in earlier.observations:
                 self.agent.observe(obs)
-            have = {config_key(s) for s in seeds}
-            seeds += [dict(c) for c in earlier.configs if config_key(c) not in have]
+            have = {config_key(c) for c, _ in seeds}
+            seeds += [(dict(c), "warm_start_from") for c in earlier.configs
+                      if config_key(c) not in have]
             self.progress.on_message(earlier.message)
-        have = {config_key(s) for s in seeds}  # the hardware portfolio (autotune.portfolio)
-        seeds[len(self.job.agent.warm_start):len(self.job.agent.warm_start)] = [
-            dict(c) for c in portfolio if config_key(c) not in have]
         measured = {config_key(t.config) for t in self.record.trials()}
-        return [c for c in seeds if config_key(c) not in measured]
+        return [(c, src) for c, src in seeds if config_key(c) not in measured]
 
     def _view(self, number: int) -> TrialView:
         return self.record.view(self.record.frozen(number))

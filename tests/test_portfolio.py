@@ -100,3 +100,6 @@ def test_first_trials_are_the_matching_portfolio_entries(write_job) -> None:
                             "per_channel": True, "batch_size": 1, "threads": threads}
     assert by_number[1] == {"runtime": "torch", "quantization": "fp32", "batch_size": 8,
                             "threads": threads}
+    # each trial says where its configuration came from (also an MLflow tag)
+    sources = [t.user_attrs["source"] for t in summary.trials]
+    assert sources == ["portfolio: int8 here", "portfolio: torch fp32 batch 8", "agent"]

@@ -114,6 +114,7 @@ def test_warm_start_list_is_measured_first(tmp_path: Path) -> None:
     agent = "  warm_start:\n    - {x: 0.3, y: 0.25}\n    - {x: 0.9, y: 0.0}"
     summary = tuner.run(load_job(job_file(tmp_path, "listed", 3, agent)))
     assert [dict(t.config) for t in summary.trials[:2]] == [{"x": 0.3, "y": 0.25}, {"x": 0.9, "y": 0.0}]
+    assert [t.user_attrs["source"] for t in summary.trials] == ["warm_start"] * 2 + ["agent"]
     bad = job_file(tmp_path / "bad", "bad", 3, "  warm_start:\n    - {x: 3.0, y: 0.0}")
     with pytest.raises(SpecError, match="warm-start configuration is not in the space") as e:
         load_job(bad)
