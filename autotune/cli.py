@@ -419,7 +419,8 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
                   f"(rounds {b.p50_low_ms:.4g}-{b.p50_high_ms:.4g})")
     for c in res.trials:
         console.print(f"  trial {c.trial}: p50 {c.p50_ms:.4g} ms (rounds {c.p50_low_ms:.4g}-"
-                      f"{c.p50_high_ms:.4g}), {c.ratio:.3f}x the baseline (rounds "
+                      f"{c.p50_high_ms:.4g}; 95% prediction {c.predict_low_ms:.4g}-"
+                      f"{c.predict_high_ms:.4g}), {c.ratio:.3f}x the baseline (rounds "
                       f"{c.ratio_low:.3f}-{c.ratio_high:.3f}){'' if c.stable else ', UNSTABLE'}"
                       f"{', CONTENDED' if c.contended_rounds else ''}", markup=False)
     for w in res.warnings:
@@ -432,8 +433,8 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--candidates", "k", type=click.IntRange(1, 32), default=4, show_default=True,
               help="How many leading feasible trials to re-measure.")
-@click.option("--max-rounds", type=click.IntRange(3, 100), default=8, show_default=True,
-              help="At most this many interleaved rounds (at least 3 are measured).")
+@click.option("--max-rounds", type=click.IntRange(5, 100), default=10, show_default=True,
+              help="At most this many interleaved rounds (at least 5 are measured).")
 @click.option("--tolerance", type=click.FloatRange(0.001, 1.0), default=0.05, show_default=True,
               help="Stable when every ratio to the baseline varies by at most this between rounds.")
 def confirm_cmd(job_file: str, k: int, max_rounds: int, tolerance: float) -> None:
@@ -609,8 +610,8 @@ def export_cmd(job_file: str, pick: str, out: str | None, alias: str, model_name
                       f"n={lat.get('n')}, measured on {m['runtime']['measured']}")
     exp = m.get("expected_latency") or {}
     if exp.get("source") == "confirmation":
-        console.print(f"  confirmed p50 {_fmt(exp['p50_ms'])} ms (between rounds "
-                      f"{_fmt(exp['spread_low_ms'])}..{_fmt(exp['spread_high_ms'])}), "
+        console.print(f"  confirmed p50 {_fmt(exp['p50_ms'])} ms (a re-measurement should land in "
+                      f"{_fmt(exp['spread_low_ms'])}..{_fmt(exp['spread_high_ms'])}, 95%), "
                       f"{_fmt(exp['ratio_to_baseline'])}x the baseline, {exp['rounds']} rounds"
                       f"{'' if exp['stable'] else ', not stable'}"
                       f"{', ran contended' if exp.get('contended_rounds') else ''}")

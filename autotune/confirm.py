@@ -13,7 +13,9 @@ out (then the result says ``stable: false``).
 Per trial the study records (study attr ``confirmation``, :data:`autotune.study.CONFIRMATION`):
 the confirmed p50/p95 (median over rounds), the ratio to the baseline (median of the per-round
 ratios, per item), the spread between rounds (min and max of the per-round p50s and ratios), the
-rounds, and whether any round ran contended.  :meth:`autotune.study.StudyRecord.trials` overlays
+95 % prediction interval of one more measurement of its p50 (:func:`prediction_interval`: what a
+re-measurement, e.g. in a fresh process, should land in), the rounds, and whether any round ran
+contended.  :meth:`autotune.study.StudyRecord.trials` overlays
 the confirmed figures on the trial's metrics (its own measurement stays under
 ``user_attrs["measured"]``), so the front, the selection rules, the report and ``autotune
 export``'s manifest use them.
@@ -63,10 +65,13 @@ class Confirmed:
     stable: bool
     contended_rounds: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
+    predict_low_ms: float = math.nan  # 95 % prediction interval of a re-measured p50
+    predict_high_ms: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
                 "p50_low_ms": self.p50_low_ms, "p50_high_ms": self.p50_high_ms,
+                "predict_low_ms": self.predict_low_ms, "predict_high_ms": self.predict_high_ms,
                 "ratio": self.ratio, "ratio_low": self.ratio_low, "ratio_high": self.ratio_high,
                 "spread_rel": self.spread_rel, "rounds": self.rounds, "stable": self.stable,
                 "contended_rounds": self.contended_rounds, "metrics": dict(self.metrics)}
@@ -92,6 +97,30 @@ def candidates(views: Sequence[TrialView], job: Job, k: int) -> list[TrialView]:
     return front[:k]
 
 
+#: two-sided 95 % quantiles of Student's t by degrees of freedom (1..30; beyond: 1.96 + 2.4/df)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def prediction_interval(p50s: Sequence[float]) -> tuple[float, float]:
+    """95 % prediction interval of one more per-round p50, from the per-round p50s.
+
+    The min-max range of ``n`` rounds holds a further measurement only with probability
+    (n-1)/(n+1) (50 % for 3 rounds) even when nothing changes, so a manifest stating that range
+    is overconfident.  Latency noise is multiplicative, so the interval is taken on logarithms:
+    ``exp(mean ± t(n-1) · sd · sqrt(1 + 1/n))`` (Student's t, 95 %, two-sided).  Needs 2 rounds."""
+    xs = [math.log(x) for x in p50s if x > 0]
+    n = len(xs)
+    if n < 2:
+        return math.nan, math.nan
+    mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.4 / (n - 1)
+    half = t * sd * math.sqrt(1 + 1 / n)
+    return math.exp(mean - half), math.exp(mean + half)
+
+
 def _spread(xs: Sequence[float]) -> float:
     med = float(np.median(xs))
     return (max(xs) - min(xs)) / 2 / med if med > 0 else math.inf
@@ -115,8 +144,10 @@ def _summarize(name: str, trial: int | None, rounds: list[Mapping[str, Any]],
     metrics["speedup"] = 1.0 / ratio if ratio > 0 else math.inf
     if own.get("cost_usd_per_million") and own.get("latency_p50_ms"):
         metrics["cost_usd_per_million"] = own["cost_usd_per_million"] * p50 / own["latency_p50_ms"]
+    lo, hi = prediction_interval(p50s)
     return Confirmed(
         name=name, trial=trial, p50_ms=p50, p95_ms=metrics.get("latency_p95_ms", math.nan),
+        predict_low_ms=lo, predict_high_ms=hi,
         p50_low_ms=min(p50s), p50_high_ms=max(p50s), ratio=ratio, ratio_low=min(ratios),
         ratio_high=max(ratios), spread_rel=spread, rounds=len(rounds),
         stable=len(rounds) >= min_rounds and spread <= tolerance,
@@ -124,7 +155,7 @@ def _summarize(name: str, trial: int | None, rounds: list[Mapping[str, Any]],
 
 
 def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None, k: int = 4,
-            min_rounds: int = 3, max_rounds: int = 8, tolerance: float = 0.05,
+            min_rounds: int = 5, max_rounds: int = 10, tolerance: float = 0.05,
             max_time_s: float = 300.0, log: Callable[[str], None] = lambda m: None
             ) -> ConfirmResult:
     """Re-measure the baseline and the leading ``k`` candidates interleaved until their ratios to
@@ -260,13 +291,24 @@ def _record(record: StudyRecord, job: Job, base: Confirmed, trials: Sequence[Con
 
 
 def manifest_latency(view: TrialView) -> dict[str, Any] | None:
-    """What a bundle's manifest states as the pick's latency: the confirmed p50 and the spread
-    between the confirmation's rounds when the trial was confirmed, else the trial's own p50 and
-    the 95 % interval of its median (``source`` says which)."""
+    """What a bundle's manifest states as the pick's latency (``source`` says which):
+
+    * confirmed: the confirmed p50 and, as ``spread_low_ms``..``spread_high_ms``, the 95 %
+      prediction interval of a re-measured p50 from the spread between the confirmation's rounds
+      (:func:`prediction_interval`); the rounds' own range is ``rounds_low_ms``..``rounds_high_ms``;
+    * otherwise the trial's own p50 and the 95 % interval of the median of its one measurement,
+      which says how well that measurement pinned its median, not where a re-measurement lands.
+    """
     conf = view.user_attrs.get("confirmed")
     if conf:
+        lo, hi = conf.get("predict_low_ms"), conf.get("predict_high_ms")
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+            lo, hi = conf["p50_low_ms"], conf["p50_high_ms"]  # recorded before intervals existed
         return {"source": "confirmation", "p50_ms": conf["p50_ms"], "p95_ms": conf["p95_ms"],
-                "spread_low_ms": conf["p50_low_ms"], "spread_high_ms": conf["p50_high_ms"],
+                "spread_low_ms": lo, "spread_high_ms": hi,
+                "spread": f"95% prediction interval of a re-measured p50, from the spread "
+                          f"between {conf['rounds']} interleaved rounds",
+                "rounds_low_ms": conf["p50_low_ms"], "rounds_high_ms": conf["p50_high_ms"],
                 "ratio_to_baseline": conf["ratio"], "ratio_low": conf["ratio_low"],
                 "ratio_high": conf["ratio_high"], "rounds": conf["rounds"],
                 "stable": conf["stable"], "contended_rounds": conf.get("contended_rounds", 0)}
@@ -274,4 +316,6 @@ def manifest_latency(view: TrialView) -> dict[str, Any] | None:
     if not isinstance(lat, Mapping) or "p50_ms" not in lat:
         return None
     return {"source": "trial", "p50_ms": lat["p50_ms"], "p95_ms": lat.get("p95_ms"),
-            "spread_low_ms": lat.get("ci95_low_ms"), "spread_high_ms": lat.get("ci95_high_ms")}
+            "spread_low_ms": lat.get("ci95_low_ms"), "spread_high_ms": lat.get("ci95_high_ms"),
+            "spread": "95% interval of the median within the trial's one measurement (not a "
+                      "prediction of a re-measurement: 'autotune confirm' measures that)"}

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
 from _deploy_job import WARM
-from conftest import TINY_JOB
+from conftest import EXPERIMENTS, TINY_JOB
 
 from autotune.confirm import BASELINE, confirm
 from autotune.deploy.export import export_bundle
@@ -20,12 +22,23 @@ from autotune.tuner import run, status
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def tuned_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the tiny job and its finished 3-trial study (tuned once per module)."""
+    root = tmp_path_factory.mktemp("tuned")
+    shutil.copy(EXPERIMENTS / "digits_model.py", root)
+    path = root / "job.yaml"
+    path.write_text(textwrap.dedent(
+        TINY_JOB.replace("MAXTRIALS", "3").replace("agent: {name: tpe, seed: 1}", WARM)).lstrip())
+    run(load_job(path), callbacks=[])
+    return root
+
+
 @pytest.fixture
-def tuned(write_job):
-    text = TINY_JOB.replace("MAXTRIALS", "3").replace("agent: {name: tpe, seed: 1}", WARM)
-    job = load_job(write_job(text))
-    run(job, callbacks=[])
-    return job
+def tuned(tuned_once: Path, tmp_path: Path):
+    """A fresh copy of that folder per test: each test confirms (and writes) its own study."""
+    folder = shutil.copytree(tuned_once, tmp_path / "tuned")
+    return load_job(folder / "job.yaml")
 
 
 def test_confirm_records_the_front_and_the_baseline(tuned) -> None:
@@ -70,7 +83,12 @@ def test_manifest_states_the_confirmed_p50_and_spread(tuned, tmp_path: Path) -> 
     exp = man["expected_latency"]
     assert exp["source"] == "confirmation"
     assert exp["p50_ms"] == pytest.approx(c.p50_ms)
+    # the stated spread is the 95 % prediction interval of a re-measurement; it holds the range
+    # the rounds themselves spanned
     assert (exp["spread_low_ms"], exp["spread_high_ms"]) == pytest.approx(
+        (c.predict_low_ms, c.predict_high_ms))
+    assert exp["spread_low_ms"] <= c.p50_low_ms <= c.p50_high_ms <= exp["spread_high_ms"]
+    assert (exp["rounds_low_ms"], exp["rounds_high_ms"]) == pytest.approx(
         (c.p50_low_ms, c.p50_high_ms))
     assert man["metrics"]["latency_p50_ms"] == pytest.approx(c.p50_ms)
 
@@ -112,3 +130,28 @@ def test_run_confirms_at_the_end_unless_told_not_to(write_job) -> None:
     assert "confirmed over" in out.output
     attr = open_record(job, create=False).attr(CONFIRMATION)
     assert attr["rounds"] >= 3 and attr["trials"]
+
+
+def test_prediction_interval_covers_a_further_measurement() -> None:
+    """The min-max of a few rounds holds a further round only (n-1)/(n+1) of the time; the
+    stated 95 % prediction interval holds it about 95 % of the time (log-normal noise, as
+    latencies have), and it widens with the noise and narrows with more rounds."""
+    import numpy as np
+
+    from autotune.confirm import prediction_interval
+
+    rng = np.random.default_rng(0)
+    for n, want_range in ((3, 0.5), (5, 4 / 6)):
+        inside_pi = inside_range = 0
+        trials = 4000
+        for _ in range(trials):
+            xs = 10.0 * np.exp(rng.normal(0, 0.05, n + 1))
+            lo, hi = prediction_interval(list(xs[:n]))
+            inside_pi += lo <= xs[n] <= hi
+            inside_range += xs[:n].min() <= xs[n] <= xs[:n].max()
+        assert 0.93 <= inside_pi / trials <= 0.97, (n, inside_pi / trials)
+        assert abs(inside_range / trials - want_range) < 0.03
+    narrow = prediction_interval([10.0, 10.1, 9.9, 10.05, 9.95])
+    wide = prediction_interval([10.0, 11.0, 9.0, 10.5, 9.5])
+    assert narrow[0] < 10 < narrow[1] and wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
+    assert all(np.isnan(prediction_interval([10.0])))  # one round says nothing about the spread
