@@ -114,30 +114,33 @@ def tune(work: Path, minutes: float, load: bool, pick: str) -> Path:
 
 
 def study_counters(work: Path) -> dict[str, Any]:
-    """Duplicates measured, invalid proposals counted, and the first trials' configurations."""
+    """Duplicate measurements, invalid proposals counted against the budget, re-proposals the
+    study answered from its records, and where the first trials came from (``source``: the
+    hardware portfolio, the agent, ...)."""
     import optuna
 
     db = next(work.rglob("study.db"))
     storage = f"sqlite:///{db}"
-    names = optuna.get_all_study_names(storage)
-    study = optuna.load_study(study_name=names[0], storage=storage)
-    seen: dict[str, int] = {}
-    dup = invalid_counted = 0
-    first = []
-    for t in study.trials:
-        cfg = json.dumps(t.params, sort_keys=True)
-        measured = t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("reused_from")
-        if measured:
-            dup += cfg in seen
-            seen[cfg] = t.number
-        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("invalid") \
-                and t.user_attrs.get("counted", True) is not False:
-            invalid_counted += int(bool(t.user_attrs.get("counts_against_budget")))
-        if len(first) < 4:
-            first.append({k: t.params.get(k) for k in ("runtime", "quantization", "threads")
-                          if k in t.params} | {"source": t.user_attrs.get("source", "")})
-    return {"trials": len(study.trials), "duplicate_measurements": dup,
-            "invalid_counted": invalid_counted, "first_trials": first}
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    measured = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                  optuna.trial.TrialState.FAIL)
+                and not t.user_attrs.get("interrupted")]
+    keys = [json.dumps(t.params, sort_keys=True) for t in measured]
+    sources = [str(t.user_attrs.get("source", "?")) for t in trials]
+    n_portfolio = sum(s.startswith("portfolio") for s in sources)
+    return {"trials": len(trials), "measured": len(measured),
+            "duplicate_measurements": len(keys) - len(set(keys)),
+            # invalid proposals are recorded as PRUNED trials, outside the budget
+            "invalid_recorded": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+            "invalid_counted": sum(bool(t.user_attrs.get("invalid")) for t in trials
+                                   if t.state != optuna.trial.TrialState.PRUNED),
+            "reproposals_answered": sum((study.user_attrs.get("reproposed") or {}).values()),
+            "portfolio_first": n_portfolio > 0 and all(
+                s.startswith("portfolio") for s in sources[:n_portfolio]),
+            "first_trials": [f"{t.number}: {t.params.get('runtime')} "
+                             f"{t.params.get('quantization')} ({sources[i]})"
+                             for i, t in enumerate(trials[:4])]}
 
 
 def candidates(bundle: Path, model_dir: Path) -> dict[str, Any]:
