@@ -3,7 +3,8 @@
 A trial's latency was measured once, alone, at whatever moment the tuner reached it; on a shared
 machine that figure can be off by tens of percent.  Before a front is reported or exported,
 :func:`confirm` measures the unmodified model (the baseline) and the best feasible trials (at most
-``k``, the front ordered by the first objective) in ONE measuring process, in interleaved rounds
+``k``, the front ordered by the first objective, plus the trials within :data:`NEAR` of them:
+:func:`candidates`) in ONE measuring process, in interleaved rounds
 (``harness.compare``, :func:`autotune.harness.stats.alternate`): every round times each
 configuration once, so drift of the machine hits all of them alike.  Rounds are added until the
 ratio of every candidate to the baseline is stable (the half-range of its per-round ratios within
@@ -89,12 +90,31 @@ class ConfirmResult:
     warnings: tuple[str, ...] = ()
 
 
-def candidates(views: Sequence[TrialView], job: Job, k: int) -> list[TrialView]:
-    """The feasible front ordered by the first objective, at most ``k`` trials."""
+#: an unconfirmed trial whose first objective lies within this share of a confirmed candidate's
+#: could overtake it once the candidate's figure is confirmed (one measurement on a shared machine
+#: is off by several per cent), so it is confirmed too
+NEAR = 0.10
+
+
+def candidates(views: Sequence[TrialView], job: Job, k: int, near: float = NEAR
+               ) -> list[TrialView]:
+    """What the confirmation re-measures: the feasible front ordered by the first objective (at
+    most ``k`` trials), plus every other feasible trial whose first objective lies within
+    ``near`` of one of those (dominated on one measurement, but by less than its noise: a pick
+    made after the leaders are confirmed could otherwise fall on such a trial's lucky figure),
+    at most ``2 * k`` in all, in the order of the first objective."""
     metric, direction = job.objective_pairs[0]
+    sign = 1 if direction == "minimize" else -1
     front = [t for t in pareto_views(views, job) if metric in t.metrics]
-    front.sort(key=lambda t: t.metrics[metric] * (1 if direction == "minimize" else -1))
-    return front[:k]
+    front.sort(key=lambda t: sign * t.metrics[metric])
+    lead = front[:k]
+    chosen = {t.number for t in lead}
+    close = [t for t in views if t.feasible and t.number not in chosen and metric in t.metrics
+             and any(abs(t.metrics[metric] - c.metrics[metric])
+                     <= near * abs(c.metrics[metric]) for c in lead)]
+    close.sort(key=lambda t: sign * t.metrics[metric])
+    picked = lead + close[:max(0, 2 * k - len(lead))]
+    return sorted(picked, key=lambda t: sign * t.metrics[metric])
 
 
 #: two-sided 95 % quantiles of Student's t by degrees of freedom (1..30; beyond: 1.96 + 2.4/df)

@@ -155,3 +155,25 @@ def test_prediction_interval_covers_a_further_measurement() -> None:
     wide = prediction_interval([10.0, 11.0, 9.0, 10.5, 9.5])
     assert narrow[0] < 10 < narrow[1] and wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
     assert all(np.isnan(prediction_interval([10.0])))  # one round says nothing about the spread
+
+
+def test_candidates_include_trials_within_noise_of_the_leaders() -> None:
+    """A trial dominated on one measurement by less than the noise (trial 3: 1 % slower than
+    the fastest and a hair less faithful) is confirmed too: once the leader's figure is
+    confirmed it could otherwise become the pick on its own lucky figure.  One clearly slower
+    and dominated (trial 4) is not."""
+    from types import SimpleNamespace
+
+    from autotune.confirm import candidates
+    from autotune.study import TrialView
+
+    def view(n: int, lat: float, cos: float) -> TrialView:
+        return TrialView(number=n, state="complete", config={"x": n},
+                         metrics={"latency_p50_ms": lat, "cosine": cos}, values=(lat, cos))
+
+    job = SimpleNamespace(objective_pairs=[("latency_p50_ms", "minimize"), ("cosine", "maximize")])
+    views = [view(0, 10.0, 0.9990), view(1, 14.0, 0.9999), view(2, 20.0, 1.0),
+             view(3, 10.1, 0.9989), view(4, 16.5, 0.9980)]
+    assert [t.number for t in candidates(views, job, k=4)] == [0, 3, 1, 2]
+    assert [t.number for t in candidates(views, job, k=1)] == [0, 3]
+    assert [t.number for t in candidates(views, job, k=4, near=0.0)] == [0, 1, 2]

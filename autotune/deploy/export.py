@@ -46,7 +46,7 @@ from autotune.review import pareto_views
 from autotune.runtimes import get_runtime, job_default_runtime
 from autotune.runtimes.base import Built
 from autotune.spec import Job
-from autotune.study import StudyRecord, TrialView, open_record
+from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
 from autotune.tracking import experiment_id
 
 #: the MLflow "model from code" file: a PythonModel that loads the bundle with autotune.deploy.load
@@ -417,6 +417,10 @@ def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, registe
     notes = (manifest["runtime"]["note"],) if manifest["runtime"].get("note") else ()
     if not view.feasible:
         notes += (f"trial {view.number} violates the job's constraints.",)
+    if (manifest.get("expected_latency") or {}).get("source") == "trial" \
+            and record.attr(CONFIRMATION):
+        notes += (f"trial {view.number} was not among the confirmed trials: its latency is one "
+                  f"measurement; 'autotune confirm {job.source}' re-measures it side by side.",)
     if not register:
         return ExportResult(dest, view.number, manifest, notes=notes)
     try:
