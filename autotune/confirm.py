@@ -15,8 +15,9 @@ Per trial the study records (study attr ``confirmation``, :data:`autotune.study.
 the confirmed p50/p95 (median over rounds), the ratio to the baseline (median of the per-round
 ratios, per item), the spread between rounds (min and max of the per-round p50s and ratios), the
 95 % prediction interval of one more measurement of its p50 (:func:`prediction_interval`: what a
-re-measurement, e.g. in a fresh process, should land in), the rounds, and whether any round ran
-contended.  :meth:`autotune.study.StudyRecord.trials` overlays
+re-measurement, e.g. in a fresh process minutes later, should land in; it includes the machine's
+drift over minutes, :func:`drift_sd`, estimated from the confirmed trials' own measurements during
+tuning), the rounds, and whether any round ran contended.  :meth:`autotune.study.StudyRecord.trials` overlays
 the confirmed figures on the trial's metrics (its own measurement stays under
 ``user_attrs["measured"]``), so the front, the selection rules, the report and ``autotune
 export``'s manifest use them.
@@ -28,7 +29,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -68,11 +69,13 @@ class Confirmed:
     metrics: Mapping[str, float] = field(default_factory=dict)
     predict_low_ms: float = math.nan  # 95 % prediction interval of a re-measured p50
     predict_high_ms: float = math.nan
+    drift_sd: float = 0.0  # the machine's drift over minutes the interval includes (log sd)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
                 "p50_low_ms": self.p50_low_ms, "p50_high_ms": self.p50_high_ms,
                 "predict_low_ms": self.predict_low_ms, "predict_high_ms": self.predict_high_ms,
+                "drift_sd": self.drift_sd,
                 "ratio": self.ratio, "ratio_low": self.ratio_low, "ratio_high": self.ratio_high,
                 "spread_rel": self.spread_rel, "rounds": self.rounds, "stable": self.stable,
                 "contended_rounds": self.contended_rounds, "metrics": dict(self.metrics)}
@@ -123,13 +126,16 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def prediction_interval(p50s: Sequence[float]) -> tuple[float, float]:
+def prediction_interval(p50s: Sequence[float], drift_sd: float = 0.0) -> tuple[float, float]:
     """95 % prediction interval of one more per-round p50, from the per-round p50s.
 
     The min-max range of ``n`` rounds holds a further measurement only with probability
     (n-1)/(n+1) (50 % for 3 rounds) even when nothing changes, so a manifest stating that range
     is overconfident.  Latency noise is multiplicative, so the interval is taken on logarithms:
-    ``exp(mean ± t(n-1) · sd · sqrt(1 + 1/n))`` (Student's t, 95 %, two-sided).  Needs 2 rounds."""
+    ``exp(mean ± t(n-1) · sd · sqrt(1 + 1/n))`` (Student's t, 95 %, two-sided).  ``drift_sd`` (a
+    standard deviation of log latency, :func:`drift_sd`) adds how far the machine's speed moves
+    over minutes, which rounds taken within one minute do not see: the half-widths add in
+    quadrature (``1.96 · drift_sd``).  Needs 2 rounds."""
     xs = [math.log(x) for x in p50s if x > 0]
     n = len(xs)
     if n < 2:
@@ -137,8 +143,16 @@ def prediction_interval(p50s: Sequence[float]) -> tuple[float, float]:
     mean = sum(xs) / n
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.4 / (n - 1)
-    half = t * sd * math.sqrt(1 + 1 / n)
+    half = math.hypot(t * sd * math.sqrt(1 + 1 / n), 1.96 * drift_sd)
     return math.exp(mean - half), math.exp(mean + half)
+
+
+def drift_sd(pairs: Sequence[tuple[float, float]]) -> float:
+    """How far a configuration's p50 moves between two measurements minutes apart on this machine:
+    the root mean square of ``log(later / earlier)`` over ``pairs`` (each configuration's own
+    measurement during tuning and its confirmed p50).  0 without pairs."""
+    logs = [math.log(b / a) for a, b in pairs if a > 0 and b > 0]
+    return math.sqrt(sum(x * x for x in logs) / len(logs)) if logs else 0.0
 
 
 def _spread(xs: Sequence[float]) -> float:
@@ -248,6 +262,13 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             harness.close()
     kept, used_contended = _usable(per, contended, min_rounds)
     results = _all(kept, used_contended, configs, views, tolerance, min_rounds)
+    # the stated intervals also cover the machine's drift over minutes, estimated from each
+    # confirmed trial's own (uncontended) measurement during tuning against its confirmed p50
+    drift = drift_sd([pair for c in results if (pair := _then_and_now(c, views)) is not None])
+    results = [replace(c, predict_low_ms=lo, predict_high_ms=hi, drift_sd=drift)
+               for c in results
+               for lo, hi in [prediction_interval([float(r["p50_ms"]) for r in kept[c.name]],
+                                                  drift)]]
     base = next(c for c in results if c.name == BASELINE)
     trials = tuple(c for c in results if c.name != BASELINE)
     warnings: list[str] = []
@@ -267,6 +288,19 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
     return ConfirmResult(job=job.name, baseline=base, trials=trials, rounds=base.rounds,
                          stable=all(c.stable for c in trials), wall_s=time.monotonic() - t0,
                          contended=any(used_contended), warnings=tuple(warnings))
+
+
+def _then_and_now(c: Confirmed, views: Sequence[TrialView]) -> tuple[float, float] | None:
+    """(the trial's own p50 from tuning, its confirmed p50), or None for the baseline and for a
+    trial whose own measurement ran contended."""
+    view = next((t for t in views if t.number == c.trial), None)
+    if view is None:
+        return None
+    details = view.user_attrs.get("details") or {}
+    if (details.get("contention") or {}).get("contended"):
+        return None
+    own = (view.user_attrs.get("measured") or view.metrics).get("latency_p50_ms")
+    return (float(own), c.p50_ms) if own else None
 
 
 def _usable(per: Mapping[str, list[Mapping[str, Any]]], contended: list[bool], min_rounds: int
@@ -327,7 +361,8 @@ def manifest_latency(view: TrialView) -> dict[str, Any] | None:
         return {"source": "confirmation", "p50_ms": conf["p50_ms"], "p95_ms": conf["p95_ms"],
                 "spread_low_ms": lo, "spread_high_ms": hi,
                 "spread": f"95% prediction interval of a re-measured p50, from the spread "
-                          f"between {conf['rounds']} interleaved rounds",
+                          f"between {conf['rounds']} interleaved rounds and the machine's drift "
+                          f"over minutes (+-{conf.get('drift_sd', 0.0):.1%} sd)",
                 "rounds_low_ms": conf["p50_low_ms"], "rounds_high_ms": conf["p50_high_ms"],
                 "ratio_to_baseline": conf["ratio"], "ratio_low": conf["ratio_low"],
                 "ratio_high": conf["ratio_high"], "rounds": conf["rounds"],

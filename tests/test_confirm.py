@@ -177,3 +177,19 @@ def test_candidates_include_trials_within_noise_of_the_leaders() -> None:
     assert [t.number for t in candidates(views, job, k=4)] == [0, 3, 1, 2]
     assert [t.number for t in candidates(views, job, k=1)] == [0, 3]
     assert [t.number for t in candidates(views, job, k=4, near=0.0)] == [0, 1, 2]
+
+
+def test_drift_widens_the_interval_to_what_minutes_later_sees() -> None:
+    """Rounds taken within a minute miss the machine's slower drift; with the drift measured
+    between tuning and confirmation (RMS of the log ratios) the interval widens to hold it."""
+    import math
+
+    from autotune.confirm import drift_sd, prediction_interval
+
+    rounds = [10.0, 10.1, 9.95, 10.05, 10.0]
+    assert drift_sd([]) == 0.0
+    d = drift_sd([(10.0, 10.5), (20.0, 19.0), (5.0, 5.25)])
+    assert d == pytest.approx(math.sqrt((math.log(1.05) ** 2 * 2 + math.log(0.95) ** 2) / 3))
+    lo, hi = prediction_interval(rounds)
+    lo_d, hi_d = prediction_interval(rounds, d)
+    assert lo_d < lo and hi_d > hi and hi_d > 10.0 * math.exp(1.9 * d)
