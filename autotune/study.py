@@ -125,12 +125,14 @@ def with_confirmed(view: TrialView, confirmation: Mapping[str, Any] | None,
 
 
 def measurement_warnings(record: StudyRecord) -> list[str]:
-    """What the study says about its own measurements: an unstable baseline, a confirmation that
-    ran contended or did not settle (``autotune.confirm``)."""
+    """What the study says about its own measurements: an unstable baseline (until the
+    confirmation re-measured it: from then on the figures rest on the confirmed baseline, whose
+    own stability the confirmation's warnings report), a confirmation that ran contended or did
+    not settle (``autotune.confirm``)."""
     out = []
-    if record.attr("baseline_unstable"):
-        out.append(str(record.attr("baseline_unstable")))
     conf = record.attr(CONFIRMATION) or {}
+    if record.attr("baseline_unstable") and not conf.get("baseline"):
+        out.append(str(record.attr("baseline_unstable")))
     out += [str(w) for w in conf.get("warnings", [])]
     return out
 

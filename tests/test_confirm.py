@@ -193,3 +193,20 @@ def test_drift_widens_the_interval_to_what_minutes_later_sees() -> None:
     lo, hi = prediction_interval(rounds)
     lo_d, hi_d = prediction_interval(rounds, d)
     assert lo_d < lo and hi_d > hi and hi_d > 10.0 * math.exp(1.9 * d)
+
+
+def test_the_first_baselines_instability_warning_ends_with_its_confirmation() -> None:
+    from autotune.study import measurement_warnings
+
+    class Record:
+        def __init__(self, attrs: dict) -> None:
+            self.attrs = attrs
+
+        def attr(self, key: str):
+            return self.attrs.get(key)
+
+    loose = "the baseline's latency is unstable: its median is known to +-74%"
+    assert measurement_warnings(Record({"baseline_unstable": loose})) == [loose]
+    confirmed = {CONFIRMATION: {"baseline": {"p50_ms": 20.0}, "warnings": ["ran contended"]}}
+    assert measurement_warnings(Record({"baseline_unstable": loose, **confirmed})) == \
+        ["ran contended"]
