@@ -223,6 +223,17 @@ def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
     overrides = {"type": "object", "additionalProperties": {
         "anyOf": [{"$ref": "#/$defs/Parameter"}, {"type": "null"}]},
         "description": "replace a preset's parameter; null removes it"}
+    strings = {"type": "array", "items": {"type": "string"}}
+    portfolio = {  # autotune.portfolio: measured first where the hardware matches
+        "type": "array", "items": {
+            "type": "object", "required": ["name", "config"], "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"}, "note": {"type": "string"},
+                "config": {"type": "object", "description": "a partial configuration"},
+                "when": {"type": "object", "additionalProperties": False, "properties": {
+                    "cpu_flags": {**strings, "description": "any of these CPU flags"},
+                    "capabilities": {**strings, "description": "all of these capabilities"}}},
+            }}}
     return {
         "title": "Search Space",
         "anyOf": [
@@ -230,7 +241,7 @@ def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
              "properties": {"preset": {"type": "string", "examples": _presets()},
                             "overrides": overrides}},
             {"type": "object", "required": ["parameters"], "additionalProperties": False,
-             "properties": {"parameters": params}},
+             "properties": {"parameters": params, "portfolio": portfolio}},
         ],
     }
 

@@ -182,7 +182,7 @@ def summarize(job: Job, record: StudyRecord, views: list[TrialView], new: int, t
               notices: Sequence[str] = ()) -> RunSummary:
     return RunSummary(
         job=job.name, finished=finished, trials=tuple(views),
-        front=tuple(pareto_views(views, job)), baseline=record.baseline or {},
+        front=tuple(pareto_views(views, job)), baseline=record.reported_baseline or {},
         new_trials=new, wall_s=time.monotonic() - t0, tracking_error=tracking_error,
         notices=tuple(notices),
     )

@@ -294,7 +294,7 @@ def build_report(job: Job, out: str | Path | None = None) -> Path:
     record = open_record(job, create=False)
     views = record.trials()
     reference = study_reference(record, job, views)
-    text = render(job, views, baseline=record.baseline, fingerprint=record.attr("fingerprint"),
+    text = render(job, views, baseline=record.reported_baseline, fingerprint=record.attr("fingerprint"),
                   reference=reference, storage=job.storage_url,
                   warnings=measurement_warnings(record))
     path = Path(out) if out is not None else job.out_dir / "report.html"

@@ -235,7 +235,16 @@ class StudyRecord:
     # ------------------------------------------------------------------ study-level attrs
     @property
     def baseline(self) -> dict[str, float] | None:
+        """The unmodified model's first measurement (what trials' ratios were derived from)."""
         return self.study.user_attrs.get("baseline")
+
+    @property
+    def reported_baseline(self) -> dict[str, float] | None:
+        """The baseline as status, the report and the run summary show it: once the confirmation
+        step re-measured it (the confirmed front's ratios rest on that), its confirmed figures
+        over the first measurement's."""
+        confirmed = ((self.attr(CONFIRMATION) or {}).get("baseline") or {}).get("metrics")
+        return {**(self.baseline or {}), **confirmed} if confirmed else self.baseline
 
     def set_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)

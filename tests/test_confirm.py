@@ -72,6 +72,11 @@ def test_confirm_records_the_front_and_the_baseline(tuned) -> None:
     unconfirmed = set(views) - {c.trial for c in res.trials}
     for n in unconfirmed:
         assert "confirmed" not in views[n].user_attrs
+    # status shows the confirmed baseline (the confirmed ratios rest on it); the first
+    # measurement, which the trials' own ratios were derived from, stays in the study
+    record = open_record(job, create=False)
+    assert status(job).baseline["latency_p50_ms"] == pytest.approx(res.baseline.p50_ms)
+    assert record.baseline["latency_p50_ms"] != pytest.approx(res.baseline.p50_ms)
 
 
 def test_manifest_states_the_confirmed_p50_and_spread(tuned, tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def pick_trial(job: Job, pick: str | int, record: StudyRecord | None = None) -> 
     rule = parse_rule(text)
     records = [Record(t.number, t.metrics, t.feasible, t.config) for t in views
                if t.state == "complete"]
-    chosen = rule.select(records, record.baseline)
+    chosen = rule.select(records, record.reported_baseline)
     if chosen is None:
         raise AutotuneError(f"no feasible trial of job '{job.name}' satisfies the rule '{rule}'.")
     return next(t for t in views if t.number == chosen.number)
@@ -211,7 +211,7 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
     hw_summary = Fingerprint.from_dict(fp).short() if fp else None
     digest = details.get("fingerprint_digest") or (Fingerprint.from_dict(fp).digest() if fp else None)
     inputs, outputs = _io_specs(runner) if runner is not None else ([], [])
-    baseline = record.baseline
+    baseline = record.reported_baseline
     return {
         "format": FORMAT,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
