@@ -178,10 +178,8 @@ def _summarize(name: str, trial: int | None, rounds: list[Mapping[str, Any]],
     metrics["speedup"] = 1.0 / ratio if ratio > 0 else math.inf
     if own.get("cost_usd_per_million") and own.get("latency_p50_ms"):
         metrics["cost_usd_per_million"] = own["cost_usd_per_million"] * p50 / own["latency_p50_ms"]
-    lo, hi = prediction_interval(p50s)
     return Confirmed(
         name=name, trial=trial, p50_ms=p50, p95_ms=metrics.get("latency_p95_ms", math.nan),
-        predict_low_ms=lo, predict_high_ms=hi,
         p50_low_ms=min(p50s), p50_high_ms=max(p50s), ratio=ratio, ratio_low=min(ratios),
         ratio_high=max(ratios), spread_rel=spread, rounds=len(rounds),
         stable=len(rounds) >= min_rounds and spread <= tolerance,
@@ -265,10 +263,8 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
     # the stated intervals also cover the machine's drift over minutes, estimated from each
     # confirmed trial's own (uncontended) measurement during tuning against its confirmed p50
     drift = drift_sd([pair for c in results if (pair := _then_and_now(c, views)) is not None])
-    results = [replace(c, predict_low_ms=lo, predict_high_ms=hi, drift_sd=drift)
-               for c in results
-               for lo, hi in [prediction_interval([float(r["p50_ms"]) for r in kept[c.name]],
-                                                  drift)]]
+    results = [_with_interval(c, [float(r["p50_ms"]) for r in kept[c.name]], drift)
+               for c in results]
     base = next(c for c in results if c.name == BASELINE)
     trials = tuple(c for c in results if c.name != BASELINE)
     warnings: list[str] = []
@@ -288,6 +284,11 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
     return ConfirmResult(job=job.name, baseline=base, trials=trials, rounds=base.rounds,
                          stable=all(c.stable for c in trials), wall_s=time.monotonic() - t0,
                          contended=any(used_contended), warnings=tuple(warnings))
+
+
+def _with_interval(c: Confirmed, p50s: Sequence[float], drift: float) -> Confirmed:
+    lo, hi = prediction_interval(p50s, drift)
+    return replace(c, predict_low_ms=lo, predict_high_ms=hi, drift_sd=drift)
 
 
 def _then_and_now(c: Confirmed, views: Sequence[TrialView]) -> tuple[float, float] | None:
