@@ -242,9 +242,9 @@ class StudyRecord:
     def reported_baseline(self) -> dict[str, float] | None:
         """The baseline as status, the report and the run summary show it: once the confirmation
         step re-measured it (the confirmed front's ratios rest on that), its confirmed figures
-        over the first measurement's."""
+        over the first measurement's (:func:`autotune.confirm.confirm` records them merged)."""
         confirmed = ((self.attr(CONFIRMATION) or {}).get("baseline") or {}).get("metrics")
-        return {**(self.baseline or {}), **confirmed} if confirmed else self.baseline
+        return dict(confirmed) if confirmed else self.baseline
 
     def set_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)

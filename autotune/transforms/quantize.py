@@ -238,8 +238,7 @@ def entropy_threshold(histogram: tuple[Any, ...], num_quantized_bins: int) -> tu
         quantized = sliced[:body].reshape(num_quantized_bins, merged).sum(1).astype(np.int64)
         quantized[-1] += sliced[body:].sum()
         norm = (p[:body] != 0).reshape(num_quantized_bins, merged).sum(1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            filled = np.where(norm != 0, quantized / np.maximum(norm, 1), 0).astype(np.int64)
+        filled = np.where(norm != 0, quantized // np.maximum(norm, 1), 0)  # int64 truncation
         q = np.zeros(p.size, dtype=np.int64)
         q[:body] = np.repeat(filled, merged)
         ps, qs = smooth_distribution(p), smooth_distribution(q)
