@@ -33,8 +33,7 @@ from autotune.deploy.serve.protocol import (
     error_response,
     openai_error,
 )
-from autotune.deploy.serve.routes import _KINDS, _common_routes
-from autotune.errors import AutotuneError
+from autotune.deploy.serve.routes import add_routes
 
 ModelServer = Any
 
@@ -42,11 +41,6 @@ ModelServer = Any
 # ------------------------------------------------------------------------------- the app
 def create_app(server: ModelServer) -> FastAPI:
     """The FastAPI app for ``server``: common routes plus those of the served model's kind."""
-    kind = server.served.kind
-    if kind not in _KINDS:
-        raise AutotuneError(f"no routes are registered for models of kind {kind!r} (known: "
-                            f"{sorted(_KINDS)}); register them with "
-                            "autotune.deploy.serve.register_kind.")
     app = FastAPI(
         title="autotune serve",
         description="Serves an autotune bundle (predict: micro-batching; generation: the "
@@ -78,8 +72,7 @@ def create_app(server: ModelServer) -> FastAPI:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_crash)
-    _common_routes(app, server)
-    _KINDS[kind](app, server)
+    add_routes(app, server)
     _document_request_bodies(app)
     return app
 

@@ -71,6 +71,17 @@ def kinds() -> tuple[str, ...]:
     return tuple(_KINDS)
 
 
+def add_routes(app: FastAPI, server: ModelServer) -> None:
+    """The common routes and those of the served model's kind."""
+    kind = server.served.kind
+    if kind not in _KINDS:
+        raise AutotuneError(f"no routes are registered for models of kind {kind!r} (known: "
+                            f"{sorted(_KINDS)}); register them with "
+                            "autotune.deploy.serve.register_kind.")
+    _common_routes(app, server)
+    _KINDS[kind](app, server)
+
+
 def _common_routes(app: FastAPI, server: ModelServer) -> None:
     async def index() -> Response:
         return json_response(200, {

@@ -74,7 +74,9 @@ def _reject_constant(name: str) -> Any:
 def parse_json(body: bytes, server: ModelServer) -> Any:
     if not body.strip():
         raise ApiError(400, "the request body is empty; send a JSON object.")
-    depth = _max_depth(body)
+    # no deeper than its count of opening brackets (a C-speed count: a completion request has 1-3)
+    shallow = body.count(b"[") + body.count(b"{") <= server.limits.max_depth
+    depth = 0 if shallow else _max_depth(body)
     if depth > server.limits.max_depth:
         raise ApiError(400, f"the JSON body is nested {depth} levels deep; at most "
                             f"{server.limits.max_depth} are accepted.")
