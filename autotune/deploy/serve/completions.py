@@ -28,6 +28,12 @@ _CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "str
 _COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "stream", "temperature", "n", "user",
                       "stream_options", "top_p", "seed", "echo", "logprobs"}
 
+#: options accepted only at the value that changes nothing (OpenAI clients may send them)
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "stop": (None, []), "presence_penalty": (0, None), "frequency_penalty": (0, None),
+    "logit_bias": (None, {}), "best_of": (1, None), "suffix": (None, ""),
+}
+
 
 # ------------------------------------------------------------------------------- decode, validate
 @dataclass(frozen=True)
@@ -47,7 +53,11 @@ def decode_request(data: Any, chat: bool, service: Any) -> Completion:
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object.")
     allowed = _CHAT_FIELDS if chat else _COMPLETION_FIELDS
-    unknown = sorted(set(data) - allowed)
+    for key, neutral in _NEUTRAL.items():  # sampling options at their no-op values: accepted
+        if key in data and data[key] not in neutral:
+            raise ApiError(400, f"'{key}' is not served (greedy decoding to max_tokens); leave it "
+                                f"out or send {json.dumps(neutral[0])}.")
+    unknown = sorted(set(data) - allowed - set(_NEUTRAL))
     if unknown:
         raise ApiError(400, f"unsupported fields {unknown}; this server accepts {sorted(allowed)}.")
     temp = data.get("temperature")
