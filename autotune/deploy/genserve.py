@@ -40,6 +40,7 @@ from autotune.deploy.bundle import (
     read_manifest,
     write_manifest,
 )
+from autotune.deploy.serve.swap import open_source
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.tuner import open_record
@@ -58,8 +59,6 @@ def is_generation_bundle(path: str | Path, tracking_uri: str | None = None) -> b
     """Whether a bundle folder (or the bundle ``models:/NAME@ALIAS`` points to) is a
     generation bundle."""
     if str(path).startswith("models:/"):
-        from autotune.deploy.serve.swap import open_source
-
         try:
             src = open_source(str(path), tracking_uri)
             local = src.fetch(src.current_id())

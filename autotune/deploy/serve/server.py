@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from autotune.deploy.bundle import BundleError, hardware_matches, load
-from autotune.deploy.genserve import GenerationService, is_generation_bundle
 from autotune.deploy.serve.app import Observed, create_app
 from autotune.deploy.serve.batcher import MicroBatcher
 from autotune.deploy.serve.limits import Limits
@@ -286,6 +285,9 @@ class ModelServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _load(self, ident: str, given: Path | None = None) -> Served:
+        # here, not at the top: generation bundles bring the tuner's record (optuna) with them
+        from autotune.deploy.genserve import GenerationService, is_generation_bundle
+
         path = given or self.source.fetch(ident)
         try:
             # a language model: its engine in its own thread, served on the OpenAI-compatible routes
