@@ -19,7 +19,6 @@ from autotune.confirm import confirm
 from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.bundle import read_key, require_signature
 from autotune.deploy.export import export_bundle
-from autotune.deploy.genserve import is_generation_bundle, serve_generation
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError, SpecError
 from autotune.harness.contention import flag
@@ -687,19 +686,13 @@ def serve_cmd(source: str, host: str, port: int, poll_interval: float, max_wait_
         limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
                         header_timeout_s=header_timeout, max_inflight=max_inflight,
                         max_connections=max_connections, drain_timeout_s=drain_timeout)
-        if is_generation_bundle(source, tracking_uri):  # a language model: OpenAI-compatible
-            serve_generation(source, host=host, port=port, poll_interval=poll_interval,
-                             tracking_uri=tracking_uri, admin_token=admin_token,
-                             on_ready=lambda s: click.echo(
-                                 f"serving {s.current.version} from {source} on "
-                                 f"http://{host}:{port}/v1 (generation)", err=True))
-            return
         serve(source, host=host, port=port, poll_interval=poll_interval, max_wait_ms=max_wait_ms,
               tracking_uri=tracking_uri, admin_token=admin_token, limits=limits,
               model_name=model_name,
               on_ready=lambda s: click.echo(
                   f"serving {s.served.version} from {source} on {s.url} as {s.model_name!r} "
-                  f"(batch size {s.served.batch_size}; admin routes "
+                  f"({s.kind}: {s.url}{'/v1' if s.kind == 'generation' else '/predict'}; "
+                  f"batch size {s.served.batch_size}; admin routes "
                   f"{'on' if s.admin_token else 'off: no --admin-token'}; API: {s.url}/docs)",
                   err=True))
     except KeyboardInterrupt:

@@ -141,7 +141,7 @@ def test_streams_tokens_like_the_plain_completion(server: str) -> None:
 def test_hot_swap_under_concurrent_requests_has_no_failures(server: str,
                                                             bundles: tuple) -> None:
     url = server
-    first = httpx.get(f"{url}/health").json()["version"]
+    first = httpx.get(f"{url}/health").json()["model_version"]
     failures: list[str] = []
     versions: dict[str, int] = {}
     stop = threading.Event()
@@ -177,18 +177,107 @@ def test_hot_swap_under_concurrent_requests_has_no_failures(server: str,
     with httpx.Client(timeout=60) as c:
         # the admin route swaps to any path: refused without the server's token
         r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])})
-        assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"], r.text
+        assert r.status_code == 401 and "Bearer" in r.json()["error"], r.text
         r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])},
                    headers={"Authorization": "Bearer wrong-token"})
         assert r.status_code == 401, r.text
         r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])},
                    headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 200 and r.json()["swapped"], r.text
+        assert r.status_code == 200 and r.json()["reloaded"], r.text
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(60)
     assert failures == []
     now = httpx.get(f"{url}/health").json()
-    assert now["version"] != first and now["swaps"] == 1
-    assert versions.get(first, 0) > 0 and versions.get(now["version"], 0) > 0, versions
+    assert now["model_version"] != first and now["swaps"] == 1
+    assert versions.get(first, 0) > 0 and versions.get(now["model_version"], 0) > 0, versions
+
+
+def test_the_openai_client_receives_the_stream_token_by_token(server: str) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+    model = client.models.list().data[0].id
+    plain = client.completions.create(model=model, prompt="the cats see", max_tokens=6,
+                                      temperature=0)
+    chunks = list(client.completions.create(model=model, prompt="the cats see", max_tokens=6,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert len(texts) >= 5, texts  # one chunk per token, not the text at the end
+    assert "".join(texts) == plain.choices[0].text and plain.usage.completion_tokens == 6
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    chat = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "the dog"}], max_tokens=4,
+        stream=True))
+    assert len([c for c in chat if c.choices and c.choices[0].delta.content]) >= 3
+    with pytest.raises(openai.BadRequestError, match="greedy"):
+        client.completions.create(model=model, prompt="the", temperature=0.7)
+    with pytest.raises(openai.BadRequestError, match="positions"):
+        client.completions.create(model=model, prompt="the", max_tokens=10**9)
+
+
+def test_an_oversized_body_is_answered_413_to_every_client(server: str) -> None:
+    """40 MB to /v1/completions: refused on Content-Length (httpx, http.client, which sends the
+    whole body before reading) and while streaming a chunked body; the lingering close drains
+    what is still arriving, so no client sees a reset."""
+    import http.client
+
+    big = b'{"prompt": "' + b"x" * (40 * 1024 * 1024) + b'"}'
+    host, port = server.removeprefix("http://").split(":")
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/completions", body=big, headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    answer = json.loads(r.read())
+    conn.close()
+    took = time.monotonic() - t0
+    print(f"\nhttp.client: 40 MB answered {r.status} in {took:.2f} s")
+    assert r.status == 413 and "limit" in answer["error"]["message"]
+    with httpx.Client(timeout=30) as c:
+        t0 = time.monotonic()
+        r2 = c.post(f"{server}/v1/completions", content=big,
+                    headers={"Content-Type": "application/json"})
+        print(f"httpx: 40 MB answered {r2.status_code} in {time.monotonic() - t0:.2f} s")
+        assert r2.status_code == 413
+
+        def chunks():  # no Content-Length: refused once the limit is crossed while reading
+            for i in range(0, len(big), 1 << 20):
+                yield big[i:i + (1 << 20)]
+
+        r3 = c.post(f"{server}/v1/completions", content=chunks(),
+                    headers={"Content-Type": "application/json"})
+        assert r3.status_code == 413
+        assert c.post(f"{server}/v1/completions",
+                      json={"prompt": "the", "max_tokens": 1}).status_code == 200
+        metrics = c.get(f"{server}/metrics").text
+    assert 'autotune_serve_rejected_total{reason="too_large"}' in metrics
+    assert 'route="/v1/completions"' in metrics and 'code="413"' in metrics
+    assert "autotune_serve_time_to_first_token_seconds_count" in metrics
+    assert "autotune_serve_generated_tokens_total" in metrics
+
+
+def test_the_generation_routes_answer_503_with_retry_after_past_the_limit(bundles: tuple) -> None:
+    """The generation routes share the predict server's admission: a request whose body is
+    still arriving holds the only place, the next one is answered 503 + Retry-After."""
+    from autotune.deploy.serve import Limits, ModelServer
+
+    with ModelServer(bundles[0], port=0, poll_interval=0,
+                     limits=Limits(max_inflight=1, retry_after_s=2)) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as held:
+            held.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"")
+            deadline = time.monotonic() + 10
+            while srv.metrics.inflight.values.get(()) != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            r = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "the", "max_tokens": 2},
+                           timeout=30)
+            assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+            assert "retry" in r.json()["error"]["message"]
+        deadline = time.monotonic() + 10
+        while srv.metrics.inflight.values.get(()) != 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ok = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "the", "max_tokens": 2},
+                        timeout=60)
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2

@@ -1,5 +1,4 @@
-"""Generation bundles and their server: an OpenAI-compatible subset over Starlette, streaming,
-with hot swap to a new bundle (or registry alias) and zero failed requests.
+"""Generation bundles: written by export, verified at load, served by ``autotune serve``.
 
 A generation bundle is a folder::
 
@@ -12,26 +11,20 @@ A generation bundle is a folder::
 Nothing is unpickled: weights are safetensors, settings YAML/JSON; every file read is listed in
 the manifest, checked against its hash and stays inside the bundle.
 
-Routes (:func:`add_generation_routes` adds them to any Starlette app; :func:`create_app` makes
-one): ``POST /v1/completions`` and ``POST /v1/chat/completions`` (``stream: true`` → server-sent
-events, ``data: [DONE]`` last; greedy decoding, so ``temperature`` must be absent or 0),
-``GET /v1/models``, ``GET /health``, ``POST /admin/reload`` (``{"bundle": path}`` swaps to another
-bundle folder; without a body, re-reads the source).  A swap loads the new bundle beside the old
-one, switches new requests to it, and lets the old engine finish what it was serving.
+:class:`GenerationService` is a loaded bundle as ``autotune serve`` serves it (model kind
+``generation``): the engine the bundle was measured with, in its own thread.  The server
+(:mod:`autotune.deploy.serve`) mounts the OpenAI-compatible routes for it beside its common routes,
+with the same limits, admission, admin token, metrics and hot swap as a predict bundle.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
-import logging
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,13 +40,12 @@ from autotune.deploy.bundle import (
     read_manifest,
     write_manifest,
 )
+from autotune.deploy.serve.swap import open_source
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.tuner import open_record
 from autotune.workloads.engine import Engine, GenSettings, Live, Request, load_model, load_tokenizer
 from autotune.workloads.generation import check_config, model_folder
-
-log = logging.getLogger("autotune.genserve")
 
 GEN_FORMAT = GENERATION_FORMAT
 GENERATION_YAML = "generation.yaml"
@@ -67,8 +59,6 @@ def is_generation_bundle(path: str | Path, tracking_uri: str | None = None) -> b
     """Whether a bundle folder (or the bundle ``models:/NAME@ALIAS`` points to) is a
     generation bundle."""
     if str(path).startswith("models:/"):
-        from autotune.deploy.serve import open_source
-
         try:
             src = open_source(str(path), tracking_uri)
             local = src.fetch(src.current_id())
@@ -156,37 +146,106 @@ def verified_bundle(path: str | Path) -> tuple[Path, dict[str, Any], Any]:
     return root, manifest, GenSettings(**data["settings"])
 
 
-# ------------------------------------------------------------------------------ the service
-class GenerationService:
-    """One loaded bundle: the model, its engine thread, and a counter of requests in flight."""
+# ------------------------------------------------------------------------------ the served model
+#: how a bundle's engine is built, by the runtime that measured it (``manifest.runtime.measured``):
+#: ``build(bundle folder, settings, manifest) -> (engine, tokenizer)``.  The engine is anything with
+#: ``run(source, *, stop)`` serving :class:`~autotune.workloads.engine.Request` objects from a
+#: :class:`~autotune.workloads.engine.Source` (tokens through ``Request.emit``, the end through the
+#: engine calling ``source.on_done`` and ``Request.on_finish``), as
+#: :class:`~autotune.workloads.engine.Engine` does; the tokenizer is a transformers tokenizer
+#: (``__call__`` → ``input_ids``, ``decode``, optional chat template).  Any such engine is served
+#: behind the same OpenAI-compatible routes (:mod:`autotune.deploy.serve.completions`).
+EngineBuilder = Callable[[Path, Any, Mapping[str, Any]], tuple[Any, Any]]
+_ENGINES: dict[str, EngineBuilder] = {}
 
-    def __init__(self, bundle: str | Path, version: str = "") -> None:
+
+def register_generation_engine(runtime: str, build: EngineBuilder) -> None:
+    """Serve generation bundles measured with ``runtime`` through the engine ``build`` returns."""
+    _ENGINES[runtime] = build
+
+
+def _torch_engine(root: Path, settings: Any, manifest: Mapping[str, Any]) -> tuple[Any, Any]:
+    tokenizer = load_tokenizer(root)
+    return Engine(load_model(root, settings), tokenizer, settings), tokenizer
+
+
+register_generation_engine("torch", _torch_engine)
+
+
+def _max_positions(root: Path, manifest: Mapping[str, Any]) -> int | None:
+    """The model's context length from its config.json (None when it does not say)."""
+    if "config.json" not in manifest.get("files", {}):
+        return None
+    try:
+        cfg = json.loads(read_bundle_file(root, "config.json", manifest["files"]))
+    except (BundleError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        if isinstance(cfg.get(key), int) and cfg[key] > 0:
+            return int(cfg[key])
+    return None
+
+
+class GenerationService:
+    """A loaded generation bundle, served (model kind ``generation``): its engine runs in its own
+    thread on a :class:`~autotune.workloads.engine.Live` source; requests are submitted from the
+    event loop and stream their tokens back through callbacks."""
+
+    kind = "generation"
+
+    def __init__(self, bundle: str | Path) -> None:
         self.root, self.manifest, self.settings = verified_bundle(bundle)
-        self.version = version or hashlib.sha256(
-            (self.root / MANIFEST).read_bytes()).hexdigest()[:12]
-        self.tokenizer = load_tokenizer(self.root)
-        self.engine = Engine(load_model(self.root, self.settings), self.tokenizer, self.settings)
-        self.source = Live()
+        runtime = str((self.manifest.get("runtime") or {}).get("measured") or "torch")
+        if runtime not in _ENGINES:
+            raise BundleError(f"{self.root} was measured with the generation runtime {runtime!r}, "
+                              f"which this installation cannot serve (known: {sorted(_ENGINES)}).")
+        self.runtime = runtime
+        self.engine, self.tokenizer = _ENGINES[runtime](self.root, self.settings, self.manifest)
+        self.max_positions = _max_positions(self.root, self.manifest)
+        self.name = str((self.manifest.get("source") or {}).get("job") or "autotune")
         self.in_flight = 0
+        self.tokens_out = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.source = Live()
         self._thread = threading.Thread(target=self.engine.run, args=(self.source,),
                                         kwargs={"stop": self._stop}, daemon=True,
-                                        name=f"autotune-gen-{self.version}")
+                                        name=f"autotune-gen-{self.root.name}")
         self._thread.start()
 
+    @property
+    def batch_size(self) -> int:
+        return int(self.settings.max_batch)
+
     def submit(self, prompt_ids: list[int], max_tokens: int,
-               on_token: Callable[[Any, int], None], on_finish: Callable[[Any], None]) -> Any:
+               on_token: Callable[[Any, int], None] | None,
+               on_finish: Callable[[Any], None]) -> Request:
+        """Queue one request for the engine; callbacks run on the engine's thread."""
         with self._lock:
             self.in_flight += 1
 
-        def finished(req: Any) -> None:
+        def finished(req: Request) -> None:
             with self._lock:
                 self.in_flight -= 1
+                self.tokens_out += len(req.tokens)
             on_finish(req)
 
         return self.source.submit(Request(list(prompt_ids), max_tokens, time.perf_counter(),
                                           on_token=on_token, on_finish=finished))
+
+    @staticmethod
+    def cancel(req: Request) -> None:
+        """Stop generating for ``req`` (its client left): the engine retires it at its next step."""
+        req.done = True
+
+    def warmup(self) -> None:
+        """One short request through the engine, so the first client does not pay for it."""
+        ids = self.tokenizer("warm up")["input_ids"] or [int(self.tokenizer.pad_token_id or 0)]
+        req = self.submit(ids, 2, None, lambda r: None)
+        if not req.finished.wait(300):
+            raise BundleError(f"{self.root}: the engine did not answer a warm-up request in 300 s.")
+        if req.error:
+            raise BundleError(f"{self.root}: the engine failed a warm-up request: {req.error}")
 
     def close(self, drain_s: float = 120.0) -> None:
         """Stop after the requests in flight are served (at most ``drain_s``)."""
@@ -195,253 +254,6 @@ class GenerationService:
             time.sleep(0.01)
         self._stop.set()
         self._thread.join(5)
-
-
-class GenerationServer:
-    """The current :class:`GenerationService` for a source (a bundle folder or
-    ``models:/NAME@ALIAS``), swapped when the source changes (polled) or on request."""
-
-    def __init__(self, source: str | Path, *, poll_interval: float = 1.0,
-                 tracking_uri: str | None = None, admin_token: str | None = None) -> None:
-        from autotune.deploy.serve import open_source
-
-        #: bearer token for ``POST /admin/reload`` (which can swap to any bundle path); without
-        #: one the route is disabled, as on the predict server
-        self.admin_token = admin_token
-
-        self.source = open_source(str(source), tracking_uri)
-        self.poll_interval = poll_interval
-        self._ident = self.source.current_id()
-        self._path = self.source.fetch(self._ident)
-        self.current = GenerationService(self._path, self.source.version_label(self._ident))
-        self.swaps = 0
-        self._swap_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-
-    def start_watching(self) -> None:
-        if self.poll_interval > 0 and self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, daemon=True)
-            self._watcher.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_interval):
-            try:
-                self.reload()
-            except Exception as exc:  # keep serving the current model
-                log.warning("not swapping: %s", exc)
-
-    def reload(self, bundle: str | Path | None = None, *, force: bool = False) -> bool:
-        """Swap to ``bundle`` (a folder), or to the source's current version if it changed."""
-        with self._swap_lock:
-            if bundle is not None:
-                new = GenerationService(bundle)
-                path = None
-            else:
-                ident = self.source.current_id()
-                if ident == self._ident and not force:
-                    return False
-                path = self.source.fetch(ident)
-                new = GenerationService(path, self.source.version_label(ident))
-                self._ident = ident
-            old, self.current = self.current, new  # new requests go to the new model from here
-            self.swaps += 1
-            old_path, self._path = self._path, path or self._path
-        threading.Thread(target=self._retire, args=(old, old_path), daemon=True).start()
-        return True
-
-    def _retire(self, old: GenerationService, path: Path) -> None:
-        old.close()
-        if path != self._path:
-            self.source.release(path)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.current.close(drain_s=5)
-
-
-# ------------------------------------------------------------------------------ HTTP
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _prompt_of(body: Mapping[str, Any], chat: bool, tokenizer: Any) -> str:
-    if chat:
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, Mapping) and isinstance(m.get("content"), str) for m in msgs):
-            raise _HTTPError(400, "'messages' must be a non-empty list of {role, content}")
-        if getattr(tokenizer, "chat_template", None):
-            return str(tokenizer.apply_chat_template(
-                [dict(m) for m in msgs], tokenize=False, add_generation_prompt=True))
-        return " ".join(m["content"] for m in msgs)  # no chat template: the contents in order
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _HTTPError(400, "'prompt' must be a non-empty string")
-    return prompt
-
-
-def add_generation_routes(routes: list[Any], server: GenerationServer) -> list[Any]:
-    """Append the generation routes for ``server`` to a Starlette route list; returns it."""
-    from starlette.requests import Request as HTTPRequest
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}},
-                            status_code=status)
-
-    async def generate(request: HTTPRequest, chat: bool) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the body must be JSON")
-        if not isinstance(body, Mapping):
-            return error(400, "the body must be a JSON object")
-        service = server.current  # one model for the whole request, even across a swap
-        tok = service.tokenizer
-        try:
-            prompt = _prompt_of(body, chat, tok)
-            if body.get("temperature") not in (None, 0, 0.0) or body.get("n", 1) != 1:
-                raise _HTTPError(400, "only greedy decoding is served (temperature 0, n 1)")
-            max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
-            if not isinstance(max_tokens, int) or max_tokens < 1:
-                raise _HTTPError(400, "'max_tokens' must be a positive integer")
-        except _HTTPError as exc:
-            return error(exc.status, str(exc))
-        ids = tok(prompt)["input_ids"]
-        if not ids:
-            return error(400, "the prompt has no tokens")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        service.submit(ids, max_tokens,
-                       on_token=lambda r, t: loop.call_soon_threadsafe(queue.put_nowait, t),
-                       on_finish=lambda r: loop.call_soon_threadsafe(queue.put_nowait, r))
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:20]}"
-        created = int(time.time())
-        model = str(service.manifest.get("source", {}).get("job", "autotune"))
-        kind = "chat.completion" if chat else "text_completion"
-
-        def choice(text: str, finish: str | None) -> dict[str, Any]:
-            if chat:
-                key = "delta" if body.get("stream") else "message"
-                return {"index": 0, key: {"role": "assistant", "content": text},
-                        "finish_reason": finish}
-            return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-
-        async def tokens() -> Any:
-            got: list[int] = []
-            text = ""
-            while True:
-                item = await queue.get()
-                if not isinstance(item, int):  # the finished request
-                    if item.error:
-                        raise RuntimeError(item.error)
-                    return
-                got.append(item)
-                full = tok.decode(got, skip_special_tokens=True)
-                delta, text = (full[len(text):], full) if full.startswith(text) else (full, full)
-                yield delta
-
-        if body.get("stream"):
-            async def events() -> Any:
-                chunk = {"id": rid, "object": f"{kind}.chunk" if chat else kind,
-                         "created": created, "model": model, "x_version": service.version}
-                try:
-                    async for delta in tokens():
-                        yield f"data: {json.dumps({**chunk, 'choices': [choice(delta, None)]})}\n\n"
-                    yield f"data: {json.dumps({**chunk, 'choices': [choice('', 'length')]})}\n\n"
-                except RuntimeError as exc:
-                    yield f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream")
-        text_parts = []
-        try:
-            async for delta in tokens():
-                text_parts.append(delta)
-        except RuntimeError as exc:
-            return error(500, f"generation failed: {exc}")
-        n_out = len(tok("".join(text_parts))["input_ids"]) if text_parts else 0
-        return JSONResponse({
-            "id": rid, "object": kind, "created": created, "model": model,
-            "choices": [choice("".join(text_parts), "length")],
-            "usage": {"prompt_tokens": len(ids), "completion_tokens": n_out,
-                      "total_tokens": len(ids) + n_out},
-            "x_version": service.version})
-
-    async def completions(request: HTTPRequest) -> Any:
-        return await generate(request, chat=False)
-
-    async def chat_completions(request: HTTPRequest) -> Any:
-        return await generate(request, chat=True)
-
-    async def models(request: HTTPRequest) -> Any:
-        s = server.current
-        return JSONResponse({"object": "list", "data": [{
-            "id": str(s.manifest.get("source", {}).get("job", "autotune")), "object": "model",
-            "owned_by": "autotune", "version": s.version, "settings": s.settings.to_dict()}]})
-
-    async def health(request: HTTPRequest) -> Any:
-        return JSONResponse({"status": "ok", "version": server.current.version,
-                             "swaps": server.swaps})
-
-    async def reload(request: HTTPRequest) -> Any:
-        token = server.admin_token
-        if not token:
-            return error(403, "admin routes are disabled: start the server with --admin-token "
-                              "TOKEN (or the AUTOTUNE_ADMIN_TOKEN environment variable).")
-        scheme, _, cred = (request.headers.get("authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(cred.strip().encode(),
-                                                                 token.encode()):
-            return error(401, "this admin route needs the header 'Authorization: Bearer "
-                              "<token>' with the server's admin token.")
-        body = {}
-        with contextlib.suppress(ValueError):
-            body = await request.json() or {}
-        bundle = body.get("bundle") if isinstance(body, Mapping) else None
-        try:
-            swapped = await asyncio.to_thread(server.reload, bundle, force=bool(bundle))
-        except (AutotuneError, OSError) as exc:
-            return error(400, f"not swapped, still serving {server.current.version}: {exc}")
-        return JSONResponse({"swapped": swapped, "version": server.current.version})
-
-    routes += [Route("/v1/completions", completions, methods=["POST"]),
-               Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-               Route("/v1/models", models, methods=["GET"]),
-               Route("/health", health, methods=["GET"]),
-               Route("/admin/reload", reload, methods=["POST"])]
-    return routes
-
-
-def create_app(server: GenerationServer) -> Any:
-    from starlette.applications import Starlette
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> Any:
-        yield
-        await asyncio.to_thread(server.close)
-
-    return Starlette(routes=add_generation_routes([], server), lifespan=lifespan)
-
-
-def serve_generation(source: str, *, host: str = "127.0.0.1", port: int = 8000,
-                     poll_interval: float = 1.0, tracking_uri: str | None = None,
-                     admin_token: str | None = None,
-                     on_ready: Callable[[GenerationServer], None] | None = None) -> None:
-    """Serve a generation bundle with uvicorn until interrupted."""
-    import uvicorn
-
-    server = GenerationServer(source, poll_interval=poll_interval, tracking_uri=tracking_uri,
-                              admin_token=admin_token)
-    server.start_watching()
-    if on_ready:
-        on_ready(server)
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
 
 
 def copy_bundle(src: Path, dst: Path) -> None:

@@ -1,6 +1,7 @@
-"""``autotune serve``: HTTP serving of a bundle with micro-batching and hot swap.
+"""``autotune serve``: one hardened HTTP server for every bundle, with hot swap.
 
-FastAPI (Starlette) under uvicorn.  Routes (documented at ``/docs`` and ``/openapi.json``):
+FastAPI (Starlette) under uvicorn.  Routes (documented at ``/docs`` and ``/openapi.json``) for a
+predict bundle (an ONNX model):
 
 * ``POST /predict`` — JSON ``{"inputs": [[...], ...]}`` (or ``{"inputs": {"name": [...]}}`` for
   several inputs) → ``{"outputs": [...], "model_version": ...}``; a ``.npy`` body
@@ -11,6 +12,11 @@ FastAPI (Starlette) under uvicorn.  Routes (documented at ``/docs`` and ``/opena
 * ``GET /``, ``/health``, ``/metadata``, ``/metrics`` (Prometheus); ``POST /admin/reload``
   (``Authorization: Bearer <admin token>``; disabled without a token).
 
+For a generation bundle (a language model, whatever engine it was measured with), the common
+routes and the OpenAI-compatible ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream:
+true``: server-sent events) and ``GET /v1/models`` (:mod:`.completions`), with the same limits,
+admission, admin token, metrics, hot swap and drain.
+
 Requests are queued; one worker collects them for up to ``max_wait_ms`` or until the tuned batch
 size is reached, runs one ``predict`` and scatters the rows back (:mod:`.batcher`).  A watcher
 polls the source (:mod:`.swap`: a bundle folder or a symlink to one, or ``models:/name@alias``)
@@ -20,11 +26,12 @@ fails to load is reported and the old one keeps serving.  Limits (:class:`Limits
 deadline, header deadline, in-flight and connection bounds answered 503 + Retry-After, strict
 input validation answered 4xx with a JSON error; SIGTERM drains.
 
-Another kind of model (``kind`` attribute of what ``autotune.deploy.load`` returns) brings its own
-routes with :func:`register_kind`.
+Another kind of model (``kind`` attribute of the loaded model) brings its own routes with
+:func:`register_kind`.  Layout: :mod:`.protocol` (schemas, error bodies), :mod:`.serving` and
+:mod:`.completions` (decode, validate, admit, run), :mod:`.routes`, :mod:`.app`, :mod:`.server`.
 """
 
-from autotune.deploy.serve.app import ApiError, create_app, register_kind
+from autotune.deploy.serve.app import create_app
 from autotune.deploy.serve.batcher import MicroBatcher
 from autotune.deploy.serve.limits import Limits
 from autotune.deploy.serve.loadtest import (
@@ -36,6 +43,8 @@ from autotune.deploy.serve.loadtest import (
     probe,
 )
 from autotune.deploy.serve.metrics import Metrics
+from autotune.deploy.serve.protocol import ApiError
+from autotune.deploy.serve.routes import register_kind
 from autotune.deploy.serve.server import ModelServer, serve
 from autotune.deploy.serve.swap import FolderSource, RegistrySource, Served, model_kind, open_source
 

@@ -107,6 +107,18 @@ class Metrics:
         self._gauges.append((fam, read))
         self._families.append(fam)
 
+    def histogram(self, name: str, help_: str,
+                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Callable[[float], None]:
+        """A histogram without labels; returns the function that observes a value."""
+        fam = _Histogram(name, help_, buckets)
+        self._families.append(fam)
+
+        def observe(value: float) -> None:
+            with self._lock:
+                fam.observe((), value)
+
+        return observe
+
     def request(self, route: str, method: str, code: int, seconds: float) -> None:
         with self._lock:
             key = (("route", route), ("method", method), ("code", str(code)))

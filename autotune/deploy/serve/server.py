@@ -42,6 +42,48 @@ def _raw_json(status: int, reason: str, data: dict[str, Any], extra: str = "") -
             f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n").encode() + body
 
 
+#: a lingering close ends after this long without data from the client, or after the body deadline
+LINGER_IDLE_S = 1.0
+
+
+class _LingeringTransport:
+    """The connection's transport, whose ``close()`` lingers while the client is still sending a
+    request body: a refusal (413 on Content-Length, a 401 or 503 before the body was read) is
+    written, our side is shut (FIN), and what keeps arriving is read and dropped until the client
+    closes, goes quiet for :data:`LINGER_IDLE_S`, or the body deadline passes; only then is the
+    socket closed.  Closing at once with unread data makes the kernel answer with a reset, and a
+    client that sends its whole body before reading (Python's ``http.client``, anything on a plain
+    socket) then gets ``ConnectionResetError`` instead of the answer."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
+        self._t = transport
+        self._protocol = protocol
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._t.is_closing()
+
+    def close(self) -> None:
+        import h11
+
+        if self.lingering or self._t.is_closing():
+            return
+        conn = self._protocol.conn
+        if conn.their_state is h11.SEND_BODY and self._t.can_write_eof():
+            self.lingering = True
+            self._t.write_eof()  # the answer is flushed first, then FIN
+            self._t.resume_reading()  # uvicorn pauses reading above its high-water mark
+            self._protocol.start_linger()
+        else:
+            self._t.close()
+
+    def really_close(self) -> None:
+        self._t.close()
+
+
 def _protocol_class(limits: Limits, metrics: Metrics) -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -109,12 +151,43 @@ def _protocol_class(limits: Limits, metrics: Metrics) -> type[asyncio.Protocol]:
             self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._linger: _LingeringTransport = _LingeringTransport(transport, self)
+            self._linger_timers: list[asyncio.TimerHandle] = []
+            self._linger_seen = 0.0
+            super().connection_made(self._linger)  # type: ignore[arg-type]
             self._arm_header_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
+            for t in self._linger_timers:
+                t.cancel()
             super().connection_lost(exc)
+
+        # ------------------------------------------------- lingering close (see _LingeringTransport)
+        def start_linger(self) -> None:
+            self._linger_seen = self.loop.time()
+            self._linger_timers = [
+                self.loop.call_later(limits.body_timeout_s, self._linger.really_close),
+                self.loop.call_later(LINGER_IDLE_S, self._linger_idle)]
+
+        def _linger_idle(self) -> None:
+            quiet = self.loop.time() - self._linger_seen
+            if quiet >= LINGER_IDLE_S:
+                self._linger.really_close()
+            else:
+                self._linger_timers.append(
+                    self.loop.call_later(LINGER_IDLE_S - quiet, self._linger_idle))
+
+        def data_received(self, data: bytes) -> None:
+            if self._linger.lingering:  # the rest of a refused body: read and dropped
+                self._linger_seen = self.loop.time()
+                return
+            super().data_received(data)
+
+        def eof_received(self) -> bool | None:
+            if self._linger.lingering:
+                self._linger.really_close()
+            return super().eof_received()
 
         def handle_events(self) -> None:
             cycle = self.cycle
@@ -171,6 +244,7 @@ class ModelServer:
         self.metrics = Metrics()
         self._lock = threading.Lock()  # one reload at a time
         self._stop = threading.Event()
+        self._given: Path | None = None  # a folder swapped to by POST /admin/reload {"bundle"}
         self._served: Served = self._load(self.source.current_id())
         self.kind = self._served.kind
         self.model_name = model_name or _default_name(self.source, self._served)
@@ -210,10 +284,14 @@ class ModelServer:
         host, port = self._sock.getsockname()[:2]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def _load(self, ident: str) -> Served:
-        path = self.source.fetch(ident)
+    def _load(self, ident: str, given: Path | None = None) -> Served:
+        # here, not at the top: generation bundles bring the tuner's record (optuna) with them
+        from autotune.deploy.genserve import GenerationService, is_generation_bundle
+
+        path = given or self.source.fetch(ident)
         try:
-            model = load(path)
+            # a language model: its engine in its own thread, served on the OpenAI-compatible routes
+            model = GenerationService(path) if is_generation_bundle(path) else load(path)
             # warm up beside the old model, so the first request after the swap is not slow
             if hasattr(model, "warmup"):  # another kind of model warms itself up
                 model.warmup()
@@ -223,20 +301,28 @@ class ModelServer:
         except BaseException:
             self.source.release(path)
             raise
-        return Served(model, ident, self.source.version_label(ident), time.time(), path)
+        # a folder given to POST /admin/reload: labelled by its manifest, as a folder source does
+        version = self.source.version_label(ident) if given is None else \
+            FolderSource(given).version_label(FolderSource(given).current_id())
+        return Served(model, ident, version, time.time(), path)
 
-    def reload(self, *, force: bool = False) -> bool:
-        """Swap to the source's current model if it changed (or ``force``); True if swapped.
+    def reload(self, *, force: bool = False, bundle: str | Path | None = None) -> bool:
+        """Swap to the source's current model if it changed (or ``force``), or to the bundle folder
+        ``bundle`` (``POST /admin/reload {"bundle": ...}``; the source is polled on from its
+        current version); True if swapped.
 
         Raises (and keeps the old model serving) when the new one cannot be loaded.
         """
         with self._lock:
-            ident = self.source.current_id()
+            ident = self.source.current_id() if bundle is None else self._served.ident
             if ident == self._served.ident and not force:
                 return False
-            new = self._load(ident)
+            path = Path(bundle).resolve() if bundle is not None else None
+            if path is not None and not path.is_dir():
+                raise BundleError(f"no bundle folder at {bundle}.")
+            new = self._load(ident, path)
             if model_kind(new.predictor) != self.kind:
-                self.source.release(new.path)
+                self._retire(new, release=bundle is None)
                 raise BundleError(f"the new model at {new.path} is of kind "
                                   f"{model_kind(new.predictor)!r}; this server serves {self.kind!r} "
                                   "models (start another server for it).")
@@ -245,10 +331,20 @@ class ModelServer:
             self.last_error = None
             self.metrics.set_model(new.version, self.source.uri, self.kind, new.loaded_at,
                                    swapped=True)
-            if old.path != new.path:
-                self.source.release(old.path)
             log.info("serving %s (was %s)", new.version, old.version)
-            return True
+        # the old model finishes what it is serving (a generation engine: its requests in flight)
+        threading.Thread(target=self._retire, args=(old,), kwargs={
+            "release": old.path != new.path and old.path != self._given}, daemon=True).start()
+        if bundle is not None:
+            self._given = new.path
+        return True
+
+    def _retire(self, served: Served, *, release: bool = True) -> None:
+        close = getattr(served.predictor, "close", None)
+        if close is not None:
+            close(self.limits.drain_timeout_s)
+        if release:
+            self.source.release(served.path)
 
     def _watch(self) -> None:
         failed: str | None = None
@@ -284,7 +380,7 @@ class ModelServer:
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
-        self.source.release(self._served.path)
+        self._retire(self._served, release=self._served.path != self._given)
 
     def start(self) -> ModelServer:
         """Serve from background threads; returns once the server accepts requests."""

@@ -1,0 +1,188 @@
+"""Does the server keep the engine's gain?  A generation bundle's engine in-process vs the same
+bundle under ``autotune serve`` driven by the official ``openai`` client, side by side.
+
+Both serve the same requests (the prompts, tokenized once; each request's ``max_tokens``) from
+``--clients`` closed-loop clients (each sends its next request when its previous one is
+answered).  In-process: the engine the server builds for the bundle, driven by
+``autotune.workloads.engine.ClosedLoop`` (the tuning measurement's path).  Served: ``autotune
+serve BUNDLE`` in a child process; ``--clients`` threads, each with its own ``openai.OpenAI``
+client calling ``completions.create`` (``--stream``: server-sent events, TTFT at the client).
+Rounds alternate which goes first; the figure is output tokens per second of wall-clock time
+(first request sent → last answer), its median over rounds, and served / in-process per round.
+Greedy text must be identical.
+
+    python experiments/bench_genserve.py BUNDLE [--rounds 5] [--clients 8] [--requests 32]
+        [--max-tokens 32] [--stream] [--prompts glm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _prompts(kind: str, n: int) -> list[str]:
+    if kind == "glm":
+        sys.path.insert(0, str(HERE))
+        import glm_model
+
+        return glm_model.prompts(n)
+    return [line for line in Path(kind).read_text().splitlines() if line.strip()][:n]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def in_process(engine: Any, items: list[tuple[list[int], int]], clients: int) -> dict[str, Any]:
+    from autotune.workloads.engine import ClosedLoop
+
+    source = ClosedLoop(items, clients)
+    t0 = time.perf_counter()
+    engine.run(source)
+    wall = time.perf_counter() - t0
+    done = sorted(source.done, key=lambda r: r.id)
+    assert all(r.error is None for r in done), [r.error for r in done if r.error]
+    n = sum(len(r.tokens) for r in done)
+    return {"tps": n / wall, "tokens": n, "wall": wall, "ttft": [r.ttft for r in done],
+            "out": [tuple(r.tokens) for r in done]}
+
+
+def served(url: str, model: str, prompts: list[str], limits: list[int], clients: int,
+           stream: bool) -> dict[str, Any]:
+    import openai
+
+    todo = list(enumerate(zip(prompts, limits, strict=True)))
+    lock = threading.Lock()
+    texts: dict[int, str] = {}
+    ttft: list[float] = []
+    tokens = [0]
+    errors: list[str] = []
+
+    def client() -> None:
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, (prompt, n) = todo.pop(0)
+            t = time.perf_counter()
+            try:
+                if stream:
+                    parts, first = [], None
+                    for ch in c.completions.create(model=model, prompt=prompt, max_tokens=n,
+                                                   temperature=0, stream=True):
+                        if ch.choices and ch.choices[0].text:
+                            first = first or time.perf_counter()
+                            parts.append(ch.choices[0].text)
+                    text, got = "".join(parts), n
+                    with lock:
+                        ttft.append((first or time.perf_counter()) - t)
+                else:
+                    r = c.completions.create(model=model, prompt=prompt, max_tokens=n,
+                                             temperature=0)
+                    text, got = r.choices[0].text, r.usage.completion_tokens
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with lock:
+                texts[i] = text
+                tokens[0] += got
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    return {"tps": tokens[0] / wall, "tokens": tokens[0], "wall": wall, "errors": errors,
+            "ttft": ttft, "texts": [texts.get(i, "") for i in range(len(prompts))]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--stream", action="store_true", help="stream (SSE) through the client")
+    ap.add_argument("--prompts", default="glm", help="'glm' (experiments/glm_model.py's prompts) "
+                    "or a text file, one prompt a line")
+    args = ap.parse_args(argv)
+
+    from autotune.deploy.genserve import GenerationService
+
+    prompts = _prompts(args.prompts, args.requests)
+    limits = [args.max_tokens] * len(prompts)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from autotune.cli import main; main()", "serve", args.bundle,
+         "--port", str(port), "--poll-interval", "0"], env={**os.environ}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    service = GenerationService(args.bundle)  # the engine the server runs, built the same way
+    service.close(drain_s=0)  # its serving thread is not needed: the engine is driven here
+    engine, tok = service.engine, service.tokenizer
+    items = [(list(tok(p)["input_ids"]), n) for p, n in zip(prompts, limits, strict=True)]
+    import httpx
+
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            model = httpx.get(f"{url}/v1/models", timeout=2).json()["data"][0]["id"]
+            break
+        except (httpx.HTTPError, KeyError, ValueError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(proc.stderr.read() if proc.stderr else "", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    print(f"bundle {args.bundle}: {service.settings}; {len(items)} requests x {args.max_tokens} "
+          f"tokens, {args.clients} clients{', streamed' if args.stream else ''}; torch threads "
+          f"here {__import__('torch').get_num_threads()}")
+    try:
+        in_process(engine, items[: args.clients], args.clients)  # warm-up, both sides
+        served(url, model, prompts[: args.clients], limits[: args.clients], args.clients,
+               args.stream)
+        rows = []
+        for r in range(args.rounds):
+            order = ("in", "served") if r % 2 == 0 else ("served", "in")
+            got: dict[str, dict[str, Any]] = {}
+            for which in order:
+                got[which] = (in_process(engine, items, args.clients) if which == "in" else
+                              served(url, model, prompts, limits, args.clients, args.stream))
+            text_in = [tok.decode(list(t), skip_special_tokens=True) for t in got["in"]["out"]]
+            same = sum(a == b for a, b in zip(text_in, got["served"]["texts"], strict=True))
+            ratio = got["served"]["tps"] / got["in"]["tps"]
+            rows.append(ratio)
+            ttft = (f"; client TTFT p50 {statistics.median(got['served']['ttft']) * 1e3:.0f} ms"
+                    if got["served"]["ttft"] else "")
+            print(f"round {r + 1} ({order[0]} first): in-process {got['in']['tps']:.0f} tok/s, "
+                  f"served {got['served']['tps']:.0f} tok/s, ratio {ratio:.3f}; identical text "
+                  f"{same}/{len(items)}; errors {len(got['served']['errors'])}{ttft}")
+            if got["served"]["errors"]:
+                print("  ", got["served"]["errors"][:3])
+        print(f"served / in-process tokens/s: median {statistics.median(rows):.3f} "
+              f"(rounds {min(rows):.3f}-{max(rows):.3f})")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
