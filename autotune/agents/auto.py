@@ -1,25 +1,25 @@
-"""The default agent (``auto``): a space-filling start, then a model-based sampler interleaved with
-local moves around the front, never proposing a configuration it has seen.
+"""The default agent (``auto``): the sampler Optuna's AutoSampler would pick, started and helped
+where the benchmark showed it needs help, never proposing a configuration it has seen.
 
 Each suggestion is one of:
 
 1. **space-filling** (the first ``n_initial``): the unmeasured valid configuration farthest from
-   everything observed (:func:`autotune.explore.spread_pick`): the model starts from a design that
-   covers the space instead of a random draw;
-2. **model** (most of the rest): a proposal of an inner Optuna sampler that sees every
-   observation (``inner``: ``gp``, Optuna's Gaussian process with log-EHVI, or ``tpe``,
-   multivariate TPE; by default, as Optuna's AutoSampler chooses, ``gp`` when every parameter is
-   numeric and unconditional, ``tpe`` when some are categorical or conditional).  A proposal of a configuration observed already is answered from the record (the
-   sampler is told the known result) and asked again; after ``max_retries`` the pick is
-   space-filling;
+   everything observed (:func:`autotune.explore.spread_pick`), a design that covers the space;
+2. **model**: a proposal of an inner Optuna sampler that sees every observation (``inner``:
+   ``gp``, Optuna's Gaussian process with log-EHVI, or ``tpe``, multivariate TPE; by default, as
+   AutoSampler chooses, ``gp`` when every parameter is numeric and unconditional, else ``tpe``).
+   A proposal of a configuration observed already is answered from the record (the sampler is
+   told the known result) and asked again; after ``max_retries`` the pick is space-filling;
 3. **local** (every ``local_every``-th suggestion): a random front configuration (feasible and
    non-dominated; the least-violating one while nothing is feasible) with one or two parameters
    moved (a numeric one by a step drawn around 15 % of its range, a categorical one to another
-   choice), unmeasured and valid.  This fills the front between the points the model found:
-   a Gaussian process with expected hypervolume improvement tends to settle at a front's ends
-   (ZDT2's concave front, measured in ``experiments/bench_agents.py``).
+   choice), unmeasured and valid.  This fills the front between the points the model found: GP
+   with expected hypervolume improvement settles at a front's ends (ZDT2's concave front).
 
-Deterministic for a fixed seed and the same observations.
+Defaults per inner sampler (:data:`_PER_INNER`): with ``gp`` 10 space-filling picks and a local
+move every third suggestion; with ``tpe`` neither (TPE's own random start; on the categorical
+``serving-mixed`` problem both cost TPE hypervolume), so there ``auto`` is TPE that never spends
+a trial on a configuration it has seen.  Deterministic for a fixed seed and the same observations.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ from autotune.space import Config, Param, SearchSpace, config_key
 
 _DEFAULTS: dict[str, Any] = {
     "inner": "choose",
-    "n_initial": 10,
-    "local_every": 3,
+    "n_initial": None,  # 10 with gp, 0 with tpe (its own random start)
+    "local_every": None,  # 3 with gp, 0 (never) with tpe
     "max_retries": 3,
 }
+#: the defaults of n_initial and local_every per inner sampler, chosen on
+#: experiments/bench_agents.py: they lift GP on ZDT2 (whose concave front GP alone covers only at
+#: its ends) and cost TPE hypervolume on the categorical serving-mixed problem
+_PER_INNER = {"gp": {"n_initial": 10, "local_every": 3}, "tpe": {"n_initial": 0, "local_every": 0}}
 
 
 class AutoAgent(Agent):
@@ -65,6 +69,9 @@ class AutoAgent(Agent):
         if cfg["inner"] == "choose":  # as Optuna's AutoSampler: GP for numeric spaces only
             numeric = all(p.kind != "categorical" and not p.when for p in space)
             cfg["inner"] = "gp" if numeric else "tpe"
+        for k, v in _PER_INNER[cfg["inner"]].items():
+            if cfg[k] is None:
+                cfg[k] = v
         for k in ("n_initial", "local_every", "max_retries"):
             if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 0:
                 raise SpecError(f"the '{k}' option of the auto agent must be an int >= 0; got "

@@ -44,7 +44,7 @@ def test_the_start_fills_the_space() -> None:
     import random
 
     sp = space()
-    agent: Any = create_agent("auto", sp, OBJECTIVES, 1, seed=0)
+    agent: Any = create_agent("auto", sp, OBJECTIVES, 1, seed=0, n_initial=6)
     first = _steps(agent, 6)
     assert agent.kinds[:6] == ["spread"] * 6
     enc = Encoder(sp)
@@ -60,7 +60,8 @@ def test_the_start_fills_the_space() -> None:
 
 
 def test_local_moves_and_the_model_take_turns() -> None:
-    agent: Any = create_agent("auto", space(), OBJECTIVES, 1, seed=1)
+    agent: Any = create_agent("auto", space(), OBJECTIVES, 1, seed=1, n_initial=10,
+                              local_every=3)
     _steps(agent, 22)
     later = agent.kinds[10:]
     assert later.count("local") >= 3 and later.count("model") >= 5, agent.kinds
@@ -70,8 +71,9 @@ def test_the_inner_sampler_follows_the_space() -> None:
     numeric = parse_space({"parameters": {"x": {"low": 0.0, "high": 1.0},
                                           "n": {"low": 1, "high": 8}}})
     assert isinstance(a := create_agent("auto", numeric, OBJECTIVES, 0), AutoAgent)
-    assert a.inner.name == "gp"
-    assert create_agent("auto", space(), OBJECTIVES, 0).inner.name == "tpe"  # type: ignore[attr-defined]
+    assert a.inner.name == "gp" and (a.cfg["n_initial"], a.cfg["local_every"]) == (10, 3)
+    b: Any = create_agent("auto", space(), OBJECTIVES, 0)  # categorical, conditional
+    assert b.inner.name == "tpe" and (b.cfg["n_initial"], b.cfg["local_every"]) == (0, 0)
     assert create_agent("auto", numeric, OBJECTIVES, 0,  # type: ignore[attr-defined]
                         inner="tpe").inner.name == "tpe"
 
