@@ -49,19 +49,22 @@ def space_size(space: SearchSpace, limit: int = ENUMERATE_LIMIT) -> int | None:
     return None if configs is None else len(configs)
 
 
+def random_value(p: Param, rng: random.Random) -> Any:
+    """One value of ``p``: uniform over a discrete parameter's values, uniform (log-uniform where
+    the parameter is log) over a continuous one's range."""
+    if p.discrete:
+        return rng.choice(p.values())
+    lo, hi = float(p.low), float(p.high)  # type: ignore[arg-type]
+    return math.exp(rng.uniform(math.log(lo), math.log(hi))) if p.log else rng.uniform(lo, hi)
+
+
 def random_config(space: SearchSpace, rng: random.Random) -> Config:
-    """One configuration drawn uniformly per parameter (log-uniformly where the parameter is log),
-    active parameters only; it may be an invalid combination."""
+    """One configuration of random values (:func:`random_value`), active parameters only; it may
+    be an invalid combination."""
     config: Config = {}
     for p in space:
-        if not space.is_active(p, config):
-            continue
-        if p.discrete:
-            config[p.name] = rng.choice(p.values())
-            continue
-        lo, hi = float(p.low), float(p.high)  # type: ignore[arg-type]
-        config[p.name] = math.exp(rng.uniform(math.log(lo), math.log(hi))) if p.log \
-            else rng.uniform(lo, hi)
+        if space.is_active(p, config):
+            config[p.name] = random_value(p, rng)
     return config
 
 
