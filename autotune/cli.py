@@ -24,6 +24,7 @@ from autotune.errors import AutotuneError, SpecError
 from autotune.harness.contention import flag
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.isolate import memory_limit
+from autotune.loop import coverage
 from autotune.portfolio import applicable, job_portfolio
 from autotune.report import build_report
 from autotune.review import front_row
@@ -460,6 +461,8 @@ def _report(console: Any, job: Any, summary: Any) -> None:
         shown = [m for m, _ in job.objective_pairs] + [c.metric for c in job.parsed_constraints]
         console.print("baseline: " + ", ".join(f"{m}={_fmt(b[m])}" for m in dict.fromkeys(shown)
                                                if m in b))
+    if summary.space_size is not None or summary.measured_configs:
+        console.print(f"space   : {coverage(summary)}", highlight=False)
     console.print(front_table(summary, job, width=console.width))
     _measurement_warnings(console, job, summary)
     if summary.tracking_error:
@@ -521,6 +524,7 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
         "objectives": [{"metric": m, "direction": d} for m, d in job.objective_pairs],
         "constraints": list(job.constraints),
         "baseline": dict(summary.baseline),
+        "space": {"configurations": summary.space_size, "measured": summary.measured_configs},
         "front": [_trial_json(t) for t in summary.front],
         "failed": [_trial_json(t) for t in summary.trials if t.state == "failed"],
         "storage": job.storage_url,

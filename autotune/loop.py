@@ -21,7 +21,7 @@ from autotune.harness.contention import note as contention_note
 from autotune.harness.evaluate import harness_params_for
 from autotune.review import pareto_views
 from autotune.runtimes import job_default_runtime
-from autotune.space import SearchSpace
+from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialCounts, TrialView, derive_metrics
 
@@ -44,6 +44,10 @@ class RunSummary(TrialCounts):
     wall_s: float
     notices: tuple[str, ...] = ()
     tracking_error: str | None = None
+    #: valid configurations the (machine-restricted) space holds; None: continuous or too many
+    space_size: int | None = None
+    #: distinct configurations measured (complete, or failed for a reason of their own)
+    measured_configs: int = 0
 
 
 @dataclass
@@ -180,9 +184,22 @@ def _custom_baseline(job: Job, harness: Any, progress: Progress) -> dict[str, fl
 def summarize(job: Job, record: StudyRecord, views: list[TrialView], new: int, t0: float, *,
               finished: bool, tracking_error: str | None,
               notices: Sequence[str] = ()) -> RunSummary:
+    measured = {config_key(t.config) for t in views if t.state in ("complete", "failed")
+                and not t.reason.startswith("interrupted")}
+    size = record.attr("space_size")
     return RunSummary(
         job=job.name, finished=finished, trials=tuple(views),
         front=tuple(pareto_views(views, job)), baseline=record.reported_baseline or {},
         new_trials=new, wall_s=time.monotonic() - t0, tracking_error=tracking_error,
-        notices=tuple(notices),
+        notices=tuple(notices), space_size=None if size is None else int(size),
+        measured_configs=len(measured),
     )
+
+
+def coverage(summary: RunSummary) -> str:
+    """'12 of 29 valid configurations measured' (or '12 distinct configurations measured (the
+    space is continuous or too large to count)')."""
+    if summary.space_size is None:
+        return (f"{summary.measured_configs} distinct configurations measured (the space is "
+                "continuous or too large to count)")
+    return f"{summary.measured_configs} of {summary.space_size} valid configurations measured"

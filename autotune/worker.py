@@ -23,8 +23,11 @@ several workers on one machine) with heartbeats enabled, and loops:
    measurement lock (:mod:`autotune.harness.hostlock`), so workers sharing a host never overlap.
 
 A configuration the study has measured (or is measuring) is never measured again by accident:
-the agent is told the recorded result, no trial is added and no budget used (the study counts
-re-proposals in its ``reproposed`` attribute).
+the agent is told the recorded result and the study counts the re-proposal in its ``reproposed``
+attribute; the trial goes instead to the unmeasured valid configuration farthest from everything
+measured (:func:`autotune.explore.spread_pick`, recorded with source ``explore``).  A finite space
+is enumerated for this, so the run stops before its budget only once every valid configuration
+has been measured; the study keeps the space's size in its ``space_size`` attribute.
 
 A worker exits when the budget is used up and no trial is left running or waiting.  While others'
 trials still run it keeps polling, so if one of them dies its re-queued trial is still measured.
@@ -33,6 +36,7 @@ trials still run it keeps polling, so if one of them dies its re-queued trial is
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 import warnings
@@ -50,6 +54,7 @@ from sqlalchemy import text
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.explore import finite_configs, spread_pick
 from autotune.harness.contention import note as contention_note
 from autotune.harness.hostlock import file_lock
 from autotune.harness.isolate import IsolatedHarness
@@ -70,10 +75,6 @@ from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
 from autotune.study import INTERRUPTED, StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
 from autotune.warmstart import WarmStart, from_study
-
-#: an agent that proposes only configurations the study has measured, this many times in a row,
-#: has nothing new to try: the run stops instead of spinning
-MAX_REPROPOSED_IN_A_ROW = 100
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ class Worker:
         self.seen: set[int] = set()
         self.reproposals = 0  # proposals of configurations the study had measured already
         self.stale: list[int] = []  # trials this worker failed for a stale heartbeat, to log
-        self.exhausted = False  # the agent proposed only measured configurations for a while
+        self.exhausted = False  # every valid configuration of the space has been measured
+        self._finite: tuple[SearchSpace, list[dict[str, Any]] | None] | None = None
         self._live: Any = None  # this process's liveness record (autotune.liveness), in run()
         self._record: StudyRecord | None = None
         self._agent: Agent | None = None
@@ -255,7 +257,7 @@ class Worker:
             storage.set_trial_user_attr(tid, "worker", self.id)
             storage.set_trial_user_attr(tid, "agent", t.user_attrs.get("agent", "retry"))
             return _Claim(t.number, tid, params, retried=True)
-        invalid_in_a_row = reproposed_in_a_row = 0
+        invalid_in_a_row = 0
         while True:
             done, running, waiting = self._counts()
             if done + running + waiting >= self.budget:
@@ -269,14 +271,16 @@ class Worker:
             outside = [] if reason or not from_warm else \
                 [p for p in space.validate(config) if "outside the space" in p]
             earlier = None if reason or outside else self._measured_before(config)
-            if earlier is not None:  # never measured twice by accident: no trial, no budget
-                if not from_warm:
-                    self._reproposed(config, earlier)
-                    reproposed_in_a_row += 1
-                    if reproposed_in_a_row >= MAX_REPROPOSED_IN_A_ROW:
-                        self.exhausted = True
-                        return None
-                continue
+            if earlier is not None:  # never measured twice by accident
+                if from_warm:
+                    continue
+                self._reproposed(config, earlier)
+                # the trial goes to what is left: the unmeasured configuration farthest from
+                # everything measured; none left (a finite space measured in full): stop
+                config, source = self._explore(space), "explore"
+                if config is None:
+                    self.exhausted = True
+                    return None
             number = self.record.start(config, full_space, agent=self.agent.name, source=source)
             if outside:
                 self.record.fail(number, f"not runnable on this machine: {outside[0]}",
@@ -309,11 +313,22 @@ class Worker:
                 return t
         return None
 
+    def _explore(self, space: SearchSpace) -> dict[str, Any] | None:
+        """A space-filling pick among the valid configurations the study has not measured (nor
+        is measuring); None when a finite space has been measured in full."""
+        if self._finite is None or self._finite[0] is not space:
+            self._finite = (space, finite_configs(space))
+        measured = [t.config for t in self.record.trials()
+                    if t.state in ("complete", "failed", "running")
+                    and not t.reason.startswith("interrupted")]
+        rng = random.Random(zlib.crc32(f"{self._seed()}:{len(measured)}".encode()))
+        return spread_pick(space, measured, rng, candidates=self._finite[1])
+
     def _reproposed(self, config: Mapping[str, Any], earlier: TrialView) -> None:
         """The agent proposed a configuration the study has: it is told the recorded result
         (a running trial's result is not known yet: it hears it on replay), and the study counts
         the re-proposal in its ``reproposed`` attribute (trial number → times), so reports show
-        it; nothing is measured and no budget is used."""
+        it; it is not measured again."""
         if earlier.state != "running":
             self.agent.observe(replace(earlier.observation(), config=dict(config)))
         counts = dict(self.record.attr("reproposed") or {})
@@ -323,7 +338,7 @@ class Worker:
         self.progress.on_message(
             f"the agent proposed trial {earlier.number}'s configuration again: not measured "
             f"twice, " + ("told its recorded result" if earlier.state != "running" else
-                          "it is being measured now"))
+                          "it is being measured now") + "; measuring an unmeasured one instead")
 
     def _measure(self, claim: _Claim, harness: Any, baseline: Mapping[str, float]) -> TrialView:
         """Measure a claimed trial with its heartbeat running, and record the outcome."""
@@ -422,6 +437,8 @@ class Worker:
                 catch_up = self.exclusive and not self._live.others()
                 for cb in self.callbacks:
                     cb.on_loop_start(record, baseline, catch_up=catch_up, finished=False)
+            self._finite = (space, finite_configs(space))  # None: continuous, or too large
+            record.set_attr("space_size", None if self._finite[1] is None else len(self._finite[1]))
             self._agent = agent = create_agent(
                 job.agent.name, space, job.objective_pairs, len(job.parsed_constraints),
                 seed=self._seed(), **job.agent.options)
@@ -439,9 +456,9 @@ class Worker:
                 if claim is None:
                     if self.exhausted:
                         notices = (*notices, (
-                            f"stopped early: the agent proposed only configurations the study had "
-                            f"measured already ({MAX_REPROPOSED_IN_A_ROW} in a row; "
-                            f"{self.reproposals} re-proposals in all, none measured twice)"))
+                            f"stopped early: every one of the {record.attr('space_size')} valid "
+                            f"configurations of the space has been measured "
+                            f"({self.reproposals} re-proposals answered from the study)"))
                         progress.on_message(notices[-1])
                         break
                     done, running, waiting = self._counts()

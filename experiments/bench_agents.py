@@ -29,6 +29,11 @@ suggestion), so every finished run is appended to a log (``--runs``, one JSON ob
 soon as it ends, and a run already in the log is not repeated: an interrupted benchmark continues
 where it stopped, and agents can be run separately (``--agents skopt-gp``) and then tabled together
 (``--table-only``).  ``--fresh`` starts a new log.
+
+Each run records ``code``: a hash of the source of the agent's modules (and of the versions of the
+libraries it wraps) and of this problem's definition.  A logged run whose hash differs from the
+current code's is stale: it is run again (``--table-only`` tables the log as it is, and says how
+many of its runs are stale), so a changed agent is never tabled with its old results.
 """
 
 from __future__ import annotations
@@ -146,8 +151,123 @@ def _key(c: Mapping[str, Any]) -> str:
     return repr(sorted(c.items()))
 
 
+#: the modules each agent's behaviour depends on besides its own (see :func:`code_hash`)
+_COMMON = ("autotune.agents.base", "autotune.space", "autotune.explore")
+_EXTRA = {"auto": ("autotune.agents.optuna", "autotune.pareto"),
+          "rl": ("autotune.envs.config_search", "autotune.pareto")}
+_LIBS = {"autotune.agents.optuna": ("optuna",), "autotune.agents.skopt": ("scikit-optimize",),
+         "autotune.agents.rl": ("stable-baselines3", "torch", "gymnasium"),
+         "autotune.agents.auto": ("optuna", "torch")}
+
+
+def code_hash(agent: str, problem: str) -> str:
+    """Twelve hex digits of a hash of what decides ``agent``'s results on ``problem``: the source
+    of its modules, the versions of the libraries they wrap, and the problem's definition (its
+    builder's source, its data file)."""
+    import hashlib
+    import importlib
+    import inspect
+    from importlib.metadata import PackageNotFoundError, version
+
+    module = AGENTS[agent].split(":")[0]
+    mods = [module, *_COMMON, *_EXTRA.get("rl" if agent.startswith("rl-") else agent, ())]
+    h = hashlib.sha256()
+    for m in dict.fromkeys(mods):
+        try:
+            h.update(inspect.getsource(importlib.import_module(m)).encode())
+        except (ImportError, OSError, TypeError):
+            h.update(f"missing {m}".encode())
+    for lib in _LIBS.get(module, ()):
+        try:
+            h.update(f"{lib}={version(lib)}".encode())
+        except PackageNotFoundError:
+            h.update(f"{lib} missing".encode())
+    build = PROBLEMS[problem]
+    h.update(inspect.getsource(build).encode())
+    for fn in (_zdt, _dtlz2, _table, _mixed, _mixed_metrics):
+        if fn.__name__ in inspect.getsource(build) or fn is build:
+            h.update(inspect.getsource(fn).encode())
+    if problem == "digits-table" and TABLE.exists():
+        h.update(TABLE.read_bytes())
+    if problem == "serving-mixed":
+        h.update(repr(MIXED_SPACE).encode())
+    return h.hexdigest()[:12]
+
+
+#: the serving-mixed problem's space: categorical runtime/precision knobs with conditional ones
+#: (graph level on ONNX Runtime only, per-channel scales for int8 only), an invalid combination,
+#: integer threads and batch sizes, a stepped pruning ratio: 5,376 valid configurations
+MIXED_SPACE = {"parameters": {
+    "runtime": {"choices": ["onnxruntime", "torch", "openvino"]},
+    "quantization": {"choices": ["fp32", "fp16", "int8_dynamic", "int8_static"],
+                     "invalid": [{"values": ["int8_static"], "when": {"runtime": "torch"},
+                                  "reason": "static int8 is not implemented for torch"}]},
+    "graph_optimization": {"choices": ["basic", "extended", "all"],
+                           "when": {"runtime": "onnxruntime"}},
+    "per_channel": {"choices": [False, True],
+                    "when": {"quantization": ["int8_dynamic", "int8_static"]}},
+    "batch_size": {"choices": [1, 4, 16, 64]},
+    "threads": {"low": 1, "high": 8},
+    "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.1},
+}}
+
+
+def _mixed_metrics(c: Mapping[str, Any]) -> dict[str, float]:
+    """A cost model of CPU serving with the interactions tuning has to find (int8 kernels that pay
+    off only on some runtimes, fusion that helps static int8 most, threads that help batches but
+    not single items and hurt past the 4 physical cores, pruning that costs more accuracy once
+    quantized), and a deterministic +-2 % wobble per configuration standing in for measurement
+    noise.  Synthetic: it is a test of the search, not a claim about any runtime."""
+    import zlib
+
+    rt, q, b, t, p = (c["runtime"], c["quantization"], c["batch_size"], c["threads"],
+                      c["pruning_ratio"])
+    pc = bool(c.get("per_channel", False))
+    speed = {"onnxruntime": 1.0, "torch": 1.6, "openvino": 0.85}[rt]
+    overhead = {"onnxruntime": 0.15, "torch": 0.6, "openvino": 0.3}[rt]
+    qs = {"fp32": 1.0, "fp16": {"onnxruntime": 1.3, "torch": 0.95, "openvino": 0.7}[rt],
+          "int8_dynamic": {"onnxruntime": 0.55, "torch": 0.8, "openvino": 0.6}[rt],
+          "int8_static": {"onnxruntime": 0.45, "torch": 1.0, "openvino": 0.35}[rt]}[q]
+    qs *= 1.06 if pc else 1.0
+    g = {"basic": 1.15, "extended": 1.0, "all": 0.92 if q != "int8_static" else 0.8,
+         None: 1.0}[c.get("graph_optimization")]
+    per_item = 2.0 * speed * qs * g * (1 - 0.6 * p)
+    par = t ** 0.85 if b >= t else 1 + 0.35 * (t - 1) ** 0.7 * min(1.0, b / t + 0.3)
+    par /= 1 + 0.15 * max(0, t - 4)
+    latency = overhead + b * per_item / par
+    wobble = zlib.crc32(_key(c).encode()) / 2**32
+    latency *= 0.98 + 0.04 * wobble
+    p95 = latency * (1.1 + 0.05 * t / 8)
+    drop = {"fp32": 0.0, "fp16": 0.001, "int8_dynamic": 0.004 if pc else 0.012,
+            "int8_static": (0.006 if rt == "openvino" else 0.008) if pc else 0.02}[q]
+    drop += 0.25 * p ** 2 + (0.04 * p if q.startswith("int8") else 0.0)
+    accuracy = 0.92 - drop + 0.002 * (wobble - 0.5)
+    return {"latency_p95_ms": p95, "throughput_ips": 1000 * b / latency, "accuracy": accuracy}
+
+
+def _mixed() -> Problem:
+    import numpy as np
+
+    from autotune.pareto import hypervolume, pareto_mask
+
+    space = parse_space(MIXED_SPACE, name="serving-mixed")
+    objectives: list[tuple[str, Direction]] = [("latency_p95_ms", "minimize"),
+                                               ("throughput_ips", "maximize"),
+                                               ("accuracy", "maximize")]
+    rows = {_key(c): _mixed_metrics(c) for c in space.grid()}
+    pts = np.array([[m[o] for o, _ in objectives] for m in rows.values()])
+    # just beyond the worst point of the true front in each objective (its nadir): only points
+    # near the front count, so covering the space at random scores low
+    front = pts[pareto_mask(pts, [d for _, d in objectives])]
+    ref = (float(front[:, 0].max()) * 1.05, float(front[:, 1].min()) * 0.95,
+           float(front[:, 2].min()) - 0.001)
+    true_hv = hypervolume(pts, [d for _, d in objectives], ref)
+    return Problem("serving-mixed", space, objectives, lambda c: rows[_key(c)], ref, true_hv)
+
+
 PROBLEMS: dict[str, Callable[[], Problem]] = {
     "zdt1": lambda: _zdt(1), "zdt2": lambda: _zdt(2), "dtlz2": _dtlz2, "digits-table": _table,
+    "serving-mixed": _mixed,
 }
 
 
@@ -166,7 +286,8 @@ def run_one(task: tuple[str, str, int, int]) -> dict[str, Any]:
         agent = create_agent(agent_name, problem.space, problem.objectives,
                              len(problem.constraints), seed=seed)
     except AutotuneError as exc:
-        return {"agent": agent_name, "problem": problem_name, "seed": seed, "error": str(exc)}
+        return {"agent": agent_name, "problem": problem_name, "seed": seed,
+                "code": code_hash(agent_name, problem_name), "error": str(exc)}
     points, feasible, overhead = [], [], []
     with threadpool_limits(1):
         try:
@@ -188,11 +309,13 @@ def run_one(task: tuple[str, str, int, int]) -> dict[str, Any]:
                 points.append(values)
                 feasible.append(obs.feasible)
         except AutotuneError as exc:
-            return {"agent": agent_name, "problem": problem_name, "seed": seed, "error": str(exc)}
+            return {"agent": agent_name, "problem": problem_name, "seed": seed,
+                "code": code_hash(agent_name, problem_name), "error": str(exc)}
     agent.close()
     hv = hypervolume_history(points, feasible, dirs, problem.reference)
     return {
         "agent": agent_name, "problem": problem_name, "seed": seed,
+        "code": code_hash(agent_name, problem_name),
         "hv_ratio": {b: float(hv[b - 1]) / problem.true_hv for b in BUDGETS if b <= budget},
         "overhead_ms": 1000 * statistics.fmean(overhead),
     }
@@ -248,17 +371,14 @@ def summarize(results: list[dict[str, Any]], budgets: tuple[int, ...]) -> tuple[
     # mean over problems of the median ratio: one number per agent and budget
     lines.append(f"{'mean of medians over problems':<25}" + "".join(f" {'B=' + str(b):>8}"
                                                                  for b in budgets))
-    score: dict[tuple[str, int], float] = {}
     for a in agents:
         cells = ""
         for b in budgets:
             meds = [statistics.median(by[(p, a, b)]) for p in problems if by.get((p, a, b))]
             ok = len(meds) == len(problems)
-            if ok:
-                score[(a, b)] = statistics.fmean(meds)
             cells += f" {statistics.fmean(meds):>8.3f}" if ok else f" {'(part)':>8}"
         lines.append(f"{a:<25}{cells}")
-    return rows, "\n".join(lines) + "\n" + _targets(score, budgets)
+    return rows, "\n".join(lines) + "\n" + _targets(by, problems, budgets)
 
 
 def markdown(rows: list[dict[str, Any]], budgets: tuple[int, ...]) -> str:
@@ -289,31 +409,62 @@ def markdown(rows: list[dict[str, Any]], budgets: tuple[int, ...]) -> str:
     return f"median hypervolume ratio over seeds, {bs}\n\n" + "\n".join(out)
 
 
-def _targets(score: dict[tuple[str, int], float], budgets: tuple[int, ...]) -> str:
+def _targets(by: Mapping[tuple[str, str, int], list[float]], problems: list[str],
+             budgets: tuple[int, ...]) -> str:
+    """Per problem and budget: the default agent against Optuna's GP and TPE samplers (median and
+    min over seeds; it beats one when its median is higher), and each RL agent against random
+    search at the same budget."""
     from autotune.agents import DEFAULT_AGENT
 
-    out = [f"\ntargets for the default agent ({DEFAULT_AGENT}):"]
-    for b in budgets:
-        d, t = score.get((DEFAULT_AGENT, b)), score.get(("tpe", b))
-        if d is not None and t is not None:
-            out.append(f"  B={b}: {DEFAULT_AGENT} {d:.3f} vs tpe {t:.3f} -> "
-                       f"{'matches or beats' if d >= t - 0.005 else 'BELOW'} TPE")
-        r = score.get(("random", 2 * b))
-        if d is not None and r is not None:
-            out.append(f"  B={b}: {DEFAULT_AGENT} {d:.3f} vs random at B={2 * b} {r:.3f} -> "
-                       f"{'beats' if d > r else 'DOES NOT beat'} random with twice the budget")
-    for a in sorted({a for a, _ in score if a.startswith("rl-")}):
-        out.append(f"targets for the RL agent {a}:")
+    def cell(a: str, p: str, b: int) -> str:
+        v = by.get((p, a, b))
+        return f"{statistics.median(v):.3f} (min {min(v):.3f})" if v else "-"
+
+    def med(a: str, p: str, b: int) -> float | None:
+        v = by.get((p, a, b))
+        return statistics.median(v) if v else None
+
+    out = [f"\ndefault agent ({DEFAULT_AGENT}) vs Optuna GP and TPE: median (min) over seeds"]
+    out.append(f"{'problem':<14} {'B':>4} {DEFAULT_AGENT:>18} {'gp':>18} {'tpe':>18}  verdict")
+    wins = total = 0
+    for p in problems:
         for b in budgets:
-            d, r = score.get((a, b)), score.get(("random", b))
-            if d is not None and r is not None:
-                out.append(f"  B={b}: {a} {d:.3f} vs random {r:.3f} -> "
-                           f"{'beats' if d > r else 'DOES NOT beat'} random at the same budget")
+            d, g, t = med(DEFAULT_AGENT, p, b), med("gp", p, b), med("tpe", p, b)
+            if d is None or (g is None and t is None):
+                continue
+            rivals = [x for x in (g, t) if x is not None]
+            ok = all(d > x for x in rivals)
+            wins, total = wins + ok, total + 1
+            out.append(f"{p:<14} {b:>4} {cell(DEFAULT_AGENT, p, b):>18} {cell('gp', p, b):>18} "
+                       f"{cell('tpe', p, b):>18}  {'beats both' if ok else 'DOES NOT beat both'}")
+    out.append(f"  the default beats GP and TPE in {wins} of {total} (problem, budget) cells")
+    rl = sorted({a for _, a, _ in by if a.startswith("rl-")})
+    if rl and any((p, "random", b) in by for p in problems for b in budgets):
+        out.append("\nRL agents vs random search at the same budget: median (min) over seeds")
+        out.append(f"{'problem':<14} {'B':>4} {'random':>18}" + "".join(f" {a:>18}" for a in rl))
+        verdict = {a: [0, 0] for a in rl}
+        for p in problems:
+            for b in budgets:
+                r = med("random", p, b)
+                if r is None:
+                    continue
+                row = f"{p:<14} {b:>4} {cell('random', p, b):>18}"
+                for a in rl:
+                    m = med(a, p, b)
+                    if m is not None:
+                        verdict[a][0] += m > r
+                        verdict[a][1] += 1
+                    row += f" {cell(a, p, b) + ('' if m is None or m > r else ' !'):>18}"
+                out.append(row)
+        for a, (w, n) in verdict.items():
+            out.append(f"  {a} beats random in {w} of {n} (problem, budget) cells"
+                       f"{'' if w == n else ' (! marks the others)'}")
     return "\n".join(out)
 
 
 def load_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """Finished runs in the log, by (agent, problem, seed); the longest run of each wins."""
+    """Finished runs in the log, by (agent, problem, seed): the latest code's, the longest of
+    those (a later line with another code hash replaces what came before)."""
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     if not path.exists():
         return runs
@@ -328,7 +479,8 @@ def load_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
         if "hv_ratio" in r:
             r["hv_ratio"] = {int(b): v for b, v in r["hv_ratio"].items()}
         old = runs.get(key)
-        if old is None or max(r.get("hv_ratio", {0: 0})) >= max(old.get("hv_ratio", {0: 0})):
+        if old is None or r.get("code") != old.get("code") or \
+                max(r.get("hv_ratio", {0: 0})) >= max(old.get("hv_ratio", {0: 0})):
             runs[key] = r
     return runs
 
@@ -361,17 +513,22 @@ def main(argv: list[str] | None = None) -> None:
     agents = args.agents or (sorted({a for a, _, _ in done}) if args.table_only else sorted(AGENTS))
     wanted = [(a, p, s, max(budgets)) for p in problems for a in agents for s in range(seeds)]
 
-    def have(t: tuple[str, str, int, int]) -> bool:
-        r = done.get(t[:3])
-        return r is not None and ("error" in r or max(r["hv_ratio"]) >= t[3])
+    codes = {(a, p): code_hash(a, p) for a in agents for p in problems if a in AGENTS}
 
+    def have(t: tuple[str, str, int, int], *, current: bool = True) -> bool:
+        r = done.get(t[:3])
+        if r is None or (current and r.get("code") != codes.get(t[:2])):
+            return False  # not run, or run by code that has changed since
+        return "error" in r or max(r["hv_ratio"]) >= t[3]
+
+    stale = [t for t in wanted if have(t, current=False) and not have(t)]
     missing = [t for t in wanted if not have(t)]
     tasks = [] if args.table_only else missing
     # slowest first, so the pool does not end on one long run
     tasks.sort(key=lambda t: ("gp" not in t[0], "rl" not in t[0], "skopt" not in t[0]))
     print(f"{len(wanted)} runs ({len(agents)} agents x {len(problems)} problems x {seeds} seeds), "
           f"budgets {budgets}: {len(wanted) - len(missing)} in {args.runs}, {len(tasks)} to run "
-          f"on {args.workers} workers", flush=True)
+          f"({len(stale)} of them because the code changed) on {args.workers} workers", flush=True)
     import multiprocessing as mp
 
     t0 = time.monotonic()
@@ -388,9 +545,12 @@ def main(argv: list[str] | None = None) -> None:
                     # slowest runs go first, so this over-estimates what is left
                     print(f"  {i}/{len(tasks)} runs, {spent:.0f}s, at most "
                           f"~{spent / i * (len(tasks) - i) / 60:.0f} min left", flush=True)
-    results = [done[t[:3]] for t in wanted if have(t)]
+    results = [done[t[:3]] for t in wanted if have(t, current=not args.table_only)]
     if len(results) < len(wanted):
         print(f"  {len(wanted) - len(results)} runs are not in the log: the table leaves them out")
+    if args.table_only and stale:
+        print(f"  {len(stale)} tabled runs are STALE (the agent's code changed since): run without "
+              f"--table-only to re-run them")
     rows, table = summarize(results, budgets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:

@@ -70,8 +70,10 @@ def test_status_and_validate_json(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)  # the JSON object alone on stdout
     assert set(data) == {"job", "file", "finished", "budget", "trials", "objectives",
-                         "constraints", "baseline", "front", "failed", "storage", "tracking"}
+                         "constraints", "baseline", "space", "front", "failed", "storage",
+                         "tracking"}
     assert data["job"] == "cli" and data["finished"] is True
+    assert data["space"] == {"configurations": None, "measured": 4}  # x1, x2 are continuous
     assert data["trials"] == {"total": 4, "complete": 4, "failed": 0, "running": 0, "invalid": 0}
     assert data["objectives"] == [{"metric": "f1", "direction": "minimize"},
                                   {"metric": "f2", "direction": "minimize"}]

@@ -1,8 +1,9 @@
 """No wasted trials: a configuration the study has measured is never measured again by accident.
 
-A re-proposal adds no trial and uses no budget; the agent is told the recorded result, the study
-counts it in its ``reproposed`` attribute, and an agent that proposes nothing new stops the run
-instead of spinning.  Invalid proposals do not use budget either.
+A re-proposal is not measured again; the agent is told the recorded result, the study counts it
+in its ``reproposed`` attribute, and the trial goes to an unmeasured configuration instead (a
+space-filling pick), so an agent that proposes nothing new still gets a finite space measured in
+full; the run stops early only when nothing is left.  Invalid proposals do not use budget.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from autotune import tuner, worker
 from autotune.agents.base import Agent, Observation
 from autotune.space import Config, config_key
+from autotune.testing import agents as testing_agents
 from autotune.testing.agents import InProcessHarness, tiny_job
 
 A = {"runtime": "torch", "quantization": "fp32", "batch_size": 1, "threads": 2,
@@ -69,12 +71,12 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: list[Config], 
 def test_repeated_proposals_are_answered_from_the_study(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     summary, agent, measured, record = _run(
-        tmp_path, monkeypatch, [A, A, INVALID, B, A, INVALID, B, A, C, D], budget=4)
+        tmp_path, monkeypatch, [A, A, INVALID, B, A, INVALID, B, A, C, D], budget=7)
     assert summary.finished
     assert all(n == 1 for n in measured.values()), measured  # nothing measured twice
     states = Counter(t.state for t in summary.trials)
-    assert states == {"complete": 4, "invalid": 2}, states  # A B C D + the invalid proposals
-    assert record.counted() == 4  # neither re-proposals nor invalid proposals used budget
+    assert states == {"complete": 7, "invalid": 2}, states
+    assert record.counted() == 7  # invalid proposals used no budget
     first = {config_key(t.config): t for t in summary.trials if t.state == "complete"}
     # every re-proposal was told the recorded result of the trial that measured it
     again = [o for o in agent.told if o.number in (first[config_key(A)].number,
@@ -85,19 +87,59 @@ def test_repeated_proposals_are_answered_from_the_study(tmp_path: Path,
         assert o.values == t.values and o.state == "complete" and o.metrics == t.metrics
     assert record.attr("reproposed") == {str(first[config_key(A)].number): 3,
                                          str(first[config_key(B)].number): 1}
+    # each re-proposal's trial went to an unmeasured configuration, recorded as such
+    sources = [t.user_attrs.get("source") for t in summary.trials if t.state == "complete"]
+    assert sources.count("explore") == 4, sources
+    assert config_key(C) in first and config_key(D) not in first  # the budget ended at C
 
 
-def test_an_agent_that_repeats_itself_stops_the_run(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "MAX_REPROPOSED_IN_A_ROW", 25)
-    summary, agent, measured, record = _run(tmp_path, monkeypatch, [A, B, A], budget=10)
-    assert not summary.finished and summary.new_trials == 2
-    assert measured[config_key(A)] == 1 and measured[config_key(B)] == 1
-    assert record.counted() == 2
-    assert any("stopped early" in n and "25 in a row" in n for n in summary.notices)
-    repeats = [o for o in agent.told if config_key(o.config) == config_key(A)]
-    assert len(repeats) == 1 + 25 and len({o.values for o in repeats}) == 1
-    # a later run with a better agent continues from here: the budget left is intact
-    summary2, _, measured2, record2 = _run(tmp_path, monkeypatch, [A, C, D, INVALID, C], budget=4)
-    assert summary2.finished and record2.counted() == 4
-    assert sum(measured2.values()) == 2 and config_key(A) not in measured2
+def test_an_agent_that_repeats_itself_still_gets_the_space_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toy space holds 1080 valid configurations, and the agent proposes only A and B; with a
+    budget of 24 every trial measures a new one, and the picks spread over the space."""
+    summary, agent, measured, record = _run(tmp_path, monkeypatch, [A, B, A], budget=24)
+    assert summary.finished and summary.new_trials == 24 and record.counted() == 24
+    assert len(measured) == 24 and all(n == 1 for n in measured.values())
+    assert summary.space_size == 1080 and summary.measured_configs == 24
+    assert not any("stopped early" in n for n in summary.notices)
+    done = [t.config for t in summary.trials if t.state == "complete"]
+    # space-filling: both runtimes, every batch size and a wide range of threads are covered
+    assert {c["runtime"] for c in done} == {"torch", "onnxruntime"}
+    assert {c["batch_size"] for c in done} == {1, 8, 32}
+    assert {c["threads"] for c in done} >= {1, 8}
+    # the agent heard about every trial, its own proposals and the picks alike
+    assert {config_key(c) for c in done} <= {config_key(o.config) for o in agent.told}
+
+
+def test_a_finite_space_is_enumerated_then_the_run_stops(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Budget above the space's size: every valid configuration is measured exactly once, then
+    the run stops early and says why; a later run with budget left measures nothing."""
+    small = {"runtime": {"choices": ["onnxruntime", "torch"]},
+             "graph_optimization": {"choices": ["basic", "all"],
+                                    "when": {"runtime": "onnxruntime"}},
+             "quantization": {"choices": ["fp32", "int8_dynamic"],
+                              "invalid": [{"values": ["int8_dynamic"],
+                                           "when": {"runtime": "torch"}}]},
+             "batch_size": {"choices": [1, 8]}, "threads": {"choices": [2]},
+             "pruning_ratio": {"choices": [0.0]}}
+    monkeypatch.setattr(testing_agents, "SPACE_YAML", {"parameters": small})
+    monkeypatch.setattr(testing_agents, "_JOB", _small_job(small))
+    summary, _, measured, record = _run(tmp_path, monkeypatch, [A, A], budget=30)
+    # onnxruntime: 2 graph levels x 2 quantizations x 2 batch sizes; torch: fp32 x 2 batch sizes
+    assert summary.space_size == 10 and summary.measured_configs == 10
+    assert len(measured) == 10 and all(n == 1 for n in measured.values())
+    assert record.counted() == 10 and not summary.finished
+    assert any("stopped early: every one of the 10 valid configurations" in n
+               for n in summary.notices), summary.notices
+    again, _, measured2, _ = _run(tmp_path, monkeypatch, [B, A], budget=30)
+    assert not measured2 and again.new_trials == 0
+
+
+def _small_job(space: dict[str, Any]) -> str:
+    import json
+
+    text = testing_agents._JOB
+    start = text.index("search_space:")
+    end = text.index("objectives:")
+    return text[:start] + "search_space: " + json.dumps({"parameters": space}) + "\n" + text[end:]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 #: name -> "module:Class"; options are passed to the class as keyword arguments
 AGENTS: dict[str, str] = {
+    "auto": "autotune.agents.auto:AutoAgent",
     "tpe": "autotune.agents.optuna:OptunaAgent",
     "gp": "autotune.agents.optuna:OptunaAgent",
     "nsga2": "autotune.agents.optuna:OptunaAgent",
@@ -36,7 +37,7 @@ AGENTS: dict[str, str] = {
 #: chosen from experiments/bench_agents.py (README, "Choosing an agent"): Optuna's GP sampler has
 #: the highest mean hypervolume ratio at 50 and 100 trials by far (0.816 and 0.884; next best 0.499
 #: and 0.833), at ~0.25 s per suggestion, small next to measuring a model configuration
-DEFAULT_AGENT = "gp"
+DEFAULT_AGENT = "auto"
 
 
 def create_agent(name: str, *args: Any, **kwargs: Any) -> Agent:

@@ -5,15 +5,19 @@ Names: ``rl-ppo``, ``rl-a2c``, ``rl-dqn`` (or ``options.algorithm: ppo|a2c|dqn``
 
 Real measurements are expensive, so by default (``surrogate: true``) the agent is model-based:
 
-1. the first ``n_initial`` suggestions are random (unmeasured, valid) grid configurations;
+1. the first ``n_initial`` suggestions fill the space: each is the unmeasured valid configuration
+   farthest from everything observed (:func:`autotune.explore.spread_pick`);
 2. then, before each suggestion, a Gaussian-kernel ridge regression (:class:`KernelRidge`, a GP
    posterior mean; one output per objective and constraint) is fitted on the features of the
    configurations observed so far, the policy is trained for ``train_steps`` environment steps
    on a ConfigSearchEnv whose ``evaluate`` is that surrogate (measured configurations answer
    with their real values) and whose episodes start from the *real* front, so the reward is the
    predicted hypervolume gain over what is known;
-3. the proposal is a stochastic rollout of the policy; configurations already measured (or
-   invalid) are re-drawn up to ``max_retries`` times, then a random unmeasured one is used.
+3. the proposal is the best of ``n_candidates`` stochastic rollouts of the policy by predicted
+   hypervolume gain; configurations already measured (or invalid) are re-drawn up to
+   ``max_retries`` times.  When no rollout promises a gain over the front (or none is new), the
+   space-filling pick of step 1 is measured instead: the policy never spends a trial on what is
+   known, and explores where the surrogate has nothing to offer.
 
 ``surrogate: false`` trains on real evaluations only: SB3's ``learn`` runs in a worker thread on
 a ConfigSearchEnv whose ``evaluate`` hands the configuration to :meth:`RLAgent.suggest` and waits
@@ -39,6 +43,7 @@ import numpy as np
 
 from autotune.agents.base import Agent, Observation, finite
 from autotune.errors import SpecError
+from autotune.explore import finite_configs, spread_pick
 from autotune.metrics import Direction
 from autotune.space import Config, SearchSpace, config_key
 
@@ -98,6 +103,7 @@ class RLAgent(Agent):
         self._seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         self._rng = np.random.default_rng(self._seed)
         self._codec: Any = None
+        self._grid: list[Config] | bool | None = False  # every valid configuration; False: unknown
         self._observed: list[Observation] = []
         self._table: dict[str, Observation] = {}
         self._model: Any = None
@@ -142,6 +148,19 @@ class RLAgent(Agent):
                 return config
             fallback = fallback or config
         return fallback if fallback is not None else config
+
+    def _spread(self) -> Config:
+        """The unmeasured valid configuration farthest from every observed one (snapped to the
+        policy's grid); a random one when the space has nothing left."""
+        import random
+
+        if self._grid is False:
+            self._grid = finite_configs(self.space)
+        candidates = self._grid if self._grid is not None else \
+            [self._random_config() for _ in range(128)]  # on the policy's grid, unmeasured
+        pick = spread_pick(self.space, [o.config for o in self._observed],
+                           random.Random(int(self._rng.integers(2**31))), candidates=candidates)
+        return pick if pick is not None else self._random_config()
 
     def _bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(reference, ideal, real front points) from the finite observations, or None."""
@@ -222,7 +241,7 @@ class RLAgent(Agent):
     def _suggest_surrogate(self) -> tuple[Config, int]:
         bounds = self._bounds()
         if len(self._observed) < self.cfg["n_initial"] or bounds is None:
-            return self._random_config(), 0
+            return self._spread(), 0
         import torch
 
         reference, ideal, front = bounds
@@ -273,18 +292,18 @@ class RLAgent(Agent):
                     continue
                 if best is None or reward > best[0]:
                     best = (reward, dict(info["config"]))
-            if best is not None:
+            if best is not None and best[0] > 0:
                 return best[1], self.cfg["train_steps"]
         finally:
             torch.set_num_threads(before)
-        return self._random_config(), self.cfg["train_steps"]
+        return self._spread(), self.cfg["train_steps"]
 
     # ------------------------------------------------------------------ real-evaluation mode
     def _suggest_real(self) -> Config:
         if self._thread is None:
             bounds = self._bounds()
             if len(self._observed) < self.cfg["n_initial"] or bounds is None:
-                return self._random_config()
+                return self._spread()
             self._start_worker(*bounds)
         item = self._requests.get()
         if isinstance(item, BaseException):
@@ -311,7 +330,7 @@ class RLAgent(Agent):
             else:
                 dupes[0] = 0
                 if known is not None:  # the policy is stuck on measured configurations
-                    config = self._random_config()
+                    config = self._spread()
                 self._requests.put(config)
                 known = self._replies.get()
                 if known is None:
