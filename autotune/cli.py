@@ -478,11 +478,20 @@ def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
         warnings = []
     for w in warnings:
         console.print(f"[bold yellow]warning[/]: {w}", highlight=False)
-    busy = [t.number for t in summary.front if flag(t.user_attrs) == "contended"]
+    busy = [t.number for t in summary.trials if t.feasible and
+            flag(t.user_attrs) == "contended"]
     if busy:
-        console.print(f"[yellow]front trial(s) {', '.join(map(str, busy))} were measured while "
-                      "other processes used the cores (contended); 'autotune confirm "
-                      f"{job.source}' re-measures them side by side[/]")
+        console.print(f"[yellow]trial(s) {', '.join(map(str, busy))} have only a figure measured "
+                      "while other processes used the cores (contended); it ranks nothing until "
+                      f"'autotune confirm {job.source}' re-measures them side by side[/]")
+    for t in summary.trials:  # which figures were re-measured, how and why
+        again = (t.user_attrs.get("details") or {}).get("remeasured")
+        if isinstance(again, dict) and flag(t.user_attrs) != "contended":
+            how = {"quiet": "beside the baseline on quiet cores",
+                   "ratio": "by its interleaved ratio to the baseline (the cores never became "
+                            "quiet)"}.get(str(again.get("how")), str(again.get("how")))
+            console.print(f"[dim]trial {t.number}: re-measured {how}; {again.get('why')}[/]",
+                          highlight=False)
 
 
 @main.command()
@@ -524,6 +533,12 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
         "baseline": dict(summary.baseline),
         "front": [_trial_json(t) for t in summary.front],
         "failed": [_trial_json(t) for t in summary.trials if t.state == "failed"],
+        # trials whose own measurement ran contended: how their figures were re-measured, why
+        "remeasured": [{"trial": t.number, "latency": flag(t.user_attrs),
+                        **{k: v for k, v in (t.user_attrs.get("details") or {})
+                           .get("remeasured", {}).items() if k in ("how", "why", "error")}}
+                       for t in summary.trials
+                       if (t.user_attrs.get("details") or {}).get("remeasured")],
         "storage": job.storage_url,
         "tracking": job.tracking_uri,
     }

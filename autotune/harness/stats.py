@@ -480,14 +480,24 @@ def measure(
 # comparing configurations
 
 
+#: pause before each block of :func:`alternate` (s): a thread pool that spins after its own run
+#: (ONNX Runtime's intra-op pool by default, OpenMP's workers in torch) keeps burning a core for a
+#: while after its block ends and takes it from the next contender; this lets it go to sleep first
+SETTLE_S = 0.3
+
+
 def alternate(
-    fns: Mapping[str, Callable[[], object]], rounds: int, **measure_kwargs: Any
+    fns: Mapping[str, Callable[[], object]], rounds: int, *, settle_s: float = SETTLE_S,
+    **measure_kwargs: Any
 ) -> dict[str, list[LatencyStats]]:
     """Measure several configurations in interleaved rounds; one :class:`LatencyStats` per round.
 
     Each round measures every configuration once with :func:`measure` (``measure_kwargs`` are
     passed on).  The order rotates from round to round (A B, B A, A B, ... for two) so that both
     slow drift of the machine and the position within a round affect all configurations alike.
+    Before each block the process sleeps ``settle_s`` (:data:`SETTLE_S`), so that no contender's
+    spinning thread pool is still running while the next one is timed: each is then measured as
+    it runs alone, with its own (deployed) thread settings.
     """
     func = "alternate"
     if not isinstance(fns, Mapping) or not fns:
@@ -498,11 +508,14 @@ def alternate(
     for name, fn in fns.items():
         _check_callable(fn, f"fns[{name!r}]", func)
     rounds = _check_int(rounds, "rounds", func, 1)
+    settle_s = _check_float(settle_s, "settle_s", func, 0.0)
     names = list(fns)
     out: dict[str, list[LatencyStats]] = {name: [] for name in names}
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if settle_s > 0:
+                time.sleep(settle_s)
             out[name].append(measure(fns[name], **measure_kwargs))
     return out
 
