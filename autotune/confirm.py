@@ -422,7 +422,12 @@ def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], resul
                      [ran_busy] * rounds, result.metrics)
     figures = {k: v for k, v in got.metrics.items() if k in _REPLACED}
     base_p50 = float(baseline.get("latency_per_item_ms") or 0.0) * batch
-    if ran_busy and base_p50 > 0:  # never quiet: the ratio, which load hits alike, decides
+    if ran_busy and not base_p50 > 0:
+        details["remeasured"] = {"why": why, "how": "failed",
+                                 "error": "its rounds ran contended and the study's baseline has "
+                                          "no latency to scale its ratio by"}
+        return replace(result, details=details)
+    if ran_busy:  # never quiet: the ratio, which load hits alike, decides
         scale = got.ratio * base_p50 / got.p50_ms
         figures = {k: v / scale if k == "throughput_ips" else v * scale
                    for k, v in figures.items()}
