@@ -168,3 +168,23 @@ def test_a_figure_that_could_not_be_remeasured_is_confirmed(tmp_path: Path) -> N
     after = next(v for v in status(job).trials if v.number == t.number)
     assert flag(after.user_attrs).startswith("confirmed")
     assert after.metrics["latency_p50_ms"] < t.metrics["latency_p50_ms"] / 3
+
+
+def test_candidates_take_every_trial_whose_only_figure_is_contended() -> None:
+    """Far behind on a contended figure (3x the leader, dominated): still confirmed; the same
+    figure once re-measured (or a quiet one) is left out like any dominated trial."""
+    from types import SimpleNamespace
+
+    from autotune.study import TrialView
+
+    def view(n: int, lat: float, cos: float, details: dict[str, Any] | None = None) -> TrialView:
+        return TrialView(number=n, state="complete", config={"x": n},
+                         metrics={"latency_p50_ms": lat, "cosine": cos}, values=(lat, cos),
+                         user_attrs={"details": details or {"contention": _contention(False)}})
+
+    job = SimpleNamespace(objective_pairs=[("latency_p50_ms", "minimize"), ("cosine", "maximize")])
+    busy = {"contention": _contention(True)}
+    views = [view(0, 10.0, 0.999), view(1, 30.0, 0.998, busy),
+             view(2, 30.0, 0.998, {**busy, "remeasured": {"how": "quiet"}}),
+             view(3, 30.0, 0.998)]
+    assert [t.number for t in candidates(views, job, k=1)] == [0, 1]
