@@ -1,10 +1,13 @@
 """The confirmation step: re-measure the baseline and the leading candidates side by side.
 
 A trial's latency was measured once, alone, at whatever moment the tuner reached it; on a shared
-machine that figure can be off by tens of percent.  Before a front is reported or exported,
-:func:`confirm` measures the unmodified model (the baseline) and the best feasible trials (at most
-``k``, the front ordered by the first objective, plus the trials within :data:`NEAR` of them:
-:func:`candidates`) in ONE measuring process, in interleaved rounds
+machine that figure can be off by tens of percent.  A figure measured contended never ranks: the
+loop measures such a trial again beside the baseline before recording it
+(:func:`remeasure_contended`).  Before a front is reported or exported, :func:`confirm` measures
+the unmodified model (the baseline) and the best feasible trials (at most ``k``, the front
+ordered by the first objective, plus the trials that could be on the front within their
+uncertainty and every trial whose only figure is contended: :func:`candidates`) in ONE measuring
+process, in interleaved rounds
 (``harness.compare``, :func:`autotune.harness.stats.alternate`): every round times each
 configuration once, so drift of the machine hits all of them alike.  Rounds are added until the
 ratio of every candidate to the baseline is stable (the half-range of its per-round ratios within
@@ -290,11 +293,19 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             harness.close()
     kept, used_contended = _usable(per, contended, min_rounds)
     results = _all(kept, used_contended, configs, views, tolerance, min_rounds)
+    # the cores never became quiet: the interleaved ratios (which load hits alike) rank, as the
+    # ratio times the baseline's quiet p50 from the study
+    scale, ref = {c.name: 1.0 for c in results}, (record.baseline or {}).get("latency_per_item_ms")
+    by_ratio = bool(any(used_contended) and ref and not record.attr("baseline_contended"))
+    if by_ratio:
+        scale = {c.name: c.ratio * ref * int(configs[c.name].get("batch_size", 1)) / c.p50_ms
+                 for c in results}
+        results = [_scaled(c, scale[c.name]) for c in results]
     # the stated intervals also cover the machine's drift over minutes, estimated from each
     # confirmed trial's own (uncontended) measurement during tuning against its confirmed p50
     drift = drift_sd([pair for c in results if (pair := _then_and_now(c, views)) is not None])
-    results = [_with_interval(c, [float(r["p50_ms"]) for r in kept[c.name]], drift)
-               for c in results]
+    results = [_with_interval(c, [float(r["p50_ms"]) * scale[c.name] for r in kept[c.name]],
+                              drift) for c in results]
     base = next(c for c in results if c.name == BASELINE)
     trials = tuple(c for c in results if c.name != BASELINE)
     warnings: list[str] = []
@@ -303,7 +314,13 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             f"the baseline's own latency is unstable: its per-round p50 spans "
             f"{base.p50_low_ms:.3g}-{base.p50_high_ms:.3g} ms (+-{base.spread_rel:.0%}) over "
             f"{base.rounds} rounds; speedups rest on it")
-    if any(used_contended):
+    if by_ratio:
+        warnings.append(f"the confirmation itself ran contended: {sum(used_contended)} of "
+                        f"{len(used_contended)} rounds it rests on ran while other processes used "
+                        "the cores (they never became quiet); each figure is its interleaved "
+                        "ratio to the baseline times the baseline's quiet p50 "
+                        f"({base.p50_ms:.3g} ms)")
+    elif any(used_contended):
         warnings.append(f"the confirmation itself ran contended: {sum(used_contended)} of "
                         f"{len(used_contended)} rounds it rests on ran while other processes used "
                         "the cores; the confirmed figures may not hold on a quiet machine")
@@ -314,6 +331,14 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
     return ConfirmResult(job=job.name, baseline=base, trials=trials, rounds=base.rounds,
                          stable=all(c.stable for c in trials), wall_s=time.monotonic() - t0,
                          contended=any(used_contended), warnings=tuple(warnings))
+
+
+def _scaled(c: Confirmed, f: float) -> Confirmed:
+    """``c`` with its latency figures times ``f`` (its ratios unchanged)."""
+    metrics = {k: v / f if k == "throughput_ips" else v * f if k in _REPLACED else v
+               for k, v in c.metrics.items()}
+    return replace(c, p50_ms=c.p50_ms * f, p95_ms=c.p95_ms * f, p50_low_ms=c.p50_low_ms * f,
+                   p50_high_ms=c.p50_high_ms * f, metrics=metrics)
 
 
 def _with_interval(c: Confirmed, p50s: Sequence[float], drift: float) -> Confirmed:

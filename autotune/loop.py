@@ -150,6 +150,7 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
                         progress.on_message(f"baseline: re-measured on quiet cores after "
                                             f"{waited:.0f} s")
                     else:
+                        record.set_attr("baseline_contended", busy)
                         progress.on_message(
                             f"baseline: the cores stayed busy ({m.quiet_wait_s:g} s): its figure "
                             "is flagged contended; trials are ranked by their interleaved ratios "

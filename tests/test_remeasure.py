@@ -140,8 +140,8 @@ def test_cores_never_quiet_rank_by_the_interleaved_ratio(tmp_path: Path) -> None
     messages: list[str] = []
     from autotune.loop import Progress
 
-    summary = run(job, harness=Seam(job, rounds_contended=True), callbacks=[],
-                  progress=Progress(on_message=messages.append))
+    seam = Seam(job, rounds_contended=True)
+    summary = run(job, harness=seam, callbacks=[], progress=Progress(on_message=messages.append))
     t = _busy_trial(summary)
     again = t.user_attrs["details"]["remeasured"]
     assert again["how"] == "ratio" and again["rounds_contended"]
@@ -151,6 +151,13 @@ def test_cores_never_quiet_rank_by_the_interleaved_ratio(tmp_path: Path) -> None
     assert t.metrics["latency_ratio"] == pytest.approx(again["ratio"])
     assert flag(t.user_attrs) == "ratio to baseline"
     assert any("never became quiet" in m for m in messages), messages
+    # the confirmation, never quiet either, ranks by its interleaved ratios the same way
+    res = confirm(job, harness=seam, k=2, min_rounds=2, max_rounds=2, tolerance=1.0)
+    assert res.contended and any("never became quiet" in w for w in res.warnings)
+    ref = summary.baseline["latency_per_item_ms"]
+    assert res.baseline.p50_ms == pytest.approx(ref)
+    for c in res.trials:
+        assert c.p50_ms == pytest.approx(c.ratio * ref)
 
 
 def test_a_figure_that_could_not_be_remeasured_is_confirmed(tmp_path: Path) -> None:
