@@ -484,14 +484,14 @@ def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
         console.print(f"[yellow]trial(s) {', '.join(map(str, busy))} have only a figure measured "
                       "while other processes used the cores (contended); it ranks nothing until "
                       f"'autotune confirm {job.source}' re-measures them side by side[/]")
-    for t in summary.trials:  # which figures were re-measured, how and why
-        again = (t.user_attrs.get("details") or {}).get("remeasured")
-        if isinstance(again, dict) and flag(t.user_attrs) != "contended":
-            how = {"quiet": "beside the baseline on quiet cores",
-                   "ratio": "by its interleaved ratio to the baseline (the cores never became "
-                            "quiet)"}.get(str(again.get("how")), str(again.get("how")))
-            console.print(f"[dim]trial {t.number}: re-measured {how}; {again.get('why')}[/]",
-                          highlight=False)
+    # which figures were re-measured, how and why (each trial's reason: status --json)
+    for how, text in (("re-measured", "re-measured beside the baseline on quiet cores"),
+                      ("ratio to baseline", "ranked by their interleaved ratio to the baseline "
+                                            "(the cores never became quiet)")):
+        again = [t.number for t in summary.trials if flag(t.user_attrs) == how]
+        if again:
+            console.print(f"[dim]trial(s) {', '.join(map(str, again))}: {text}, as their own "
+                          "measurement ran contended[/]", highlight=False)
 
 
 @main.command()
