@@ -89,7 +89,6 @@ class Seam:
 def _job(tmp_path: Path) -> Any:
     shutil.copy(EXPERIMENTS / "digits_model.py", tmp_path)
     text = TINY_JOB.replace("MAXTRIALS", "2").replace("agent: {name: tpe, seed: 1}", WARM)
-    text = text.replace("contention_wait_s: 0}", "contention_wait_s: 0, quiet_wait_s: 0}")
     path = tmp_path / "job.yaml"
     path.write_text(textwrap.dedent(text).lstrip())
     return load_job(path)
