@@ -425,7 +425,8 @@ class Worker:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
                 space, notices, baseline = prepare(job, record, harness, full_space, progress,
                                                    self.restrict)
-                self._base_config = baseline_config(space, job_default_runtime(job))
+                if not job.is_custom:  # (a custom objective measures its own figures)
+                    self._base_config = baseline_config(space, job_default_runtime(job))
                 # (only an exclusive run catches up: other workers log their own trials)
                 catch_up = self.exclusive and not self._live.others()
                 for cb in self.callbacks:
