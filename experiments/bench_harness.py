@@ -142,6 +142,7 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
         why.append(f"contended: {seen.result.describe()}")
     _row(rows, sec, "verdict", "UNSTABLE" if why else "stable", "", "; ".join(why))
 
+    _print_table("autotune measurement benchmark: harness (sections 1-2)", rows)  # as they come
     # 3. overhead: the same predictor three ways
     st = measure(lambda: pa(batch), **kw)
     n = st.n
