@@ -480,11 +480,20 @@ def _measurement_warnings(console: Any, job: Any, summary: Any) -> None:
         warnings = []
     for w in warnings:
         console.print(f"[bold yellow]warning[/]: {w}", highlight=False)
-    busy = [t.number for t in summary.front if flag(t.user_attrs) == "contended"]
+    busy = [t.number for t in summary.trials if t.feasible and
+            flag(t.user_attrs) == "contended"]
     if busy:
-        console.print(f"[yellow]front trial(s) {', '.join(map(str, busy))} were measured while "
-                      "other processes used the cores (contended); 'autotune confirm "
-                      f"{job.source}' re-measures them side by side[/]")
+        console.print(f"[yellow]trial(s) {', '.join(map(str, busy))} have only a figure measured "
+                      "while other processes used the cores (contended); it ranks nothing until "
+                      f"'autotune confirm {job.source}' re-measures them side by side[/]")
+    # which figures were re-measured, how and why (each trial's reason: status --json)
+    for how, text in (("re-measured", "re-measured beside the baseline on quiet cores"),
+                      ("ratio to baseline", "ranked by their interleaved ratio to the baseline "
+                                            "(the cores never became quiet)")):
+        again = [t.number for t in summary.trials if flag(t.user_attrs) == how]
+        if again:
+            console.print(f"[dim]trial(s) {', '.join(map(str, again))}: {text}, as their own "
+                          "measurement ran contended[/]", highlight=False)
 
 
 @main.command()
@@ -527,6 +536,12 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
         "space": {"configurations": summary.space_size, "measured": summary.measured_configs},
         "front": [_trial_json(t) for t in summary.front],
         "failed": [_trial_json(t) for t in summary.trials if t.state == "failed"],
+        # trials whose own measurement ran contended: how their figures were re-measured, why
+        "remeasured": [{"trial": t.number, "latency": flag(t.user_attrs),
+                        **{k: v for k, v in (t.user_attrs.get("details") or {})
+                           .get("remeasured", {}).items() if k in ("how", "why", "error")}}
+                       for t in summary.trials
+                       if (t.user_attrs.get("details") or {}).get("remeasured")],
         "storage": job.storage_url,
         "tracking": job.tracking_uri,
     }

@@ -1,10 +1,13 @@
 """The confirmation step: re-measure the baseline and the leading candidates side by side.
 
 A trial's latency was measured once, alone, at whatever moment the tuner reached it; on a shared
-machine that figure can be off by tens of percent.  Before a front is reported or exported,
-:func:`confirm` measures the unmodified model (the baseline) and the best feasible trials (at most
-``k``, the front ordered by the first objective, plus the trials within :data:`NEAR` of them:
-:func:`candidates`) in ONE measuring process, in interleaved rounds
+machine that figure can be off by tens of percent.  A figure measured contended never ranks: the
+loop measures such a trial again beside the baseline before recording it
+(:func:`remeasure_contended`).  Before a front is reported or exported, :func:`confirm` measures
+the unmodified model (the baseline) and the best feasible trials (at most ``k``, the front
+ordered by the first objective, plus the trials that could be on the front within their
+uncertainty and every trial whose only figure is contended: :func:`candidates`) in ONE measuring
+process, in interleaved rounds
 (``harness.compare``, :func:`autotune.harness.stats.alternate`): every round times each
 configuration once, so drift of the machine hits all of them alike.  Rounds are added until the
 ratio of every candidate to the baseline is stable (the half-range of its per-round ratios within
@@ -35,10 +38,12 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import AutotuneError, TrialFailed
+from autotune.harness.contention import QUIET, RATIO, Contention, only_contended, wait_quiet
 from autotune.harness.evaluate import CONTENTION_KEY
 from autotune.harness.isolate import IsolatedHarness
+from autotune.harness.result import TrialResult
 from autotune.loop import baseline_config
-from autotune.review import pareto_views
+from autotune.review import dominates, pareto_views
 from autotune.spec import Job
 from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
 
@@ -101,23 +106,51 @@ NEAR = 0.10
 
 def candidates(views: Sequence[TrialView], job: Job, k: int, near: float = NEAR
                ) -> list[TrialView]:
-    """What the confirmation re-measures: the feasible front ordered by the first objective (at
-    most ``k`` trials), plus every other feasible trial whose first objective lies within
-    ``near`` of one of those (dominated on one measurement, but by less than its noise: a pick
-    made after the leaders are confirmed could otherwise fall on such a trial's lucky figure),
-    at most ``2 * k`` in all, in the order of the first objective."""
+    """What the confirmation re-measures:
+
+    * the feasible front ordered by the first objective (at most ``k`` trials);
+    * every other feasible trial that could be on the front within its uncertainty: one no
+      front trial dominates once its latency figures (the objectives named ``latency_*``,
+      ``throughput_*``, ``cost_*``, ``speedup``) are moved by ``near`` (or by its own
+      measurement's CI, if wider) in its favour -- one measurement on a shared machine is off by
+      several per cent, and a pick made after the leaders are confirmed could otherwise fall on
+      a lucky figure or miss an unlucky one -- at most ``2 * k`` in all, nearest first;
+    * every feasible trial whose only latency figure was measured contended
+      (:func:`autotune.harness.contention.only_contended`), however far behind that figure
+      puts it: a contended figure may not decide that a trial is dominated.
+
+    Returned in the order of the first objective."""
     metric, direction = job.objective_pairs[0]
     sign = 1 if direction == "minimize" else -1
     front = [t for t in pareto_views(views, job) if metric in t.metrics]
     front.sort(key=lambda t: sign * t.metrics[metric])
     lead = front[:k]
     chosen = {t.number for t in lead}
-    close = [t for t in views if t.feasible and t.number not in chosen and metric in t.metrics
-             and any(abs(t.metrics[metric] - c.metrics[metric])
-                     <= near * abs(c.metrics[metric]) for c in lead)]
-    close.sort(key=lambda t: sign * t.metrics[metric])
-    picked = lead + close[:max(0, 2 * k - len(lead))]
+    rest = [t for t in views if t.feasible and t.number not in chosen and metric in t.metrics]
+    busy = [t for t in rest if only_contended(t.user_attrs.get("details"))]
+    close = [t for t in rest if t not in busy and _could_lead(t, front, job, near)]
+    close.sort(key=lambda t: min(_gap(t, c, metric) for c in lead) if lead else 0.0)
+    picked = lead + close[:max(0, 2 * k - len(lead))] + busy
     return sorted(picked, key=lambda t: sign * t.metrics[metric])
+
+
+def _noisy(metric: str) -> bool:
+    return metric.startswith(("latency", "throughput", "cost")) or metric == "speedup"
+
+
+def _could_lead(t: TrialView, front: Sequence[TrialView], job: Job, near: float) -> bool:
+    """Whether no front trial dominates ``t`` once its noisy objectives move by its
+    uncertainty (``near``, or its own measurement's CI when wider) in its favour."""
+    u = max(near, float(t.metrics.get("latency_ci_rel") or 0.0))
+    hope = dict(t.metrics)
+    for m, d in job.objective_pairs:
+        if _noisy(m) and m in hope:
+            hope[m] = hope[m] * (1 - u) if d == "minimize" else hope[m] * (1 + u)
+    return not any(dominates(f.metrics, hope, job.objective_pairs) for f in front)
+
+
+def _gap(t: TrialView, c: TrialView, metric: str) -> float:
+    return abs(t.metrics[metric] - c.metrics[metric]) / max(abs(c.metrics[metric]), 1e-12)
 
 
 #: two-sided 95 % quantiles of Student's t by degrees of freedom (1..30; beyond: 1.96 + 2.4/df)
@@ -260,11 +293,19 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             harness.close()
     kept, used_contended = _usable(per, contended, min_rounds)
     results = _all(kept, used_contended, configs, views, tolerance, min_rounds)
+    # the cores never became quiet: the interleaved ratios (which load hits alike) rank, as the
+    # ratio times the baseline's quiet p50 from the study
+    scale, ref = {c.name: 1.0 for c in results}, (record.baseline or {}).get("latency_per_item_ms")
+    by_ratio = bool(any(used_contended) and ref and not record.attr("baseline_contended"))
+    if by_ratio:
+        scale = {c.name: c.ratio * ref * int(configs[c.name].get("batch_size", 1)) / c.p50_ms
+                 for c in results}
+        results = [_scaled(c, scale[c.name]) for c in results]
     # the stated intervals also cover the machine's drift over minutes, estimated from each
     # confirmed trial's own (uncontended) measurement during tuning against its confirmed p50
     drift = drift_sd([pair for c in results if (pair := _then_and_now(c, views)) is not None])
-    results = [_with_interval(c, [float(r["p50_ms"]) for r in kept[c.name]], drift)
-               for c in results]
+    results = [_with_interval(c, [float(r["p50_ms"]) * scale[c.name] for r in kept[c.name]],
+                              drift) for c in results]
     base = next(c for c in results if c.name == BASELINE)
     trials = tuple(c for c in results if c.name != BASELINE)
     warnings: list[str] = []
@@ -273,7 +314,13 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
             f"the baseline's own latency is unstable: its per-round p50 spans "
             f"{base.p50_low_ms:.3g}-{base.p50_high_ms:.3g} ms (+-{base.spread_rel:.0%}) over "
             f"{base.rounds} rounds; speedups rest on it")
-    if any(used_contended):
+    if by_ratio:
+        warnings.append(f"the confirmation itself ran contended: {sum(used_contended)} of "
+                        f"{len(used_contended)} rounds it rests on ran while other processes used "
+                        "the cores (they never became quiet); each figure is its interleaved "
+                        "ratio to the baseline times the baseline's quiet p50 "
+                        f"({base.p50_ms:.3g} ms)")
+    elif any(used_contended):
         warnings.append(f"the confirmation itself ran contended: {sum(used_contended)} of "
                         f"{len(used_contended)} rounds it rests on ran while other processes used "
                         "the cores; the confirmed figures may not hold on a quiet machine")
@@ -284,6 +331,14 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
     return ConfirmResult(job=job.name, baseline=base, trials=trials, rounds=base.rounds,
                          stable=all(c.stable for c in trials), wall_s=time.monotonic() - t0,
                          contended=any(used_contended), warnings=tuple(warnings))
+
+
+def _scaled(c: Confirmed, f: float) -> Confirmed:
+    """``c`` with its latency figures times ``f`` (its ratios unchanged)."""
+    metrics = {k: v / f if k == "throughput_ips" else v * f if k in _REPLACED else v
+               for k, v in c.metrics.items()}
+    return replace(c, p50_ms=c.p50_ms * f, p95_ms=c.p95_ms * f, p50_low_ms=c.p50_low_ms * f,
+                   p50_high_ms=c.p50_high_ms * f, metrics=metrics)
 
 
 def _with_interval(c: Confirmed, p50s: Sequence[float], drift: float) -> Confirmed:
@@ -345,6 +400,85 @@ def _record(record: StudyRecord, job: Job, base: Confirmed, trials: Sequence[Con
     })
 
 
+#: interleaved rounds of the re-measurement of a contended trial beside the baseline
+REMEASURE_ROUNDS = 3
+#: the latency metrics a re-measurement replaces (the rest of a trial's figures do not depend on
+#: how busy the cores were)
+_REPLACED = (*_LATENCY_KEYS.values(), "latency_per_item_ms", "throughput_ips",
+             "cost_usd_per_million")
+
+
+def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], result: TrialResult,
+                        base_config: Mapping[str, Any], baseline: Mapping[str, float] | None, *,
+                        rounds: int = REMEASURE_ROUNDS,
+                        log: Callable[[str], None] = lambda m: None) -> TrialResult:
+    """A trial whose measurement ran contended, measured again before it may rank anything.
+
+    It waits up to ``measurement.quiet_wait_s`` for quiet cores, then measures the trial beside
+    the baseline in ``rounds`` interleaved rounds (``harness.compare``).  If those rounds ran on
+    quiet cores, their medians replace the contended figures (``how: quiet``); if the cores never
+    became quiet, the figures are the trial's median per-round ratio to the baseline (which load
+    hits alike, so it survives it) times the study's baseline p50 (``how: ratio``), and the run
+    says so.  The contended figures and why it was re-measured stay in
+    ``details["remeasured"]``; a re-measurement that fails leaves the result as it was (flagged
+    contended, so the confirmation step takes it).  A result that did not run contended is
+    returned as it is."""
+    details = dict(result.details or {})
+    busy = details.get("contention") or {}
+    if not busy.get("contended") or job.is_custom or not baseline:
+        return result
+    m = job.measurement
+    c = Contention(**{k: busy[k] for k in Contention.__dataclass_fields__ if k in busy})
+    why = f"its measurement ran contended ({c.describe()})"
+    quiet, waited = wait_quiet(m.quiet_wait_s, threshold_pct=m.contention_threshold_pct)
+    log(f"{why}: re-measuring it beside the baseline"
+        + (f" after {waited:.0f} s waiting for quiet cores" if waited >= 1 else "")
+        + ("" if quiet else f" (the cores stayed busy for {m.quiet_wait_s:g} s)"))
+    try:
+        out = harness.compare({BASELINE: dict(base_config), "trial": dict(config)}, rounds)
+    except TrialFailed as exc:
+        log(f"the re-measurement failed ({exc}); the contended figure stays flagged until the "
+            "confirmation step measures it")
+        details["remeasured"] = {"why": why, "how": "failed", "error": str(exc)}
+        return replace(result, details=details)
+    ran_busy = bool((out.get(CONTENTION_KEY) or {}).get("contended"))
+    batch, base_batch = int(config.get("batch_size", 1)), int(base_config.get("batch_size", 1))
+    got = _summarize("trial", None, out["trial"], out[BASELINE], batch, base_batch, 0.05, rounds,
+                     [ran_busy] * rounds, result.metrics)
+    figures = {k: v for k, v in got.metrics.items() if k in _REPLACED}
+    base_p50 = float(baseline.get("latency_per_item_ms") or 0.0) * batch
+    if ran_busy and not base_p50 > 0:
+        details["remeasured"] = {"why": why, "how": "failed",
+                                 "error": "its rounds ran contended and the study's baseline has "
+                                          "no latency to scale its ratio by"}
+        return replace(result, details=details)
+    if ran_busy:  # never quiet: the ratio, which load hits alike, decides
+        scale = got.ratio * base_p50 / got.p50_ms
+        figures = {k: v / scale if k == "throughput_ips" else v * scale
+                   for k, v in figures.items()}
+        how = RATIO
+        log(f"the cores never became quiet: ranked by its interleaved ratio to the baseline "
+            f"(x{got.ratio:.3f} over {rounds} rounds, +-{got.spread_rel:.0%}), "
+            f"{figures['latency_p50_ms']:.3g} ms instead of the contended "
+            f"{result.metrics.get('latency_p50_ms', math.nan):.3g} ms")
+    else:
+        how = QUIET
+        log(f"re-measured on quiet cores: {figures['latency_p50_ms']:.3g} ms instead of the "
+            f"contended {result.metrics.get('latency_p50_ms', math.nan):.3g} ms")
+    metrics = dict(result.metrics)
+    old_p50 = float(metrics.get("latency_p50_ms") or 0.0)
+    for k in ("achieved_gflops", "roofline_pct"):  # work per second, inversely to latency
+        if k in metrics and figures["latency_p50_ms"] > 0:
+            metrics[k] = metrics[k] * old_p50 / figures["latency_p50_ms"]
+    metrics.update(figures)
+    details["remeasured"] = {
+        "why": why, "how": how, "rounds": rounds, "ratio": got.ratio,
+        "ratio_low": got.ratio_low, "ratio_high": got.ratio_high, "spread_rel": got.spread_rel,
+        "waited_s": waited, "rounds_contended": ran_busy,
+        "contended": {k: result.metrics[k] for k in _REPLACED if k in result.metrics}}
+    return replace(result, metrics=metrics, details=details)
+
+
 def manifest_latency(view: TrialView) -> dict[str, Any] | None:
     """What a bundle's manifest states as the pick's latency (``source`` says which):
 
@@ -354,6 +488,15 @@ def manifest_latency(view: TrialView) -> dict[str, Any] | None:
     * otherwise the trial's own p50 and the 95 % interval of the median of its one measurement,
       which says how well that measurement pinned its median, not where a re-measurement lands.
     """
+    out = _manifest_latency(view)
+    again = (view.user_attrs.get("details") or {}).get("remeasured")
+    if out is not None and isinstance(again, Mapping):  # which figures were re-measured, and why
+        out["remeasured"] = {k: again[k] for k in ("why", "how", "rounds", "ratio", "contended",
+                                                   "error") if k in again}
+    return out
+
+
+def _manifest_latency(view: TrialView) -> dict[str, Any] | None:
     conf = view.user_attrs.get("confirmed")
     if conf:
         lo, hi = conf.get("predict_low_ms"), conf.get("predict_high_ms")
@@ -371,6 +514,15 @@ def manifest_latency(view: TrialView) -> dict[str, Any] | None:
     lat = (view.user_attrs.get("details") or {}).get("latency")
     if not isinstance(lat, Mapping) or "p50_ms" not in lat:
         return None
+    again = (view.user_attrs.get("details") or {}).get("remeasured") or {}
+    if again.get("how") in (QUIET, RATIO):  # its own measurement ran contended; this replaced it
+        p50, p95 = view.metrics["latency_p50_ms"], view.metrics.get("latency_p95_ms")
+        return {"source": "re-measurement", "p50_ms": p50, "p95_ms": p95,
+                "spread_low_ms": p50 * again["ratio_low"] / again["ratio"],
+                "spread_high_ms": p50 * again["ratio_high"] / again["ratio"],
+                "spread": f"range of its ratio to the baseline over {again['rounds']} interleaved "
+                          "rounds (its own measurement ran contended; not a prediction of a "
+                          "re-measurement: 'autotune confirm' measures that)"}
     return {"source": "trial", "p50_ms": lat["p50_ms"], "p95_ms": lat.get("p95_ms"),
             "spread_low_ms": lat.get("ci95_low_ms"), "spread_high_ms": lat.get("ci95_high_ms"),
             "spread": "95% interval of the median within the trial's one measurement (not a "

@@ -191,6 +191,9 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
         if conf:
             flag = "" if conf.get("stable") else \
                 f"confirmation not stable (ratio spread ±{conf.get('spread_rel', 0):.0%})"
+        again = (by_number[r["trial"]].user_attrs.get("details") or {}).get("remeasured")
+        if how and isinstance(again, Mapping) and how != "contended" and not conf:
+            how = f"{how}: {again.get('why')}"  # which figure was re-measured, and why
         if how:
             r["latency"] = how
         if flag:

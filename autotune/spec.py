@@ -306,6 +306,9 @@ class MeasurementSpec(_Strict):
     # above which a measurement is contended, and how long to wait for quiet cores first
     contention_threshold_pct: float = Field(default=25.0, gt=0, le=100)
     contention_wait_s: float = Field(default=2.0, ge=0)
+    # a contended measurement is re-measured beside the baseline; it first waits this long for
+    # quiet cores, else it is ranked by its interleaved ratio to the baseline (autotune.confirm)
+    quiet_wait_s: float = Field(default=30.0, ge=0)
 
 
 class TrackingSpec(_Strict):

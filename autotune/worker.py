@@ -53,9 +53,9 @@ from sqlalchemy import text
 
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
+from autotune.confirm import remeasure_contended
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.explore import finite_configs, spread_pick
-from autotune.harness.contention import note as contention_note
 from autotune.harness.hostlock import file_lock
 from autotune.harness.isolate import IsolatedHarness
 from autotune.liveness import Liveness
@@ -65,12 +65,14 @@ from autotune.loop import (
     Progress,
     Restrict,
     RunSummary,
+    baseline_config,
     check_space,
     prepare,
     summarize,
 )
 from autotune.portfolio import portfolio_seeds
 from autotune.review import pareto_views
+from autotune.runtimes import job_default_runtime
 from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
 from autotune.study import INTERRUPTED, StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
@@ -203,6 +205,7 @@ class Worker:
         self._live: Any = None  # this process's liveness record (autotune.liveness), in run()
         self._record: StudyRecord | None = None
         self._agent: Agent | None = None
+        self._base_config: dict[str, Any] = {}  # the unmodified model's configuration, in run()
 
     @property
     def record(self) -> StudyRecord:
@@ -349,6 +352,10 @@ class Worker:
             except TrialFailed as exc:
                 record.fail(claim.number, str(exc))
                 return self._view(claim.number)
+            # a contended figure may not rank the trial: measured again before it is recorded
+            result = remeasure_contended(
+                self.job, harness, claim.config, result, self._base_config, baseline,
+                log=lambda m: self.progress.on_message(f"trial {claim.number}: {m}"))
         metrics = dict(result.metrics) if ev is None else derive_metrics(  # None: custom objective
             result.metrics, baseline, ev.quality_name, ev.quality_higher_is_better)
         return record.complete(claim.number, metrics, result.details)
@@ -433,6 +440,8 @@ class Worker:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait
                 space, notices, baseline = prepare(job, record, harness, full_space, progress,
                                                    self.restrict)
+                if not job.is_custom:  # (a custom objective measures its own figures)
+                    self._base_config = baseline_config(space, job_default_runtime(job))
                 # (only an exclusive run catches up: other workers log their own trials)
                 catch_up = self.exclusive and not self._live.others()
                 for cb in self.callbacks:
@@ -467,8 +476,6 @@ class Worker:
                     time.sleep(self.opts.poll_s)  # others finish; re-check for stale trials
                     continue
                 view = self._measure(claim, harness, baseline)
-                if (busy := contention_note(view.user_attrs.get("details"))) is not None:
-                    progress.on_message(f"trial {view.number}: {busy}")
                 self.seen.add(view.number)
                 agent.observe(view.observation())
                 new += 1

@@ -3,9 +3,13 @@
 Prints (and writes to ``experiments/results/bench_harness.csv``):
 
 1. repeatability: the coefficient of variation of p50 over 5 re-measurements of one configuration
-   by ``Evaluator.evaluate`` inside one job (target <= 3 %);
+   by ``Evaluator.evaluate`` inside one job (target <= 3 %), and a verdict
+   (``stats.repeatability``) that is "stable" only when the p50s agree *between* runs (half-range
+   within ``measurement.target_ci``), each run is stable on its own, and no run was contended
+   (it says which of these failed);
 2. comparisons: the spread of the latency ratio of two configurations measured alternately
-   (``stats.alternate`` + ``stats.ratio_spread``);
+   (``stats.alternate`` + ``stats.ratio_spread``), with a verdict that says when the rounds ran
+   contended;
 3. overhead: for one predictor, a bare ``perf_counter`` loop vs ``stats.measure`` vs the wall time
    of a full ``Evaluator.evaluate`` (build, quality, timing, FLOPs/roofline, the rest).
 
@@ -75,8 +79,16 @@ def _machine_note() -> str:
 
 
 def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any]]:
+    from autotune.harness import contention
     from autotune.harness.evaluate import Evaluator
-    from autotune.harness.stats import alternate, cv, measure, ratio_spread
+    from autotune.harness.stats import (
+        LatencyStats,
+        alternate,
+        cv,
+        measure,
+        ratio_spread,
+        repeatability,
+    )
 
     job = _job("digits-cpu.yaml", out_dir)
     m = job.measurement
@@ -87,19 +99,27 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
              "threads": 1}
     ev.evaluate(cfg_a)  # export, caches, peak FLOP/s: once, outside the figures
 
-    # 1. repeatability of p50 inside one job
-    p50s, stable, walls = [], 0, []
+    # 1. repeatability of p50 inside one job: the verdict looks at the spread between the runs
+    # (each run can be stable on its own while the machine moves its p50 from run to run) and at
+    # whether any run ran contended
+    runs, busy, walls = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         r = ev.evaluate(cfg_a)
         walls.append(time.perf_counter() - t0)
-        p50s.append(r.metrics["latency_p50_ms"])
-        stable += int(r.metrics["latency_stable"])
+        runs.append(LatencyStats.from_dict(r.details["latency"]))
+        busy.append(bool((r.details.get("contention") or {}).get("contended")))
+    p50s = [s.p50_ms for s in runs]
+    rep = repeatability(runs, m.target_ci, busy)
     sec = f"1. p50 over {repeats} re-measurements (ORT fp32, batch 16, 1 thread)"
     _row(rows, sec, "p50 median", statistics.median(p50s), "ms")
     _row(rows, sec, "p50 min..max", f"{min(p50s):.4f}..{max(p50s):.4f}", "ms")
     _row(rows, sec, "p50 CV", 100 * cv(p50s), "%", "target <= 3 %")
-    _row(rows, sec, "runs flagged stable", f"{stable}/{repeats}", "")
+    _row(rows, sec, "p50 half-range / median", 100 * rep["spread_rel"], "%",
+         f"target <= {100 * m.target_ci:g} % (measurement.target_ci)")
+    _row(rows, sec, "runs stable on their own", f"{rep['own_stable']}/{repeats}", "")
+    _row(rows, sec, "runs contended", f"{rep['contended']}/{repeats}", "")
+    _row(rows, sec, "verdict", "stable" if rep["stable"] else "UNSTABLE", "", rep["verdict"])
 
     # 2. ratio of two configurations measured alternately
     pa, _ = ev._build(cfg_a)
@@ -107,14 +127,22 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
     batch = ev.workload.batch(16)
     kw = {"warmup": m.warmup, "min_repeats": m.min_repeats, "max_repeats": m.max_repeats,
           "target_ci": m.target_ci, "max_time_s": m.max_time_s}
-    res = alternate({"int8": lambda: pb(batch), "fp32": lambda: pa(batch)}, rounds, **kw)
+    with contention.watch() as seen:
+        res = alternate({"int8": lambda: pb(batch), "fp32": lambda: pa(batch)}, rounds, **kw)
     spread = ratio_spread(res["int8"], res["fp32"])
     sec = f"2. latency ratio int8/fp32 (ORT, batch 16), {rounds} alternating rounds"
     _row(rows, sec, "ratio median", spread["median"], "")
     _row(rows, sec, "ratio min..max", f"{spread['min']:.4f}..{spread['max']:.4f}", "")
     _row(rows, sec, "ratio CV", 100 * spread["cv"], "%")
     _row(rows, sec, "p50 CV fp32 across rounds", 100 * cv([s.p50_ms for s in res["fp32"]]), "%")
+    half = (spread["max"] - spread["min"]) / 2 / spread["median"]
+    why = [f"ratio varies +-{half:.1%} between rounds (target +-{m.target_ci:.0%})"] \
+        if half > m.target_ci else []
+    if seen.result is not None and seen.result.contended:
+        why.append(f"contended: {seen.result.describe()}")
+    _row(rows, sec, "verdict", "UNSTABLE" if why else "stable", "", "; ".join(why))
 
+    _print_table("autotune measurement benchmark: harness (sections 1-2)", rows)  # as they come
     # 3. overhead: the same predictor three ways
     st = measure(lambda: pa(batch), **kw)
     n = st.n

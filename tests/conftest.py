@@ -47,7 +47,8 @@ constraints:
   - accuracy_drop <= 5%
 agent: {name: tpe, seed: 1}
 budget: {max_trials: MAXTRIALS}
-measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2, contention_wait_s: 0}
+measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2, contention_wait_s: 0,
+              quiet_wait_s: 0}
 """
 
 

@@ -46,7 +46,8 @@ def test_confirm_records_the_front_and_the_baseline(tuned) -> None:
     before = {t.number: dict(t.metrics) for t in status(job).trials}
     res = confirm(job, k=2, min_rounds=3, max_rounds=4, tolerance=0.5)
     assert res.baseline.name == BASELINE and res.baseline.rounds >= 3
-    assert 1 <= len(res.trials) <= 2
+    # the front's leaders (k=2), plus any trial that could lead within its noise (at most 2k)
+    assert 1 <= len(res.trials) <= 3
     attr = open_record(job, create=False).attr(CONFIRMATION)
     assert attr["baseline"]["rounds"] == res.rounds >= 3
     assert attr["baseline"]["metrics"]["latency_p50_ms"] == pytest.approx(res.baseline.p50_ms)
@@ -76,7 +77,10 @@ def test_confirm_records_the_front_and_the_baseline(tuned) -> None:
     # measurement, which the trials' own ratios were derived from, stays in the study
     record = open_record(job, create=False)
     assert status(job).baseline["latency_p50_ms"] == pytest.approx(res.baseline.p50_ms)
-    assert record.baseline["latency_p50_ms"] != pytest.approx(res.baseline.p50_ms)
+    if any("never became quiet" in w for w in res.warnings):  # ranked by the ratios, scaled by
+        assert record.baseline["latency_p50_ms"] == pytest.approx(res.baseline.p50_ms)  # it
+    else:
+        assert record.baseline["latency_p50_ms"] != pytest.approx(res.baseline.p50_ms)
 
 
 def test_manifest_states_the_confirmed_p50_and_spread(tuned, tmp_path: Path) -> None:

@@ -144,17 +144,52 @@ def watch(*, wait_s: float = 0.0, threshold_pct: float = THRESHOLD_PCT,
         w.result = Contention(**{**c.to_dict(), "waited_s": waited, "quiet_before": quiet})
 
 
+def wait_quiet(wait_s: float, *, threshold_pct: float = THRESHOLD_PCT,
+               steal_threshold_pct: float = STEAL_THRESHOLD_PCT, poll_s: float = 0.5
+               ) -> tuple[bool, float]:
+    """Poll the cores (this process idle meanwhile) until a window of ``poll_s`` is quiet or
+    ``wait_s`` has passed: ``(quiet, seconds waited)``."""
+    t0 = time.monotonic()
+    while True:
+        c = probe(poll_s, threshold_pct=threshold_pct, steal_threshold_pct=steal_threshold_pct)
+        if not c.contended:
+            return True, time.monotonic() - t0
+        if time.monotonic() - t0 >= wait_s:
+            return False, time.monotonic() - t0
+
+
+#: ``details["remeasured"]["how"]`` of a contended trial re-measured side by side with the
+#: baseline on quiet cores / of one ranked by its interleaved ratio to the baseline because the
+#: cores never became quiet within ``measurement.quiet_wait_s``
+QUIET, RATIO = "quiet", "ratio"
+
+
 def flag(user_attrs: Any) -> str:
     """How a trial's latency figures were obtained, for tables: ``confirmed`` (by the
-    confirmation step; ``, contended`` when it ran contended), ``contended`` (its own measurement
+    confirmation step; ``, contended`` when it ran contended), ``re-measured`` (its own
+    measurement ran contended; it was measured again beside the baseline on quiet cores),
+    ``ratio to baseline`` (the same, but the cores never became quiet: its figure is its
+    interleaved ratio to the baseline times the baseline's p50), ``contended`` (its only figure
     ran while other processes used the cores), or ``""``."""
     conf = user_attrs.get("confirmed") if hasattr(user_attrs, "get") else None
     if conf:
         return "confirmed" + (", contended" if conf.get("contended_rounds") and
                               conf.get("contended_rounds", 0) >= conf.get("rounds", 1) else "")
     details = user_attrs.get("details") or {} if hasattr(user_attrs, "get") else {}
-    busy = details.get("contention") if hasattr(details, "get") else None
-    return "contended" if isinstance(busy, dict) and busy.get("contended") else ""
+    again = details.get("remeasured") if hasattr(details, "get") else None
+    if isinstance(again, dict) and again.get("how") in (QUIET, RATIO):
+        return "re-measured" if again["how"] == QUIET else "ratio to baseline"
+    return "contended" if only_contended(details) else ""
+
+
+def only_contended(details: Any) -> bool:
+    """Whether a trial's only latency figure was measured contended (not re-measured since)."""
+    if not hasattr(details, "get"):
+        return False
+    busy = details.get("contention")
+    again = details.get("remeasured")
+    return isinstance(busy, dict) and bool(busy.get("contended")) and not (
+        isinstance(again, dict) and again.get("how") in (QUIET, RATIO))
 
 
 def note(details: Any) -> str | None:
@@ -165,4 +200,4 @@ def note(details: Any) -> str | None:
     c = Contention(**{k: busy[k] for k in Contention.__dataclass_fields__ if k in busy})
     return (f"measured contended ({c.describe()}"
             + (f", after waiting {c.waited_s:.1f} s for quiet" if c.waited_s >= 0.05 else "")
-            + "); its latency is flagged, and the confirmation step re-measures the front")
+            + "); it is measured again before it ranks")

@@ -15,7 +15,8 @@ EXECUTION_MODES = ("sequential", "parallel")
 
 def session_options(settings: Mapping[str, Any]) -> Any:
     """``onnxruntime.SessionOptions`` for ``graph_optimization``, ``threads``,
-    ``inter_op_threads`` and ``execution_mode``; raises ValueError for an unknown value."""
+    ``inter_op_threads``, ``execution_mode`` and ``intra_op_spinning`` (False: the thread pools
+    block instead of spin-waiting for work); raises ValueError for an unknown value."""
     import onnxruntime as ort
 
     level = settings.get("graph_optimization") or "all"
@@ -39,4 +40,7 @@ def session_options(settings: Mapping[str, Any]) -> Any:
     so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
                          else ort.ExecutionMode.ORT_SEQUENTIAL)
     so.log_severity_level = 3
+    if settings.get("intra_op_spinning") is False:  # ORT's default: the pool spin-waits
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return so

@@ -40,6 +40,7 @@ __all__ = [
     "measure",
     "median_ci_ranks",
     "ratio_spread",
+    "repeatability",
     "summarize",
 ]
 
@@ -480,14 +481,24 @@ def measure(
 # comparing configurations
 
 
+#: pause before each block of :func:`alternate` (s): a thread pool that spins after its own run
+#: (ONNX Runtime's intra-op pool by default, OpenMP's workers in torch) keeps burning a core for a
+#: while after its block ends and takes it from the next contender; this lets it go to sleep first
+SETTLE_S = 0.3
+
+
 def alternate(
-    fns: Mapping[str, Callable[[], object]], rounds: int, **measure_kwargs: Any
+    fns: Mapping[str, Callable[[], object]], rounds: int, *, settle_s: float = SETTLE_S,
+    **measure_kwargs: Any
 ) -> dict[str, list[LatencyStats]]:
     """Measure several configurations in interleaved rounds; one :class:`LatencyStats` per round.
 
     Each round measures every configuration once with :func:`measure` (``measure_kwargs`` are
     passed on).  The order rotates from round to round (A B, B A, A B, ... for two) so that both
     slow drift of the machine and the position within a round affect all configurations alike.
+    Before each block the process sleeps ``settle_s`` (:data:`SETTLE_S`), so that no contender's
+    spinning thread pool is still running while the next one is timed: each is then measured as
+    it runs alone, with its own (deployed) thread settings.
     """
     func = "alternate"
     if not isinstance(fns, Mapping) or not fns:
@@ -498,11 +509,14 @@ def alternate(
     for name, fn in fns.items():
         _check_callable(fn, f"fns[{name!r}]", func)
     rounds = _check_int(rounds, "rounds", func, 1)
+    settle_s = _check_float(settle_s, "settle_s", func, 0.0)
     names = list(fns)
     out: dict[str, list[LatencyStats]] = {name: [] for name in names}
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if settle_s > 0:
+                time.sleep(settle_s)
             out[name].append(measure(fns[name], **measure_kwargs))
     return out
 
@@ -550,3 +564,42 @@ def ratio_spread(a: Sequence[LatencyStats], b: Sequence[LatencyStats]) -> dict[s
         "cv": cv(r),
         "rounds": float(r.size),
     }
+
+
+def repeatability(
+    runs: Sequence[LatencyStats], target_ci: float, contended: Sequence[bool] = ()
+) -> dict[str, Any]:
+    """Whether repeated measurements of one configuration agree: a verdict that looks at the
+    spread *between* runs, not only at each run's own ``stable`` flag (each run can pin its own
+    median tightly while the machine moves it by 12 % from one run to the next).
+
+    Returns ``stable`` (every run stable on its own, the half-range of the runs' p50s within
+    ``target_ci`` of their median, and no run contended), ``spread_rel`` (that half-range over
+    the median), ``cv`` of the p50s, ``own_stable`` (how many runs were stable on their own),
+    ``contended`` (how many ran contended; ``contended[i]`` says whether run ``i`` did) and
+    ``verdict``, a line saying which of these failed."""
+    func = "repeatability"
+    if len(runs) == 0:
+        raise ValueError(f"The 'runs' parameter of {func} must not be empty.")
+    target_ci = _check_float(target_ci, "target_ci", func, 0.0, low_closed=False)
+    if contended and len(contended) != len(runs):
+        raise ValueError(f"The 'contended' parameter of {func} must have one entry per run "
+                         f"({len(runs)}). Got {len(contended)} instead.")
+    p50s = np.asarray([r.p50_ms for r in runs], dtype=np.float64)
+    med = float(np.median(p50s))
+    spread = _rel(float(p50s.max() - p50s.min()) / 2.0, med)
+    own = sum(bool(r.stable) for r in runs)
+    busy = sum(bool(c) for c in contended)
+    why = []
+    if spread > target_ci:
+        why.append(f"p50 varies +-{spread:.1%} between runs (target +-{target_ci:.1%})")
+    if own < len(runs):
+        why.append(f"{len(runs) - own} of {len(runs)} runs unstable on their own")
+    if busy:
+        why.append(f"contended: {busy} of {len(runs)} runs ran while other processes used the "
+                   "cores")
+    verdict = ("stable: " if not why else "unstable: ") + (
+        "; ".join(why) if why else f"{len(runs)} runs within +-{spread:.1%} of their median, "
+        "each stable, none contended")
+    return {"stable": not why, "spread_rel": spread, "cv": cv(p50s), "own_stable": own,
+            "contended": busy, "verdict": verdict}

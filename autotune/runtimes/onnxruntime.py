@@ -3,10 +3,10 @@ tools) run by an ``InferenceSession`` with every session option a trial can set.
 
 Keys it reads: ``quantization`` (fp32, fp16, int8_dynamic, int8_static and the int8 transforms'
 own keys, declared by those transforms), ``execution_provider`` (cpu | cuda | tensorrt; the
-default follows ``device``), ``graph_optimization``, ``execution_mode``, ``threads`` (intra-op)
-and ``inter_op_threads``.  The bundle is the ONNX file itself plus these settings; the harness
-and :func:`autotune.deploy.load` build their session options with the same function
-(:func:`autotune.harness.ortsession.session_options`), so they cannot drift apart.
+default follows ``device``), ``graph_optimization``, ``execution_mode``, ``threads`` (intra-op),
+``inter_op_threads`` and ``intra_op_spinning``.  The bundle is the ONNX file itself plus these
+settings; the harness and :func:`autotune.deploy.load` build their session options with the same
+function (:func:`autotune.harness.ortsession.session_options`), so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -148,6 +148,10 @@ class OnnxRuntime(Runtime):
                       "(attention, layer norm, GELU) before quantization: none | bert (applied "
                       "by the pipeline to the TorchScript export)", ("none", "bert"),
                       search={"choices": ["none", "bert"]}, when=when, owner=self.name),
+            Parameter("intra_op_spinning", "categorical", True, "ONNX Runtime's thread pools "
+                      "spin-wait for work between operators and runs (ORT's default: a little "
+                      "faster alone; keeps a core busy while idle, which slows other work on it)",
+                      (True, False), when=when, owner=self.name),
             Parameter("inter_op_threads", "int", None, "threads running independent operators "
                       "in parallel (ONNX Runtime: parallel execution mode)", low=1, high=None,
                       search={"choices": [1, 2]}, when=when, owner=self.name, nullable=True),
@@ -198,7 +202,8 @@ class OnnxRuntime(Runtime):
         settings = {k: config.get(k, d) for k, d in (
             ("device", "cpu"), ("execution_provider", None), ("threads", None),
             ("inter_op_threads", None), ("execution_mode", "sequential"),
-            ("graph_optimization", "all"), ("quantization", "fp32"), ("batch_size", 1))}
+            ("graph_optimization", "all"), ("quantization", "fp32"), ("batch_size", 1),
+            ("intra_op_spinning", True))}
         settings["providers"] = ort_providers(config)
         return BundleFiles({MODEL_FILE: built.model_path.read_bytes()}, MODEL_FILE, settings)
 

@@ -36,6 +36,7 @@ from autotune.files import write_atomic
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.hostlock import measurement_lock
 from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.stats import SETTLE_S
 from autotune.refs import resolve
 from autotune.spec import Job
 from autotune.workloads.engine import (
@@ -438,8 +439,11 @@ class GenerationEvaluator:
         with measurement_lock():
             for e in engines.values():
                 serve_pass(e, wl, n=max(1, wl.concurrency))
-            for _ in range(rounds):
-                for name, e in engines.items():
+            names = list(engines)
+            for r in range(rounds):  # rotated, a settle pause first (as stats.alternate)
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    e = engines[name]
+                    time.sleep(SETTLE_S)
                     s = summarize([serve_pass(e, wl)])
                     s["p50_ms"], s["p95_ms"] = s["request_latency_p50_ms"], \
                         s["request_latency_p95_ms"]

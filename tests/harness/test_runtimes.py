@@ -64,6 +64,7 @@ CONFIGS = [
     {"runtime": "onnxruntime", "graph_optimization": "basic", "execution_mode": "parallel",
      "inter_op_threads": 2},
     {"runtime": "onnxruntime", "quantization": "fp16"},
+    {"runtime": "onnxruntime", "intra_op_spinning": False, "threads": 2},
     {"runtime": "onnxruntime", "quantization": "int8_dynamic", "per_channel": True,
      "weight_type": "uint8", "exclude_nodes": "last"},
     {"runtime": "onnxruntime", "quantization": "int8_static", "quant_format": "qdq",

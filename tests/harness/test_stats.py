@@ -16,6 +16,7 @@ from autotune.harness.stats import (
     measure,
     median_ci_ranks,
     ratio_spread,
+    repeatability,
     summarize,
 )
 
@@ -302,6 +303,7 @@ def test_alternate_and_ratio_spread_exact():
         warmup_s=0.0,
         min_repeats=10,
         timer=clock,
+        settle_s=0.0,
     )
     # each measurement is 1 warm-up + 10 timed calls; the order rotates: A B, B A, A B, B A
     assert log[::11] == ["a", "b", "b", "a", "a", "b", "b", "a"]
@@ -309,6 +311,48 @@ def test_alternate_and_ratio_spread_exact():
     assert all(s.p50_ms == 1.0 for s in res["a"]) and all(s.p50_ms == 2.0 for s in res["b"])
     spread = ratio_spread(res["a"], res["b"])
     assert spread == {"median": 0.5, "min": 0.5, "max": 0.5, "cv": 0.0, "rounds": 4.0}
+
+
+def test_alternate_settles_before_every_block(monkeypatch: pytest.MonkeyPatch):
+    """A pause before each block, so that no contender's spinning pool still runs while the
+    next is timed (tests/harness/test_interference.py shows what it is for)."""
+    import autotune.harness.stats as stats
+
+    clock = FakeClock()
+    events: list[object] = []
+    monkeypatch.setattr(stats.time, "sleep", lambda s: events.append(s))
+
+    def work(name: str):
+        def fn() -> None:
+            if not events or events[-1] != name:
+                events.append(name)
+            clock.now += MS
+
+        return fn
+
+    alternate({"a": work("a"), "b": work("b")}, rounds=2, warmup=1, warmup_s=0.0,
+              min_repeats=6, timer=clock, settle_s=0.25)
+    assert events == [0.25, "a", 0.25, "b", 0.25, "b", 0.25, "a"]
+    with pytest.raises(ValueError, match="The 'settle_s' parameter of alternate"):
+        alternate({"a": lambda: None}, rounds=1, settle_s=-1.0)
+
+
+def test_repeatability_looks_between_runs():
+    def run(p50: float) -> LatencyStats:
+        return summarize([p50] * 6)  # each run perfectly stable on its own
+
+    tight = repeatability([run(10.0), run(10.1), run(9.95)], target_ci=0.03)
+    assert tight["stable"] and tight["verdict"].startswith("stable")
+    # "stable 5/5" by each run's own flag, yet the p50 moved 12 % between them
+    drifting = [run(10.0), run(11.2), run(10.4), run(10.9), run(10.1)]
+    res = repeatability(drifting, target_ci=0.03)
+    assert res["own_stable"] == 5 and not res["stable"]
+    assert res["spread_rel"] == pytest.approx(0.6 / 10.4)
+    assert "varies +-5.8% between runs" in res["verdict"]
+    busy = repeatability([run(10.0)] * 3, target_ci=0.03, contended=[False, True, False])
+    assert not busy["stable"] and "contended: 1 of 3 runs" in busy["verdict"]
+    with pytest.raises(ValueError, match="one entry per run"):
+        repeatability([run(1.0)], 0.03, contended=[True, False])
 
 
 def test_ratio_spread_values_and_validation():
