@@ -82,6 +82,8 @@ class JobCheck:
     space: SearchSpace
     rules: tuple[ParamRules, ...]
     imports: tuple[ImportCheck, ...]
+    #: what validate says besides errors: a path leading outside the job's folder, ...
+    notices: tuple[str, ...] = ()
 
     def rules_of(self, name: str) -> ParamRules:
         return next(r for r in self.rules if r.name == name)
@@ -90,7 +92,8 @@ class JobCheck:
         return {"job": self.job.name, "file": self.job.source,
                 "parameters": [_param_dict(p) for p in self.space],
                 "rules": [r.to_dict() for r in self.rules],
-                "imports": [i.to_dict() for i in self.imports]}
+                "imports": [i.to_dict() for i in self.imports],
+                "notices": list(self.notices)}
 
 
 def _show(v: Any) -> str:
@@ -118,7 +121,7 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
         run = ImportRun(raw_references(doc), base_dir)
     try:
         job = job_from_located(doc)
-        check_files(job, doc)
+        notices = check_files(job, doc)
         space = job.space
         rules = effective_rules(job, space)
         imports: tuple[ImportCheck, ...] = ()
@@ -130,13 +133,24 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
     finally:
         if run is not None:
             run.cancel()
-    return JobCheck(job=job, space=space, rules=rules, imports=imports)
+    return JobCheck(job=job, space=space, rules=rules, imports=imports, notices=notices)
 
 
-def check_files(job: Job, doc: Located) -> None:
-    """The files the job names exist: ``model.onnx`` and a warm-start study given as a path
-    (both relative to the job file)."""
+def check_files(job: Job, doc: Located) -> tuple[str, ...]:
+    """Every file and folder the job names resolves, relative to the job file's folder:
+    ``model.onnx``, a warm-start study given as a path, ``evaluation.texts``, the workload's
+    prompts and held-out text, and a Hugging Face model (its folder, or its id in the local cache:
+    ``config.json`` and the tokenizer load, the task is one its architecture has, and what depends
+    on its positions fits them: ``evaluation.sequence_length``, prompt + ``max_new_tokens``).
+    Raises a located :class:`SpecError`; returns notices (a path that leads outside the job's
+    folder)."""
     base = Path(job.base_dir)
+    notices: list[str] = []
+
+    def error(field: str, message: str, hint: str | None = None) -> SpecError:
+        return SpecError(message, file=job.source, line=doc.line_of(tuple(_keys(field))),
+                         path=field, hint=hint)
+
     named: list[tuple[str, str]] = []
     if job.model is not None and job.model.onnx:
         named.append(("model.onnx", str(job.model.onnx)))
@@ -150,9 +164,164 @@ def check_files(job: Job, doc: Located) -> None:
         except (OSError, ValueError):
             ok = False
         if not ok:
-            raise SpecError(f"no file at {path}.", file=job.source,
-                            line=doc.line_of(tuple(field.split("."))), path=field,
-                            hint="Paths are relative to the job file's folder.")
+            raise error(field, f"no file at {path}.", "Paths are relative to the job file's folder.")
+    ev = job.evaluation
+    if ev is not None and isinstance(ev.texts, str):
+        _text_file(job, "evaluation.texts", ev.texts, error, notices, lines=True)
+    wl = job.workload
+    if wl is not None:
+        if isinstance(wl.prompts, str):
+            _text_or_ref(job, "workload.prompts", wl.prompts, error, notices, lines=True)
+        elif not isinstance(wl.prompts, list):
+            _text_or_ref(job, "workload.prompts.text", wl.prompts.text, error, notices)
+        if wl.held_out:
+            _text_or_ref(job, "workload.held_out", wl.held_out, error, notices)
+    if job.model is not None and job.model.huggingface:
+        _check_huggingface(job, error, notices)
+    return tuple(notices)
+
+
+def _keys(field: str) -> list[str | int]:
+    out: list[str | int] = []
+    for part in field.replace("]", "").replace("[", ".").split("."):
+        if part:
+            out.append(int(part) if part.isdigit() else part)
+    return out
+
+
+def _outside(job: Job, field: str, name: str, path: Path, notices: list[str]) -> None:
+    base = Path(job.base_dir).resolve()
+    if not path.is_relative_to(base):
+        notices.append(f"{field}: '{name}' leads outside the job's folder ({base}), to {path}")
+
+
+def _is_ref(job: Job, name: str) -> bool:
+    """Whether ``run`` takes this value as ``module:function`` (autotune.workloads.generation's
+    rule: it has a colon, is not absolute, and names no file next to the job)."""
+    base = Path(job.base_dir)
+    try:
+        exists = (base / name).exists()
+    except (OSError, ValueError):
+        exists = False
+    return ":" in name and not exists and not Path(name).is_absolute()
+
+
+def _text_or_ref(job: Job, field: str, name: str, error: Any, notices: list[str], *,
+                 lines: bool = False) -> None:
+    if _is_ref(job, name):
+        if not _REF.match(name):
+            raise error(field, f"expected a text file (relative to the job file) or "
+                        f"'module:function', found {name!r}.")
+        return  # imported by the import check (job_references)
+    _text_file(job, field, name, error, notices, lines=lines)
+
+
+def _text_file(job: Job, field: str, name: str, error: Any, notices: list[str], *,
+               lines: bool = False) -> str:
+    """The UTF-8 text of a file the job names; with ``lines``, it must have a non-empty line."""
+    hint = "Give a UTF-8 text file; paths are relative to the job file's folder."
+    try:
+        path = (Path(job.base_dir) / Path(name).expanduser()).resolve()
+        kind = "folder" if path.is_dir() else "file" if path.is_file() else \
+            "other" if path.exists() else None
+    except (OSError, ValueError, RuntimeError):
+        raise error(field, f"cannot resolve the path {name!r}.", hint) from None
+    if kind is None:
+        raise error(field, f"no file at {path}.", hint)
+    if kind != "file":
+        raise error(field, f"{path} is a {'folder' if kind == 'folder' else 'special file'}, "
+                    "not a text file.", hint)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise error(field, f"cannot read {path}: {exc.strerror or exc}.", hint) from None
+    except UnicodeDecodeError:
+        raise error(field, f"{path} is not UTF-8 text.", hint) from None
+    if lines and not any(line.strip() for line in text.splitlines()):
+        raise error(field, f"{path} has no non-empty lines (one text per line).", hint)
+    _outside(job, field, name, path, notices)
+    return text
+
+
+#: the transformers model mapping that must hold a config's class for each task
+_TASK_MAPPING = {"text-generation": "MODEL_FOR_CAUSAL_LM_MAPPING",
+                 "text-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
+                 "feature-extraction": "MODEL_MAPPING"}
+
+
+def _check_huggingface(job: Job, error: Any, notices: list[str]) -> None:
+    """The Hugging Face model: folder or cached id, config and tokenizer load offline, the task
+    fits the architecture, and the lengths fit its positions."""
+    import transformers
+
+    from autotune.workloads.engine import quiet_transformers
+
+    assert job.model is not None and job.model.huggingface is not None
+    quiet_transformers()  # offline; no progress bars
+    ref, field = str(job.model.huggingface), "model.huggingface"
+    hint = ("Give a folder written by save_pretrained (relative to the job file) or the id of a "
+            "model already in the local Hugging Face cache; nothing is downloaded.")
+    try:
+        local = (Path(job.base_dir) / Path(ref).expanduser())
+        folder = local.resolve() if local.is_dir() else None
+    except (OSError, ValueError, RuntimeError):
+        folder = None
+    if folder is None:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(ref, local_files_only=True))
+        except Exception:
+            raise error(field, f"{ref!r} is neither a folder (relative to {job.base_dir}) nor a "
+                        "model in the local Hugging Face cache.", hint) from None
+    else:
+        _outside(job, field, ref, folder, notices)
+    if not (folder / "config.json").is_file():
+        raise error(field, f"{folder} has no config.json: not a saved model.", hint)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise error(field, f"the model's config.json does not load: {_first_line(exc)}",
+                    hint) from None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise error(field, f"the model's tokenizer does not load: {_first_line(exc)}",
+                    "The folder needs the tokenizer files too (tokenizer.save_pretrained)."
+                    ) from None
+    task = str(job.model.task)
+    mapping = getattr(transformers, _TASK_MAPPING[task], None)
+    if mapping is not None and type(config) not in mapping:
+        raise error("model.task", f"the model's architecture '{config.model_type}' has no "
+                    f"'{task}' model in transformers.",
+                    f"Tasks: {', '.join(_TASK_MAPPING)}; choose the one the model was made for.")
+    from autotune.workloads.generation import check_positions, model_positions, prompt_texts
+
+    positions = model_positions(config.to_dict())
+    ev = job.evaluation
+    if job.model.is_encoder and ev is not None and positions is not None \
+            and ev.sequence_length > positions:
+        raise error("evaluation.sequence_length",
+                    f"sequence_length {ev.sequence_length} exceeds the model's {positions} "
+                    "positions (max_position_embeddings).",
+                    f"Give at most {positions}.")
+    wl = job.workload
+    if wl is None:
+        return
+    prompts = wl.prompts
+    ref_prompts = (isinstance(prompts, str) and _is_ref(job, prompts)) or \
+        (not isinstance(prompts, str | list) and _is_ref(job, prompts.text))
+    if ref_prompts:  # user code makes them: only run knows how long they are
+        longest = 1
+    else:
+        try:
+            longest = max(len(tok(p)["input_ids"]) for p in prompt_texts(job))
+        except SpecError as exc:
+            raise error(exc.path or "workload.prompts", exc.reason, exc.hint) from None
+    try:
+        check_positions(job, longest, positions)
+    except SpecError as exc:
+        raise error(exc.path or "workload.max_new_tokens", exc.reason, exc.hint) from None
 
 
 def effective_rules(job: Job, space: SearchSpace) -> tuple[ParamRules, ...]:
@@ -196,6 +365,14 @@ def job_references(job: Job) -> list[tuple[str, str]]:
             refs.append(("evaluation.loss", ev.loss))
     if job.objective:
         refs.append(("objective", job.objective))
+    wl = job.workload
+    if wl is not None:  # a text-generation workload's module:function prompts / held-out text
+        text = wl.prompts if isinstance(wl.prompts, str) else \
+            None if isinstance(wl.prompts, list) else wl.prompts.text
+        field = "workload.prompts" if isinstance(wl.prompts, str) else "workload.prompts.text"
+        for f, v in ((field, text), ("workload.held_out", wl.held_out)):
+            if v and _is_ref(job, v) and _REF.match(v):
+                refs.append((f, v))
     return refs
 
 
@@ -305,7 +482,7 @@ def raw_references(doc: Located) -> list[tuple[str, str]]:
     data = doc.data if isinstance(doc.data, Mapping) else {}
     out = []
     for field in ("model.factory", "evaluation.dataset", "evaluation.metric", "evaluation.loss",
-                  "objective"):
+                  "objective", "workload.prompts", "workload.prompts.text", "workload.held_out"):
         v: Any = data
         for part in field.split("."):
             v = v.get(part) if isinstance(v, Mapping) else None
