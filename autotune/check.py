@@ -190,8 +190,11 @@ def _keys(field: str) -> list[str | int]:
 
 
 def _outside(job: Job, field: str, name: str, path: Path, notices: list[str]) -> None:
+    """A notice when ``name`` leads outside the job's folder (as written: a link inside the
+    folder to elsewhere is the user's own arrangement)."""
     base = Path(job.base_dir).resolve()
-    if not path.is_relative_to(base):
+    written = Path(os.path.normpath(base / Path(name).expanduser()))
+    if not written.is_relative_to(base):
         notices.append(f"{field}: '{name}' leads outside the job's folder ({base}), to {path}")
 
 

@@ -185,6 +185,7 @@ def complete(entry: Entry, space: SearchSpace, usable_cores: int) -> tuple[dict[
     if missing:
         return None, f"'{missing[0]}' is not a parameter of this job's space"
     config: dict[str, Any] = {}
+    table = parameter_table()  # once: it reads the installed packages' entry points
     for p in space:
         if not space.is_active(p, config):
             continue
@@ -192,7 +193,7 @@ def complete(entry: Entry, space: SearchSpace, usable_cores: int) -> tuple[dict[
             config[p.name] = entry.config[p.name]
             continue
         values = p.values() if p.discrete else [p.low]
-        default = parameter_table().get(p.name, ("", None))[1]
+        default = table.get(p.name, ("", None))[1]
         if p.name == "threads":
             fits = [v for v in values if isinstance(v, int | float) and v <= max(usable_cores, 1)]
             config[p.name] = max(fits) if fits else values[0]
