@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError
+from autotune.machine import CAUSES_ATTR, forbid_causes, learned_causes, restrict_to_job
 from autotune.refs import resolve
 from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
 from autotune.spec import _REF, Job, job_from_located
@@ -122,7 +123,8 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
     try:
         job = job_from_located(doc)
         notices = check_files(job, doc)
-        space = job.space
+        space, dropped = _runnable_space(job, doc)
+        notices = (*notices, *dropped)
         rules = effective_rules(job, space)
         imports: tuple[ImportCheck, ...] = ()
         if run is not None:
@@ -325,6 +327,28 @@ def _check_huggingface(job: Job, error: Any, notices: list[str]) -> None:
         check_positions(job, longest, positions)
     except SpecError as exc:
         raise error(exc.path or "workload.max_new_tokens", exc.reason, exc.hint) from None
+
+
+def _runnable_space(job: Job, doc: Located) -> tuple[SearchSpace, tuple[str, ...]]:
+    """The job's space less what the job cannot run (:func:`autotune.machine.restrict_to_job`) and
+    the failure causes its study (if it has run before) has learned, with a notice for each."""
+    try:
+        space, notices = restrict_to_job(job.space, job)
+    except SpecError as exc:
+        raise SpecError(exc.reason, file=job.source, path=exc.path, hint=exc.hint,
+                        line=doc.line_of(tuple(_keys(exc.path or "search_space")))) from None
+    learned: list[str] = []
+    url = job.storage_url
+    if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).is_file():
+        from autotune.study import open_record  # optuna: only when there is a study to read
+
+        try:
+            causes = learned_causes(open_record(job, create=False).attr(CAUSES_ATTR))
+        except Exception:  # a study of other objectives, a locked or foreign file: nothing learned
+            causes = []
+        space, learned = forbid_causes(space, causes)
+        learned = [f"{n} (the study learned it; not proposed again)" for n in learned]
+    return space, (*notices, *learned)
 
 
 def effective_rules(job: Job, space: SearchSpace) -> tuple[ParamRules, ...]:

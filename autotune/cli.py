@@ -503,6 +503,8 @@ def status(job_file: str) -> None:
     failed = [t for t in summary.trials if t.state == "failed"]
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
+    for note in summary.notices:  # failure causes the study learned (autotune.machine)
+        console.print(f"[yellow]invalid for the rest of the study[/]: {note}")
 
 
 def _trial_json(t: Any) -> dict[str, Any]:
@@ -527,6 +529,7 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
         "baseline": dict(summary.baseline),
         "front": [_trial_json(t) for t in summary.front],
         "failed": [_trial_json(t) for t in summary.trials if t.state == "failed"],
+        "learned": list(summary.notices),
         "storage": job.storage_url,
         "tracking": job.tracking_uri,
     }
