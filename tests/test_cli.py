@@ -70,7 +70,8 @@ def test_status_and_validate_json(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)  # the JSON object alone on stdout
     assert set(data) == {"job", "file", "finished", "budget", "trials", "objectives",
-                         "constraints", "baseline", "front", "failed", "storage", "tracking"}
+                         "constraints", "baseline", "front", "failed", "learned", "storage",
+                         "tracking"}
     assert data["job"] == "cli" and data["finished"] is True
     assert data["trials"] == {"total": 4, "complete": 4, "failed": 0, "running": 0, "invalid": 0}
     assert data["objectives"] == [{"metric": "f1", "direction": "minimize"},
