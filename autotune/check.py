@@ -27,6 +27,8 @@ from autotune.machine import CAUSES_ATTR, forbid_causes, learned_causes, restric
 from autotune.refs import resolve
 from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
 from autotune.spec import _REF, Job, job_from_located
+from autotune.workloads.engine import quiet_transformers
+from autotune.workloads.generation import check_positions, model_positions, prompt_texts
 from autotune.yamlsrc import Located, load_located
 
 #: default seconds for importing all of a job's references in the child process
@@ -119,7 +121,7 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
     run: ImportRun | None = None
     if import_timeout and import_timeout > 0:  # first: importing a model module takes seconds
         base_dir = str(Path(doc.file).resolve().parent)
-        run = ImportRun(raw_references(doc), base_dir)
+        run = ImportRun(raw_references(doc), base_dir, _raw_options(doc))
     try:
         job = job_from_located(doc)
         notices = check_files(job, doc)
@@ -128,9 +130,10 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
         rules = effective_rules(job, space)
         imports: tuple[ImportCheck, ...] = ()
         if run is not None:
-            if run.refs != job_references(job):  # the validated job names other references
+            options = dict(job.model.options) if job.model is not None else None
+            if run.refs != job_references(job) or run.options != options:  # others validated
                 run.cancel()
-                run = ImportRun(job_references(job), job.base_dir)
+                run = ImportRun(job_references(job), job.base_dir, options)
             imports = run.result(job.source, doc, float(import_timeout or 0))
     finally:
         if run is not None:
@@ -259,8 +262,6 @@ def _check_huggingface(job: Job, error: Any, notices: list[str]) -> None:
     fits the architecture, and the lengths fit its positions."""
     import transformers
 
-    from autotune.workloads.engine import quiet_transformers
-
     assert job.model is not None and job.model.huggingface is not None
     quiet_transformers()  # offline; no progress bars
     ref, field = str(job.model.huggingface), "model.huggingface"
@@ -300,8 +301,6 @@ def _check_huggingface(job: Job, error: Any, notices: list[str]) -> None:
         raise error("model.task", f"the model's architecture '{config.model_type}' has no "
                     f"'{task}' model in transformers.",
                     f"Tasks: {', '.join(_TASK_MAPPING)}; choose the one the model was made for.")
-    from autotune.workloads.generation import check_positions, model_positions, prompt_texts
-
     positions = model_positions(config.to_dict())
     ev = job.evaluation
     if job.model.is_encoder and ev is not None and positions is not None \
@@ -416,8 +415,11 @@ class ImportRun:
     """The import check running in its child process (started at once, so that the caller can
     validate the rest of the job meanwhile); :meth:`result` waits for it."""
 
-    def __init__(self, refs: Sequence[tuple[str, str]], base_dir: str) -> None:
+    def __init__(self, refs: Sequence[tuple[str, str]], base_dir: str,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.refs = [(str(f), str(r)) for f, r in refs]
+        #: ``model.options``: the factory must take them (checked against its signature)
+        self.options = dict(options) if options is not None else None
         self.t0 = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="autotune-check-")
@@ -426,14 +428,14 @@ class ImportRun:
             return
         sys_path = [p or os.getcwd() for p in sys.path]  # '' is this process's folder
         request = {"refs": self.refs, "base_dir": base_dir, "sys_path": sys_path,
-                   "out": str(self.out)}
+                   "out": str(self.out), "options": self.options}
         cmd = [sys.executable, "-c", "from autotune.check import _child; _child()"]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd=base_dir if Path(base_dir).is_dir() else None)
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(request).encode())
+            self.proc.stdin.write(json.dumps(request, default=str).encode())
             self.proc.stdin.close()
         except OSError:  # the child died at once; result() reports how
             pass
@@ -518,6 +520,13 @@ def raw_references(doc: Located) -> list[tuple[str, str]]:
     return out
 
 
+def _raw_options(doc: Located) -> dict[str, Any] | None:
+    data = doc.data if isinstance(doc.data, Mapping) else {}
+    model = data.get("model")
+    options = model.get("options", {}) if isinstance(model, Mapping) else None
+    return dict(options) if isinstance(options, Mapping) else None
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Kill the child we started and everything it started (its own session)."""
     try:
@@ -558,9 +567,11 @@ def _child() -> None:
         for field, ref in request["refs"]:
             emit(event="start", field=field, ref=ref)
             try:
-                resolve(ref, search_paths=[request["base_dir"]], field=field)
+                fn = resolve(ref, search_paths=[request["base_dir"]], field=field)
+                if field == "model.factory" and request.get("options") is not None:
+                    _takes(fn, ref, request["options"])
             except SpecError as exc:
-                emit(event="spec", field=field, ref=ref, message=exc.reason, hint=exc.hint)
+                emit(event="spec", field=exc.path or field, ref=ref, message=exc.reason, hint=exc.hint)
                 code = 1
                 break
             except BaseException as exc:  # anything the user's module raises
@@ -570,6 +581,23 @@ def _child() -> None:
                 break
             emit(event="ok", field=field, ref=ref)
     os._exit(code)
+
+
+def _takes(fn: Any, ref: str, options: Mapping[str, Any]) -> None:
+    """The model factory accepts ``model.options`` as keyword arguments (``run`` calls it so)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (a builtin): run finds out
+        return
+    try:
+        sig.bind(**options)
+    except TypeError as exc:
+        raise SpecError(f"the model factory '{ref}' does not take these options: {exc}.",
+                        path="model.options",
+                        hint=f"'{ref}' takes: {', '.join(sig.parameters) or 'no arguments'}."
+                        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

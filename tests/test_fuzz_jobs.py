@@ -404,7 +404,9 @@ def test_fuzzed_job_files_give_located_errors_only(job_folder: Path,
     print(f"accepted variants through 'autotune run --max-trials 1': {len(runs)} run, "
           f"{sum(r[1] == 'refused' for r in runs)} refused by run (accepted-then-refused), "
           f"{sum(r[1] == 'trial failed' for r in runs)} whose first trial failed, "
-          f"{sum(r[1] == 'timeout' for r in runs)} past {RUN_LIMIT_S:.0f} s")
+          f"{sum(r[1] == 'timeout' for r in runs)} past {RUN_LIMIT_S:.0f} s, "
+          f"{sum(r[1].startswith('refused by validate') for r in runs)} refused by validate's "
+          "import check (not run)")
     for base, outcome, detail in runs:
         print(f"  {base}: {outcome}{': ' + detail if detail else ''}")
     for k, v in stats.items():
@@ -449,6 +451,11 @@ def run_accepted(folder: Path, accepted: dict[str, list[bytes]]
             if entry.name != "job.yaml":
                 (here / entry.name).symlink_to(entry)
         (here / "job.yaml").write_bytes(raw)
+        try:  # validate as a user runs it: with the import check (the factory's options, ...)
+            check_job(here / "job.yaml", import_timeout=300)
+        except SpecError as err:
+            out.append((name, "refused by validate's import check", str(err)[:300]))
+            continue
         cmd = [sys.executable, "-c", "from autotune.cli import main; main()", "run",
                "--max-trials", "1", "--quiet", "--no-confirm", str(here / "job.yaml")]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
