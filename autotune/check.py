@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError
+from autotune.machine import CAUSES_ATTR, forbid_causes, learned_causes, restrict_to_job
 from autotune.refs import resolve
 from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
 from autotune.spec import _REF, Job, job_from_located
+from autotune.workloads.engine import quiet_transformers
+from autotune.workloads.generation import check_positions, model_positions, prompt_texts
 from autotune.yamlsrc import Located, load_located
 
 #: default seconds for importing all of a job's references in the child process
@@ -82,6 +85,8 @@ class JobCheck:
     space: SearchSpace
     rules: tuple[ParamRules, ...]
     imports: tuple[ImportCheck, ...]
+    #: what validate says besides errors: a path leading outside the job's folder, ...
+    notices: tuple[str, ...] = ()
 
     def rules_of(self, name: str) -> ParamRules:
         return next(r for r in self.rules if r.name == name)
@@ -90,7 +95,8 @@ class JobCheck:
         return {"job": self.job.name, "file": self.job.source,
                 "parameters": [_param_dict(p) for p in self.space],
                 "rules": [r.to_dict() for r in self.rules],
-                "imports": [i.to_dict() for i in self.imports]}
+                "imports": [i.to_dict() for i in self.imports],
+                "notices": list(self.notices)}
 
 
 def _show(v: Any) -> str:
@@ -115,28 +121,41 @@ def check_job(path: str | Path, *, import_timeout: float | None = IMPORT_TIMEOUT
     run: ImportRun | None = None
     if import_timeout and import_timeout > 0:  # first: importing a model module takes seconds
         base_dir = str(Path(doc.file).resolve().parent)
-        run = ImportRun(raw_references(doc), base_dir)
+        run = ImportRun(raw_references(doc), base_dir, _raw_options(doc))
     try:
         job = job_from_located(doc)
-        check_files(job, doc)
-        space = job.space
+        notices = check_files(job, doc)
+        space, dropped = _runnable_space(job, doc)
+        notices = (*notices, *dropped)
         rules = effective_rules(job, space)
         imports: tuple[ImportCheck, ...] = ()
         if run is not None:
-            if run.refs != job_references(job):  # the validated job names other references
+            options = dict(job.model.options) if job.model is not None else None
+            if run.refs != job_references(job) or run.options != options:  # others validated
                 run.cancel()
-                run = ImportRun(job_references(job), job.base_dir)
+                run = ImportRun(job_references(job), job.base_dir, options)
             imports = run.result(job.source, doc, float(import_timeout or 0))
     finally:
         if run is not None:
             run.cancel()
-    return JobCheck(job=job, space=space, rules=rules, imports=imports)
+    return JobCheck(job=job, space=space, rules=rules, imports=imports, notices=notices)
 
 
-def check_files(job: Job, doc: Located) -> None:
-    """The files the job names exist: ``model.onnx`` and a warm-start study given as a path
-    (both relative to the job file)."""
+def check_files(job: Job, doc: Located) -> tuple[str, ...]:
+    """Every file and folder the job names resolves, relative to the job file's folder:
+    ``model.onnx``, a warm-start study given as a path, ``evaluation.texts``, the workload's
+    prompts and held-out text, and a Hugging Face model (its folder, or its id in the local cache:
+    ``config.json`` and the tokenizer load, the task is one its architecture has, and what depends
+    on its positions fits them: ``evaluation.sequence_length``, prompt + ``max_new_tokens``).
+    Raises a located :class:`SpecError`; returns notices (a path that leads outside the job's
+    folder)."""
     base = Path(job.base_dir)
+    notices: list[str] = []
+
+    def error(field: str, message: str, hint: str | None = None) -> SpecError:
+        return SpecError(message, file=job.source, line=doc.line_of(tuple(_keys(field))),
+                         path=field, hint=hint)
+
     named: list[tuple[str, str]] = []
     if job.model is not None and job.model.onnx:
         named.append(("model.onnx", str(job.model.onnx)))
@@ -150,9 +169,185 @@ def check_files(job: Job, doc: Located) -> None:
         except (OSError, ValueError):
             ok = False
         if not ok:
-            raise SpecError(f"no file at {path}.", file=job.source,
-                            line=doc.line_of(tuple(field.split("."))), path=field,
-                            hint="Paths are relative to the job file's folder.")
+            raise error(field, f"no file at {path}.", "Paths are relative to the job file's folder.")
+    ev = job.evaluation
+    if ev is not None and isinstance(ev.texts, str):
+        _text_file(job, "evaluation.texts", ev.texts, error, notices, lines=True)
+    wl = job.workload
+    if wl is not None:
+        if isinstance(wl.prompts, str):
+            _text_or_ref(job, "workload.prompts", wl.prompts, error, notices, lines=True)
+        elif not isinstance(wl.prompts, list):
+            _text_or_ref(job, "workload.prompts.text", wl.prompts.text, error, notices)
+        if wl.held_out:
+            _text_or_ref(job, "workload.held_out", wl.held_out, error, notices)
+    if job.model is not None and job.model.huggingface:
+        _check_huggingface(job, error, notices)
+    return tuple(notices)
+
+
+def _keys(field: str) -> list[str | int]:
+    out: list[str | int] = []
+    for part in field.replace("]", "").replace("[", ".").split("."):
+        if part:
+            out.append(int(part) if part.isdigit() else part)
+    return out
+
+
+def _outside(job: Job, field: str, name: str, path: Path, notices: list[str]) -> None:
+    """A notice when ``name`` leads outside the job's folder (as written: a link inside the
+    folder to elsewhere is the user's own arrangement)."""
+    base = Path(job.base_dir).resolve()
+    written = Path(os.path.normpath(base / Path(name).expanduser()))
+    if not written.is_relative_to(base):
+        notices.append(f"{field}: '{name}' leads outside the job's folder ({base}), to {path}")
+
+
+def _is_ref(job: Job, name: str) -> bool:
+    """Whether ``run`` takes this value as ``module:function`` (autotune.workloads.generation's
+    rule: it has a colon, is not absolute, and names no file next to the job)."""
+    base = Path(job.base_dir)
+    try:
+        exists = (base / name).exists()
+    except (OSError, ValueError):
+        exists = False
+    return ":" in name and not exists and not Path(name).is_absolute()
+
+
+def _text_or_ref(job: Job, field: str, name: str, error: Any, notices: list[str], *,
+                 lines: bool = False) -> None:
+    if _is_ref(job, name):
+        if not _REF.match(name):
+            raise error(field, f"expected a text file (relative to the job file) or "
+                        f"'module:function', found {name!r}.")
+        return  # imported by the import check (job_references)
+    _text_file(job, field, name, error, notices, lines=lines)
+
+
+def _text_file(job: Job, field: str, name: str, error: Any, notices: list[str], *,
+               lines: bool = False) -> str:
+    """The UTF-8 text of a file the job names; with ``lines``, it must have a non-empty line."""
+    hint = "Give a UTF-8 text file; paths are relative to the job file's folder."
+    try:
+        path = (Path(job.base_dir) / Path(name).expanduser()).resolve()
+        kind = "folder" if path.is_dir() else "file" if path.is_file() else \
+            "other" if path.exists() else None
+    except (OSError, ValueError, RuntimeError):
+        raise error(field, f"cannot resolve the path {name!r}.", hint) from None
+    if kind is None:
+        raise error(field, f"no file at {path}.", hint)
+    if kind != "file":
+        raise error(field, f"{path} is a {'folder' if kind == 'folder' else 'special file'}, "
+                    "not a text file.", hint)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise error(field, f"cannot read {path}: {exc.strerror or exc}.", hint) from None
+    except UnicodeDecodeError:
+        raise error(field, f"{path} is not UTF-8 text.", hint) from None
+    if lines and not any(line.strip() for line in text.splitlines()):
+        raise error(field, f"{path} has no non-empty lines (one text per line).", hint)
+    _outside(job, field, name, path, notices)
+    return text
+
+
+#: the transformers model mapping that must hold a config's class for each task
+_TASK_MAPPING = {"text-generation": "MODEL_FOR_CAUSAL_LM_MAPPING",
+                 "text-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
+                 "feature-extraction": "MODEL_MAPPING"}
+
+
+def _check_huggingface(job: Job, error: Any, notices: list[str]) -> None:
+    """The Hugging Face model: folder or cached id, config and tokenizer load offline, the task
+    fits the architecture, and the lengths fit its positions."""
+    import transformers
+
+    assert job.model is not None and job.model.huggingface is not None
+    quiet_transformers()  # offline; no progress bars
+    ref, field = str(job.model.huggingface), "model.huggingface"
+    hint = ("Give a folder written by save_pretrained (relative to the job file) or the id of a "
+            "model already in the local Hugging Face cache; nothing is downloaded.")
+    try:
+        local = (Path(job.base_dir) / Path(ref).expanduser())
+        folder = local.resolve() if local.is_dir() else None
+    except (OSError, ValueError, RuntimeError):
+        folder = None
+    if folder is None:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(ref, local_files_only=True))
+        except Exception:
+            raise error(field, f"{ref!r} is neither a folder (relative to {job.base_dir}) nor a "
+                        "model in the local Hugging Face cache.", hint) from None
+    else:
+        _outside(job, field, ref, folder, notices)
+    if not (folder / "config.json").is_file():
+        raise error(field, f"{folder} has no config.json: not a saved model.", hint)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise error(field, f"the model's config.json does not load: {_first_line(exc)}",
+                    hint) from None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise error(field, f"the model's tokenizer does not load: {_first_line(exc)}",
+                    "The folder needs the tokenizer files too (tokenizer.save_pretrained)."
+                    ) from None
+    task = str(job.model.task)
+    mapping = getattr(transformers, _TASK_MAPPING[task], None)
+    if mapping is not None and type(config) not in mapping:
+        raise error("model.task", f"the model's architecture '{config.model_type}' has no "
+                    f"'{task}' model in transformers.",
+                    f"Tasks: {', '.join(_TASK_MAPPING)}; choose the one the model was made for.")
+    positions = model_positions(config.to_dict())
+    ev = job.evaluation
+    if job.model.is_encoder and ev is not None and positions is not None \
+            and ev.sequence_length > positions:
+        raise error("evaluation.sequence_length",
+                    f"sequence_length {ev.sequence_length} exceeds the model's {positions} "
+                    "positions (max_position_embeddings).",
+                    f"Give at most {positions}.")
+    wl = job.workload
+    if wl is None:
+        return
+    prompts = wl.prompts
+    ref_prompts = (isinstance(prompts, str) and _is_ref(job, prompts)) or \
+        (not isinstance(prompts, str | list) and _is_ref(job, prompts.text))
+    if ref_prompts:  # user code makes them: only run knows how long they are
+        longest = 1
+    else:
+        try:
+            longest = max(len(tok(p)["input_ids"]) for p in prompt_texts(job))
+        except SpecError as exc:
+            raise error(exc.path or "workload.prompts", exc.reason, exc.hint) from None
+    try:
+        check_positions(job, longest, positions)
+    except SpecError as exc:
+        raise error(exc.path or "workload.max_new_tokens", exc.reason, exc.hint) from None
+
+
+def _runnable_space(job: Job, doc: Located) -> tuple[SearchSpace, tuple[str, ...]]:
+    """The job's space less what the job cannot run (:func:`autotune.machine.restrict_to_job`) and
+    the failure causes its study (if it has run before) has learned, with a notice for each."""
+    try:
+        space, notices = restrict_to_job(job.space, job)
+    except SpecError as exc:
+        raise SpecError(exc.reason, file=job.source, path=exc.path, hint=exc.hint,
+                        line=doc.line_of(tuple(_keys(exc.path or "search_space")))) from None
+    learned: list[str] = []
+    url = job.storage_url
+    if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).is_file():
+        from autotune.study import open_record  # optuna: only when there is a study to read
+
+        try:
+            causes = learned_causes(open_record(job, create=False).attr(CAUSES_ATTR))
+        except Exception:  # a study of other objectives, a locked or foreign file: nothing learned
+            causes = []
+        space, learned = forbid_causes(space, causes)
+        learned = [f"{n} (the study learned it; not proposed again)" for n in learned]
+    return space, (*notices, *learned)
 
 
 def effective_rules(job: Job, space: SearchSpace) -> tuple[ParamRules, ...]:
@@ -196,6 +391,14 @@ def job_references(job: Job) -> list[tuple[str, str]]:
             refs.append(("evaluation.loss", ev.loss))
     if job.objective:
         refs.append(("objective", job.objective))
+    wl = job.workload
+    if wl is not None:  # a text-generation workload's module:function prompts / held-out text
+        text = wl.prompts if isinstance(wl.prompts, str) else \
+            None if isinstance(wl.prompts, list) else wl.prompts.text
+        field = "workload.prompts" if isinstance(wl.prompts, str) else "workload.prompts.text"
+        for f, v in ((field, text), ("workload.held_out", wl.held_out)):
+            if v and _is_ref(job, v) and _REF.match(v):
+                refs.append((f, v))
     return refs
 
 
@@ -212,8 +415,11 @@ class ImportRun:
     """The import check running in its child process (started at once, so that the caller can
     validate the rest of the job meanwhile); :meth:`result` waits for it."""
 
-    def __init__(self, refs: Sequence[tuple[str, str]], base_dir: str) -> None:
+    def __init__(self, refs: Sequence[tuple[str, str]], base_dir: str,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.refs = [(str(f), str(r)) for f, r in refs]
+        #: ``model.options``: the factory must take them (checked against its signature)
+        self.options = dict(options) if options is not None else None
         self.t0 = time.monotonic()
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="autotune-check-")
@@ -222,14 +428,14 @@ class ImportRun:
             return
         sys_path = [p or os.getcwd() for p in sys.path]  # '' is this process's folder
         request = {"refs": self.refs, "base_dir": base_dir, "sys_path": sys_path,
-                   "out": str(self.out)}
+                   "out": str(self.out), "options": self.options}
         cmd = [sys.executable, "-c", "from autotune.check import _child; _child()"]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd=base_dir if Path(base_dir).is_dir() else None)
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(request).encode())
+            self.proc.stdin.write(json.dumps(request, default=str).encode())
             self.proc.stdin.close()
         except OSError:  # the child died at once; result() reports how
             pass
@@ -305,13 +511,20 @@ def raw_references(doc: Located) -> list[tuple[str, str]]:
     data = doc.data if isinstance(doc.data, Mapping) else {}
     out = []
     for field in ("model.factory", "evaluation.dataset", "evaluation.metric", "evaluation.loss",
-                  "objective"):
+                  "objective", "workload.prompts", "workload.prompts.text", "workload.held_out"):
         v: Any = data
         for part in field.split("."):
             v = v.get(part) if isinstance(v, Mapping) else None
         if isinstance(v, str) and _REF.match(v):
             out.append((field, v))
     return out
+
+
+def _raw_options(doc: Located) -> dict[str, Any] | None:
+    data = doc.data if isinstance(doc.data, Mapping) else {}
+    model = data.get("model")
+    options = model.get("options", {}) if isinstance(model, Mapping) else None
+    return dict(options) if isinstance(options, Mapping) else None
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -354,9 +567,11 @@ def _child() -> None:
         for field, ref in request["refs"]:
             emit(event="start", field=field, ref=ref)
             try:
-                resolve(ref, search_paths=[request["base_dir"]], field=field)
+                fn = resolve(ref, search_paths=[request["base_dir"]], field=field)
+                if field == "model.factory" and request.get("options") is not None:
+                    _takes(fn, ref, request["options"])
             except SpecError as exc:
-                emit(event="spec", field=field, ref=ref, message=exc.reason, hint=exc.hint)
+                emit(event="spec", field=exc.path or field, ref=ref, message=exc.reason, hint=exc.hint)
                 code = 1
                 break
             except BaseException as exc:  # anything the user's module raises
@@ -366,6 +581,23 @@ def _child() -> None:
                 break
             emit(event="ok", field=field, ref=ref)
     os._exit(code)
+
+
+def _takes(fn: Any, ref: str, options: Mapping[str, Any]) -> None:
+    """The model factory accepts ``model.options`` as keyword arguments (``run`` calls it so)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (a builtin): run finds out
+        return
+    try:
+        sig.bind(**options)
+    except TypeError as exc:
+        raise SpecError(f"the model factory '{ref}' does not take these options: {exc}.",
+                        path="model.options",
+                        hint=f"'{ref}' takes: {', '.join(sig.parameters) or 'no arguments'}."
+                        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

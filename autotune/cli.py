@@ -318,6 +318,8 @@ def validate(job_file: str, import_timeout: float) -> None:
             console.print(f"  {'':<20}   {rule}", markup=False)
     for imp in checked.imports:
         console.print(f"  imported   : {imp.field} = {imp.ref} ({imp.seconds:.1f} s)", markup=False)
+    for note in checked.notices:
+        console.print(f"  notice     : {note}", markup=False)
     _print_portfolio(console, job, space)
     console.print(f"  study      : {job.storage_url}")
     console.print(f"  tracking   : {job.tracking_uri}")
@@ -358,6 +360,7 @@ def _validate_json(job_file: str, import_timeout: float) -> None:
         "search_space": params, "storage": job.storage_url, "tracking": job.tracking_uri,
         "rules": [r.to_dict() for r in checked.rules],
         "imports": [i.to_dict() for i in checked.imports],
+        "notices": list(checked.notices),
     })
 
 
@@ -511,6 +514,8 @@ def status(job_file: str) -> None:
     failed = [t for t in summary.trials if t.state == "failed"]
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
+    for note in summary.notices:  # failure causes the study learned (autotune.machine)
+        console.print(f"[yellow]invalid for the rest of the study[/]: {note}")
 
 
 def _trial_json(t: Any) -> dict[str, Any]:
@@ -542,6 +547,7 @@ def status_json(job: Any, summary: Any) -> dict[str, Any]:
                            .get("remeasured", {}).items() if k in ("how", "why", "error")}}
                        for t in summary.trials
                        if (t.user_attrs.get("details") or {}).get("remeasured")],
+        "learned": list(summary.notices),
         "storage": job.storage_url,
         "tracking": job.tracking_uri,
     }

@@ -6,6 +6,9 @@ prints those as one paragraph without a traceback.  Anything else is a bug and k
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class AutotuneError(Exception):
     """Base class for errors a user can fix."""
@@ -69,8 +72,15 @@ class DependencyError(AutotuneError):
 class TrialFailed(AutotuneError):
     """A candidate configuration could not be applied or measured.
 
-    The tuner records the trial as failed with this reason; the study goes on.
+    The tuner records the trial as failed with this reason; the study goes on.  ``cause``: the
+    parameter values that determine the failure (``{"pruning_method": "gradient"}`` when the job
+    has no loss), when the configuration alone decides it: every configuration sharing them then
+    fails the same way, and the study stops proposing them (:func:`autotune.machine.forbid_causes`).
     """
+
+    def __init__(self, message: str = "", *, cause: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.cause: dict[str, Any] | None = dict(cause) if cause else None
 
 
 class StudyError(AutotuneError):

@@ -20,6 +20,7 @@ from autotune.errors import AutotuneError, SpecError, TrialFailed
 from autotune.harness.contention import note as contention_note
 from autotune.harness.contention import wait_quiet
 from autotune.harness.evaluate import harness_params_for
+from autotune.machine import restrict_to_job
 from autotune.review import pareto_views
 from autotune.runtimes import job_default_runtime
 from autotune.space import SearchSpace, config_key
@@ -125,6 +126,8 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
         space, notices = restrict(
             full_space, harness.capabilities(),
             runtime_default=job_default_runtime(job))
+        space, cannot = restrict_to_job(space, job)  # e.g. gradient pruning without a loss
+        notices = [*notices, *cannot]
     for n in notices:
         progress.on_message(n)
     baseline = record.baseline

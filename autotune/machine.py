@@ -9,7 +9,13 @@ Nothing here names a runtime.  The removals come from:
   and the condition under which they cannot: an unconditional exclusion removes the choices,
   a conditional one becomes an ``invalid`` rule of the space).
 
-Each removal is a notice the user sees.
+Each removal is a notice the user sees.  Two more kinds of removal work the same way:
+
+* what the *job* cannot run (:func:`restrict_to_job`): a transform that needs what the job does not
+  provide (gradient pruning without a loss and targets), from the transforms' ``needs``;
+* what the *study* has learned (:func:`forbid_causes`): a trial that failed for a reason its
+  configuration determines (:class:`~autotune.errors.TrialFailed` with a ``cause``) makes every
+  configuration sharing the cause invalid for the rest of the study.
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from autotune.errors import SpecError
 from autotune.runtimes import runtimes
 from autotune.runtimes.base import Exclusion
 from autotune.space import Invalid, SearchSpace
+from autotune.transforms.base import TRANSFORMS, get_transform
+
+#: the study attribute holding the failure causes learned so far: [{"when", "reason", "trial"}]
+CAUSES_ATTR = "invalid_causes"
 
 
 def exclusions(caps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
@@ -90,4 +101,75 @@ def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[s
                    f"({reason})")
 
 
-__all__ = ["exclusions", "forbid", "restrict_to_machine"]
+def job_provides(job: Any) -> frozenset[str]:
+    """What a model job gives the transforms that need something (``Transform.needs``): 'loss'
+    (evaluation.loss, or the cross-entropy of metric 'accuracy') and 'targets' (a dataset)."""
+    ev = getattr(job, "evaluation", None)
+    out = set()
+    if ev is not None and ev.dataset:
+        out.add("targets")
+    if ev is not None and (ev.loss or ev.metric == "accuracy"):
+        out.add("loss")
+    return frozenset(out)
+
+
+def restrict_to_job(space: SearchSpace, job: Any) -> tuple[SearchSpace, list[str]]:
+    """Remove the pruning methods whose transform needs what the job does not provide (gradient
+    pruning without a loss and targets), each with a notice; a located :class:`SpecError` when no
+    method is left."""
+    if getattr(job, "is_custom", False) or getattr(job, "is_generation", False) \
+            or "pruning_method" not in space:
+        return space, []
+    get_transform("prune_magnitude")  # imports the built-in transforms
+    have, notices = job_provides(job), []
+    for cls in list(TRANSFORMS.values()):
+        method = getattr(cls, "pruning_method", None)
+        missing = sorted(set(cls.needs) - have)
+        if not method or not missing or method not in space["pruning_method"].choices:
+            continue
+        reason = (f"{method} pruning needs {' and '.join(missing)}, which this job does not "
+                  "give: evaluation.loss (module:function(outputs, targets)) and a dataset, or "
+                  "metric 'accuracy' with a dataset")
+        allowed = [c for c in space["pruning_method"].choices if c != method]
+        if not allowed:
+            raise SpecError(f"{reason}.", file=getattr(job, "source", None),
+                            path="search_space.parameters.pruning_method",
+                            hint="Give the job a loss and a dataset, or search another pruning "
+                                 "method.")
+        space, n = space.restrict("pruning_method", allowed, reason)
+        if n:
+            notices.append(str(n))
+    return space, notices
+
+
+def learned_causes(raw: Any) -> list[dict[str, Any]]:
+    """The well-formed causes of a study's :data:`CAUSES_ATTR` attribute."""
+    out = []
+    for c in raw if isinstance(raw, list) else []:
+        if isinstance(c, Mapping) and isinstance(c.get("when"), Mapping) and c["when"]:
+            out.append({"when": dict(c["when"]), "reason": str(c.get("reason") or ""),
+                        "trial": c.get("trial")})
+    return out
+
+
+def forbid_causes(space: SearchSpace, causes: Sequence[Mapping[str, Any]]
+                  ) -> tuple[SearchSpace, list[str]]:
+    """``space`` with an ``invalid`` rule per learned cause (its first parameter in the space
+    takes the rule, the others are its condition), and a notice for each."""
+    notices = []
+    for c in learned_causes(list(causes)):
+        when = c["when"]
+        name = next((k for k in when if k in space), None)
+        if name is None:
+            continue
+        trial = f"trial {c['trial']}: " if c.get("trial") is not None else ""
+        space, n = forbid(space, name, (when[name],), {k: v for k, v in when.items()
+                                                       if k != name},
+                          {}, f"learned from {trial}{c['reason'][:300]}")
+        if n:
+            notices.append(n)
+    return space, notices
+
+
+__all__ = ["CAUSES_ATTR", "exclusions", "forbid", "forbid_causes", "job_provides",
+           "learned_causes", "restrict_to_job", "restrict_to_machine"]

@@ -25,16 +25,23 @@ it observes every trial.  ``autotune validate`` lists them (:func:`explain`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import SpecError
+from autotune.harness.capabilities import Capabilities
+from autotune.harness.cpu import RELEVANT_CPU_FLAGS
 from autotune.runtimes import parameter_table
-from autotune.space import SearchSpace, config_key, describe, preset_path
+from autotune.space import DeclaredParam, SearchSpace, config_key, describe, preset_path
 from autotune.yamlsrc import load_located
 
 _WHEN_KEYS = ("cpu_flags", "capabilities")
+#: what ``when:`` may name: the CPU flags the fingerprint reports, the boolean capabilities
+_KNOWN_WHEN = {
+    "cpu_flags": RELEVANT_CPU_FLAGS,
+    "capabilities": tuple(f.name for f in fields(Capabilities) if f.type in ("bool", bool)),
+}
 
 
 @dataclass(frozen=True)
@@ -94,16 +101,58 @@ def parse_portfolio(raw: Any, where: str = "portfolio") -> list[Entry]:
         lists = {}
         for k in _WHEN_KEYS:
             v = when.get(k, [])
-            v = [v] if isinstance(v, str) else v
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise SpecError(f"'{k}' must be a list of names, found {describe(v)}.",
-                                path=f"{at}.when.{k}")
+                                path=f"{at}.when.{k}",
+                                hint=f"e.g. {k}: [{_KNOWN_WHEN[k][0]}]")
+            unknown = [x for x in v if x not in _KNOWN_WHEN[k]]
+            if unknown:  # it never matches on any machine
+                raise SpecError(
+                    f"'{unknown[0]}' is not a {k.replace('_', ' ')[:-1]} autotune detects, so "
+                    "this condition never holds.", path=f"{at}.when.{k}",
+                    hint=f"Known: {', '.join(_KNOWN_WHEN[k])}.")
             lists[k] = tuple(v)
         config = dict(item["config"])
         name = str(item.get("name") or ", ".join(f"{k}={v}" for k, v in config.items()))
         out.append(Entry(name=name, config=config, cpu_flags=lists["cpu_flags"],
                          capabilities=lists["capabilities"], note=str(item.get("note") or "")))
     return out
+
+
+def check_entries(entries: Sequence[Entry], space: SearchSpace,
+                  declared: Mapping[str, DeclaredParam] | None, where: str = "portfolio", *,
+                  own: bool = True) -> None:
+    """Each entry's ``config`` names declared parameters with values they accept (like the
+    search space's values); with ``own`` (the job's inline portfolio, not a preset's that the
+    job's overrides may have narrowed) each entry must also fit the job's space: one that
+    cannot is an error, as it would apply on no machine.  :class:`SpecError` at the entry."""
+    import difflib
+
+    for i, e in enumerate(entries):
+        at = f"{where}[{i}]"
+        for k, v in e.config.items():
+            d = declared.get(k) if declared is not None else None
+            if declared is not None and d is None:
+                close = difflib.get_close_matches(str(k), list(declared), n=1)
+                raise SpecError(f"the harness does not know the parameter '{k}'.",
+                                path=f"{at}.config.{k}",
+                                hint=(f"Did you mean '{close[0]}'? " if close else "")
+                                + f"Known parameters: {', '.join(declared)}.")
+            if d is not None and not d.allows(v):
+                close = difflib.get_close_matches(str(v), [str(x) for x in d.values], n=1)
+                raise SpecError(f"{describe(v)} is not a value of '{k}'.",
+                                path=f"{at}.config.{k}",
+                                hint=(f"Did you mean '{close[0]}'? " if close else "")
+                                + f"'{k}' takes {d.expectation}.")
+        if own:
+            config, why = complete(e, space, usable_cores=1)
+            if config is None:
+                missing = next((k for k in e.config if k not in space), None)
+                raise SpecError(
+                    f"the entry '{e.name}' can never apply: {why}.",
+                    path=f"{at}.config.{missing}" if missing else f"{at}.config",
+                    hint="An entry applies when its completed configuration lies in the job's "
+                         "search space; change the entry or the space.")
 
 
 def job_portfolio(search_space: Mapping[str, Any], base_dir: Path) -> list[Entry]:
@@ -136,6 +185,7 @@ def complete(entry: Entry, space: SearchSpace, usable_cores: int) -> tuple[dict[
     if missing:
         return None, f"'{missing[0]}' is not a parameter of this job's space"
     config: dict[str, Any] = {}
+    table = parameter_table()  # once: it reads the installed packages' entry points
     for p in space:
         if not space.is_active(p, config):
             continue
@@ -143,7 +193,7 @@ def complete(entry: Entry, space: SearchSpace, usable_cores: int) -> tuple[dict[
             config[p.name] = entry.config[p.name]
             continue
         values = p.values() if p.discrete else [p.low]
-        default = parameter_table().get(p.name, ("", None))[1]
+        default = table.get(p.name, ("", None))[1]
         if p.name == "threads":
             fits = [v for v in values if isinstance(v, int | float) and v <= max(usable_cores, 1)]
             config[p.name] = max(fits) if fits else values[0]

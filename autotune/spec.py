@@ -35,6 +35,7 @@ from autotune.metrics import (
     vocabulary,
 )
 from autotune.pareto import parse_rule
+from autotune.portfolio import check_entries, job_portfolio, parse_portfolio
 from autotune.runtimes import entry_points
 from autotune.space import (
     RULE_KEYS,
@@ -55,6 +56,7 @@ BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
 #: fidelity metric against the unmodified model
 ENCODER_TASKS = {"feature-extraction": "cosine", "text-classification": "top1_agreement"}
 GENERATION_QUALITY = "token_agreement"  # text-generation jobs: greedy tokens vs the unmodified model
+TASKS = ("text-generation", *ENCODER_TASKS)
 
 
 _NUMBERS = (int, float, int | None, float | None)
@@ -405,6 +407,10 @@ class GenerationWorkloadSpec(_Strict):
         """A mapping is the structured form; validate it as such (one clear error, not one per
         member of the union)."""
         if not isinstance(v, Mapping):
+            if info.field_name == "max_new_tokens" and isinstance(v, int) \
+                    and not isinstance(v, bool) and v < 1:
+                raise ValueError(f"expected an integer >= 1 (tokens generated per request), "
+                                 f"found {v}")
             return v
         model = PromptWindowsSpec if info.field_name == "prompts" else LengthRangeSpec
         try:
@@ -422,6 +428,15 @@ class GenerationWorkloadSpec(_Strict):
         if isinstance(v, list) and (not v or not all(isinstance(p, str) and p.strip() for p in v)):
             raise ValueError("expected a non-empty list of non-empty prompt strings")
         return v
+
+    @model_validator(mode="after")
+    def _one_arrival_process(self) -> GenerationWorkloadSpec:
+        if self.request_rate is not None and "concurrency" in self.model_fields_set:
+            raise ValueError(
+                "give either 'concurrency' (a closed loop: that many clients, each sending its "
+                "next request when served) or 'request_rate' (open loop: Poisson arrivals at "
+                "that many requests/s), not both")
+        return self
 
     @property
     def max_output_tokens(self) -> int:
@@ -794,7 +809,14 @@ def _job_from_located(doc: Located) -> Job:
             file=doc.file, line=doc.line_of(("objective",)) if both else None,
             path="objective" if both else "model",
         )
-    gen = isinstance(data.get("model"), Mapping) and data["model"].get("task") == "text-generation"
+    model = data.get("model")
+    if isinstance(model, Mapping) and model.get("task") is not None \
+            and model.get("task") not in TASKS:
+        raise SpecError(f"unknown task {_describe(model['task'])}.", file=doc.file,
+                        line=doc.line_of(("model", "task")), path="model.task",
+                        hint=f"Known tasks: {', '.join(TASKS)} (leave 'task' out for a torch "
+                             "factory or an ONNX file).")
+    gen = isinstance(model, Mapping) and model.get("task") == "text-generation"
     if "model" in data and "evaluation" not in data and not gen:
         raise SpecError("this required field is missing.", file=doc.file, path="evaluation",
                         hint="A job with a 'model' says how to judge quality under 'evaluation:'.")
@@ -885,6 +907,7 @@ def _check_semantics(job: Job, doc: Located) -> None:
         loc = tuple(_split_path(exc.path or "search_space"))
         raise SpecError(exc.reason, file=doc.file, line=doc.line_of(loc), path=exc.path,
                         hint=exc.hint) from None
+    _check_portfolio(job, space, declared, doc)
     if job.baseline is not None:
         if not job.is_custom:
             raise SpecError("'baseline' is only for custom objectives; a model's baseline is the "
@@ -904,6 +927,31 @@ def _check_semantics(job: Job, doc: Located) -> None:
         raise SpecError(f"unknown agent '{job.agent.name}'.", file=doc.file,
                         line=doc.line_of(("agent", "name")), path="agent.name",
                         hint=f"Available agents: {', '.join(sorted(AGENTS))}.")
+
+
+def _check_portfolio(job: Job, space: SearchSpace,
+                     declared: Mapping[str, DeclaredParam] | None, doc: Located) -> None:
+    """The portfolio entries (:mod:`autotune.portfolio`) are checked like the space's values,
+    each error located at its entry: in the job file for an inline portfolio (where an entry that
+    fits no configuration of the space is an error), in the preset file for a preset's."""
+    raw = job.search_space
+    if "preset" in raw:
+        path = preset_path(raw["preset"], [Path(job.base_dir), Path(job.base_dir) / "search_spaces"])
+        entries = job_portfolio(raw, Path(job.base_dir))  # located in the preset file
+        try:
+            check_entries(entries, space, declared, own=False)
+        except SpecError as exc:
+            located = load_located(path)
+            raise SpecError(exc.reason, file=str(path), path=exc.path, hint=exc.hint,
+                            line=located.line_of(_split_path(exc.path or "portfolio"))) from None
+        return
+    where = "search_space.portfolio"
+    try:
+        entries = parse_portfolio(raw.get("portfolio"), where=where)
+        check_entries(entries, space, declared, where, own=not job.is_custom)
+    except SpecError as exc:
+        raise SpecError(exc.reason, file=doc.file, path=exc.path, hint=exc.hint,
+                        line=doc.line_of(_split_path(exc.path or where))) from None
 
 
 def _split_path(path: str) -> list[str | int]:

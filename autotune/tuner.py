@@ -27,7 +27,13 @@ from autotune.loop import (
     check_space,
     summarize,
 )
-from autotune.machine import forbid, restrict_to_machine
+from autotune.machine import (
+    CAUSES_ATTR,
+    forbid,
+    forbid_causes,
+    learned_causes,
+    restrict_to_machine,
+)
 from autotune.review import front_row, pareto_views
 from autotune.spec import Job
 from autotune.study import open_record
@@ -89,5 +95,7 @@ def run_worker(job: Job, *, opts: WorkerOptions | None = None, max_trials: int |
 def status(job: Job) -> RunSummary:
     record = open_record(job, create=False)
     views = record.trials()
+    _, learned = forbid_causes(job.space, learned_causes(record.attr(CAUSES_ATTR)))
     return summarize(job, record, views, 0, time.monotonic(),
-                     finished=record.counted() >= job.budget.max_trials, tracking_error=None)
+                     finished=record.counted() >= job.budget.max_trials, tracking_error=None,
+                     notices=learned)

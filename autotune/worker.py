@@ -70,6 +70,7 @@ from autotune.loop import (
     prepare,
     summarize,
 )
+from autotune.machine import CAUSES_ATTR, forbid_causes, learned_causes
 from autotune.portfolio import portfolio_seeds
 from autotune.review import pareto_views
 from autotune.runtimes import job_default_runtime
@@ -206,6 +207,7 @@ class Worker:
         self._record: StudyRecord | None = None
         self._agent: Agent | None = None
         self._base_config: dict[str, Any] = {}  # the unmodified model's configuration, in run()
+        self._told = 0  # learned failure causes already said (autotune.machine.forbid_causes)
 
     @property
     def record(self) -> StudyRecord:
@@ -351,6 +353,7 @@ class Worker:
                 result = harness.evaluate(claim.config)
             except TrialFailed as exc:
                 record.fail(claim.number, str(exc))
+                self._learn(claim, exc)
                 return self._view(claim.number)
             # a contended figure may not rank the trial: measured again before it is recorded
             result = remeasure_contended(
@@ -457,7 +460,7 @@ class Worker:
             deadline = t_start + job.budget.timeout if job.budget.timeout else None
             while deadline is None or time.monotonic() < deadline:
                 with slot_lock(record, job):
-                    claim = self._claim(space, full_space, warm)
+                    claim = self._claim(self._learned(space), full_space, warm)
                 while self.stale:  # a dead worker's trial reaches MLflow as a failed trial
                     stale_view = self._view(self.stale.pop(0))
                     for cb in self.callbacks:
@@ -517,6 +520,31 @@ class Worker:
             self.progress.on_message(earlier.message)
         measured = {config_key(t.config) for t in self.record.trials()}
         return [(c, src) for c, src in seeds if config_key(c) not in measured]
+
+    # ------------------------------------------------------------------ failures teach
+    def _learn(self, claim: _Claim, exc: TrialFailed) -> None:
+        """A failure whose cause the configuration determines (``TrialFailed.cause``) is kept in
+        the study (:data:`autotune.machine.CAUSES_ATTR`): no configuration sharing it is measured
+        again, in this run or the next (``status`` and ``validate`` show it)."""
+        cause = {k: v for k, v in (exc.cause or {}).items()
+                 if k in claim.config and claim.config[k] == v}
+        causes = learned_causes(self.record.attr(CAUSES_ATTR))
+        if not cause or any(c["when"] == cause for c in causes):
+            return
+        reason = (str(exc).splitlines() or [""])[0][:300]
+        self.record.set_attr(CAUSES_ATTR, [*causes, {"when": cause, "reason": reason,
+                                                     "trial": claim.number}])
+
+    def _learned(self, space: SearchSpace) -> SearchSpace:
+        """``space`` less the configurations sharing a failure cause the study has learned (by
+        any worker); the agent is given it too, and each new rule is said once."""
+        space, notes = forbid_causes(space, learned_causes(self.record.attr(CAUSES_ATTR)))
+        for note in notes[self._told:]:
+            self.progress.on_message(f"{note}: not proposed again in this study")
+        self._told = max(self._told, len(notes))
+        if notes:
+            self.agent.space = space
+        return space
 
     def _view(self, number: int) -> TrialView:
         return self.record.view(self.record.frozen(number))

@@ -21,7 +21,8 @@ def texts(n: int = 24, seed: int = 0) -> list[str]:
 
 
 def tiny_bert(folder: Path, *, task: str = "feature-extraction", layers: int = 2,
-              hidden: int = 32, heads: int = 4, intermediate: int = 64, seed: int = 0) -> Path:
+              hidden: int = 32, heads: int = 4, intermediate: int = 64, seed: int = 0,
+              positions: int = 64) -> Path:
     """Save a randomly initialised (seeded) tiny BERT and its tokenizer into ``folder``."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
@@ -29,12 +30,12 @@ def tiny_bert(folder: Path, *, task: str = "feature-extraction", layers: int = 2
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=positions)
     tok.save_pretrained(folder)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=intermediate,
-                     max_position_embeddings=64, num_labels=3)
+                     max_position_embeddings=positions, num_labels=3)
     cls = BertForSequenceClassification if task == "text-classification" else BertModel
     cls(cfg).eval().save_pretrained(folder)
     return folder

@@ -70,7 +70,8 @@ def test_status_and_validate_json(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)  # the JSON object alone on stdout
     assert set(data) == {"job", "file", "finished", "budget", "trials", "objectives",
-                         "constraints", "baseline", "space", "front", "failed", "storage",
+                         "constraints", "baseline", "space", "front", "failed", "remeasured",
+                         "learned", "storage",
                          "tracking"}
     assert data["job"] == "cli" and data["finished"] is True
     assert data["space"] == {"configurations": None, "measured": 4}  # x1, x2 are continuous

@@ -102,7 +102,7 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
         try:
             conn.send(("ok", getattr(ev, method)(*args)))
         except TrialFailed as exc:
-            conn.send(("failed", str(exc), ""))
+            conn.send(("failed", str(exc), "", exc.cause))
         except AutotuneError as exc:
             conn.send(("user_error", type(exc).__name__, str(exc)))
         except BaseException as exc:  # a candidate broke: report, keep serving
@@ -199,7 +199,7 @@ class IsolatedHarness:
         if status == "ok":
             return msg[1]
         if status == "failed":
-            raise TrialFailed(msg[1])
+            raise TrialFailed(msg[1], cause=msg[3] if len(msg) > 3 else None)
         raise getattr(errors, msg[1], AutotuneError)(msg[2])
 
     def _wait(self, limit: float, offset: int, what: str, setting: str) -> Any:

@@ -177,6 +177,10 @@ class Transform(ABC):
     params: ClassVar[dict[str, TParam]] = {}
     #: transforms whose result depends on the context's data set this
     reads_data: ClassVar[bool] = False
+    #: what the job must provide for this transform to run at all ('loss': evaluation.loss or
+    #: metric accuracy; 'targets': a dataset); a job without it cannot run the transform, and
+    #: the space drops it with a notice (:func:`autotune.machine.restrict_to_job`)
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -75,7 +75,7 @@ def ort_fuse(src: Path, dst: Path, *, model_type: str = "bert", num_heads: int =
         raise TrialFailed(
             f"ort_fusion '{model_type}' found no transformer pattern to fuse in this graph "
             f"(nodes {sum(before.values())} before and {sum(after.values())} after); it needs a "
-            "BERT-family encoder")
+            "BERT-family encoder", cause={"ort_fusion": model_type})
     opt.save_model_to_file(str(dst))
     return dst, fused
 

@@ -302,6 +302,7 @@ class GradientPrune(Transform):
     takes = gives = "torch"
     pruning_method: ClassVar[str] = "gradient"
     reads_data = True
+    needs = frozenset({"loss", "targets"})
     params: ClassVar[dict[str, TParam]] = {"ratio": _RATIO, "scope": _SCOPE}
 
     def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
@@ -309,8 +310,8 @@ class GradientPrune(Transform):
         if context.loss is None or context.calibration_targets is None or not context.calibration:
             raise TrialFailed(
                 "gradient pruning needs a loss and targets: give evaluation.loss "
-                "(module:function(outputs, targets)) or use metric 'accuracy' with a dataset"
-            )
+                "(module:function(outputs, targets)) or use metric 'accuracy' with a dataset",
+                cause={"pruning_method": self.pruning_method})
         m = gradient_prune(model.module, params["ratio"], list(context.calibration),
                            context.calibration_targets, context.loss, scope=params["scope"])
         return m, {"sparsity": sparsity(m), "loss": context.loss_name}

@@ -125,12 +125,12 @@ def model_folder(job: Job) -> Path:
                         "fill the cache first (huggingface-cli download).") from None
 
 
-def load_generation_workload(job: Job, tokenizer: Any | None = None) -> GenerationWorkload:
+def prompt_texts(job: Job) -> list[str]:
+    """The workload's prompts: the list, a file's non-empty lines, what ``module:function``
+    returns, or the windows cut from a text."""
     wl = job.workload
     assert wl is not None
     base = Path(job.base_dir)
-    folder = model_folder(job)
-    tok = tokenizer or load_tokenizer(folder)
     if isinstance(wl.prompts, list):
         prompts = list(wl.prompts)
     elif isinstance(wl.prompts, str):
@@ -146,8 +146,49 @@ def load_generation_workload(job: Job, tokenizer: Any | None = None) -> Generati
             k = min(len(words), rng.randint(wl.prompts.min_tokens, wl.prompts.max_tokens))
             start = rng.randrange(0, max(1, len(words) - k + 1))
             prompts.append(" ".join(words[start:start + k]))
-    if not prompts:
+    if not prompts or not any(prompts):
         raise SpecError("the workload has no prompts.", path="workload.prompts")
+    return prompts
+
+
+#: config.json keys that bound a model's positions (prompt + generated tokens), by family
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                 "n_ctx")
+
+
+def model_positions(config: Mapping[str, Any]) -> int | None:
+    """The most tokens the model's positions take (from its config), or None if it says none."""
+    for k in POSITION_KEYS:
+        v = config.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_positions(job: Job, longest_prompt: int, positions: int | None) -> None:
+    """Every request (its prompt and the most tokens it may generate) fits the model's positions;
+    a located :class:`SpecError` at ``workload.max_new_tokens`` otherwise."""
+    wl = job.workload
+    assert wl is not None
+    if positions is None or longest_prompt + wl.max_output_tokens <= positions:
+        return
+    field = "workload.max_new_tokens" + ("" if isinstance(wl.max_new_tokens, int) else ".max")
+    raise SpecError(
+        f"max_new_tokens {wl.max_output_tokens} does not fit the model's {positions} positions "
+        f"after the longest prompt ({longest_prompt} tokens): at most "
+        f"{max(positions - longest_prompt, 0)}.", path=field,
+        hint="Lower max_new_tokens or shorten the prompts.")
+
+
+def load_generation_workload(job: Job, tokenizer: Any | None = None) -> GenerationWorkload:
+    import json
+
+    wl = job.workload
+    assert wl is not None
+    base = Path(job.base_dir)
+    folder = model_folder(job)
+    tok = tokenizer or load_tokenizer(folder)
+    prompts = prompt_texts(job)
     n = wl.requests or len(prompts)
     rng = random.Random(wl.seed)
     items = []
@@ -158,6 +199,12 @@ def load_generation_workload(job: Job, tokenizer: Any | None = None) -> Generati
         m = wl.max_new_tokens
         out = m if isinstance(m, int) else rng.randint(m.min, m.max)
         items.append((tuple(ids), out))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    check_positions(job, max(len(ids) for ids, _ in items),
+                    model_positions(config) if isinstance(config, dict) else None)
     held = _resolve_text(wl.held_out, base, "workload.held_out") if wl.held_out else \
         " ".join(prompts)
     held_ids = tuple(tok(str(held))["input_ids"])
