@@ -50,8 +50,14 @@ from autotune.deploy.bundle import (
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.tuner import open_record
-from autotune.workloads.engine import Engine, GenSettings, Live, Request, load_model, load_tokenizer
-from autotune.workloads.generation import check_config, model_folder
+from autotune.workloads.engine import Live, Request, load_tokenizer
+from autotune.workloads.generation import (
+    bundle_engine,
+    engine_settings,
+    model_folder,
+    runtime_files,
+    settings_from_dict,
+)
 
 log = logging.getLogger("autotune.genserve")
 
@@ -93,9 +99,8 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
 
     record = record or open_record(job, create=False)
     config = dict(view.config)
-    check_config(config)
     wl = job.workload
-    settings = GenSettings.from_config(config, default_batch=wl.concurrency)
+    settings = engine_settings(config, wl.concurrency)
     folder = model_folder(job)
     files: dict[str, bytes] = {}
     for name in _MODEL_FILES:
@@ -104,6 +109,7 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
     if "model.safetensors" not in files:
         raise AutotuneError(f"the model folder {folder} has no model.safetensors (sharded or "
                             "pickled weights are not bundled); save it with save_pretrained.")
+    files.update(runtime_files(job, settings, folder))  # e.g. the measured GGUF file
     files[GENERATION_YAML] = yaml.safe_dump({
         "format": GEN_FORMAT, "settings": settings.to_dict(),
         "workload": {"concurrency": wl.concurrency, "max_new_tokens": wl.max_output_tokens},
@@ -118,7 +124,8 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
         "config": config, "settings": settings.to_dict(), "feasible": view.feasible,
         "objectives": [list(o) for o in job.objective_pairs], "metrics": dict(view.metrics),
         "baseline": record.baseline, "constraints": _constraints(job, view, record.baseline),
-        "runtime": {"measured": "torch", "same_model": True, "latency_applies": True},
+        "runtime": {"measured": settings.to_dict().get("runtime", "torch"), "same_model": True,
+                    "latency_applies": True},
         "libraries": {"exported": _versions()},
         "model_hash": record.attr("model_hash"), "environment": record.attr("environment"),
         "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
@@ -153,7 +160,7 @@ def verified_bundle(path: str | Path) -> tuple[Path, dict[str, Any], Any]:
         raw = read_bundle_file(root, name, files)
         if name == GENERATION_YAML:
             data = yaml.safe_load(raw.decode("utf-8"))
-    return root, manifest, GenSettings(**data["settings"])
+    return root, manifest, settings_from_dict(data["settings"])
 
 
 # ------------------------------------------------------------------------------ the service
@@ -165,7 +172,7 @@ class GenerationService:
         self.version = version or hashlib.sha256(
             (self.root / MANIFEST).read_bytes()).hexdigest()[:12]
         self.tokenizer = load_tokenizer(self.root)
-        self.engine = Engine(load_model(self.root, self.settings), self.tokenizer, self.settings)
+        self.engine = bundle_engine(self.root, self.settings, self.tokenizer)
         self.source = Live()
         self.in_flight = 0
         self._lock = threading.Lock()

@@ -40,8 +40,10 @@ class Knob:
 #: the generation knobs (register through the runtime interface as the torch/transformers
 #: generation runtime's parameters).  ``max_batch`` default None = the workload's concurrency.
 GENERATION_PARAMS: tuple[Knob, ...] = (
-    Knob("runtime", "torch + transformers (the only generation runtime so far)", "torch",
-         choices=("torch",)),
+    Knob("runtime", "the engine: torch + transformers (ours) | llama_cpp (llama.cpp through "
+         "llama-cpp-python, the model converted to GGUF) | openvino_genai (not runnable here: "
+         "its model export needs optimum-intel, whose releases require transformers < 5.6)",
+         "torch", choices=("torch", "llama_cpp", "openvino_genai")),
     Knob("batching", "static: batches of up to max_batch through generate; continuous: "
          "iteration-level scheduling (requests join and leave the batch every step)", "static",
          choices=("static", "continuous")),
@@ -62,6 +64,14 @@ GENERATION_PARAMS: tuple[Knob, ...] = (
     Knob("prefill_chunk", "prompt tokens per prefill forward (0 = whole prompt); between chunks "
          "the running requests decode", 0, choices=(0, 8, 16, 32),
          when={"batching": ("continuous",)}),
+    Knob("gguf_type", "llama_cpp: GGUF weight type (llama.cpp's llama_model_quantize; K-quants "
+         "fall back per tensor where rows are not a multiple of 256)", "q8_0",
+         choices=("f32", "f16", "q8_0", "q4_0", "q4_k_m"), when={"runtime": ("llama_cpp",)}),
+    Knob("n_batch", "llama_cpp: most tokens per llama_decode call (prompts are split into "
+         "chunks of this size)", 512, choices=(32, 128, 512), when={"runtime": ("llama_cpp",)}),
+    Knob("n_ctx", "llama_cpp: KV-cache cells for all sequences together (0: what the workload's "
+         "longest request needs times max_batch)", 0, low=0, high=None,
+         when={"runtime": ("llama_cpp",)}),
     Knob("speculative", "draft tokens per decode step from n-gram lookup in the request's own "
          "context, verified in the same forward (exact greedy output; 0 = off)", 0,
          choices=(0, 2, 4), when={"batching": ("continuous",)}),
