@@ -8,8 +8,10 @@
   llama.cpp's own ``llama_model_quantize`` writes the trial's ``gguf_type`` (``q8_0``, ``q4_0``,
   ``q4_k_m``, ``f16``).  The vocabulary is written as the model's token strings only: requests go
   in and come out as token ids (the job's Hugging Face tokenizer encodes and decodes, as for the
-  torch engine), so any tokenizer works (llama.cpp's own tokenizers cover BPE/SentencePiece/
-  WordPiece families, not e.g. the GLM example's word-level one; they are never used here).
+  torch engine), so any tokenizer works here.  A byte-level BPE tokenizer's merges are written
+  too, so that llama.cpp's own tokenizer (used by llama.cpp's server, which takes text) matches;
+  llama.cpp has no word-level tokenizer (the GLM example's), so its server cannot tokenize that
+  model's text as it was trained.
 * :class:`LlamaCppEngine` serves requests as llama.cpp's server does: one context with
   ``max_batch`` sequences in one unified KV cache; every step one ``llama_decode`` of a batch
   holding the next token of every running sequence and the prompts of newly admitted ones (split
@@ -160,10 +162,10 @@ def write_f32_gguf(folder: Path, out: Path, tokenizer: Any) -> None:
     types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
              if i in inv else gguf.TokenType.UNUSED for i in range(n_vocab)]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre("default")  # GPT-2's pre-tokenizer regex
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges([])
+    w.add_token_merges(bpe_merges(folder))
     if tokenizer.eos_token_id is not None:
         w.add_eos_token_id(int(tokenizer.eos_token_id))
     if tokenizer.pad_token_id is not None:
@@ -186,6 +188,22 @@ def write_f32_gguf(folder: Path, out: Path, tokenizer: Any) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def bpe_merges(folder: Path) -> list[str]:
+    """The merges of a byte-level BPE ``tokenizer.json`` ("a b" strings), so that llama.cpp's own
+    tokenizer (llama_cpp.server's, which takes text) splits text as the Hugging Face one does;
+    none for other tokenizer models (llama.cpp has no word-level tokenizer: text sent to
+    llama.cpp's server for such a model is not tokenized as the model was trained)."""
+    import json
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return []
+    model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
+    if model.get("type") != "BPE":
+        return []
+    return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
 
 
 def _backend() -> Any:
