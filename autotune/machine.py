@@ -21,6 +21,7 @@ from typing import Any
 from autotune.runtimes import runtimes
 from autotune.runtimes.base import Exclusion
 from autotune.space import Invalid, SearchSpace
+from autotune.workloads.knobs import GENERATION_ENGINES, engine_unavailable
 
 
 def exclusions(caps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
@@ -36,6 +37,10 @@ def exclusions(caps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
             continue
         available.append(rt.name)
         out.extend(rt.excluded(caps))
+    for name in GENERATION_ENGINES:  # text generation's engines besides torch
+        why = engine_unavailable(name)
+        if why:
+            out.append(Exclusion("runtime", (name,), why))
     return available, out
 
 

@@ -47,7 +47,7 @@ from autotune.workloads.engine import (
     load_tokenizer,
     quiet_transformers,
 )
-from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES
+from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES, engine_unavailable
 
 
 def harness_params() -> dict[str, tuple[str, Any]]:
@@ -65,42 +65,13 @@ def check_config(config: Mapping[str, Any]) -> None:
             continue
         raise TrialFailed(f"'{k}' is not a generation parameter ({', '.join(PARAM_NAMES)})")
     runtime = config.get("runtime") or "torch"
-    if runtime == "llama_cpp":
-        from autotune.workloads.llamacpp import missing
-
-        why = missing()
+    if runtime in ("llama_cpp", "openvino_genai"):
+        why = engine_unavailable(runtime)  # always a reason for openvino_genai (see there)
         if why:
             raise TrialFailed(why)
-    elif runtime == "openvino_genai":
-        raise TrialFailed(openvino_genai_reason())
     elif runtime != "torch":
         raise TrialFailed(f"runtime '{runtime}' cannot generate; the generation runtimes are "
                           "torch (+ transformers) and llama_cpp")
-
-
-def openvino_genai_reason() -> str:
-    """Why OpenVINO GenAI does not run here, from what is installed: its ``LLMPipeline`` /
-    ``ContinuousBatchingPipeline`` read a stateful OpenVINO IR (KV cache as model state, plus the
-    tokenizer as ``openvino_tokenizer.xml``) that optimum-intel's exporter writes, and every
-    optimum-intel release requires an older transformers than this project's."""
-    from importlib import metadata
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    tf = version("transformers")
-    oi = version("optimum-intel")
-    if oi is None:
-        return ("runtime 'openvino_genai' cannot run here: OpenVINO GenAI serves a stateful "
-                "OpenVINO IR that optimum-intel's exporter writes (optimum-cli export openvino), "
-                "and optimum-intel is not installed; its newest release (2.2.0) requires "
-                f"transformers >= 4.51, < 5.6, while this project runs transformers {tf}")
-    return (f"runtime 'openvino_genai' cannot run here: optimum-intel {oi} is installed beside "
-            f"transformers {tf}; autotune does not drive its exporter (it requires "
-            "transformers < 5.6)")
 
 
 def engine_settings(config: Mapping[str, Any], default_batch: int) -> Any:

@@ -77,3 +77,40 @@ GENERATION_PARAMS: tuple[Knob, ...] = (
          choices=(0, 2, 4), when={"batching": ("continuous",)}),
 )
 PARAM_NAMES = tuple(k.name for k in GENERATION_PARAMS)
+#: the generation engines besides torch (each may be unavailable here: :func:`engine_unavailable`)
+GENERATION_ENGINES = ("llama_cpp", "openvino_genai")
+
+
+def engine_unavailable(runtime: str) -> str | None:
+    """Why the generation engine ``runtime`` cannot run on this machine (None: it can); read
+    from what is installed, without importing it."""
+    import importlib.util
+    from importlib import metadata
+
+    if runtime == "llama_cpp":
+        for mod, pkg in (("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")):
+            if importlib.util.find_spec(mod) is None:
+                return (f"runtime 'llama_cpp' needs the packages llama-cpp-python and gguf "
+                        f"('{pkg}' is not installed: pip install 'autotune[llamacpp]')")
+        return None
+    if runtime == "openvino_genai":
+        def version(dist: str) -> str | None:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                return None
+
+        tf, oi = version("transformers"), version("optimum-intel")
+        # OpenVINO GenAI's LLMPipeline / ContinuousBatchingPipeline read a stateful OpenVINO IR
+        # (the KV cache as model state, the tokenizer as openvino_tokenizer.xml) that
+        # optimum-intel's exporter writes
+        if oi is None:
+            return ("runtime 'openvino_genai' cannot run here: OpenVINO GenAI serves a stateful "
+                    "OpenVINO IR that optimum-intel's exporter writes (optimum-cli export "
+                    "openvino), and optimum-intel is not installed; its newest release (2.2.0) "
+                    f"requires transformers >= 4.51, < 5.6, while this project runs "
+                    f"transformers {tf}")
+        return (f"runtime 'openvino_genai' cannot run here: optimum-intel {oi} is installed "
+                f"beside transformers {tf}; autotune does not drive its exporter (its releases "
+                "require transformers < 5.6)")
+    return None

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import TrialFailed
+from autotune.workloads.knobs import engine_unavailable
 
 #: gguf_type → llama.cpp's LLAMA_FTYPE (llama.h); f32 is the converted file itself
 GGUF_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
@@ -55,13 +56,7 @@ _backend_ready = False
 
 def missing() -> str | None:
     """Why llama.cpp cannot run here (None: it can)."""
-    import importlib.util
-
-    for mod, pkg in (("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")):
-        if importlib.util.find_spec(mod) is None:
-            return (f"runtime 'llama_cpp' needs the packages llama-cpp-python and gguf "
-                    f"('{pkg}' is not installed: pip install 'autotune[llamacpp]')")
-    return None
+    return engine_unavailable("llama_cpp")
 
 
 @dataclass(frozen=True)
