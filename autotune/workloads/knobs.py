@@ -91,7 +91,7 @@ def engine_unavailable(runtime: str) -> str | None:
         for mod, pkg in (("llama_cpp", "llama-cpp-python"), ("gguf", "gguf")):
             if importlib.util.find_spec(mod) is None:
                 return (f"runtime 'llama_cpp' needs the packages llama-cpp-python and gguf "
-                        f"('{pkg}' is not installed: pip install 'autotune[llamacpp]')")
+                        f"('{pkg}' is not installed; autotune's extra 'llamacpp' installs both)")
         return None
     if runtime == "openvino_genai":
         def version(dist: str) -> str | None:
