@@ -85,6 +85,9 @@ def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[s
     cond: dict[str, tuple[Any, ...]] = {}
     for k, v in when.items():
         if k in space:
+            if space[k].kind == "categorical" and not space[k].contains(v):
+                return space, None  # the space never takes that value (a generation job's
+                # runtime choices never include ONNX runtimes)
             cond[k] = (v,)
         elif fixed.get(k) is not None and fixed[k] != v:
             return space, None  # the condition can never hold
