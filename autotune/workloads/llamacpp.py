@@ -160,7 +160,12 @@ def write_f32_gguf(folder: Path, out: Path, tokenizer: Any) -> None:
     w.add_tokenizer_pre("default")  # GPT-2's pre-tokenizer regex
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(bpe_merges(folder))
+    merges = bpe_merges(folder)
+    if not merges:  # llama.cpp refuses a BPE vocabulary without merges; ids never go through it
+        normal = [t for i, t in enumerate(tokens) if types[i] == gguf.TokenType.NORMAL
+                  and " " not in t][:2]
+        merges = [" ".join(normal)] if len(normal) == 2 else ["a b"]
+    w.add_token_merges(merges)
     if tokenizer.eos_token_id is not None:
         w.add_eos_token_id(int(tokenizer.eos_token_id))
     if tokenizer.pad_token_id is not None:
