@@ -34,6 +34,8 @@ from autotune.tracking import sync_job
 from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
 from autotune.tuner import run as run_job
 from autotune.tuner import status as job_status
+from autotune.workloads.generation import GenerationEvaluator
+from autotune.workloads.goodput import evaluator_measure, search
 
 
 def _console(stderr: bool = False) -> Any:
@@ -794,9 +796,6 @@ def goodput(job_file: str, trial: int | None, batches: str, ttft_ms: float | Non
             tpot_ms: float | None, steps: int) -> None:
     """The highest Poisson arrival rate meeting TTFT p95 and TPOT p95 limits, over batch sizes
     (text-generation jobs)."""
-    from autotune.workloads.generation import GenerationEvaluator
-    from autotune.workloads.goodput import evaluator_measure, search
-
     console = _console()
     job = _load(job_file)
     if not job.is_generation:

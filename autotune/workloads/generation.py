@@ -48,6 +48,12 @@ from autotune.workloads.engine import (
     quiet_transformers,
 )
 from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES, engine_unavailable
+from autotune.workloads.llamacpp import (
+    LlamaCppEngine,
+    LlamaCppSettings,
+    missing,
+    to_gguf,
+)
 
 
 def harness_params() -> dict[str, tuple[str, Any]]:
@@ -79,8 +85,6 @@ def engine_settings(config: Mapping[str, Any], default_batch: int) -> Any:
     :class:`~autotune.workloads.llamacpp.LlamaCppSettings` for llama_cpp)."""
     check_config(config)
     if (config.get("runtime") or "torch") == "llama_cpp":
-        from autotune.workloads.llamacpp import LlamaCppSettings
-
         return LlamaCppSettings.from_config(config, default_batch)
     return GenSettings.from_config(config, default_batch=default_batch)
 
@@ -89,8 +93,6 @@ def settings_from_dict(data: Mapping[str, Any]) -> Any:
     """Settings written by ``to_dict`` (a bundle's generation.yaml) back into their class."""
     data = dict(data)
     if data.pop("runtime", "torch") == "llama_cpp":
-        from autotune.workloads.llamacpp import LlamaCppSettings
-
         return LlamaCppSettings(**data)
     return GenSettings(**data)
 
@@ -106,8 +108,6 @@ def build_engine(folder: Path, tokenizer: Any, settings: Any, *, cache_dir: Path
                  n_ctx: int, model_file: Path | None = None) -> Any:
     """An engine for ``settings`` over the model in ``folder`` (``model_file``: a GGUF file to
     load as it is, from a bundle)."""
-    from autotune.workloads.llamacpp import LlamaCppEngine, LlamaCppSettings, to_gguf
-
     if isinstance(settings, LlamaCppSettings):
         path = model_file or to_gguf(folder, settings.gguf_type, cache_dir, tokenizer,
                                      folder_digest(folder))
@@ -122,8 +122,6 @@ GGUF_FILE = "model.gguf"
 def runtime_files(job: Job, settings: Any, folder: Path) -> dict[str, bytes]:
     """Files a bundle needs besides the model folder's: for llama_cpp the GGUF file its trials
     measured (converted and quantized again if the job's cache lost it)."""
-    from autotune.workloads.llamacpp import LlamaCppSettings, to_gguf
-
     if not isinstance(settings, LlamaCppSettings):
         return {}
     path = to_gguf(folder, settings.gguf_type, job.out_dir / "cache", load_tokenizer(folder),
@@ -133,8 +131,6 @@ def runtime_files(job: Job, settings: Any, folder: Path) -> dict[str, bytes]:
 
 def bundle_engine(root: Path, settings: Any, tokenizer: Any) -> Any:
     """The engine a bundle folder runs (checked files; the settings from its generation.yaml)."""
-    from autotune.workloads.llamacpp import LlamaCppSettings
-
     if isinstance(settings, LlamaCppSettings):
         why = missing_engine(settings)
         if why:
@@ -152,8 +148,6 @@ def bundle_engine(root: Path, settings: Any, tokenizer: Any) -> Any:
 
 
 def missing_engine(settings: Any) -> str | None:
-    from autotune.workloads.llamacpp import LlamaCppSettings, missing
-
     return missing() if isinstance(settings, LlamaCppSettings) else None
 
 

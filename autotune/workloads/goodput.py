@@ -20,6 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from autotune.harness.hostlock import measurement_lock
+from autotune.workloads.generation import serve_pass, summarize
+
 Measure = Callable[[int, float | None], Mapping[str, float]]
 
 
@@ -103,9 +106,6 @@ def search(measure: Measure, batches: Sequence[int], *, ttft_ms: float = 200.0,
 def evaluator_measure(evaluator: Any, config: Mapping[str, Any]) -> Measure:
     """``measure`` for a job's configuration: one engine per batch size (built once), one pass of
     the job's workload per call, under the host's measurement lock."""
-    from autotune.harness.hostlock import measurement_lock
-    from autotune.workloads.generation import serve_pass, summarize
-
     engines: dict[int, Any] = {}
     wl = evaluator.workload
 
