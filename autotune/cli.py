@@ -825,7 +825,8 @@ def goodput(job_file: str, trial: int | None, batches: str, ttft_ms: float | Non
     ttft, tpot = ttft_ms or slo.ttft_ms, tpot_ms or slo.tpot_ms
     console.print(f"configuration: {'trial ' + str(trial) if trial is not None else 'baseline'} "
                   f"{config}; SLO TTFT p95 <= {ttft:g} ms, TPOT p95 <= {tpot:g} ms")
-    res = search(evaluator_measure(GenerationEvaluator(job), config), sizes, ttft_ms=ttft,
+    measure = evaluator_measure(GenerationEvaluator(job), config, ttft_ms=ttft, tpot_ms=tpot)
+    res = search(measure, sizes, ttft_ms=ttft,
                  tpot_ms=tpot, steps=steps, log=lambda m: console.print(f"[dim]{m}[/]"))
     console.print(f"{'max_batch':>9s} {'rate req/s':>11s} {'TTFT p95':>9s} {'TPOT p95':>9s} "
                   f"{'goodput':>8s} {'tokens/s':>9s}  SLO")

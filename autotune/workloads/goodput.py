@@ -103,11 +103,13 @@ def search(measure: Measure, batches: Sequence[int], *, ttft_ms: float = 200.0,
     return GoodputResult(ttft_ms, tpot_ms, best_rate, best, tuple(points))
 
 
-def evaluator_measure(evaluator: Any, config: Mapping[str, Any]) -> Measure:
+def evaluator_measure(evaluator: Any, config: Mapping[str, Any], *, ttft_ms: float,
+                      tpot_ms: float) -> Measure:
     """``measure`` for a job's configuration: one engine per batch size (built once), one pass of
-    the job's workload per call, under the host's measurement lock."""
+    the job's workload per call, under the host's measurement lock; ``goodput_rps`` counts the
+    requests within these limits (the search's, not necessarily the job's ``slo``)."""
     engines: dict[int, Any] = {}
-    wl = evaluator.workload
+    wl = replace(evaluator.workload, slo_ttft_s=ttft_ms / 1000.0, slo_tpot_s=tpot_ms / 1000.0)
 
     def measure(max_batch: int, rate: float | None) -> Mapping[str, float]:
         if max_batch not in engines:
