@@ -34,6 +34,8 @@ from autotune.tracking import sync_job
 from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
 from autotune.tuner import run as run_job
 from autotune.tuner import status as job_status
+from autotune.workloads.generation import GenerationEvaluator
+from autotune.workloads.goodput import evaluator_measure, search
 
 
 def _console(stderr: bool = False) -> Any:
@@ -793,6 +795,72 @@ def schedule(job_file: str, max_cycles: int | None) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/]")
         sys.exit(130)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--trial", type=int, default=None,
+              help="The configuration: this trial's (default: the feasible trial with the most "
+              "output tokens/s; the baseline when the study has none).")
+@click.option("--batches", default="1,2,4,8", show_default=True,
+              help="max_batch values to search (comma-separated).")
+@click.option("--ttft-ms", type=float, default=None, help="TTFT p95 limit (default: the "
+              "workload's slo.ttft_ms, 200).")
+@click.option("--tpot-ms", type=float, default=None, help="TPOT p95 limit (default: the "
+              "workload's slo.tpot_ms, 50).")
+@click.option("--steps", type=click.IntRange(1, 12), default=5, show_default=True,
+              help="Bisections of the arrival rate per batch size.")
+def goodput(job_file: str, trial: int | None, batches: str, ttft_ms: float | None,
+            tpot_ms: float | None, steps: int) -> None:
+    """The highest Poisson arrival rate meeting TTFT p95 and TPOT p95 limits, over batch sizes
+    (text-generation jobs)."""
+    console = _console()
+    job = _load(job_file)
+    if not job.is_generation:
+        console.print("[red]goodput[/]: a text-generation job (model.task: text-generation) only")
+        sys.exit(2)
+    try:
+        sizes = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        console.print(f"[red]--batches[/]: expected integers separated by commas, got {batches!r}")
+        sys.exit(2)
+    config: dict[str, Any] = {}
+    try:
+        views = [t for t in job_status(job).trials if t.state == "complete" and t.feasible]
+    except Exception:  # no study yet: the unmodified model's configuration
+        views = []
+    if trial is not None:
+        chosen = [t for t in views if t.number == trial]
+        if not chosen:
+            console.print(f"[red]--trial {trial}[/]: no feasible complete trial with that number")
+            sys.exit(2)
+        config = dict(chosen[0].config)
+    elif views:
+        best = max(views, key=lambda t: t.metrics.get("output_tokens_per_s", 0.0))
+        config, trial = dict(best.config), best.number
+    config.pop("max_batch", None)
+    slo = job.workload.slo
+    ttft, tpot = ttft_ms or slo.ttft_ms, tpot_ms or slo.tpot_ms
+    console.print(f"configuration: {'trial ' + str(trial) if trial is not None else 'baseline'} "
+                  f"{config}; SLO TTFT p95 <= {ttft:g} ms, TPOT p95 <= {tpot:g} ms")
+    measure = evaluator_measure(GenerationEvaluator(job), config, ttft_ms=ttft, tpot_ms=tpot)
+    res = search(measure, sizes, ttft_ms=ttft,
+                 tpot_ms=tpot, steps=steps, log=lambda m: console.print(f"[dim]{m}[/]"))
+    console.print(f"{'max_batch':>9s} {'rate req/s':>11s} {'TTFT p95':>9s} {'TPOT p95':>9s} "
+                  f"{'goodput':>8s} {'tokens/s':>9s}  SLO")
+    for p in res.points:
+        rate = "closed" if p.rate is None else f"{p.rate:.2f}"
+        console.print(f"{p.max_batch:9d} {rate:>11s} {p.ttft_p95_ms:7.1f}ms {p.tpot_p95_ms:7.2f}ms"
+                      f" {p.goodput_rps:8.2f} {p.output_tokens_per_s:9.1f}  "
+                      f"{'meets' if p.meets else 'misses'}")
+    for b, r in res.best_rate.items():
+        console.print(f"max_batch {b}: " + (f"highest rate meeting the SLO {r:.2f} requests/s"
+                                            if r else "no rate tried meets the SLO"))
+    if res.best is None:
+        console.print("[yellow]no batch size meets the SLO at any rate tried[/]")
+        sys.exit(1)
+    console.print(f"[green]best[/]: max_batch {res.best.max_batch} at {res.best.rate:.2f} "
+                  f"requests/s (goodput {res.best.goodput_rps:.2f} requests/s)")
 
 
 @main.command()

@@ -44,6 +44,7 @@ from autotune.harness.isolate import IsolatedHarness
 from autotune.harness.result import TrialResult
 from autotune.loop import baseline_config
 from autotune.review import dominates, pareto_views
+from autotune.runtimes import job_default_runtime
 from autotune.spec import Job
 from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
 
@@ -237,8 +238,9 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
     picks = candidates(views, job, k)
     if not picks:
         raise AutotuneError(f"job '{job.name}' has no feasible trial to confirm")
-    runtime_default = "torch" if job.model.factory else "onnxruntime"
-    configs: dict[str, dict[str, Any]] = {BASELINE: baseline_config(job.space, runtime_default)}
+    # the baseline runs where the loop measured it: a huggingface: model is a torch model too
+    configs: dict[str, dict[str, Any]] = {
+        BASELINE: baseline_config(job.space, job_default_runtime(job))}
     for t in picks:
         configs[f"trial{t.number}"] = dict(t.config)
     own_harness = harness is None

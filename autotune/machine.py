@@ -29,6 +29,7 @@ from autotune.runtimes import runtimes
 from autotune.runtimes.base import Exclusion
 from autotune.space import Invalid, SearchSpace
 from autotune.transforms.base import TRANSFORMS, get_transform
+from autotune.workloads.knobs import GENERATION_ENGINES, engine_unavailable
 
 #: the study attribute holding the failure causes learned so far: [{"when", "reason", "trial"}]
 CAUSES_ATTR = "invalid_causes"
@@ -47,6 +48,10 @@ def exclusions(caps: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
             continue
         available.append(rt.name)
         out.extend(rt.excluded(caps))
+    for name in GENERATION_ENGINES:  # text generation's engines besides torch
+        why = engine_unavailable(name)
+        if why:
+            out.append(Exclusion("runtime", (name,), why))
     return available, out
 
 
@@ -91,6 +96,9 @@ def forbid(space: SearchSpace, name: str, values: Sequence[Any], when: Mapping[s
     cond: dict[str, tuple[Any, ...]] = {}
     for k, v in when.items():
         if k in space:
+            if space[k].kind == "categorical" and not space[k].contains(v):
+                return space, None  # the space never takes that value (a generation job's
+                # runtime choices never include ONNX runtimes)
             cond[k] = (v,)
         elif fixed.get(k) is not None and fixed[k] != v:
             return space, None  # the condition can never hold

@@ -78,6 +78,9 @@ _GENERATION: tuple[MetricInfo, ...] = (
     MetricInfo("output_tokens_per_s", "maximize", "tokens/s",
                "output tokens per second at the workload's concurrency"),
     MetricInfo("requests_per_s", "maximize", "requests/s", "completed requests per second"),
+    MetricInfo("goodput_rps", "maximize", "requests/s",
+               "requests per second that met the workload's SLO (TTFT <= slo.ttft_ms and TPOT <= "
+               "slo.tpot_ms; genai-perf's goodput)"),
     MetricInfo("request_latency_p50_ms", "minimize", "ms", "median request latency"),
     MetricInfo("request_latency_p95_ms", "minimize", "ms", "95th percentile request latency"),
     MetricInfo("kv_cache_mb", "minimize", "MiB", "peak size of the key/value cache"),

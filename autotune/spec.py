@@ -382,6 +382,15 @@ class LengthRangeSpec(_Strict):
         return self
 
 
+class SLOSpec(_Strict):
+    """Service-level objectives of a generation workload: a request meets them when its time to
+    first token and its time per output token are within these limits (genai-perf's goodput);
+    ``autotune goodput`` searches the highest arrival rate whose p95s stay within them."""
+
+    ttft_ms: float = Field(default=200.0, gt=0)
+    tpot_ms: float = Field(default=50.0, gt=0)
+
+
 class GenerationWorkloadSpec(_Strict):
     """What one measurement of a text-generation job serves.
 
@@ -391,6 +400,7 @@ class GenerationWorkloadSpec(_Strict):
     ``concurrency`` clients that each send the next request when the previous one finished, or
     (``request_rate``, requests/s) arriving as a Poisson process.  ``held_out``: text for the
     perplexity check (a file or ``module:function`` returning a string; default: the prompts).
+    ``slo``: the limits ``goodput_rps`` counts requests against (default TTFT 200 ms, TPOT 50 ms).
     """
 
     prompts: list[str] | str | PromptWindowsSpec
@@ -400,6 +410,7 @@ class GenerationWorkloadSpec(_Strict):
     requests: int | None = Field(default=None, ge=1)  # default: one per prompt
     held_out: str | None = None
     seed: int = 0
+    slo: SLOSpec = Field(default_factory=SLOSpec)
 
     @field_validator("prompts", "max_new_tokens", mode="before")
     @classmethod

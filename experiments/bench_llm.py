@@ -1,19 +1,25 @@
-"""Serving a language model: transformers' ``generate`` as people write it vs the tuned configuration.
+"""Serving a language model to a client: the tuned bundle through ``autotune serve`` vs what people
+run instead, side by side on the job's model and workload, in interleaved rounds.
 
-Side by side in one run, on the job's model and workload (its prompts, output lengths and
-concurrency), measured in interleaved rounds (each round serves the whole workload once with every
-configuration, in turn) so that ratios are fair on a busy machine:
+Each round serves the job's whole workload (its prompts, output lengths and concurrency) once
+with every contender, in turn:
 
-(a)  ``generate`` with its defaults, serving one request at a time;
-(b)  the same ``generate`` batched by hand at the workload's concurrency (left padding, default
-     cache and attention, torch's default threads): the baseline a careful user writes;
-(b') (b) with the tuned configuration's thread count, to show what threads alone give;
-(c)  the tuned configuration: ``--trial N``, else the feasible trial of the job's study with the
-     most output tokens/s.
+(b)  ``generate`` batched by hand at the workload's concurrency, in this process (left padding,
+     default cache and attention, torch's default threads): the baseline a careful user writes;
+(c)  the tuned configuration in this process (``--trial N``, else the feasible trial of the
+     job's study with the most output tokens/s);
+(d)  the same trial exported (``autotune export``) and served by ``autotune serve`` in another
+     process, driven by the official ``openai`` client: ``concurrency`` client threads, each
+     streaming ``completions.create(..., temperature=0, stream=True)`` and sending its next
+     request when served; TTFT and TPOT are measured at the client;
+(e)  llama.cpp's own server (``python -m llama_cpp.server``, its default settings: one sequence at
+     a time, n_ctx 2048, n_batch 512, its default threads) on the model converted to GGUF Q8_0
+     (the usual CPU choice), driven the same way; skipped with the reason when it cannot run.
 
-Every configuration is served by the same engine (autotune.workloads.engine), which streams tokens
-from ``generate`` through a stopping criterion to time the first token.  Fidelity: greedy-token
-agreement with the unmodified model (one request at a time, fp32) and held-out perplexity ratio.
+Figures: output tokens/s (tokens / wall time of the round), TTFT p50/p95, TPOT p50, goodput
+(requests/s meeting the workload's SLO: TTFT <= slo.ttft_ms and TPOT <= slo.tpot_ms), and greedy
+text agreement (share of requests whose text equals the unmodified model's greedy text, one
+request at a time, fp32).
 
     python experiments/bench_llm.py experiments/glm-cpu.yaml [--rounds 5] [--trial N]
 """
@@ -21,19 +27,123 @@ agreement with the unmodified model (one request at a time, fp32) and held-out p
 from __future__ import annotations
 
 import argparse
+import os
+import queue
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 
-def _front(job: Any) -> tuple[list[Any], Any]:
-    from autotune.tuner import open_record, pareto_views
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    record = open_record(job, create=False)
-    views = record.trials()
-    return views, pareto_views(views, job)
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}): "
+                               f"{proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], concurrency: int,
+                slo: tuple[float, float]) -> dict[str, Any]:
+    """Serve the workload through an OpenAI-compatible server with the official client:
+    ``concurrency`` closed-loop client threads, streaming; timings at the client."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
+    todo: queue.Queue[tuple[int, str, int]] = queue.Queue()
+    for it in items:
+        todo.put(it)
+    out: dict[int, dict[str, Any]] = {}
+    errors: list[str] = []
+
+    def worker() -> None:
+        while True:
+            try:
+                i, prompt, n = todo.get_nowait()
+            except queue.Empty:
+                return
+            t0 = time.perf_counter()
+            times: list[float] = []
+            text = []
+            try:
+                stream = client.completions.create(model=model, prompt=prompt, max_tokens=n,
+                                                   temperature=0, stream=True)
+                for chunk in stream:
+                    if not chunk.choices:
+                        continue
+                    c = chunk.choices[0]
+                    if c.finish_reason is None or c.text:
+                        times.append(time.perf_counter())
+                        text.append(c.text or "")
+            except Exception as exc:  # counted, shown
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            out[i] = {"start": t0, "times": times, "text": "".join(text)}
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    end = max((r["times"][-1] for r in out.values() if r["times"]), default=time.perf_counter())
+    tokens = sum(len(r["times"]) for r in out.values())
+    ttft = [r["times"][0] - r["start"] for r in out.values() if r["times"]]
+    tpot = [(r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1)
+            for r in out.values() if len(r["times"]) > 1]
+    good = sum(1 for r in out.values() if r["times"] and r["times"][0] - r["start"] <= slo[0]
+               and (len(r["times"]) < 2 or (r["times"][-1] - r["times"][0])
+                    / (len(r["times"]) - 1) <= slo[1]))
+    wall = end - start
+    return {"tokens_per_s": tokens / wall, "ttft": ttft, "tpot": tpot, "goodput": good / wall,
+            "texts": {i: r["text"] for i, r in out.items()}, "errors": errors}
+
+
+def inproc_pass(engine: Any, wl: Any, tok: Any, slo: tuple[float, float]) -> dict[str, Any]:
+    from autotune.workloads.generation import serve_pass
+
+    p = serve_pass(engine, wl)
+    good = sum(1 for a, b in zip(p.ttft_s, _tpots(p), strict=True)
+               if a <= slo[0] and (b is None or b <= slo[1]))
+    return {"tokens_per_s": p.tokens_per_s, "ttft": list(p.ttft_s), "tpot": list(p.tpot_s),
+            "goodput": good / p.makespan_s, "errors": [],
+            "texts": {i: tok.decode(list(t), skip_special_tokens=True)
+                      for i, t in enumerate(p.tokens)}}
+
+
+def _tpots(p: Any) -> list[float | None]:
+    # PassResult keeps TPOTs of multi-token requests only; per request, in order
+    out: list[float | None] = []
+    it = iter(p.tpot_s)
+    for toks in p.tokens:
+        out.append(next(it) if len(toks) > 1 else None)
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,20 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--trial", type=int, default=None, help="the tuned trial (default: the "
                     "feasible trial with the most output tokens/s)")
+    ap.add_argument("--no-llama-server", action="store_true", help="leave out (e)")
     args = ap.parse_args(argv)
 
+    from autotune.deploy.export import export_bundle
     from autotune.harness.hostlock import measurement_lock
     from autotune.spec import load_job
-    from autotune.workloads.generation import (
-        GenerationEvaluator,
-        agreement,
-        perplexity,
-        serve_pass,
-        summarize,
-    )
+    from autotune.tuner import open_record
+    from autotune.workloads.generation import GenerationEvaluator
 
     job = load_job(args.job)
-    views, front = _front(job)
+    views = open_record(job, create=False).trials()
     done = [t for t in views if t.state == "complete"]
     if args.trial is not None:
         tuned = next(t for t in done if t.number == args.trial)
@@ -65,83 +172,136 @@ def main(argv: list[str] | None = None) -> int:
             print("the job has no feasible trial yet: run it first (autotune run JOB)")
             return 1
         tuned = max(feasible, key=lambda t: t.metrics["output_tokens_per_s"])
-    tuned_cfg = {k: v for k, v in tuned.config.items() if k != "runtime"}
     ev = GenerationEvaluator(job)
     wl = ev.workload
-    reference = ev.reference()
-    threads = tuned_cfg.get("threads")
-    configs = {
-        "(a) generate, one request at a time": {"max_batch": 1},
-        f"(b) generate, hand-batched x{wl.concurrency}": {},
-        f"(b') (b) with threads={threads}": {"threads": threads} if threads else None,
-        f"(c) tuned (trial {tuned.number})": tuned_cfg,
-    }
-    engines = {}
-    fidelity: dict[str, tuple[float, float]] = {}
-    for name, cfg in configs.items():
-        if cfg is None:
-            continue
-        engine, _ = ev.build(cfg)
-        engines[name] = engine
-        fidelity[name] = (0.0, perplexity(engine.model, wl.held_out_ids) / ev._ref_ppl)
-    per: dict[str, list[dict[str, float]]] = {n: [] for n in engines}
-    agree: dict[str, list[float]] = {n: [] for n in engines}
-    t0 = time.perf_counter()
-    with measurement_lock():
-        for e in engines.values():  # warm-up
-            serve_pass(e, wl, n=wl.concurrency)
-        for _ in range(args.rounds):
-            for name, e in engines.items():
-                p = serve_pass(e, wl)
-                per[name].append(summarize([p]))
-                agree[name].append(agreement(p.tokens, reference))
-    wall = time.perf_counter() - t0
+    tok = ev._tok
+    ref_tokens = ev.reference()
+    reference = {i: tok.decode(list(t), skip_special_tokens=True)
+                 for i, t in enumerate(ref_tokens)}
+    slo = (job.workload.slo.ttft_ms / 1000.0, job.workload.slo.tpot_ms / 1000.0)
+    prompts = [(i, wl.prompts[i % len(wl.prompts)], n) for i, (_, n) in enumerate(wl.items)]
 
-    def med(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in per[name])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-llm-"))
+    bundle = export_bundle(job, tuned.number, out=tmp / "bundle", register=False).bundle
+    procs: list[subprocess.Popen] = []
+    contenders: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        engine_b = ev.build({})[0]
+        engine_c = ev.build({k: v for k, v in tuned.config.items()})[0]
+        contenders[f"(b) generate, hand-batched x{wl.concurrency} (in-process)"] = \
+            lambda: inproc_pass(engine_b, wl, tok, slo)
+        contenders[f"(c) tuned trial {tuned.number}, in-process"] = \
+            lambda: inproc_pass(engine_c, wl, tok, slo)
+        port = _free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        serve = subprocess.Popen([sys.executable, "-m", "autotune.cli", "serve", str(bundle),
+                                  "--port", str(port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, env=env)
+        procs.append(serve)
+        _wait_http(f"http://127.0.0.1:{port}/health", serve)
+        served_url = f"http://127.0.0.1:{port}/v1"
+        contenders[f"(d) trial {tuned.number} via autotune serve + openai"] = \
+            lambda: client_pass(served_url, job.name, prompts, wl.concurrency, slo)
+        if not args.no_llama_server:
+            why = llama_server_reason(wl.model_dir)
+            if why:
+                notes.append(f"(e) llama.cpp server: {why}")
+            else:
+                from autotune.workloads.generation import folder_digest
+                from autotune.workloads.llamacpp import to_gguf
 
-    b = next(n for n in engines if n.startswith("(b)"))
-    c = next(n for n in engines if n.startswith("(c)"))
-    print(f"job {job.name}: {len(wl.items)} requests, concurrency {wl.concurrency}, "
-          f"{sum(n for _, n in wl.items)} output tokens per pass; {args.rounds} interleaved "
-          f"rounds ({wall:.0f} s); medians over rounds\n")
-    head = (f"{'configuration':44s} {'tokens/s':>9s} {'vs (b)':>7s} {'TTFT p50':>9s} "
-            f"{'TTFT p95':>9s} {'TPOT p50':>9s} {'agree':>6s} {'ppl ratio':>9s}")
+                gguf = to_gguf(wl.model_dir, "q8_0", job.out_dir / "cache", tok,
+                               folder_digest(wl.model_dir))
+                lport = _free_port()
+                llama = subprocess.Popen(
+                    [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+                     "--port", str(lport), "--verbose", "false"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                procs.append(llama)
+                _wait_http(f"http://127.0.0.1:{lport}/v1/models", llama)
+                lurl = f"http://127.0.0.1:{lport}/v1"
+                contenders["(e) llama.cpp server, defaults, GGUF Q8_0 + openai"] = \
+                    lambda: client_pass(lurl, str(gguf), prompts, wl.concurrency, slo)
+        per: dict[str, list[dict[str, Any]]] = {n: [] for n in contenders}
+        t0 = time.perf_counter()
+        for fn in contenders.values():  # warm-up
+            fn()
+        with measurement_lock():
+            for _ in range(args.rounds):
+                for name, fn in contenders.items():
+                    per[name].append(fn())
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    b = next(iter(per))
+    print(f"job {job.name} ({Path(args.job).name}): {len(wl.items)} requests, concurrency "
+          f"{wl.concurrency}, {sum(n for _, n in wl.items)} output tokens per pass; "
+          f"{args.rounds} interleaved rounds ({wall:.0f} s); medians over rounds; SLO TTFT <= "
+          f"{slo[0] * 1000:g} ms, TPOT <= {slo[1] * 1000:g} ms\n")
+    head = (f"{'contender':54s} {'tokens/s':>9s} {'vs (b)':>7s} {'TTFT p50':>9s} "
+            f"{'TTFT p95':>9s} {'TPOT p50':>9s} {'goodput':>8s} {'same text':>9s} {'errors':>6s}")
     print(head)
     print("-" * len(head))
-    for name in engines:
-        ratios = [x["output_tokens_per_s"] / y["output_tokens_per_s"]
-                  for x, y in zip(per[name], per[b], strict=True)]
-        print(f"{name:44s} {med(name, 'output_tokens_per_s'):9.1f} "
-              f"{statistics.median(ratios):6.2f}x {med(name, 'ttft_p50_ms'):7.1f}ms "
-              f"{med(name, 'ttft_p95_ms'):7.1f}ms {med(name, 'tpot_p50_ms'):7.2f}ms "
-              f"{statistics.mean(agree[name]):6.3f} {fidelity[name][1]:9.4f}")
-    ratios = [x["output_tokens_per_s"] / y["output_tokens_per_s"]
-              for x, y in zip(per[c], per[b], strict=True)]
-    print(f"\n(c)/(b) output tokens/s per round: {', '.join(f'{r:.2f}' for r in ratios)}")
-    print(f"tuned configuration: {tuned_cfg}")
-    for text in job.constraints:
-        from autotune.constraints import parse_constraint
-
-        con = parse_constraint(text)
-        if con.metric in per[c][0]:
-            value = med(c, con.metric)
-        elif con.metric in ("token_agreement", "quality"):
-            value = statistics.mean(agree[c])
-        elif con.metric == "perplexity_ratio":
-            value = fidelity[c][1]
-        else:
-            continue
-        ok = con.satisfied({con.metric: value}, None)
-        print(f"constraint {text}: (c) {value:.3f} -> {'met' if ok else 'NOT met'}")
-    print(f"\nPareto front of {job.name} ({len(front)} of {len(done)} complete trials):")
-    names = [m for m, _ in job.objective_pairs]
-    print("  trial  " + "  ".join(f"{n:>20s}" for n in names) + "  configuration")
-    for t in sorted(front, key=lambda t: t.number):
-        cfg = ", ".join(f"{k}={v}" for k, v in t.config.items() if k != "runtime")
-        print(f"  {t.number:5d}  " + "  ".join(f"{t.metrics.get(n, float('nan')):20.3f}"
-                                              for n in names) + f"  {cfg}")
+    for name, rounds in per.items():
+        ratios = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(rounds, per[b],
+                                                                         strict=True)]
+        same = []
+        for r in rounds:
+            for i, text in r["texts"].items():
+                same.append(text.strip() == reference[i].strip())
+        med = statistics.median
+        print(f"{name:54s} {med(r['tokens_per_s'] for r in rounds):9.1f} "
+              f"{med(ratios):6.2f}x {med(pct(r['ttft'], 50) for r in rounds) * 1000:7.1f}ms "
+              f"{med(pct(r['ttft'], 95) for r in rounds) * 1000:7.1f}ms "
+              f"{med(pct(r['tpot'], 50) for r in rounds) * 1000:7.2f}ms "
+              f"{med(r['goodput'] for r in rounds):8.2f} "
+              f"{sum(same) / max(1, len(same)):9.3f} {sum(len(r['errors']) for r in rounds):6d}")
+    for name, rounds in per.items():
+        if name != b:
+            ratios = [x["tokens_per_s"] / y["tokens_per_s"]
+                      for x, y in zip(rounds, per[b], strict=True)]
+            print(f"{name[:4]}/(b) tokens/s per round: {', '.join(f'{r:.2f}' for r in ratios)}")
+        errs = [e for r in rounds for e in r["errors"]]
+        if errs:
+            print(f"{name[:4]} errors: {errs[0]}")
+    print(f"tuned configuration (trial {tuned.number}): {dict(tuned.config)}")
+    for n in notes:
+        print(n)
     return 0
+
+
+def llama_server_reason(folder: Path) -> str | None:
+    """Why llama.cpp's server cannot serve this model here (None: it can)."""
+    import importlib.util
+
+    from autotune.workloads.llamacpp import convertible, missing
+
+    why = missing()
+    if why:
+        return why
+    for mod in ("sse_starlette", "starlette_context", "pydantic_settings", "fastapi"):
+        if importlib.util.find_spec(mod) is None:
+            return (f"llama_cpp.server needs llama-cpp-python's [server] extra ({mod} is not "
+                    "installed)")
+    why = convertible(folder)
+    if why:
+        return why
+    from autotune.workloads.llamacpp import bpe_merges
+
+    if not bpe_merges(folder):
+        return ("llama.cpp's server takes text and tokenizes it with llama.cpp's own tokenizers "
+                "(BPE, SentencePiece, WordPiece, Unigram families); this model's tokenizer is not "
+                "BPE (the GLM example's is word-level), so the server would feed the model token "
+                "ids it was never trained on. The llama_cpp runtime (token ids in and out) runs "
+                "it; compare that through autotune serve instead")
+    return None
 
 
 if __name__ == "__main__":

@@ -152,10 +152,24 @@ def build(layers: int = 3, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
     from transformers import Glm4ForCausalLM
 
     torch.manual_seed(seed)
-    torch.set_num_threads(threads)
     tok = make_tokenizer()
     model = Glm4ForCausalLM(_config(layers, hidden, heads, kv_heads, intermediate))
-    ids = tok(text_stream(20000 if steps > 50 else 2000, seed))["input_ids"]
+    train_and_save(model, tok, out, args, text=text_stream(20000 if steps > 50 else 2000, seed),
+                   threads=threads)
+    return str(out)
+
+
+def train_and_save(model: Any, tok: Any, out: Path, args: dict, *, text: str,
+                   threads: int = 1) -> None:
+    """Train ``model`` on ``text`` (next-token loss; ``args``: steps, train_seconds, seq_len,
+    batch, seed) and save it with ``tok`` into ``out`` (atomically: a temporary folder renamed).
+    Shared by the examples of other architectures (``qwen_model.py``)."""
+    import torch
+
+    steps, train_seconds = args["steps"], args["train_seconds"]
+    seq_len, batch, seed = args["seq_len"], args["batch"], args["seed"]
+    torch.set_num_threads(threads)
+    ids = tok(text)["input_ids"]
     data = torch.tensor(ids, dtype=torch.long)
     max_lr = 1e-2
     opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=0.01)
@@ -163,6 +177,7 @@ def build(layers: int = 3, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
     model.train()
     t0 = time.monotonic()
     loss = torch.tensor(float("nan"))
+    step = 0
     for step in range(steps):
         starts = torch.randint(0, len(data) - seq_len - 1, (batch,), generator=gen)
         x = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
@@ -179,7 +194,7 @@ def build(layers: int = 3, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    tmp = root / f".glm-{key}.{os.getpid()}.tmp"
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)  # safetensors
     tok.save_pretrained(tmp)
@@ -192,7 +207,6 @@ def build(layers: int = 3, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)
 
 
 def build_tiny(cache_dir: str | None = None) -> str:

@@ -44,8 +44,14 @@ from autotune.deploy.serve.swap import open_source
 from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.tuner import open_record
-from autotune.workloads.engine import Engine, GenSettings, Live, Request, load_model, load_tokenizer
-from autotune.workloads.generation import check_config, model_folder
+from autotune.workloads.engine import Live, Request, load_tokenizer
+from autotune.workloads.generation import (
+    bundle_engine,
+    engine_settings,
+    model_folder,
+    runtime_files,
+    settings_from_dict,
+)
 
 GEN_FORMAT = GENERATION_FORMAT
 GENERATION_YAML = "generation.yaml"
@@ -83,9 +89,8 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
 
     record = record or open_record(job, create=False)
     config = dict(view.config)
-    check_config(config)
     wl = job.workload
-    settings = GenSettings.from_config(config, default_batch=wl.concurrency)
+    settings = engine_settings(config, wl.concurrency)
     folder = model_folder(job)
     files: dict[str, bytes] = {}
     for name in _MODEL_FILES:
@@ -94,6 +99,7 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
     if "model.safetensors" not in files:
         raise AutotuneError(f"the model folder {folder} has no model.safetensors (sharded or "
                             "pickled weights are not bundled); save it with save_pretrained.")
+    files.update(runtime_files(job, settings, folder))  # e.g. the measured GGUF file
     files[GENERATION_YAML] = yaml.safe_dump({
         "format": GEN_FORMAT, "settings": settings.to_dict(),
         "workload": {"concurrency": wl.concurrency, "max_new_tokens": wl.max_output_tokens},
@@ -108,7 +114,8 @@ def write_generation_bundle(job: Any, view: Any, out: Path, *, pick: str = "",
         "config": config, "settings": settings.to_dict(), "feasible": view.feasible,
         "objectives": [list(o) for o in job.objective_pairs], "metrics": dict(view.metrics),
         "baseline": record.baseline, "constraints": _constraints(job, view, record.baseline),
-        "runtime": {"measured": "torch", "same_model": True, "latency_applies": True},
+        "runtime": {"measured": settings.to_dict().get("runtime", "torch"), "same_model": True,
+                    "latency_applies": True},
         "libraries": {"exported": _versions()},
         "model_hash": record.attr("model_hash"), "environment": record.attr("environment"),
         "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
@@ -143,7 +150,7 @@ def verified_bundle(path: str | Path) -> tuple[Path, dict[str, Any], Any]:
         raw = read_bundle_file(root, name, files)
         if name == GENERATION_YAML:
             data = yaml.safe_load(raw.decode("utf-8"))
-    return root, manifest, GenSettings(**data["settings"])
+    return root, manifest, settings_from_dict(data["settings"])
 
 
 # ------------------------------------------------------------------------------ the served model
@@ -164,12 +171,14 @@ def register_generation_engine(runtime: str, build: EngineBuilder) -> None:
     _ENGINES[runtime] = build
 
 
-def _torch_engine(root: Path, settings: Any, manifest: Mapping[str, Any]) -> tuple[Any, Any]:
+def _measured_engine(root: Path, settings: Any, manifest: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The engine the bundle was measured with (its settings say which: torch or llama.cpp)."""
     tokenizer = load_tokenizer(root)
-    return Engine(load_model(root, settings), tokenizer, settings), tokenizer
+    return bundle_engine(root, settings, tokenizer), tokenizer
 
 
-register_generation_engine("torch", _torch_engine)
+register_generation_engine("torch", _measured_engine)
+register_generation_engine("llama_cpp", _measured_engine)
 
 
 def _max_positions(root: Path, manifest: Mapping[str, Any]) -> int | None:

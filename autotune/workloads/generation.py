@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.errors import SpecError, TrialFailed
+from autotune.errors import AutotuneError, SpecError, TrialFailed
 from autotune.files import write_atomic
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.hostlock import measurement_lock
@@ -48,7 +48,13 @@ from autotune.workloads.engine import (
     load_tokenizer,
     quiet_transformers,
 )
-from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES
+from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES, engine_unavailable
+from autotune.workloads.llamacpp import (
+    LlamaCppEngine,
+    LlamaCppSettings,
+    missing,
+    to_gguf,
+)
 
 
 def harness_params() -> dict[str, tuple[str, Any]]:
@@ -58,16 +64,112 @@ def harness_params() -> dict[str, tuple[str, Any]]:
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Keys a generation trial does not understand fail it (``pruning_ratio: 0`` from the
-    baseline configuration is accepted)."""
+    baseline configuration is accepted), and so does an engine that cannot run here."""
     for k, v in config.items():
         if k in PARAM_NAMES:
             continue
         if k == "pruning_ratio" and not v:
             continue
         raise TrialFailed(f"'{k}' is not a generation parameter ({', '.join(PARAM_NAMES)})")
-    if config.get("runtime", "torch") != "torch":
-        raise TrialFailed(f"runtime '{config['runtime']}' cannot generate; generation runs on "
-                          "torch + transformers")
+    runtime = config.get("runtime") or "torch"
+    if runtime in ("llama_cpp", "openvino_genai"):
+        why = engine_unavailable(runtime)  # always a reason for openvino_genai (see there)
+        if why:
+            raise TrialFailed(why)
+    elif runtime != "torch":
+        raise TrialFailed(f"runtime '{runtime}' cannot generate; the generation runtimes are "
+                          "torch (+ transformers) and llama_cpp")
+
+
+def engine_settings(config: Mapping[str, Any], default_batch: int) -> Any:
+    """The settings of the configuration's engine (:class:`GenSettings` for torch,
+    :class:`~autotune.workloads.llamacpp.LlamaCppSettings` for llama_cpp)."""
+    check_config(config)
+    if (config.get("runtime") or "torch") == "llama_cpp":
+        return LlamaCppSettings.from_config(config, default_batch)
+    return GenSettings.from_config(config, default_batch=default_batch)
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Any:
+    """Settings written by ``to_dict`` (a bundle's generation.yaml) back into their class."""
+    data = dict(data)
+    if data.pop("runtime", "torch") == "llama_cpp":
+        return LlamaCppSettings(**data)
+    return GenSettings(**data)
+
+
+def context_cells(items: Any, max_batch: int) -> int:
+    """KV-cache cells llama.cpp needs for ``max_batch`` of these requests at once (rounded up
+    to 256)."""
+    longest = max(len(ids) + n for ids, n in items)
+    return -(-longest * max_batch // 256) * 256
+
+
+def build_engine(folder: Path, tokenizer: Any, settings: Any, *, cache_dir: Path,
+                 n_ctx: int, model_file: Path | None = None) -> Any:
+    """An engine for ``settings`` over the model in ``folder`` (``model_file``: a GGUF file to
+    load as it is, from a bundle)."""
+    if isinstance(settings, LlamaCppSettings):
+        path = model_file or to_gguf(folder, settings.gguf_type, cache_dir, tokenizer,
+                                     folder_digest(folder))
+        return LlamaCppEngine(path, settings, n_ctx, kv_per_token_of(folder))
+    return Engine(load_model(folder, settings), tokenizer, settings)
+
+
+#: a llama_cpp bundle's GGUF file (the file measured, byte for byte)
+GGUF_FILE = "model.gguf"
+
+
+def runtime_files(job: Job, settings: Any, folder: Path) -> dict[str, bytes]:
+    """Files a bundle needs besides the model folder's: for llama_cpp the GGUF file its trials
+    measured (converted and quantized again if the job's cache lost it)."""
+    if not isinstance(settings, LlamaCppSettings):
+        return {}
+    path = to_gguf(folder, settings.gguf_type, job.out_dir / "cache", load_tokenizer(folder),
+                   folder_digest(folder))
+    return {GGUF_FILE: path.read_bytes()}
+
+
+def bundle_engine(root: Path, settings: Any, tokenizer: Any) -> Any:
+    """The engine a bundle folder runs (checked files; the settings from its generation.yaml)."""
+    if isinstance(settings, LlamaCppSettings):
+        why = missing_engine(settings)
+        if why:
+            raise AutotuneError(f"{root}: {why}")
+        import json
+
+        # the server's requests are not the workload's: room for the model's full context in
+        # every sequence (unless the tuned n_ctx says otherwise)
+        longest = int(json.loads((root / "config.json").read_text()).get(
+            "max_position_embeddings", 2048))
+        n_ctx = settings.n_ctx or min(longest, 4096) * settings.max_batch
+        return build_engine(root, tokenizer, settings, cache_dir=root, n_ctx=n_ctx,
+                            model_file=root / GGUF_FILE)
+    return Engine(load_model(root, settings), tokenizer, settings)
+
+
+def missing_engine(settings: Any) -> str | None:
+    return missing() if isinstance(settings, LlamaCppSettings) else None
+
+
+def kv_per_token_of(folder: Path) -> int:
+    """Bytes of f16 key + value cache per token (all layers) from the model's config.json."""
+    import json
+
+    c = json.loads((folder / "config.json").read_text())
+    heads = c["num_attention_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    return 2 * c["num_hidden_layers"] * (c.get("num_key_value_heads") or heads) * head_dim * 2
+
+
+def engine_perplexity(engine: Any, ids: tuple[int, ...]) -> float:
+    own = getattr(engine, "perplexity", None)
+    return own(ids) if own is not None else perplexity(engine.model, ids)
+
+
+def engine_weights_bytes(engine: Any) -> int:
+    own = getattr(engine, "weights_bytes", None)
+    return own() if own is not None else weights_bytes(engine.model)
 
 
 # ------------------------------------------------------------------------------ the workload
@@ -82,6 +184,8 @@ class GenerationWorkload:
     concurrency: int
     request_rate: float | None
     seed: int
+    slo_ttft_s: float = 0.2  # a request meets the SLO: TTFT and TPOT within these
+    slo_tpot_s: float = 0.05
 
 
 def _resolve_text(ref: str, base: Path, field: str) -> Any:
@@ -209,7 +313,8 @@ def load_generation_workload(job: Job, tokenizer: Any | None = None) -> Generati
         " ".join(prompts)
     held_ids = tuple(tok(str(held))["input_ids"])
     return GenerationWorkload(folder, tuple(items), tuple(prompts), held_ids, wl.concurrency,
-                              wl.request_rate, wl.seed)
+                              wl.request_rate, wl.seed, wl.slo.ttft_ms / 1000.0,
+                              wl.slo.tpot_ms / 1000.0)
 
 
 def folder_digest(folder: Path) -> str:
@@ -279,6 +384,7 @@ class PassResult:
     output_tokens: int
     makespan_s: float
     failed: int
+    good: int = 0  # requests that met the workload's SLO (TTFT and TPOT limits)
 
     @property
     def tokens_per_s(self) -> float:
@@ -302,6 +408,7 @@ def serve_pass(engine: Any, wl: GenerationWorkload, n: int | None = None) -> Pas
         ttft_s=tuple(r.ttft for r in ok), tpot_s=tuple(r.tpot for r in ok if r.tpot is not None),
         latency_s=tuple(r.latency for r in ok), tokens=tuple(tuple(r.tokens) for r in ok),
         output_tokens=sum(len(r.tokens) for r in ok),
+        good=sum(r.ttft <= wl.slo_ttft_s and (r.tpot or 0.0) <= wl.slo_tpot_s for r in ok),
         makespan_s=max(r.token_times[-1] for r in ok) - min(t0, min(r.arrival for r in ok))
         if ok else end - t0, failed=len(done) - len(ok))
 
@@ -325,12 +432,13 @@ def summarize(passes: list[PassResult]) -> dict[str, float]:
     ms = 1000.0
     tps = float(np.median([p.tokens_per_s for p in passes]))
     rps = float(np.median([len(p.latency_s) / p.makespan_s for p in passes]))
+    good = float(np.median([p.good / p.makespan_s for p in passes]))
     return {
         "ttft_p50_ms": percentile(ttft, 50) * ms, "ttft_p95_ms": percentile(ttft, 95) * ms,
         "tpot_p50_ms": percentile(tpot, 50) * ms, "tpot_p95_ms": percentile(tpot, 95) * ms,
         "request_latency_p50_ms": percentile(lat, 50) * ms,
         "request_latency_p95_ms": percentile(lat, 95) * ms,
-        "output_tokens_per_s": tps, "requests_per_s": rps,
+        "output_tokens_per_s": tps, "requests_per_s": rps, "goodput_rps": good,
     }
 
 
@@ -357,12 +465,22 @@ class GenerationEvaluator:
         return self._wl
 
     def settings(self, config: Mapping[str, Any]) -> Any:
-        check_config(config)
-        return GenSettings.from_config(config, default_batch=self.workload.concurrency)
+        return engine_settings(config, self.workload.concurrency)
 
     def build(self, config: Mapping[str, Any]) -> Any:
         """(engine, settings) for a configuration."""
         s = self.settings(config)
+        if not isinstance(s, GenSettings):
+            wl = self.workload
+            try:
+                return build_engine(wl.model_dir, self._tok, s,
+                                    cache_dir=self.job.out_dir / "cache",
+                                    n_ctx=context_cells(wl.items, s.max_batch)), s
+            except TrialFailed:
+                raise
+            except Exception as exc:
+                raise TrialFailed(f"building the {s.to_dict()['runtime']} engine failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         if s.cache_implementation == "quantized":
             import importlib.util
 
@@ -438,7 +556,7 @@ class GenerationEvaluator:
             timings["build_s"] = time.perf_counter() - t1
             try:
                 t2 = time.perf_counter()
-                ppl = perplexity(engine.model, self.workload.held_out_ids)
+                ppl = engine_perplexity(engine, self.workload.held_out_ids)
                 timings["quality_s"] = time.perf_counter() - t2
                 passes, t = self._passes(engine)
                 timings.update(t)
@@ -453,7 +571,7 @@ class GenerationEvaluator:
             "perplexity_ratio": ppl / self._ref_ppl if self._ref_ppl else float("nan"),
             "kv_cache_mb": engine.peak_kv_bytes / 2**20,
             "peak_memory_mb": rss.peak_mb, "model_memory_mb": max(0.0, rss.peak_mb - before),
-            "model_size_mb": weights_bytes(engine.model) / 2**20,
+            "model_size_mb": engine_weights_bytes(engine) / 2**20,
         })
         tps = [p.tokens_per_s for p in passes]
         wl = self.workload
