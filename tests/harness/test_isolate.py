@@ -141,7 +141,7 @@ def test_crash_hang_and_oom_fail_their_trials_and_the_study_goes_on(tmp_path, pr
             t.metrics["latency_per_item_ms"] / summary.baseline["latency_per_item_ms"])
         assert t.user_attrs["details"]["fingerprint_digest"]
     assert summary.baseline["speedup"] == 1.0
-    assert wall < 120  # the hang cost one trial_timeout_s, not an hour
+    assert wall < 600  # the hang cost one trial_timeout_s, not an hour (a bound, not a timing)
 
 
 def _hold(path: str, hold_s: float, q) -> None:  # runs in a spawned process
