@@ -431,7 +431,7 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
     for w in res.warnings:
         console.print(f"[bold yellow]warning[/]: {w}")
     fresh = job_status(job)
-    return replace(summary, trials=fresh.trials, front=fresh.front)
+    return replace(summary, trials=fresh.trials, front=fresh.front, baseline=fresh.baseline)
 
 
 @main.command("confirm")

@@ -139,6 +139,15 @@ def test_run_confirms_at_the_end_unless_told_not_to(write_job) -> None:
     assert "confirmed over" in out.output
     attr = open_record(job, create=False).attr(CONFIRMATION)
     assert attr["rounds"] >= 3 and attr["trials"]
+    # the run's closing summary shows the confirmed baseline, as status does
+    from autotune.cli import _fmt
+
+    shown = CliRunner().invoke(main, ["status", str(path)])
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in out.output.splitlines() if x.startswith("baseline: "))
+    assert line == next(x for x in shown.output.splitlines() if x.startswith("baseline: "))
+    p95 = attr["baseline"]["metrics"]["latency_p95_ms"]
+    assert f"latency_p95_ms={_fmt(p95)}" in line
 
 
 def test_prediction_interval_covers_a_further_measurement() -> None:

@@ -24,10 +24,12 @@ pytestmark = pytest.mark.slow
 
 # The loaded bundle and the harness's own predictor for the same config are timed in alternating
 # rounds in one fresh process (so machine noise hits both alike): they must agree within 1.5x.
-# Against the figure recorded during tuning (another process, another moment on a shared 2-core
-# machine) we allow the recorded 95% CI of the median widened by a noise factor of 3.
+# The figure recorded during tuning was taken by another process at another moment, under
+# whatever load the machine had then: against it the check is only that the manifest states the
+# right figure (units, configuration), so the recorded 95% CI of the median is widened by 10x
+# (so that a change of load between the two moments does not decide the test).
 SAME_PROCESS_RATIO = 1.5
-RECORDED_NOISE_FACTOR = 3.0
+RECORDED_NOISE_FACTOR = 10.0
 
 CHILD = textwrap.dedent("""
     import json, sys

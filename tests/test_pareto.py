@@ -363,9 +363,9 @@ def test_hypervolume_history_is_fast_on_a_full_3d_front():
     pts /= np.linalg.norm(pts, axis=1, keepdims=True)
     feasible = rng.random(500) > 0.1
     ref = [1.1, 1.1, 1.1]
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other processes' load is not in it
     hist = hypervolume_history(pts, feasible, MIN3, ref)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert hist[-1] == pytest.approx(hypervolume(pts[feasible], MIN3, ref), rel=1e-9)
     assert elapsed < 1.0, f"500 trials x 3 objectives took {elapsed:.2f}s"
 

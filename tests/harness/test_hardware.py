@@ -262,9 +262,9 @@ def test_gpu_capabilities_and_peak():
 
 def test_measure_peak_gflops_small_and_fast():
     pytest.importorskip("torch")
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU time: other processes' load is not in it
     g = measure_peak_gflops(seconds=0.3, size=128, threads=1)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
     assert g > 0 and math.isfinite(g)
     assert measure_peak_gflops(seconds=0.3, size=128, threads=1) == g  # cached
 

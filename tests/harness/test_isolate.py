@@ -141,7 +141,7 @@ def test_crash_hang_and_oom_fail_their_trials_and_the_study_goes_on(tmp_path, pr
             t.metrics["latency_per_item_ms"] / summary.baseline["latency_per_item_ms"])
         assert t.user_attrs["details"]["fingerprint_digest"]
     assert summary.baseline["speedup"] == 1.0
-    assert wall < 120  # the hang cost one trial_timeout_s, not an hour
+    assert wall < 600  # the hang cost one trial_timeout_s, not an hour (a bound, not a timing)
 
 
 def _hold(path: str, hold_s: float, q) -> None:  # runs in a spawned process
@@ -206,7 +206,9 @@ def test_evaluate_times_under_the_host_lock(tiny_job, private_lock):
     with measurement_lock(private_lock):
         t = threading.Thread(target=lambda: out.setdefault("r", ev.evaluate(config)))
         t.start()
-        time.sleep(1.0)
+        # held 3 s: the evaluation's work before it asks for the lock (building from the warm
+        # cache) may take a while on a busy machine and still leave it >= 0.5 s of waiting
+        time.sleep(3.0)
         assert "r" not in out  # blocked on the lock
     t.join(60)
     r = out["r"]

@@ -232,8 +232,9 @@ def test_measure_time_cap_real_clock():
     s = measure(fn, warmup=2, max_repeats=100_000, target_ci=1e-9, max_time_s=0.2)
     wall = time.perf_counter() - t0
     assert s.stop_reason == "time_cap" and not s.stable
-    assert 0.2 <= s.elapsed_s < 0.5  # overrun by at most one call (plus a noisy machine)
-    assert wall < 1.0
+    # the cap stopped it (uncapped: 100,000 calls of >= 1 ms); how far one call overran it is
+    # the machine's load, not the cap's (the fake-clock tests pin the exact stop)
+    assert 0.2 <= s.elapsed_s <= wall < 10.0
     assert s.p50_ms >= 1.0
     assert calls == s.warmup + s.n
 
