@@ -25,7 +25,7 @@ from typing import Any
 from autotune.errors import SpecError
 from autotune.refs import resolve
 from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
-from autotune.spec import _REF, Job, job_from_located
+from autotune.spec import REF_PATTERN, Job, job_from_located
 from autotune.yamlsrc import Located, load_located
 
 #: default seconds for importing all of a job's references in the child process
@@ -309,7 +309,7 @@ def raw_references(doc: Located) -> list[tuple[str, str]]:
         v: Any = data
         for part in field.split("."):
             v = v.get(part) if isinstance(v, Mapping) else None
-        if isinstance(v, str) and _REF.match(v):
+        if isinstance(v, str) and REF_PATTERN.match(v):
             out.append((field, v))
     return out
 

@@ -42,8 +42,8 @@ import numpy as np
 
 from autotune.cron import parse_schedule
 from autotune.deploy import load
-from autotune.deploy.bundle import read_manifest
-from autotune.deploy.export import BUNDLE_PATH_TAG, _mlflow_quiet, export_bundle, register_bundle
+from autotune.deploy.bundle import mlflow_quiet, read_manifest
+from autotune.deploy.export import BUNDLE_PATH_TAG, export_bundle, register_bundle
 from autotune.deploy.genserve import is_generation_bundle, verified_bundle
 from autotune.deploy.serve import RegistrySource
 from autotune.errors import AutotuneError, StudyError, TrialFailed
@@ -141,7 +141,7 @@ class BundleDeployer:
         local = Path(rec["bundle"]) if rec else None
         if not job.tracking.enabled:
             return local
-        _mlflow_quiet()
+        mlflow_quiet()
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)

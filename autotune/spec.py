@@ -48,7 +48,7 @@ from autotune.space import (
 )
 from autotune.yamlsrc import Located, dotted, load_located
 
-_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+REF_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
 BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
 #: Hugging Face encoder tasks (``model: {huggingface: ..., task: ...}``) and their default
@@ -75,7 +75,7 @@ class _Strict(BaseModel):
 
 
 def _check_ref(v: str | None) -> str | None:
-    if v is not None and not _REF.match(v):
+    if v is not None and not REF_PATTERN.match(v):
         raise ValueError(
             f"expected 'package.module:function', found {v!r}"
         )
@@ -148,7 +148,7 @@ class EvaluationSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in (*BUILTIN_QUALITY, GENERATION_QUALITY) and not _REF.match(v):
+        if v not in (*BUILTIN_QUALITY, GENERATION_QUALITY) and not REF_PATTERN.match(v):
             plugins = entry_points("autotune.metrics")  # installed metric plugins
             if v in plugins:
                 return v

@@ -24,7 +24,7 @@ from autotune.harness.hardware import (
     peak_gflops_cached,
 )
 from autotune.harness.hostlock import measurement_lock
-from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.result import PeakRSS, TrialResult
 from autotune.harness.stats import alternate, measure
 from autotune.harness.workload import fidelity_fn, load_workload
 from autotune.runtimes import (
@@ -142,7 +142,7 @@ class Evaluator:
             runtime = get_runtime(str(name))
         except AutotuneError as exc:
             raise TrialFailed(f"unknown runtime '{name}': {exc.hint or exc}") from None
-        _check(config, runtime, declared_parameters())
+        check_config(config, runtime, declared_parameters())
         ratio = float(config.get("pruning_ratio", 0.0) or 0.0)
         ctx = self.context()
         cache = self.cache_dir
@@ -206,7 +206,7 @@ class Evaluator:
         device = str(config.get("device", "cpu"))
         gpu = self._reset_gpu_peak(device)
         timings: dict[str, float] = {}
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             before_mb = rss.start_mb
             predict, info = self._build(config)
             timings["build_s"] = time.perf_counter() - t0
@@ -382,7 +382,7 @@ def _pruner(method: str) -> str:
     return str(found[method])
 
 
-def _check(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
+def check_config(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
     """Each key of ``config`` against its declaration; a value another runtime supports is
     named as such (``quantization 'bf16' is not supported on onnxruntime; torch has it``)."""
     mine = {p.name: p for p in runtime.parameters()}

@@ -35,7 +35,7 @@ from autotune.errors import SpecError, TrialFailed
 from autotune.files import write_atomic
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.hostlock import measurement_lock
-from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.result import PeakRSS, TrialResult
 from autotune.refs import resolve
 from autotune.spec import Job
 from autotune.workloads.engine import (
@@ -383,7 +383,7 @@ class GenerationEvaluator:
         t0 = time.perf_counter()
         reference = self.reference()
         timings: dict[str, float] = {"reference_s": time.perf_counter() - t0}
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             before = rss.start_mb
             t1 = time.perf_counter()
             engine, s = self.build(config)
