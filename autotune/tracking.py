@@ -360,7 +360,6 @@ def spec_tags(job: Job, spec: Mapping[str, Any]) -> dict[str, str]:
     artifact)."""
     import json
 
-
     tags = {
         "autotune.version": __version__,
         "autotune.objectives": ", ".join(f"{d} {m}" for m, d in job.objective_pairs),
