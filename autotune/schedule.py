@@ -57,6 +57,7 @@ from autotune.study import TrialView, open_record
 from autotune.tracking import JOB_TAG, experiment_id
 from autotune.tuner import run as run_job
 from autotune.workloads.generation import folder_digest, model_folder
+from autotune.workloads.registry import evaluator_for
 
 _LIBS = ("torch", "onnxruntime", "onnx", "numpy")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
@@ -554,7 +555,7 @@ def _flat_numbers(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _isolated(job: Job) -> Any:
-    return IsolatedHarness(job)
+    return IsolatedHarness(job, evaluator=evaluator_for)
 
 
 def retune_once(job: Job, *, deployer: Deployer | None = None,

@@ -1,4 +1,6 @@
-"""Apply a configuration to the model and measure it.  Runs inside the measuring process.
+"""The forward-pass workload: apply a configuration to the model and measure one forward pass
+per measurement.  Runs inside the measuring process (chosen by
+:func:`autotune.workloads.registry.evaluator_for`).
 
 The harness knows nothing about agents: it gets a configuration (a dict of the parameter names
 below) and returns an immutable :class:`TrialResult`.
@@ -37,13 +39,11 @@ from autotune.runtimes import (
 )
 from autotune.runtimes.base import BuildContext
 from autotune.runtimes.onnxruntime import ort_providers as ort_providers  # (re-exported: it moved)
-from autotune.spec import Job
 from autotune.transforms.base import TRANSFORMS, Context, ModelRef, apply, data_digest, get_transform
-from autotune.workloads.generation import GenerationEvaluator
-from autotune.workloads.knobs import GENERATION_PARAMS
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Built, Parameter, Runtime
+    from autotune.spec import Job
 
 #: the key of ``Evaluator.compare``'s result holding the contention seen while it measured
 CONTENTION_KEY = "_contention"
@@ -60,22 +60,6 @@ def __getattr__(name: str) -> Any:
 
 
 Predict = Callable[[list[np.ndarray]], np.ndarray]
-
-
-def evaluator_for(job: Job) -> Any:
-    """The evaluator measuring ``job``'s trials: generation (prompts → tokens at a concurrency,
-    :mod:`autotune.workloads.generation`) for ``model.task: text-generation``, else one forward
-    pass per measurement (:class:`Evaluator`)."""
-    if job.is_generation:
-        return GenerationEvaluator(job)
-    return Evaluator(job)
-
-
-def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
-    """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
-    if job.is_generation:
-        return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
-    return parameter_table()
 
 
 class Evaluator:

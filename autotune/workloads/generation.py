@@ -5,7 +5,7 @@ knobs with their defaults, declared here next to their implementation in
 :mod:`autotune.workloads.engine`).  :class:`GenerationEvaluator` has the interface of
 :class:`autotune.harness.evaluate.Evaluator` (``evaluate``, ``compare``, ``fingerprint``,
 ``capabilities``) and is chosen for ``model.task: text-generation`` jobs by
-:func:`autotune.harness.evaluate.evaluator_for`.
+:func:`autotune.workloads.registry.evaluator_for`.
 
 One measurement (``evaluate``):
 
@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.errors import SpecError, TrialFailed
 from autotune.files import write_atomic
@@ -37,7 +37,6 @@ from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.hostlock import measurement_lock
 from autotune.harness.result import PeakRSS, TrialResult
 from autotune.refs import resolve
-from autotune.spec import Job
 from autotune.workloads.engine import (
     ClosedLoop,
     Engine,
@@ -48,6 +47,9 @@ from autotune.workloads.engine import (
     quiet_transformers,
 )
 from autotune.workloads.knobs import GENERATION_PARAMS, PARAM_NAMES
+
+if TYPE_CHECKING:
+    from autotune.spec import Job
 
 
 def harness_params() -> dict[str, tuple[str, Any]]:
