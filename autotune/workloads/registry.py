@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.harness.custom import ObjectiveEvaluator
 from autotune.harness.evaluate import Evaluator
 from autotune.runtimes import parameter_table
-from autotune.workloads.generation import GenerationEvaluator
-from autotune.workloads.knobs import GENERATION_PARAMS
+from autotune.workloads.generation import GenerationEvaluator, harness_params
 
 if TYPE_CHECKING:
     from autotune.spec import Job
@@ -31,5 +30,5 @@ def evaluator_for(job: Job) -> Any:
 def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
     """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
     if job.is_generation:
-        return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
+        return harness_params()
     return parameter_table()
