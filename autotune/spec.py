@@ -28,11 +28,12 @@ from autotune.cron import ScheduleError, parse_schedule
 from autotune.declared import declared_generation_parameters, declared_parameters
 from autotune.errors import SpecError
 from autotune.metrics import (
-    BUILTIN_METRICS,
+    FORWARD,
     Direction,
     MetricInfo,
     generation_vocabulary,
     vocabulary,
+    workload_metrics,
 )
 from autotune.pareto import parse_rule
 from autotune.runtimes import entry_points
@@ -568,7 +569,7 @@ class Job(_Strict):
         allowed too: the vocabulary is open and checked against the first result)."""
         ev = self.evaluation
         if ev is None:
-            return dict(BUILTIN_METRICS)
+            return workload_metrics(FORWARD)
         if self.is_generation:
             return generation_vocabulary(ev.quality_name, ev.quality_higher_is_better)
         return vocabulary(ev.quality_name, ev.quality_higher_is_better)
