@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from autotune._version import __version__
 from autotune.errors import AutotuneError, DependencyError, SpecError, StudyError, TrialFailed
-
-__version__ = "0.1.0"
 
 #: public names loaded from autotune.api on first access (PEP 562); not imported for type
 #: checkers either, since the layering test counts a TYPE_CHECKING import as a top-level edge

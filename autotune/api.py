@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from autotune.errors import AutotuneError, SpecError
-from autotune.space import _PARAM_KEYS, PRESET_DIR
+from autotune.space import PARAM_KEYS, PRESET_DIR
 from autotune.spec import Job, job_from_located, load_job
 from autotune.study import TrialCounts
 from autotune.tuner import Progress, run, status
@@ -214,7 +214,7 @@ def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
             "reason": {"type": "string"}}}},
         "description": {"type": "string"},
     }
-    assert set(param_props) == set(_PARAM_KEYS)  # the schema follows the parser
+    assert set(param_props) == set(PARAM_KEYS)  # the schema follows the parser
     defs["Parameter"] = {
         "anyOf": [{"type": "array", "items": scalar, "description": "the choices"},
                   {"type": "object", "properties": param_props, "additionalProperties": False}],

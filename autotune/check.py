@@ -26,7 +26,7 @@ from autotune.errors import SpecError
 from autotune.machine import CAUSES_ATTR, forbid_causes, learned_causes, restrict_to_job
 from autotune.refs import resolve
 from autotune.space import RULE_KEYS, Invalid, Param, SearchSpace, preset_path
-from autotune.spec import _REF, Job, job_from_located
+from autotune.spec import REF_PATTERN, Job, job_from_located
 from autotune.workloads.engine import quiet_transformers
 from autotune.workloads.generation import check_positions, model_positions, prompt_texts
 from autotune.yamlsrc import Located, load_located
@@ -217,7 +217,7 @@ def _is_ref(job: Job, name: str) -> bool:
 def _text_or_ref(job: Job, field: str, name: str, error: Any, notices: list[str], *,
                  lines: bool = False) -> None:
     if _is_ref(job, name):
-        if not _REF.match(name):
+        if not REF_PATTERN.match(name):
             raise error(field, f"expected a text file (relative to the job file) or "
                         f"'module:function', found {name!r}.")
         return  # imported by the import check (job_references)
@@ -397,7 +397,7 @@ def job_references(job: Job) -> list[tuple[str, str]]:
             None if isinstance(wl.prompts, list) else wl.prompts.text
         field = "workload.prompts" if isinstance(wl.prompts, str) else "workload.prompts.text"
         for f, v in ((field, text), ("workload.held_out", wl.held_out)):
-            if v and _is_ref(job, v) and _REF.match(v):
+            if v and _is_ref(job, v) and REF_PATTERN.match(v):
                 refs.append((f, v))
     return refs
 
@@ -515,7 +515,7 @@ def raw_references(doc: Located) -> list[tuple[str, str]]:
         v: Any = data
         for part in field.split("."):
             v = v.get(part) if isinstance(v, Mapping) else None
-        if isinstance(v, str) and _REF.match(v):
+        if isinstance(v, str) and REF_PATTERN.match(v):
             out.append((field, v))
     return out
 

@@ -47,6 +47,7 @@ from autotune.review import dominates, pareto_views
 from autotune.runtimes import job_default_runtime
 from autotune.spec import Job
 from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
+from autotune.workloads.registry import evaluator_for
 
 #: the per-round latency keys and the metric each confirms
 _LATENCY_KEYS = {"p50_ms": "latency_p50_ms", "p90_ms": "latency_p90_ms",
@@ -245,7 +246,7 @@ def confirm(job: Job, *, harness: Any = None, record: StudyRecord | None = None,
         configs[f"trial{t.number}"] = dict(t.config)
     own_harness = harness is None
     if own_harness:
-        harness = IsolatedHarness(job)
+        harness = IsolatedHarness(job, evaluator=evaluator_for)
     log(f"confirming the baseline and {len(picks)} leading trial(s) "
         f"({', '.join(str(t.number) for t in picks)}) side by side, {min_rounds}-{max_rounds} "
         "rounds")

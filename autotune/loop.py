@@ -19,13 +19,13 @@ from typing import Any
 from autotune.errors import AutotuneError, SpecError, TrialFailed
 from autotune.harness.contention import note as contention_note
 from autotune.harness.contention import wait_quiet
-from autotune.harness.evaluate import harness_params_for
 from autotune.machine import restrict_to_job
 from autotune.review import pareto_views
 from autotune.runtimes import job_default_runtime
 from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
 from autotune.study import StudyRecord, TrialCounts, TrialView, derive_metrics
+from autotune.workloads.registry import harness_params_for
 
 #: how many invalid combinations in a row an agent may propose before the run gives up
 MAX_INVALID_IN_A_ROW = 200

@@ -18,7 +18,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import autotune
+from autotune._version import __version__
 from autotune.errors import SpecError
 from autotune.harness.contention import flag as latency_flag
 from autotune.metrics import Direction
@@ -286,7 +286,7 @@ def render(job: Job, views: Sequence[TrialView], *, baseline: Mapping[str, float
         "hardware": _kv_table(fingerprint) if fingerprint else
         '<p class="muted">not recorded</p>',
         "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "version": autotune.__version__,
+        "version": __version__,
         "storage": html.escape(storage),
     }
     return Template(template.read_text(encoding="utf-8")).substitute(values)

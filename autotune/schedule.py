@@ -42,8 +42,8 @@ import numpy as np
 
 from autotune.cron import parse_schedule
 from autotune.deploy import load
-from autotune.deploy.bundle import read_manifest
-from autotune.deploy.export import BUNDLE_PATH_TAG, _mlflow_quiet, export_bundle, register_bundle
+from autotune.deploy.bundle import mlflow_quiet, read_manifest
+from autotune.deploy.export import BUNDLE_PATH_TAG, export_bundle, register_bundle
 from autotune.deploy.genserve import is_generation_bundle, verified_bundle
 from autotune.deploy.serve import RegistrySource
 from autotune.errors import AutotuneError, StudyError, TrialFailed
@@ -57,6 +57,7 @@ from autotune.study import TrialView, open_record
 from autotune.tracking import JOB_TAG, experiment_id
 from autotune.tuner import run as run_job
 from autotune.workloads.generation import folder_digest, model_folder
+from autotune.workloads.registry import evaluator_for
 
 _LIBS = ("torch", "onnxruntime", "onnx", "numpy")
 LATENCY_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms",
@@ -141,7 +142,7 @@ class BundleDeployer:
         local = Path(rec["bundle"]) if rec else None
         if not job.tracking.enabled:
             return local
-        _mlflow_quiet()
+        mlflow_quiet()
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
@@ -554,7 +555,7 @@ def _flat_numbers(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _isolated(job: Job) -> Any:
-    return IsolatedHarness(job)
+    return IsolatedHarness(job, evaluator=evaluator_for)
 
 
 def retune_once(job: Job, *, deployer: Deployer | None = None,

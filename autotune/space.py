@@ -77,7 +77,7 @@ class Param:
 
     def contains(self, value: Any) -> bool:
         if self.kind == "categorical":
-            return any(_same(value, c) for c in self.choices)
+            return any(same_value(value, c) for c in self.choices)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if self.kind == "int" and int(value) != value:
@@ -105,7 +105,7 @@ class Param:
         return self.kind != "float" or self.step is not None
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     return (type(a) is type(b) and a == b) or (
         isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
         and not isinstance(b, bool) and a == b
@@ -118,7 +118,7 @@ def config_key(config: Mapping[str, Any]) -> str:
 
 
 def _matches(config: Mapping[str, Any], when: Mapping[str, tuple[Scalar, ...]]) -> bool:
-    return all(k in config and any(_same(config[k], v) for v in vs) for k, vs in when.items())
+    return all(k in config and any(same_value(config[k], v) for v in vs) for k, vs in when.items())
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class SearchSpace:
             if p.name not in config:
                 continue
             for inv in p.invalid:
-                if any(_same(config[p.name], v) for v in inv.values) and _matches(config, inv.when):
+                if any(same_value(config[p.name], v) for v in inv.values) and _matches(config, inv.when):
                     cond = ", ".join(f"{k}={'|'.join(map(str, v))}" for k, v in inv.when.items())
                     why = f": {inv.reason}" if inv.reason else ""
                     return f"{p.name}={config[p.name]} cannot be combined with {cond}{why}"
@@ -248,7 +248,7 @@ class SearchSpace:
             return self, None
         p = self[name]
         allowed = list(allowed)
-        keep = tuple(c for c in p.choices if any(_same(c, a) for a in allowed))
+        keep = tuple(c for c in p.choices if any(same_value(c, a) for a in allowed))
         removed = tuple(c for c in p.choices if c not in keep)
         if not removed:
             return self, None
@@ -265,7 +265,7 @@ class SearchSpace:
 
 
 # -------------------------------------------------------------------- parsing
-_PARAM_KEYS = {"type", "choices", "low", "high", "step", "log", "when", "invalid", "description"}
+PARAM_KEYS = {"type", "choices", "low", "high", "step", "log", "when", "invalid", "description"}
 _INVALID_KEYS = {"values", "when", "reason"}
 #: keys an override keeps from the preset's parameter unless it gives them itself
 RULE_KEYS = ("when", "invalid", "description")
@@ -423,16 +423,16 @@ def _parse_param(name: str, spec: Any, earlier: Sequence[Param], where: str) -> 
             f"{describe(spec)}.",
             path=path,
         )
-    unknown = sorted(map(str, set(spec) - _PARAM_KEYS))
+    unknown = sorted(map(str, set(spec) - PARAM_KEYS))
     if unknown:
         import difflib
 
-        close = difflib.get_close_matches(unknown[0], sorted(_PARAM_KEYS), n=1)
+        close = difflib.get_close_matches(unknown[0], sorted(PARAM_KEYS), n=1)
         raise SpecError(
             f"unknown key(s) {', '.join(unknown)}.",
             path=f"{path}.{unknown[0]}",
             hint=(f"Did you mean '{close[0]}'? " if close else "")
-            + f"A parameter takes: {', '.join(sorted(_PARAM_KEYS))}.",
+            + f"A parameter takes: {', '.join(sorted(PARAM_KEYS))}.",
         )
     when = _parse_when(spec.get("when"), earlier, f"{path}.when")
     invalid = _parse_invalid(spec.get("invalid"), earlier, f"{path}.invalid")
@@ -599,7 +599,7 @@ class DeclaredParam:
 
     def allows(self, value: Any) -> bool:
         if self.values:
-            return any(_same(value, v) for v in self.values)
+            return any(same_value(value, v) for v in self.values)
         if self.accepts is None:
             return True
         try:

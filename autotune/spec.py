@@ -28,11 +28,12 @@ from autotune.cron import ScheduleError, parse_schedule
 from autotune.declared import declared_generation_parameters, declared_parameters
 from autotune.errors import SpecError
 from autotune.metrics import (
-    BUILTIN_METRICS,
+    FORWARD,
     Direction,
     MetricInfo,
     generation_vocabulary,
     vocabulary,
+    workload_metrics,
 )
 from autotune.pareto import parse_rule
 from autotune.portfolio import check_entries, job_portfolio, parse_portfolio
@@ -49,7 +50,7 @@ from autotune.space import (
 )
 from autotune.yamlsrc import Located, dotted, load_located
 
-_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+REF_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 FIDELITY_METRICS = ("top1_agreement", "cosine", "mse")
 BUILTIN_QUALITY = ("accuracy", *FIDELITY_METRICS)
 #: Hugging Face encoder tasks (``model: {huggingface: ..., task: ...}``) and their default
@@ -77,7 +78,7 @@ class _Strict(BaseModel):
 
 
 def _check_ref(v: str | None) -> str | None:
-    if v is not None and not _REF.match(v):
+    if v is not None and not REF_PATTERN.match(v):
         raise ValueError(
             f"expected 'package.module:function', found {v!r}"
         )
@@ -150,7 +151,7 @@ class EvaluationSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in (*BUILTIN_QUALITY, GENERATION_QUALITY) and not _REF.match(v):
+        if v not in (*BUILTIN_QUALITY, GENERATION_QUALITY) and not REF_PATTERN.match(v):
             plugins = entry_points("autotune.metrics")  # installed metric plugins
             if v in plugins:
                 return v
@@ -597,7 +598,7 @@ class Job(_Strict):
         allowed too: the vocabulary is open and checked against the first result)."""
         ev = self.evaluation
         if ev is None:
-            return dict(BUILTIN_METRICS)
+            return workload_metrics(FORWARD)
         if self.is_generation:
             return generation_vocabulary(ev.quality_name, ev.quality_higher_is_better)
         return vocabulary(ev.quality_name, ev.quality_higher_is_better)

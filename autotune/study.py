@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.agents.base import Observation
 from autotune.constraints import Constraint
 from autotune.errors import StudyError
-from autotune.metrics import Direction
+from autotune.metrics import Direction, baseline_ratios
 from autotune.space import SearchSpace
 from autotune.spec import Job
 
@@ -84,17 +84,12 @@ def derive_metrics(
 ) -> dict[str, float]:
     """Add the job-specific names and the ratios to the baseline.
 
-    ``<quality>``, ``quality_drop``, ``<quality>_drop``; ``latency_ratio`` (this trial's median
-    latency per item over the baseline's, per item so that batch sizes compare) and ``speedup``
-    (its inverse).  The baseline itself (``baseline=None``) gets ratio and speedup 1.
+    ``<quality>``, ``quality_drop``, ``<quality>_drop``; the ratios the metrics declare
+    (:attr:`autotune.metrics.MetricInfo.ratio_of`: ``latency_ratio``, this trial's median latency
+    per item over the baseline's, per item so that batch sizes compare, and ``speedup``, its
+    inverse).  The baseline itself (``baseline=None``) gets ratio and speedup 1.
     """
-    out = dict(metrics)
-    per_item = out.get("latency_per_item_ms")
-    if per_item is not None and per_item > 0:
-        base_item = baseline.get("latency_per_item_ms") if baseline else per_item
-        if base_item is not None and base_item > 0:
-            out["latency_ratio"] = per_item / base_item
-            out["speedup"] = base_item / per_item
+    out = {**metrics, **baseline_ratios(metrics, baseline)}
     q = out.get("quality")
     if q is not None:
         out.setdefault(quality_name, q)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import autotune
+from autotune._version import __version__
 from autotune.plots import study_figures, write_figures
 from autotune.review import front_table, hypervolume_series, pareto_ranks, study_reference, trial_table
 from autotune.spec import Job, dump_job
@@ -165,7 +165,7 @@ class Tracker:
             rid = self.parent_run_id()
             from mlflow.entities import RunTag
 
-            tags = {"autotune.version": autotune.__version__}
+            tags = {"autotune.version": __version__}
             if fingerprint:
                 self.client.log_dict(rid, dict(fingerprint), "hardware.json")
                 tags.update(hardware_tags(fingerprint))
@@ -360,10 +360,8 @@ def spec_tags(job: Job, spec: Mapping[str, Any]) -> dict[str, str]:
     artifact)."""
     import json
 
-    import autotune
-
     tags = {
-        "autotune.version": autotune.__version__,
+        "autotune.version": __version__,
         "autotune.objectives": ", ".join(f"{d} {m}" for m, d in job.objective_pairs),
         "autotune.constraints": "; ".join(job.constraints) or "none",
     }

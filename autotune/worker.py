@@ -78,6 +78,7 @@ from autotune.space import SearchSpace, config_key
 from autotune.spec import Job
 from autotune.study import INTERRUPTED, StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
 from autotune.warmstart import WarmStart, from_study
+from autotune.workloads.registry import evaluator_for
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,8 @@ class Worker:
                              tracking_error=self._callback_error())
 
         own_harness = self.harness is None
-        harness = self.harness or IsolatedHarness(job, on_message=progress.on_status)
+        harness = self.harness or IsolatedHarness(job, evaluator=evaluator_for,
+                                                  on_message=progress.on_status)
         new = 0
         try:
             with slot_lock(record, job):  # one worker measures the baseline, the rest wait

@@ -179,8 +179,9 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
          f"{100 * (total - known) / total:.0f} %")
 
     from autotune.harness.isolate import IsolatedHarness
+    from autotune.workloads.registry import evaluator_for
 
-    with IsolatedHarness(job) as h:
+    with IsolatedHarness(job, evaluator=evaluator_for) as h:
         t0 = time.perf_counter()
         h.evaluate(cfg_a)  # child start, imports, workload
         first = time.perf_counter() - t0

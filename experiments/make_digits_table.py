@@ -20,6 +20,7 @@ from autotune.harness.isolate import IsolatedHarness  # noqa: E402
 from autotune.spec import load_job  # noqa: E402
 from autotune.study import derive_metrics  # noqa: E402
 from autotune.tuner import baseline_config  # noqa: E402
+from autotune.workloads.registry import evaluator_for  # noqa: E402
 
 METRICS = ["latency_p50_ms", "latency_p95_ms", "throughput_ips", "accuracy", "accuracy_drop",
            "model_size_mb", "peak_memory_mb"]
@@ -31,7 +32,7 @@ def main(out: Path = HERE / "data" / "digits_grid.csv") -> None:
     grid = space.grid()
     print(f"{len(grid)} configurations", flush=True)
     t0 = time.monotonic()
-    with IsolatedHarness(job) as harness:
+    with IsolatedHarness(job, evaluator=evaluator_for) as harness:
         base = harness.evaluate(baseline_config(space, "torch"))
         baseline = derive_metrics(base.metrics, None, "accuracy", True)
         rows = []

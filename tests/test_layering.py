@@ -1,6 +1,7 @@
-"""The package's layering: no import cycles (function-local imports count), function-local
-imports of autotune's own modules only where they keep a heavy dependency out, Optuna's private
-API only in ``autotune/study.py``, and ``import autotune`` light.
+"""The package's layering: the stages in order (no module imports a later stage, nor the package
+root, nor another module's private names), no import cycles (function-local imports count),
+function-local imports of autotune's own modules only where they keep a heavy dependency out,
+Optuna's private API only in ``autotune/study.py``, and ``import autotune`` light.
 
 Everything here reads the source with :mod:`ast` (no imports), so it is fast and independent of
 what is installed.
@@ -28,6 +29,34 @@ HEAVY = frozenset({
     "sqlalchemy", "pandas", "plotly", "fastapi", "starlette", "uvicorn", "envs",
 })
 
+# STAGES-BEGIN (written by relayout.py)
+#: the stages, bottom first: a module may import its own stage and the ones before it, never a later
+#: one (an import for type checkers only does not count: ``measure`` takes a job, it does not load
+#: the job stage).  The longest matching prefix places a module; every module has a stage.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("vocabulary", ("autotune._version", "autotune.errors", "autotune.metrics", "autotune.constraints",
+                    "autotune.space", "autotune.pareto", "autotune.yamlsrc", "autotune.cron",
+                    "autotune.files", "autotune.refs", "autotune.explore")),
+    ("measure", ("autotune.runtimes", "autotune.transforms", "autotune.harness", "autotune.workloads")),
+    ("agents", ("autotune.agents", "autotune.envs")),
+    ("job", ("autotune.spec", "autotune.declared", "autotune.check", "autotune.machine",
+             "autotune.portfolio")),
+    ("record", ("autotune.study",)),
+    ("review", ("autotune.review", "autotune.plots", "autotune.report", "autotune.dashboard",
+                "autotune.tracking")),
+    ("tune", ("autotune.tuner", "autotune.worker", "autotune.loop", "autotune.callbacks",
+              "autotune.liveness", "autotune.warmstart", "autotune.confirm")),
+    ("deploy", ("autotune.deploy",)),
+    ("retune", ("autotune.schedule",)),
+    ("top", ("autotune", "autotune.cli", "autotune.api", "autotune.testing")),
+)
+# STAGES-END
+
+#: imports from an earlier stage to a later one that are tolerated, as (importing module, imported
+#: module); at most one: `validate` lists the failure causes an existing study learned (read only
+#: when a study file is there, through a function-local import)
+ALLOWED_UPWARD: frozenset[tuple[str, str]] = frozenset({("autotune.check", "autotune.study")})
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -35,6 +64,7 @@ class Edge:
     target: str  # imported module of the package
     line: int
     local: bool  # inside a function
+    typing: bool = False  # under ``if TYPE_CHECKING:`` (no runtime import)
 
 
 def package_modules(root: Path = PACKAGE) -> dict[str, Path]:
@@ -109,7 +139,8 @@ def import_graph(mods: dict[str, Path]) -> tuple[list[Edge], dict[str, set[str]]
                 # a module importing its own package (or a name from it) is no cycle
                 if target and target != mod and not mod.startswith(target + "."):
                     if target not in targets:
-                        edges.append(Edge(mod, target, node.lineno, local))
+                        edges.append(Edge(mod, target, node.lineno, local,
+                                          node.lineno in typing_only))
                     targets.add(target)
                     hit = True
                 elif target:
@@ -204,6 +235,63 @@ def graph() -> tuple[dict[str, Path], list[Edge], dict[str, set[str]]]:
     return mods, edges, third
 
 
+def stage_of(mod: str, stages: tuple[tuple[str, tuple[str, ...]], ...] = STAGES) -> int | None:
+    """The index of ``mod``'s stage (the longest prefix listed), None if no stage lists it."""
+    best: tuple[int, int] | None = None
+    for i, (_, prefixes) in enumerate(stages):
+        for p in prefixes:
+            if (mod == p or mod.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def root_imports(mods: dict[str, Path]) -> list[Edge]:
+    """Imports of the package root itself (``import autotune``, ``from autotune import
+    tune``): the root is the top of the graph (it loads the API), not a place to get names from."""
+    root = min(mods, key=len)
+    out = []
+    for mod, path in mods.items():
+        if mod == root:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node, local in _imports(tree):
+            if (isinstance(node, ast.Import) and any(a.name == root for a in node.names)) or (
+                    isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == root
+                    and any(f"{root}.{a.name}" not in mods for a in node.names)):
+                out.append(Edge(mod, root, node.lineno, local))
+    return out
+
+
+def stage_violations(mods: dict[str, Path], edges: list[Edge],
+                     stages: tuple[tuple[str, tuple[str, ...]], ...] = STAGES,
+                     allowed: frozenset[tuple[str, str]] = frozenset()) -> list[str]:
+    """Modules no stage lists, and runtime imports from an earlier stage to a later one."""
+    names = [name for name, _ in stages]
+    bad = [f"{m}: in no stage (add it to STAGES)" for m in mods if stage_of(m, stages) is None]
+    for e in edges:
+        s, t = stage_of(e.source, stages), stage_of(e.target, stages)
+        if s is not None and t is not None and t > s and not e.typing \
+                and (e.source, e.target) not in allowed:
+            bad.append(f"{e.source}:{e.line} ({names[s]}) imports {e.target} ({names[t]}), a later "
+                       "stage")
+    return bad
+
+
+def private_imports(mods: dict[str, Path]) -> list[str]:
+    """``from <another module of the package> import _name``."""
+    root = min(mods, key=len)
+    bad = []
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node, _ in _imports(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0]
+                                                     == root):
+                bad += [f"{mod}:{node.lineno}: from {'.' * node.level}{node.module or ''} import "
+                        f"{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    return bad
+
+
 # ---------------------------------------------------------------------------- the checker itself
 def _write(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
@@ -240,7 +328,50 @@ def test_no_cycle_in_a_layered_package(tmp_path: Path) -> None:
     assert third["pkg.b"] == {"numpy"}
 
 
+def test_an_import_of_a_later_stage_is_found_and_type_only_imports_do_not_count(tmp_path) -> None:
+    pkg = _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/low.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import H\n",
+        "pkg/mid/__init__.py": "",
+        "pkg/mid/a.py": "from pkg import low\n\ndef f():\n    from pkg.high import b\n",
+        "pkg/high/__init__.py": "",
+        "pkg/high/b.py": "from pkg.mid import a\nfrom pkg.low import _private\nimport pkg\n",
+        "pkg/stray.py": "",
+    })
+    stages = (("low", ("pkg.low",)), ("mid", ("pkg.mid",)), ("high", ("pkg.high",)),
+              ("top", ("pkg",)))
+    mods = package_modules(pkg)
+    edges, _ = import_graph(mods)
+    assert stage_of("pkg.mid.a", stages) == 1 and stage_of("pkg.stray", stages) == 3
+    up = ["pkg.mid.a:4 (mid) imports pkg.high (high), a later stage",
+          "pkg.mid.a:4 (mid) imports pkg.high.b (high), a later stage"]
+    assert stage_violations(mods, edges, stages) == up
+    assert stage_violations(mods, edges, stages, frozenset({("pkg.mid.a", "pkg.high.b")})) == up[:1]
+    assert stage_violations(mods, edges, stages[:3]) == [
+        "pkg: in no stage (add it to STAGES)", "pkg.stray: in no stage (add it to STAGES)", *up]
+    assert private_imports(mods) == ["pkg.high.b:2: from pkg.low import _private"]
+    assert [(e.source, e.line) for e in root_imports(mods)] == [("pkg.high.b", 3)]
+
+
 # ---------------------------------------------------------------------------- autotune
+def test_autotune_stages_are_in_order(graph) -> None:
+    """No module imports a later stage (nor the package root), so the folders show the order a
+    job flows in; every module belongs to a stage."""
+    mods, edges, _ = graph
+    assert len(ALLOWED_UPWARD) <= 1
+    bad = stage_violations(mods, edges, STAGES, ALLOWED_UPWARD)
+    bad += [f"{e.source}:{e.line} imports the package root (import what it needs from its module; "
+            "__version__ from autotune._version)" for e in root_imports(mods)
+            if stage_of(e.source) != len(STAGES) - 1]
+    assert not bad, "imports against the stage order:\n" + "\n".join(bad)
+
+
+def test_no_module_imports_another_modules_private_names(graph) -> None:
+    mods, _, _ = graph
+    bad = private_imports(mods)
+    assert not bad, "private names imported across modules (make them public):\n" + "\n".join(bad)
+
+
 def test_no_import_cycle_in_autotune(graph) -> None:
     mods, edges, _ = graph
     assert len(mods) > 40 and "autotune.tuner" in mods

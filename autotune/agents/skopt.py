@@ -34,7 +34,7 @@ import numpy as np
 from autotune.agents.base import Agent, Observation, finite
 from autotune.errors import SpecError
 from autotune.metrics import Direction
-from autotune.space import Config, Param, SearchSpace, _same, config_key
+from autotune.space import Config, Param, SearchSpace, config_key, same_value
 
 ESTIMATORS = {"skopt-gp": "GP", "skopt-rf": "RF", "skopt-et": "ET", "skopt-gbrt": "GBRT"}
 ACQ_FUNCS = ("EI", "PI", "LCB", "gp_hedge")
@@ -82,7 +82,7 @@ def _decode(p: Param, x: Any) -> Any:
 def _encode(p: Param, v: Any) -> Any:
     if p.kind == "categorical":
         for i, c in enumerate(p.choices):
-            if _same(c, v):
+            if same_value(c, v):
                 return i
         return 0
     if p.kind == "int" and (p.step or 1) == 1:

@@ -521,11 +521,11 @@ def benchmark(predictor: Predictor, batch: Any = None, **measure_kwargs: Any) ->
 
 
 # ------------------------------------------------- manifest helpers (shared by export and genserve)
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     return re.sub(r"://[^/@]*@", "://***@", url)
 
 
-def _versions() -> dict[str, str | None]:
+def library_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
@@ -538,7 +538,7 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _constraints(job: Job, view: Any, baseline: Mapping[str, float] | None
+def constraint_report(job: Job, view: Any, baseline: Mapping[str, float] | None
                  ) -> list[dict[str, Any]]:
     """Each of ``job``'s constraints against the trial ``view`` (an
     :class:`autotune.study.TrialView`, not imported here: it would load Optuna)."""
@@ -555,7 +555,7 @@ def _constraints(job: Job, view: Any, baseline: Mapping[str, float] | None
     return out
 
 
-def _mlflow_quiet() -> None:
+def mlflow_quiet() -> None:
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)

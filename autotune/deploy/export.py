@@ -28,11 +28,11 @@ from autotune.deploy.bundle import (
     MANIFEST,
     MODEL_ONNX,
     BundleError,
-    _constraints,
-    _mlflow_quiet,
-    _redact,
-    _versions,
+    constraint_report,
+    library_versions,
+    mlflow_quiet,
     read_manifest,
+    redact_url,
     safe_name,
     write_manifest,
 )
@@ -217,9 +217,9 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": runtime_info["model"],
         "source": {
-            "job": job.name, "job_file": job.source, "study": _redact(job.storage_url),
+            "job": job.name, "job_file": job.source, "study": redact_url(job.storage_url),
             "study_name": record.study.study_name,
-            "tracking_uri": _redact(job.tracking_uri), "trial": view.number, "pick": pick,
+            "tracking_uri": redact_url(job.tracking_uri), "trial": view.number, "pick": pick,
             "agent": view.agent, "model_cache_path": str(model_source),
             "materialized": bool(runtime_info.get("materialized")),
         },
@@ -232,9 +232,9 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
         # the p50 to expect and its spread (between confirmation rounds when confirmed)
         "expected_latency": manifest_latency(view),
         "baseline": baseline,
-        "constraints": _constraints(job, view, baseline),
+        "constraints": constraint_report(job, view, baseline),
         "hardware": {"digest": digest, "summary": hw_summary, "fingerprint": fp},
-        "libraries": {"measured": fp.get("libraries", {}), "exported": _versions()},
+        "libraries": {"measured": fp.get("libraries", {}), "exported": library_versions()},
         # what scheduled re-tuning compares (set on the study by a cycle; absent otherwise)
         "model_hash": record.attr("model_hash"),
         "environment": record.attr("environment"),
@@ -345,7 +345,7 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
     it."""
     import warnings
 
-    _mlflow_quiet()
+    mlflow_quiet()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.models import Model
@@ -395,7 +395,7 @@ def register_bundle(bundle: Path, *, tracking_uri: str, name: str, alias: str | 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:
     """Point ``models:/name@alias`` at ``version`` (a server watching the alias swaps to it)."""
-    _mlflow_quiet()
+    mlflow_quiet()
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(

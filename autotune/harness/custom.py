@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.errors import TrialFailed
-from autotune.harness.evaluate import TrialResult
 from autotune.harness.hardware import fingerprint
+from autotune.harness.result import TrialResult
 from autotune.refs import resolve
-from autotune.spec import Job
+
+if TYPE_CHECKING:
+    from autotune.spec import Job
 
 
 def check_result(result: Any, required: list[str], ref: str) -> dict[str, float]:

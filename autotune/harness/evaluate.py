@@ -1,4 +1,6 @@
-"""Apply a configuration to the model and measure it.  Runs inside the measuring process.
+"""The forward-pass workload: apply a configuration to the model and measure one forward pass
+per measurement.  Runs inside the measuring process (chosen by
+:func:`autotune.workloads.registry.evaluator_for`).
 
 The harness knows nothing about agents: it gets a configuration (a dict of the parameter names
 below) and returns an immutable :class:`TrialResult`.
@@ -24,7 +26,7 @@ from autotune.harness.hardware import (
     peak_gflops_cached,
 )
 from autotune.harness.hostlock import measurement_lock
-from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.result import PeakRSS, TrialResult
 from autotune.harness.stats import alternate, measure
 from autotune.harness.workload import fidelity_fn, load_workload
 from autotune.runtimes import (
@@ -37,13 +39,11 @@ from autotune.runtimes import (
 )
 from autotune.runtimes.base import BuildContext
 from autotune.runtimes.onnxruntime import ort_providers as ort_providers  # (re-exported: it moved)
-from autotune.spec import Job
 from autotune.transforms.base import TRANSFORMS, Context, ModelRef, apply, data_digest, get_transform
-from autotune.workloads.generation import GenerationEvaluator
-from autotune.workloads.knobs import GENERATION_PARAMS
 
 if TYPE_CHECKING:
     from autotune.runtimes.base import Built, Parameter, Runtime
+    from autotune.spec import Job
 
 #: the key of ``Evaluator.compare``'s result holding the contention seen while it measured
 CONTENTION_KEY = "_contention"
@@ -60,22 +60,6 @@ def __getattr__(name: str) -> Any:
 
 
 Predict = Callable[[list[np.ndarray]], np.ndarray]
-
-
-def evaluator_for(job: Job) -> Any:
-    """The evaluator measuring ``job``'s trials: generation (prompts → tokens at a concurrency,
-    :mod:`autotune.workloads.generation`) for ``model.task: text-generation``, else one forward
-    pass per measurement (:class:`Evaluator`)."""
-    if job.is_generation:
-        return GenerationEvaluator(job)
-    return Evaluator(job)
-
-
-def harness_params_for(job: Job) -> Mapping[str, tuple[str, Any]]:
-    """The configuration keys ``job``'s evaluator understands (name → (meaning, default))."""
-    if job.is_generation:
-        return {k.name: (k.description, k.default) for k in GENERATION_PARAMS}
-    return parameter_table()
 
 
 class Evaluator:
@@ -142,7 +126,7 @@ class Evaluator:
             runtime = get_runtime(str(name))
         except AutotuneError as exc:
             raise TrialFailed(f"unknown runtime '{name}': {exc.hint or exc}") from None
-        _check(config, runtime, declared_parameters())
+        check_config(config, runtime, declared_parameters())
         ratio = float(config.get("pruning_ratio", 0.0) or 0.0)
         ctx = self.context()
         cache = self.cache_dir
@@ -206,7 +190,7 @@ class Evaluator:
         device = str(config.get("device", "cpu"))
         gpu = self._reset_gpu_peak(device)
         timings: dict[str, float] = {}
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             before_mb = rss.start_mb
             predict, info = self._build(config)
             timings["build_s"] = time.perf_counter() - t0
@@ -382,7 +366,7 @@ def _pruner(method: str) -> str:
     return str(found[method])
 
 
-def _check(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
+def check_config(config: Mapping[str, Any], runtime: Runtime, declared: Mapping[str, Parameter]) -> None:
     """Each key of ``config`` against its declaration; a value another runtime supports is
     named as such (``quantization 'bf16' is not supported on onnxruntime; torch has it``)."""
     mine = {p.name: p for p in runtime.parameters()}

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from autotune._version import __version__
 from autotune.harness import cpu, gpu
 from autotune.harness.cpu import UNKNOWN
 
@@ -160,10 +161,8 @@ def dist_version(names: tuple[str, ...]) -> str | None:
 
 
 def _libraries() -> dict[str, str | None]:
-    import autotune  # already imported: this module lives in it
-
     libs = {lib: dist_version(names) for lib, names in _LIBRARIES.items()}
-    libs["autotune"] = autotune.__version__  # the code running, not some installed copy
+    libs["autotune"] = __version__  # the code running, not some installed copy
     return libs
 
 

@@ -21,15 +21,15 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune import errors
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.harness import hostlock
-from autotune.harness.custom import ObjectiveEvaluator
-from autotune.harness.evaluate import evaluator_for
 from autotune.harness.hostlock import measurement_lock
-from autotune.spec import Job
+
+if TYPE_CHECKING:
+    from autotune.spec import Job
 
 __all__ = ["IsolatedHarness", "default_memory_limit_mb", "measurement_lock", "memory_limit"]
 
@@ -70,7 +70,7 @@ def memory_limit(job: Job) -> tuple[int | None, str]:
                    "set measurement.memory_limit_mb to change it")
 
 
-def _child(job: Job, conn: Any, log_path: str) -> None:
+def _child(job: Job, evaluator: Callable[[Job], Any], conn: Any, log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -81,14 +81,11 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
     # parent before it kills a hung child) dumps where every thread is stuck
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    if job.is_custom:
-        ev: Any = ObjectiveEvaluator(job)
-    else:
-        ev = evaluator_for(job)
-        # load the model now, so the trial timeout does not pay for the start-up; on an error the
-        # first call that needs the model reports it
-        with contextlib.suppress(BaseException):
-            _ = ev.workload
+    ev = evaluator(job)
+    # load the model now (a workload that has one), so the trial timeout does not pay for the
+    # start-up; on an error the first call that needs the model reports it
+    with contextlib.suppress(BaseException):
+        _ = getattr(ev, "workload", None)
     conn.send(("ready",))
     # a wait for the host measurement lock is shown by the parent's progress display
     hostlock.set_wait_hook(lambda message: conn.send(("progress", message)))
@@ -114,17 +111,23 @@ def _child(job: Job, conn: Any, log_path: str) -> None:
 class IsolatedHarness:
     """Evaluator proxy living in a child process.
 
+    ``evaluator`` makes the evaluator the child runs from the job (a module-level callable, so
+    that it reaches the child: :func:`autotune.workloads.registry.evaluator_for` chooses the
+    job's workload); the harness only isolates and bounds it.
+
     ``timeout_s`` bounds one call; ``memory_limit_mb`` bounds the child's resident memory.  A
     fresh child first imports the libraries and loads the job's model (a factory may train it);
     that start-up is bounded separately by ``startup_timeout_s`` (default: the larger of 600 s and
     ``timeout_s``) so a busy machine does not fail the trial that happens to start a child.
     """
 
-    def __init__(self, job: Job, *, timeout_s: float | None = None,
+    def __init__(self, job: Job, *, evaluator: Callable[[Job], Any],
+                 timeout_s: float | None = None,
                  memory_limit_mb: int | None = None,
                  startup_timeout_s: float | None = None,
                  on_message: Callable[[str], None] | None = None) -> None:
         self.job = job
+        self.evaluator = evaluator
         #: told what a call is waiting for (the start-up, the host measurement lock)
         self.on_message = on_message or (lambda message: None)
         self.timeout_s = timeout_s or job.measurement.trial_timeout_s
@@ -139,7 +142,7 @@ class IsolatedHarness:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(self.job, child, str(self.log_path)),
+        self._proc = ctx.Process(target=_child, args=(self.job, self.evaluator, child, str(self.log_path)),
                                  daemon=True, name="autotune-harness")
         self._proc.start()
         child.close()

@@ -18,7 +18,7 @@ class TrialResult:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-class _PeakRSS:
+class PeakRSS:
     """Samples the process's resident memory in the background; ``peak`` in MiB."""
 
     def __init__(self, interval: float = 0.005) -> None:
@@ -35,7 +35,7 @@ class _PeakRSS:
         while not self._stop.wait(self._interval):
             self.peak = max(self.peak, self._proc.memory_info().rss)
 
-    def __enter__(self) -> _PeakRSS:
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 
@@ -49,4 +49,4 @@ class _PeakRSS:
         return self.peak / 2**20
 
 
-__all__ = ["TrialResult", "_PeakRSS"]
+__all__ = ["PeakRSS", "TrialResult"]

@@ -11,14 +11,16 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotune.errors import SpecError
 from autotune.refs import resolve
 from autotune.runtimes import entry_points
-from autotune.spec import Job
+
+if TYPE_CHECKING:
+    from autotune.spec import Job
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import TrialFailed
-from autotune.harness.evaluate import _check
+from autotune.harness.evaluate import check_config
 from autotune.runtimes import declared_parameters, get_runtime
 from autotune.runtimes.base import BuildContext
 from autotune.transforms.base import Context, ModelRef, apply, data_digest
@@ -115,7 +115,7 @@ def check_unsupported_value_fails_clearly(name: str, tmp_path: Path) -> None:
     if not others:
         return
     try:
-        _check({"runtime": name, "quantization": others[0]}, rt, declared_parameters())
+        check_config({"runtime": name, "quantization": others[0]}, rt, declared_parameters())
     except TrialFailed as exc:
         assert name in str(exc) and str(others[0]) in str(exc)
     else:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from autotune.errors import TrialFailed
 from autotune.transforms.base import Categorical, Context, ModelRef, TParam, Transform, one_of
-from autotune.transforms.quantize import _quiet
+from autotune.transforms.quantize import quiet_logging
 
 MODEL_TYPES = ("bert",)
 #: fused contrib operators whose presence shows that a fusion happened
@@ -62,7 +62,7 @@ def ort_fuse(src: Path, dst: Path, *, model_type: str = "bert", num_heads: int =
     staged = dst.with_suffix(".stage.onnx")
     onnx.save(model, str(staged))
     try:
-        with _quiet():
+        with quiet_logging():
             opt = optimize_model(str(staged), model_type=model_type, num_heads=num_heads,
                                  hidden_size=hidden_size, opt_level=0, use_gpu=False)
     finally:

@@ -78,7 +78,7 @@ class TorchQuantize(Transform):
 
 # ------------------------------------------------------------------------ ONNX Runtime
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_logging() -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # "consider pre-processing" is advice, not a problem
@@ -163,7 +163,7 @@ def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
     staged = _staged(src, dst)
     ops = _op_types(op_types)
     try:
-        with _quiet():
+        with quiet_logging():
             quantize_dynamic(
                 str(staged), str(dst), weight_type=_qtype(weight_type), per_channel=per_channel,
                 reduce_range=reduce_range, op_types_to_quantize=ops,
@@ -315,7 +315,7 @@ def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *
         if calibration == "entropy":
             options.update(num_bins=2048, num_quantized_bins=128)
         ranges = dst.with_suffix(".ranges.json")
-        with _quiet(), tempfile.TemporaryDirectory(prefix="autotune-calib-") as tmpdir:
+        with quiet_logging(), tempfile.TemporaryDirectory(prefix="autotune-calib-") as tmpdir:
             reader = _Reader(names, calibration_inputs)
             # a min/max pass finds the tensors 8 bits cannot hold (e.g. an additive attention
             # mask of float minimums): their nodes stay float, and the histogram calibrators,
@@ -364,7 +364,7 @@ def ort_float16(src: Path, dst: Path) -> Path:
 
     model = onnx.load(str(src))
     del model.graph.value_info[:]
-    with _quiet():
+    with quiet_logging():
         half = convert_float_to_float16(model, keep_io_types=True)
     onnx.save(half, str(dst))
     return dst

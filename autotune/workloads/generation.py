@@ -5,7 +5,7 @@ knobs with their defaults, declared here next to their implementation in
 :mod:`autotune.workloads.engine`).  :class:`GenerationEvaluator` has the interface of
 :class:`autotune.harness.evaluate.Evaluator` (``evaluate``, ``compare``, ``fingerprint``,
 ``capabilities``) and is chosen for ``model.task: text-generation`` jobs by
-:func:`autotune.harness.evaluate.evaluator_for`.
+:func:`autotune.workloads.registry.evaluator_for`.
 
 One measurement (``evaluate``):
 
@@ -29,16 +29,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.errors import AutotuneError, SpecError, TrialFailed
 from autotune.files import write_atomic
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.hostlock import measurement_lock
-from autotune.harness.result import TrialResult, _PeakRSS
+from autotune.harness.result import PeakRSS, TrialResult
 from autotune.harness.stats import SETTLE_S
 from autotune.refs import resolve
-from autotune.spec import Job
 from autotune.workloads.engine import (
     ClosedLoop,
     Engine,
@@ -55,6 +54,9 @@ from autotune.workloads.llamacpp import (
     missing,
     to_gguf,
 )
+
+if TYPE_CHECKING:
+    from autotune.spec import Job
 
 
 def harness_params() -> dict[str, tuple[str, Any]]:
@@ -549,7 +551,7 @@ class GenerationEvaluator:
         t0 = time.perf_counter()
         reference = self.reference()
         timings: dict[str, float] = {"reference_s": time.perf_counter() - t0}
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             before = rss.start_mb
             t1 = time.perf_counter()
             engine, s = self.build(config)

@@ -231,6 +231,7 @@ def test_model_loading_is_bounded_by_the_startup_limit_not_the_trial_timeout(tin
     from autotune.errors import TrialFailed
     from autotune.harness.isolate import IsolatedHarness
     from autotune.spec import load_job
+    from autotune.workloads.registry import evaluator_for
 
     (tmp_path / "slow_model.py").write_text(
         "import time\nimport digits_model\n\n\ndef build(**kw):\n"
@@ -239,9 +240,9 @@ def test_model_loading_is_bounded_by_the_startup_limit_not_the_trial_timeout(tin
     )
     job = load_job(tiny_job(1, **{"digits_model:build": "slow_model:build"}))
     config = {"runtime": "torch", "quantization": "fp32", "batch_size": 1, "threads": 1}
-    with IsolatedHarness(job, timeout_s=8, startup_timeout_s=120) as h:
+    with IsolatedHarness(job, evaluator=evaluator_for, timeout_s=8, startup_timeout_s=120) as h:
         assert h.evaluate(config).metrics["quality"] > 0.5  # 10 s of loading, 8 s limit: fine
-    with IsolatedHarness(job, timeout_s=8, startup_timeout_s=3) as h, \
+    with IsolatedHarness(job, evaluator=evaluator_for, timeout_s=8, startup_timeout_s=3) as h, \
             pytest.raises(TrialFailed) as err:
         h.evaluate(config)
     msg = str(err.value)
@@ -255,6 +256,7 @@ def test_default_memory_limit_is_a_share_of_the_machine_and_validate_states_it(t
     from autotune.cli import main
     from autotune.harness.isolate import IsolatedHarness, machine_memory_mb, memory_limit
     from autotune.spec import load_job
+    from autotune.workloads.registry import evaluator_for
 
     path = tiny_job()
     job = load_job(path)
@@ -262,10 +264,11 @@ def test_default_memory_limit_is_a_share_of_the_machine_and_validate_states_it(t
     assert total and total > 0
     limit, why = memory_limit(job)
     assert limit == max(512, total // 2) and "default" in why
-    assert IsolatedHarness(job).memory_limit_mb == limit  # on by default, not off
+    # on by default, not off
+    assert IsolatedHarness(job, evaluator=evaluator_for).memory_limit_mb == limit
     out = CliRunner().invoke(main, ["validate", str(path)])
     assert out.exit_code == 0 and f"memory     : {limit} MiB per trial (default" in out.output
     path.write_text(path.read_text().replace("measurement: {", "measurement: {memory_limit_mb: 700, "))
     job = load_job(path)
     assert memory_limit(job) == (700, "measurement.memory_limit_mb")
-    assert IsolatedHarness(job).memory_limit_mb == 700
+    assert IsolatedHarness(job, evaluator=evaluator_for).memory_limit_mb == 700

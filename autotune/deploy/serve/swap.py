@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.deploy.bundle import MANIFEST, BundleError, _mlflow_quiet
+from autotune.deploy.bundle import MANIFEST, BundleError, mlflow_quiet
 from autotune.errors import AutotuneError
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w.-]+)$")
@@ -79,7 +79,7 @@ class RegistrySource:
         m = _MODELS_URI.match(uri)
         if not m:
             raise AutotuneError(f"cannot read the model URI {uri!r}; expected models:/NAME@ALIAS.")
-        _mlflow_quiet()
+        mlflow_quiet()
         import mlflow
         from mlflow.tracking import MlflowClient
 
