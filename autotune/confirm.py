@@ -40,7 +40,7 @@ from autotune.harness.isolate import IsolatedHarness
 from autotune.loop import baseline_config
 from autotune.review import pareto_views
 from autotune.spec import Job
-from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
+from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record, references
 
 #: the per-round latency keys and the metric each confirms
 _LATENCY_KEYS = {"p50_ms": "latency_p50_ms", "p90_ms": "latency_p90_ms",
@@ -117,6 +117,10 @@ def candidates(views: Sequence[TrialView], job: Job, k: int, near: float = NEAR
                      <= near * abs(c.metrics[metric]) for c in lead)]
     close.sort(key=lambda t: sign * t.metrics[metric])
     picked = lead + close[:max(0, 2 * k - len(lead))]
+    # the hand recipes (autotune.study.references) are re-measured beside them: "vs hand int8"
+    # then compares figures from the same rounds
+    taken = {t.number for t in picked}
+    picked += [t for _, t in references(views) if t.number not in taken and metric in t.metrics]
     return sorted(picked, key=lambda t: sign * t.metrics[metric])
 
 
