@@ -504,7 +504,10 @@ def optimize(model: str, task: str | None, texts: str | None, objective: str, bu
         summary = _confirm(console, job, summary)
     _report(console, job, summary)
     if _all_failed(console, prog.extra["measured"], summary) or not summary.front:
-        console.print("[red]no configuration met the constraints[/]; nothing exported")
+        console.print("[red]no configuration met the constraints[/]; nothing exported" if
+                      summary.n_complete else f"[red]no trial finished within the budget[/] "
+                      f"({budget}); nothing exported: raise --budget and run the same command "
+                      "again (the study continues)")
         sys.exit(1)
     rule = data["report"]["rules"][0]
     res = export_bundle(job, rule, out=Path(out) if out else job.out_dir / "bundle",

@@ -145,3 +145,39 @@ def test_optimize_one_command_tunes_confirms_exports(tmp_path, monkeypatch, task
     p = load(bundle, check_hardware=False)
     assert [o.name for o in p.outputs] == ["logits"]
     assert job.model.task == "text-classification" and job.constraints == ["top1_agreement >= 0.99"]
+
+
+def test_sensitivity_pass_finds_the_layer_with_outlier_activations(tmp_path):
+    """Two MatMuls; the second one's input has one channel 300x the others (as the residual
+    stream of pretrained encoders has): per-tensor uint8 activations crush the other channels, so
+    the pass ranks it first, and ``exclude_nodes: sensitive1`` keeps exactly it in float."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from autotune.transforms.quantize import ort_int8_dynamic, sensitive_nodes
+
+    rng = np.random.default_rng(0)
+    scale = np.ones(16, np.float32)
+    scale[3] = 300.0
+    w2 = rng.standard_normal((16, 16)).astype(np.float32)
+    w2[3] /= 300.0  # the outlier channel's weights are small: it does not dominate the output
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(scale, "s"), numpy_helper.from_array(w2, "w2")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+         helper.make_node("Mul", ["h", "s"], ["hs"], name="scale"),
+         helper.make_node("MatMul", ["hs", "w2"], ["y"], name="second")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], inits)
+    src = tmp_path / "m.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(src))
+    cal = (rng.standard_normal((8, 16)).astype(np.float32),)
+    ranked = sensitive_nodes(src, cal, 2)
+    assert [n for n, _ in ranked] == ["second", "first"] and ranked[0][1] > 3 * ranked[1][1]
+    dst = ort_int8_dynamic(src, tmp_path / "q.onnx", exclude_nodes="sensitive1", calibration=cal)
+    ops = {n.name: n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert ops["second"] == "MatMul"  # kept float
+    assert "first" not in ops or ops["first"] != "MatMul"  # quantized
