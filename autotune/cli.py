@@ -25,6 +25,7 @@ from autotune.errors import AutotuneError, SpecError
 from autotune.harness.contention import flag
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.isolate import memory_limit
+from autotune.machine import exclusions
 from autotune.portfolio import applicable, job_portfolio
 from autotune.report import build_report
 from autotune.review import front_row
@@ -464,7 +465,6 @@ def optimize(model: str, task: str | None, texts: str | None, objective: str, bu
 
     import yaml
 
-    from autotune.machine import exclusions
     from autotune.optimize import derive_job, header, model_facts, sample_texts
 
     console = _console()

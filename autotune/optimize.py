@@ -209,6 +209,9 @@ def derive_job(facts: ModelFacts, *, texts: str, objective: str = "latency",
         "objectives": [first, metric],
         "constraints": [f"{metric} >= {MIN_FIDELITY}"],
         "budget": {"max_trials": int(max_trials), "timeout": budget},
+        # calibrated int8 (NNCF, static QDQ) builds for minutes on a busy machine: a trial is
+        # given 15 minutes before it is failed as hung
+        "measurement": {"trial_timeout_s": 900},
         "report": {"rules": [f"{pick} with {metric} >= {MIN_FIDELITY}"]},
     }
 

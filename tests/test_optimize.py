@@ -95,13 +95,14 @@ def _run(args, cwd):
 
 
 def test_optimize_writes_a_job_that_validates_and_reruns(tmp_path, monkeypatch):
-    """``--write-only`` writes the job; edited (fast measurement, fewer runtimes, 4 trials) it
+    """``--write-only`` writes the job; edited (fast measurement, fewer runtimes, 3 trials) it
     runs with ``autotune run``, and the status shows every front point against the hand int8."""
     monkeypatch.chdir(tmp_path)
     tiny_bert(tmp_path / "bert")
     (tmp_path / "texts.txt").write_text("\n".join(texts(40)) + "\n")
     out = _run(["optimize", "bert", "--texts", "texts.txt", "--write-only", "--job",
-                "job.yaml", "--sequence-length", "16", "--max-trials", "4"], tmp_path)
+                "job.yaml", "--sequence-length", "16", "--max-trials", "3", "--budget", "1h"],
+               tmp_path)
     assert "job.yaml" in out
     text = (tmp_path / "job.yaml").read_text()
     assert text.startswith("# Written by 'autotune optimize'")
@@ -135,7 +136,7 @@ def test_optimize_one_command_tunes_confirms_exports(tmp_path, monkeypatch, task
     monkeypatch.chdir(tmp_path)
     tiny_bert(tmp_path / "cls", task=task)
     (tmp_path / "texts.txt").write_text("\n".join(sample_texts(40)) + "\n")
-    out = _run(["optimize", "cls", "--texts", "texts.txt", "--max-trials", "3",
+    out = _run(["optimize", "cls", "--texts", "texts.txt", "--max-trials", "3", "--budget", "1h",
                 "--sequence-length", "16", "--threads", "1", "--no-register", "--quiet",
                 "--job", "job.yaml"], tmp_path)
     assert "bundle" in out
