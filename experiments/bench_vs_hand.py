@@ -151,7 +151,10 @@ def candidates(bundle: Path, model_dir: Path, seq: int, batch: int) -> dict[str,
     optimize_model(str(fp32), model_type="bert", num_heads=cfg.num_attention_heads,
                    hidden_size=cfg.hidden_size).save_model_to_file(str(fused))
     fused_int8 = tmp / "model.fused.int8.onnx"
-    quantize_dynamic(str(fused), str(fused_int8), per_channel=True, weight_type=QuantType.QInt8)
+    # (the fused contrib operators defeat ONNX shape inference; the quantizer's documented
+    # option says their outputs are float)
+    quantize_dynamic(str(fused), str(fused_int8), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": 1})
 
     def ort_session(path: Path) -> Any:
         so = ort.SessionOptions()
