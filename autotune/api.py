@@ -229,6 +229,7 @@ def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
             "type": "object", "required": ["name", "config"], "additionalProperties": False,
             "properties": {
                 "name": {"type": "string"}, "note": {"type": "string"},
+                "reference": {"type": "boolean", "description": "a hand recipe to compare with"},
                 "config": {"type": "object", "description": "a partial configuration"},
                 "when": {"type": "object", "additionalProperties": False, "properties": {
                     "cpu_flags": {**strings, "description": "any of these CPU flags"},

@@ -44,6 +44,8 @@ class TrackingCallback(LoopCallback):
 
     def on_trial_end(self, record: StudyRecord, view: TrialView,
                      views: Sequence[TrialView]) -> None:
+        # the study's view of it carries "vs <hand recipe>" (autotune.study.references)
+        view = next((v for v in views if v.number == view.number), view)
         self._tracker(record).log_trial(view, views=views)
 
     def on_loop_end(self, record: StudyRecord, views: Sequence[TrialView], *,

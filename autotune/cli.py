@@ -25,6 +25,7 @@ from autotune.harness.contention import flag
 from autotune.harness.hardware import detect_capabilities, fingerprint
 from autotune.harness.isolate import memory_limit
 from autotune.loop import coverage
+from autotune.machine import exclusions
 from autotune.portfolio import applicable, job_portfolio
 from autotune.report import build_report
 from autotune.review import front_row
@@ -432,6 +433,99 @@ def _confirm(console: Any, job: Any, summary: Any, *, strict: bool = False,
         console.print(f"[bold yellow]warning[/]: {w}")
     fresh = job_status(job)
     return replace(summary, trials=fresh.trials, front=fresh.front, baseline=fresh.baseline)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
+              default=None, help="What the model computes (default: from its architectures).")
+@click.option("--texts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="UTF-8 file, one text per line: fidelity and calibration (default: generic "
+                   "English sentences).")
+@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency",
+              show_default=True, help="latency: one text per call; throughput: batches too.")
+@click.option("--budget", default="10m", show_default=True, help="Tuning time (e.g. 10m, 600s).")
+@click.option("--max-trials", type=click.IntRange(1, 10000), default=40, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(8, 100000), default=128,
+              show_default=True, help="Texts are padded and truncated to this many tokens.")
+@click.option("--threads", type=click.IntRange(1, 4096), default=None,
+              help="Intra-op threads (default: this machine's usable cores).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+              help="Texts per call (default: 1 for latency; 1, 8 and 32 searched for throughput).")
+@click.option("--write-only", is_flag=True, help="Write the job file and stop (review it, then "
+                                                 "'autotune run' it).")
+@click.option("--job", "job_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the job (default: ./<model>-optimize.yaml).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Bundle folder (default: <out_dir>/bundle).")
+@click.option("--no-register", is_flag=True, help="Write the bundle only (no MLflow registry).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def optimize(model: str, task: str | None, texts: str | None, objective: str, budget: str,
+             max_trials: int, sequence_length: int, threads: int | None,
+             batch_size: int | None, write_only: bool, job_path: str | None, out: str | None,
+             no_register: bool, quiet: bool) -> None:
+    """Tune a Hugging Face encoder in one command: derive the job from the model and this
+    machine, write it, tune, confirm, export."""
+    from pathlib import Path
+
+    import yaml
+
+    from autotune.optimize import derive_job, header, model_facts, sample_texts
+
+    console = _console()
+    local = Path(model)
+    source = str(local.resolve()) if local.is_dir() else model
+    facts = model_facts(source, task)
+    job_file = Path(job_path) if job_path else Path(f"{facts.name}-optimize.yaml")
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    if texts:
+        lines = [ln for ln in Path(texts).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        texts_ref = str(Path(texts).resolve())
+    else:
+        lines = sample_texts(128)
+        texts_file = job_file.with_name(f"{job_file.stem}-texts.txt")
+        texts_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        texts_ref = texts_file.name
+        console.print(f"[yellow]no --texts[/]: fidelity and calibration use {len(lines)} generic "
+                      f"English texts ({texts_file}); your own texts calibrate better")
+    fp = fingerprint()
+    caps = detect_capabilities().to_dict()
+    available, excl = exclusions(caps)
+    cores = int(threads or fp.usable_cores or fp.logical_cores or 1)
+    data = derive_job(facts, texts=texts_ref, objective=objective, budget=budget,
+                      max_trials=max_trials, sequence_length=sequence_length, threads=cores,
+                      cpu_flags=fp.cpu_flags, capabilities=caps, runtimes=available,
+                      excluded=excl, n_texts=len(lines), batch_size=batch_size)
+    machine = f"{fp.cpu_model or 'CPU'}, {cores} threads, runtimes {', '.join(available)}"
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    job_file.write_text(header(facts, machine) + text, encoding="utf-8")
+    console.print(f"[green]job[/] {job_file} (edit it and re-run: autotune run {job_file})")
+    job = _load(str(job_file))
+    if write_only:
+        return
+    with _progress(console, job, quiet) as prog:
+        summary = run_job(job, progress=prog)
+    if summary.new_trials and summary.front:
+        summary = _confirm(console, job, summary)
+    _report(console, job, summary)
+    if _all_failed(console, prog.extra["measured"], summary) or not summary.front:
+        console.print("[red]no configuration met the constraints[/]; nothing exported" if
+                      summary.n_complete else f"[red]no trial finished within the budget[/] "
+                      f"({budget}); nothing exported: raise --budget and run the same command "
+                      "again (the study continues)")
+        sys.exit(1)
+    rule = data["report"]["rules"][0]
+    res = export_bundle(job, rule, out=Path(out) if out else job.out_dir / "bundle",
+                        register=not no_register)
+    m = res.manifest
+    console.print(f"[green]bundle[/] {res.bundle}  (trial {res.trial}, '{rule}': "
+                  + ", ".join(f"{k}={_fmt(v)}" for k, v in m["config"].items()) + ")")
+    for note in res.notes:
+        console.print(f"  [yellow]note[/]: {note}")
+    if res.registry_error:
+        click.echo(f"error: the bundle is written, but MLflow registration failed: "
+                   f"{res.registry_error}", err=True)
+        sys.exit(1)
 
 
 @main.command("confirm")

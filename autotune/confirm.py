@@ -46,7 +46,7 @@ from autotune.loop import baseline_config
 from autotune.review import dominates, pareto_views
 from autotune.runtimes import job_default_runtime
 from autotune.spec import Job
-from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
+from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record, references
 from autotune.workloads.registry import evaluator_for
 
 #: the per-round latency keys and the metric each confirms
@@ -133,6 +133,10 @@ def candidates(views: Sequence[TrialView], job: Job, k: int, near: float = NEAR
     close = [t for t in rest if t not in busy and _could_lead(t, front, job, near)]
     close.sort(key=lambda t: min(_gap(t, c, metric) for c in lead) if lead else 0.0)
     picked = lead + close[:max(0, 2 * k - len(lead))] + busy
+    # the hand recipes (autotune.study.references) are re-measured beside them: "vs hand int8"
+    # then compares figures from the same rounds
+    taken = {t.number for t in picked}
+    picked += [t for _, t in references(views) if t.number not in taken and metric in t.metrics]
     return sorted(picked, key=lambda t: sign * t.metrics[metric])
 
 

@@ -157,6 +157,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'autotune.metrics' has no attribute {name!r}")
 
 
+#: the ``source`` of a trial measuring a hand recipe (a portfolio entry with ``reference: true``)
+REFERENCE_SOURCE = "reference: "
+#: the prefix of the speed-up over a hand recipe: ``vs hand int8`` = the reference's latency per
+#: item / this trial's (``autotune.study.with_reference_speedups``)
+REFERENCE_PREFIX = "vs "
+
+
+def reference_metric(name: str) -> MetricInfo:
+    """The speed-up over the reference (hand recipe) named ``name``."""
+    safe = "".join(c if c.isalnum() or c in "_.- " else "_" for c in name)
+    return MetricInfo(f"{REFERENCE_PREFIX}{safe}", "maximize", "x",
+                      f"the hand recipe '{name}''s latency per item / this one's, both measured in "
+                      "this job")
+
+
 def quality_metrics(name: str, higher_is_better: bool) -> dict[str, MetricInfo]:
     """The metrics a job's quality measure adds: its own name, ``quality`` and the drops."""
     direction: Direction = "maximize" if higher_is_better else "minimize"

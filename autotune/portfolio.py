@@ -20,6 +20,11 @@ machine and the completed configuration lies in the job's (machine-restricted) s
 sets must be a parameter of that space.  At the start of a run the applicable entries are measured
 right after ``agent.warm_start`` and before the agent's own proposals; the agent observes them as
 it observes every trial.  ``autotune validate`` lists them (:func:`explain`).
+
+An entry with ``reference: true`` is a hand recipe to beat (a plain export, the one-line
+``quantize_dynamic``): measured first like the others, recorded with source ``reference: <name>``,
+and every complete trial then carries its speed-up over it (metric ``vs <name>``,
+:func:`autotune.study.with_reference_speedups`), shown by ``status``, the report and MLflow.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 from autotune.errors import SpecError
 from autotune.harness.capabilities import Capabilities
 from autotune.harness.cpu import RELEVANT_CPU_FLAGS
+from autotune.metrics import REFERENCE_SOURCE
 from autotune.runtimes import parameter_table
 from autotune.space import DeclaredParam, SearchSpace, config_key, describe, preset_path
 from autotune.yamlsrc import load_located
@@ -51,6 +57,12 @@ class Entry:
     cpu_flags: tuple[str, ...] = ()  # any of
     capabilities: tuple[str, ...] = ()  # all of
     note: str = ""
+    reference: bool = False  # a hand recipe the candidates are compared with
+
+    @property
+    def source(self) -> str:
+        """The ``source`` recorded on the entry's trial."""
+        return f"{REFERENCE_SOURCE if self.reference else 'portfolio: '}{self.name}"
 
     def matches(self, cpu_flags: Sequence[str], capabilities: Mapping[str, Any]) -> bool:
         flags = {f.lower() for f in cpu_flags}
@@ -90,10 +102,13 @@ def parse_portfolio(raw: Any, where: str = "portfolio") -> list[Entry]:
                             f"{describe(item)}.", path=at,
                             hint="e.g. {when: {cpu_flags: [avx512_vnni]}, config: "
                                  "{runtime: onnxruntime, quantization: int8_dynamic}}")
-        extra = sorted(map(str, set(item) - {"name", "when", "config", "note"}))
+        extra = sorted(map(str, set(item) - {"name", "when", "config", "note", "reference"}))
         if extra:
             raise SpecError(f"unknown key '{extra[0]}'.", path=f"{at}.{extra[0]}",
-                            hint="An entry has name, when, config and note.")
+                            hint="An entry has name, when, config, note and reference.")
+        if not isinstance(item.get("reference", False), bool):
+            raise SpecError(f"'reference' must be true or false, found "
+                            f"{describe(item['reference'])}.", path=f"{at}.reference")
         when = item.get("when") or {}
         if not isinstance(when, Mapping) or set(when) - set(_WHEN_KEYS):
             raise SpecError(f"'when' takes {' and '.join(_WHEN_KEYS)}, found {describe(when)}.",
@@ -115,7 +130,8 @@ def parse_portfolio(raw: Any, where: str = "portfolio") -> list[Entry]:
         config = dict(item["config"])
         name = str(item.get("name") or ", ".join(f"{k}={v}" for k, v in config.items()))
         out.append(Entry(name=name, config=config, cpu_flags=lists["cpu_flags"],
-                         capabilities=lists["capabilities"], note=str(item.get("note") or "")))
+                         capabilities=lists["capabilities"], note=str(item.get("note") or ""),
+                         reference=bool(item.get("reference", False))))
     return out
 
 
@@ -247,5 +263,6 @@ def portfolio_seeds(job: Any, space: SearchSpace, harness: Any, progress: Any
     found = for_machine(job, space, harness)
     if found.configs:
         progress.on_message("hardware portfolio: measuring first "
-                            + "; ".join(e.name for e, _ in found.configs))
-    return [(c, f"portfolio: {e.name}") for e, c in found.configs]
+                            + "; ".join(e.name + (" (reference)" if e.reference else "")
+                                        for e, _ in found.configs))
+    return [(c, e.source) for e, c in found.configs]

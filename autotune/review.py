@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autotune.constraints import parse_constraint
-from autotune.metrics import Direction
+from autotune.metrics import REFERENCE_PREFIX, REFERENCE_SOURCE, Direction
 from autotune.pareto import (
     Record,
     default_reference,
@@ -79,6 +79,12 @@ def front_row(t: TrialView, job: Job) -> dict[str, Any]:
         row[m] = t.metrics.get(m)
     for c in job.parsed_constraints:
         row.setdefault(c.metric, t.metrics.get(c.metric))
+    src = str(t.user_attrs.get("source", ""))
+    if src.startswith(REFERENCE_SOURCE):  # a hand recipe on the front
+        row["recipe"] = src
+    for m, v in t.metrics.items():  # "vs hand int8: 1.31x" (autotune.study.with_reference_speedups)
+        if m.startswith(REFERENCE_PREFIX):
+            row[m] = f"{v:.2f}x"
     why = (t.user_attrs.get("details") or {}).get("not_exportable")
     if why:  # said before anyone picks it (autotune status, the report's front table)
         row["export"] = f"not exportable: {why}"

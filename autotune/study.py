@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.agents.base import Observation
 from autotune.constraints import Constraint
 from autotune.errors import StudyError
-from autotune.metrics import Direction, baseline_ratios
+from autotune.metrics import REFERENCE_SOURCE, Direction, baseline_ratios, reference_metric
 from autotune.space import SearchSpace
 from autotune.spec import Job
 
@@ -117,6 +117,42 @@ def with_confirmed(view: TrialView, confirmation: Mapping[str, Any] | None,
     return replace(view, metrics=metrics, violations=violations, user_attrs={
         **view.user_attrs, "confirmed": dict(conf),
         "measured": {k: view.metrics[k] for k in overlay if k in view.metrics}})
+
+
+def references(views: Sequence[TrialView]) -> list[tuple[str, TrialView]]:
+    """The complete trials of hand recipes (portfolio entries with ``reference: true``), each with
+    its entry's name, in trial order."""
+    return [(str(v.user_attrs["source"])[len(REFERENCE_SOURCE):], v) for v in views
+            if v.state == "complete" and str(v.user_attrs.get("source", "")).startswith(
+                REFERENCE_SOURCE) and v.metrics.get("latency_per_item_ms")]
+
+
+def with_reference_speedups(views: Sequence[TrialView]) -> list[TrialView]:
+    """Every complete trial with its speed-up over each hand recipe measured in the study
+    (metric ``vs <name>``: the reference's latency per item / the trial's).  Both figures come
+    from the confirmation when it re-measured both side by side, else from their own
+    measurements (one confirmed figure is not compared with an unconfirmed one)."""
+    refs = references(views)
+    if not refs:
+        return list(views)
+    key = "latency_per_item_ms"
+
+    def own(v: TrialView) -> float:
+        return float((v.user_attrs.get("measured") or {}).get(key, v.metrics[key]))
+
+    out = []
+    for v in views:
+        mine = v.metrics.get(key)
+        if v.state != "complete" or not mine:
+            out.append(v)
+            continue
+        extra = {}
+        for name, r in refs:
+            both = "confirmed" in v.user_attrs and "confirmed" in r.user_attrs
+            ratio = (r.metrics[key] / mine) if both else own(r) / own(v)
+            extra[reference_metric(name).name] = float(ratio)
+        out.append(replace(v, metrics={**v.metrics, **extra}))
+    return out
 
 
 def measurement_warnings(record: StudyRecord) -> list[str]:
@@ -339,8 +375,9 @@ class StudyRecord:
     def trials(self) -> list[TrialView]:
         confirmed = self.attr(CONFIRMATION)
         views = [self.view(t) for t in self.study.get_trials(deepcopy=False)]
-        return [with_confirmed(v, confirmed, self.constraints) for v in views] if confirmed \
-            else views
+        if confirmed:
+            views = [with_confirmed(v, confirmed, self.constraints) for v in views]
+        return with_reference_speedups(views)
 
     def counted(self) -> int:
         """Trials that use up the budget: finished ones, not interrupted or invalid ones."""

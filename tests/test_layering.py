@@ -40,7 +40,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("measure", ("autotune.runtimes", "autotune.transforms", "autotune.harness", "autotune.workloads")),
     ("agents", ("autotune.agents", "autotune.envs")),
     ("job", ("autotune.spec", "autotune.declared", "autotune.check", "autotune.machine",
-             "autotune.portfolio")),
+             "autotune.portfolio", "autotune.optimize")),
     ("record", ("autotune.study",)),
     ("review", ("autotune.review", "autotune.plots", "autotune.report", "autotune.dashboard",
                 "autotune.tracking")),

@@ -41,6 +41,7 @@ from autotune.errors import AutotuneError
 from autotune.files import write_atomic
 from autotune.harness.evaluate import Evaluator
 from autotune.harness.hardware import Fingerprint
+from autotune.metrics import REFERENCE_PREFIX, REFERENCE_SOURCE
 from autotune.pareto import Record, knee_point, parse_rule
 from autotune.review import pareto_views
 from autotune.runtimes import get_runtime, job_default_runtime
@@ -402,6 +403,21 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> N
         name, alias, str(version))
 
 
+def reference_notes(view: TrialView) -> tuple[str, ...]:
+    """What a pick is worth against the job's hand recipes (``vs <name>`` metrics): said when it
+    is one of them, and loudly when a hand recipe is faster."""
+    src = str(view.user_attrs.get("source", ""))
+    out: tuple[str, ...] = ()
+    if src.startswith(REFERENCE_SOURCE):
+        out += (f"trial {view.number} is the hand recipe '{src[len(REFERENCE_SOURCE):]}' itself: "
+                "no tuned configuration beat it.",)
+    for m, v in sorted(view.metrics.items()):
+        if m.startswith(REFERENCE_PREFIX) and v < 1.0 and not src.endswith(m[len(REFERENCE_PREFIX):]):
+            out += (f"trial {view.number} is SLOWER than the hand recipe "
+                    f"'{m[len(REFERENCE_PREFIX):]}' ({m}: {v:.2f}x).",)
+    return out
+
+
 # ------------------------------------------------------------------------------------ all of it
 def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, register: bool = True,
                   alias: str | None = "champion", model_name: str | None = None,
@@ -417,6 +433,7 @@ def export_bundle(job: Job, pick: str | int, *, out: Path | None = None, registe
     notes = (manifest["runtime"]["note"],) if manifest["runtime"].get("note") else ()
     if not view.feasible:
         notes += (f"trial {view.number} violates the job's constraints.",)
+    notes += reference_notes(view)
     if (manifest.get("expected_latency") or {}).get("source") == "trial" \
             and record.attr(CONFIRMATION):
         notes += (f"trial {view.number} was not among the confirmed trials: its latency is one "

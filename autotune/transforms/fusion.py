@@ -23,6 +23,19 @@ from autotune.transforms.base import Categorical, Context, ModelRef, TParam, Tra
 from autotune.transforms.quantize import quiet_logging
 
 MODEL_TYPES = ("bert",)
+#: Hugging Face ``model_type`` → the fusion ONNX Runtime's optimizer applies to its encoder graph
+#: (BERT-family encoders share the ``bert`` patterns; Optimum's ORTConfigManager maps them alike).
+#: A model_type missing here is tuned without fusion; a wrong guess fails its trials with a
+#: reason ("found no transformer pattern"), never silently.
+HF_MODEL_TYPES = {t: "bert" for t in (
+    "bert", "roberta", "xlm-roberta", "distilbert", "camembert", "electra", "albert", "mpnet",
+    "deberta", "deberta-v2", "big_bird", "nystromformer")}
+
+
+def fusion_type(model_type: str) -> str:
+    """The ``ort_fusion`` value for a Hugging Face ``model_type`` (``none`` when ONNX Runtime's
+    optimizer has no patterns for it)."""
+    return HF_MODEL_TYPES.get(model_type.lower(), "none")
 #: fused contrib operators whose presence shows that a fusion happened
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization",
              "EmbedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization",

@@ -15,7 +15,9 @@ ONNX Runtime:
   Both int8 transforms take: ``per_channel``, ``reduce_range`` (7-bit weights, for CPUs without
   VNNI), ``weight_type`` (int8 | uint8), ``op_types`` ("all" or a comma list such as
   "MatMul,Gemm") and ``exclude_nodes`` (mixed precision: "none", "first", "last", "first_last"
-  — the first/last quantizable node of the graph — or a comma list of node names).
+  — the first/last quantizable node of the graph —, "sensitive<K>" — the K nodes a sensitivity
+  pass over the layers finds most hurt by int8 on the calibration split (:func:`sensitive_nodes`)
+  — or a comma list of node names).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import copy
 import io
 import logging
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -111,9 +114,89 @@ def _op_types(spec: str) -> list[str] | None:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
+SENSITIVE = re.compile(r"sensitive(\d+)")
+
+
+def _weighted(model: Any, kinds: list[str]) -> list[tuple[Any, Any]]:
+    """(node, its 2-D constant weight as a float array oriented [in, out]) for each quantizable
+    node taking an activation first and a constant weight second (MatMul, Gemm, the fused
+    Attention's packed QKV weight)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in kinds or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype("float32")
+        if w.ndim != 2:
+            continue
+        if n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute):
+            w = w.T
+        out.append((n, w))
+    return out
+
+
+def sensitive_nodes(path: Path, calibration: tuple[Any, ...], k: int, *,
+                    op_types: list[str] | None = None, per_channel: bool = False,
+                    samples: int = 8) -> list[tuple[str, float]]:
+    """The sensitivity pass: the ``k`` quantizable nodes whose output int8 changes most.
+
+    One float run over (at most ``samples`` of) the calibration inputs records each node's input
+    activation; each node's product is then recomputed with its activation quantized to uint8
+    (asymmetric, per tensor, as ONNX Runtime's dynamic int8 does per call) and its weight to int8
+    (symmetric, per tensor or per output channel), alone, and compared with the float product
+    (relative Frobenius error).  Layers whose activations have outlier channels (as pretrained
+    encoders' do) stand out; keeping them float is mixed precision chosen by measurement rather
+    than by trial and error.  Returns ``[(node name, relative error)]``, most sensitive first."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    nodes = _weighted(model, op_types or list(DEFAULT_OP_TYPES))
+    if not nodes or k <= 0:
+        return []
+    del model.graph.value_info[:]
+    have = {o.name for o in model.graph.output}
+    acts = list(dict.fromkeys(n.input[0] for n, _ in nodes))
+    for a in acts:
+        if a not in have:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(
+                a, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    n = min(samples, int(calibration[0].shape[0]))
+    err = {node.name: [0.0, 0.0] for node, _ in nodes}
+    qw = {}
+    for node, w in nodes:
+        scale = np.abs(w).max(axis=0 if per_channel else None, keepdims=per_channel) / 127.0
+        scale = np.where(scale == 0, 1.0, scale)
+        qw[node.name] = np.clip(np.round(w / scale), -127, 127) * scale
+    for i in range(n):
+        got = dict(zip(acts, sess.run(acts, {k_: x[i:i + 1] for k_, x in zip(names, calibration,
+                                                                               strict=True)}),
+                       strict=True))
+        for node, w in nodes:
+            x = np.asarray(got[node.input[0]], dtype=np.float32).reshape(-1, w.shape[0])
+            lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+            step = (hi - lo) / 255.0 or 1.0
+            zero = np.round(-lo / step)
+            xq = (np.clip(np.round(x / step) + zero, 0, 255) - zero) * step
+            ref = x @ w
+            e = err[node.name]
+            e[0] += float(np.sum((xq @ qw[node.name] - ref) ** 2))
+            e[1] += float(np.sum(ref ** 2))
+    ranked = sorted(((name, (a / b) ** 0.5 if b > 0 else 0.0) for name, (a, b) in err.items()),
+                    key=lambda t: -t[1])
+    return ranked[:k]
+
+
 def resolve_exclude(path: Path, spec: str, op_types: list[str] | None, *,
-                    dynamic: bool = False) -> list[str]:
-    """Node names for an ``exclude_nodes`` value (tokens first/last/first_last, or names).
+                    dynamic: bool = False, calibration: tuple[Any, ...] = (),
+                    per_channel: bool = False) -> list[str]:
+    """Node names for an ``exclude_nodes`` value (tokens first/last/first_last, sensitive<K>,
+    or names).
 
     ``dynamic``: ONNX Runtime's dynamic quantizer first rewrites each Gemm ``g`` as MatMul
     ``g_MatMul`` + Add, so those names are excluded too."""
@@ -126,7 +209,14 @@ def resolve_exclude(path: Path, spec: str, op_types: list[str] | None, *,
     kinds = op_types or list(DEFAULT_OP_TYPES)
     cands = [n.name for n in model.graph.node
              if n.op_type in kinds and any(i in inits for i in n.input)]
-    if spec in ("first", "last", "first_last"):
+    sens = SENSITIVE.fullmatch(spec)
+    if sens:
+        if not calibration:
+            raise TrialFailed(f"exclude_nodes '{spec}' needs calibration inputs from the job's "
+                              "data (evaluation.calibration_samples)")
+        names = [name for name, _ in sensitive_nodes(path, calibration, int(sens.group(1)),
+                                                     op_types=op_types, per_channel=per_channel)]
+    elif spec in ("first", "last", "first_last"):
         if not cands:
             return []
         names = {"first": cands[:1], "last": cands[-1:], "first_last": [cands[0], cands[-1]]}[spec]
@@ -156,7 +246,8 @@ _EXTRA = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
 
 def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
                      reduce_range: bool = False, weight_type: str = "int8",
-                     op_types: str = "all", exclude_nodes: str = "none") -> Path:
+                     op_types: str = "all", exclude_nodes: str = "none",
+                     calibration: tuple[Any, ...] = ()) -> Path:
     """ONNX Runtime dynamic quantization: int8 weights, activations quantized at run time."""
     from onnxruntime.quantization import quantize_dynamic
 
@@ -167,7 +258,9 @@ def ort_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
             quantize_dynamic(
                 str(staged), str(dst), weight_type=_qtype(weight_type), per_channel=per_channel,
                 reduce_range=reduce_range, op_types_to_quantize=ops,
-                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops, dynamic=True),
+                nodes_to_exclude=resolve_exclude(staged, exclude_nodes, ops, dynamic=True,
+                                                 calibration=calibration,
+                                                 per_channel=per_channel),
                 extra_options=_EXTRA,
             )
     finally:
@@ -348,7 +441,9 @@ def ort_int8_static(src: Path, dst: Path, calibration_inputs: tuple[Any, ...], *
                 quant_format=fmt, op_types_to_quantize=ops, per_channel=per_channel,
                 reduce_range=reduce_range, activation_type=_qtype(activation_type),
                 weight_type=_qtype(weight_type),
-                nodes_to_exclude=sorted({*resolve_exclude(staged, exclude_nodes, ops), *kept}),
+                nodes_to_exclude=sorted({*resolve_exclude(
+                    staged, exclude_nodes, ops, calibration=calibration_inputs,
+                    per_channel=per_channel), *kept}),
                 calibrate_method=method, extra_options=_EXTRA,
             )
     finally:
@@ -383,19 +478,22 @@ _COMMON = {
     "exclude_nodes": TParam("none", Categorical(["none", "first", "last", "first_last"]),
                             "nodes left in float (mixed precision)",
                             lambda v: isinstance(v, str),
-                            "none|first|last|first_last or comma-separated node names"),
+                            "none|first|last|first_last|sensitive<K> or comma-separated node "
+                            "names"),
 }
 
 
 class OrtInt8Dynamic(Transform):
     name = "ort_int8_dynamic"
     takes = gives = "onnx"
+    reads_data = True  # exclude_nodes: sensitive<K> runs the sensitivity pass on them
     params: ClassVar[dict[str, TParam]] = dict(_COMMON)
 
     def transform(self, model: ModelRef, params: dict[str, Any], context: Context,
                   out: Path | None) -> tuple[Any, Mapping[str, Any]]:
         assert out is not None
-        return ort_int8_dynamic(model.path, out, **params), {"precision": "int8_dynamic"}
+        return ort_int8_dynamic(model.path, out, calibration=tuple(context.calibration or ()),
+                                **params), {"precision": "int8_dynamic"}
 
 
 class OrtInt8Static(Transform):

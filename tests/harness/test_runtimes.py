@@ -146,7 +146,7 @@ def test_split_calibration_rules():
     ({"runtime": "onnxruntime", "execution_provider": "tensorrt", "device": "cuda"},
      "TensorrtExecutionProvider"),
     ({"runtime": "onnxruntime", "execution_provider": "cuda"}, "needs device 'cuda'"),
-    ({"runtime": "torch", "quantization": "int8_static"}, "onnxruntime only"),
+    ({"runtime": "torch", "quantization": "int8_static"}, "onnxruntime, openvino only"),
     ({"runtime": "onnxruntime", "quantization": "bf16"}, "not supported on onnxruntime"),
     ({"runtime": "onnxruntime", "quantization": "int4"}, "unknown quantization"),
     ({"runtime": "onnxruntime", "execution_mode": "eager"},
