@@ -23,24 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from autotune.core.space import PARAM_KEYS, PRESET_DIR
+from autotune.core.yamlsrc import Located
 from autotune.errors import AutotuneError, SpecError
-from autotune.space import PARAM_KEYS, PRESET_DIR
-from autotune.spec import Job, job_from_located, load_job
-from autotune.study import TrialCounts
-from autotune.tuner import Progress, run, status
-from autotune.yamlsrc import Located
+from autotune.job.spec import Job, job_from_located, load_job
+from autotune.record.study import TrialCounts
+from autotune.tuning.tuner import Progress, run, status
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from autotune.spec import Job
-    from autotune.study import TrialView
-    from autotune.tuner import Progress, RunSummary
+    from autotune.job.spec import Job
+    from autotune.record.study import TrialView
+    from autotune.tuning.tuner import Progress, RunSummary
 
 __all__ = ["Results", "as_job", "job_schema", "load_results", "trials_frame", "tune"]
 
 def as_job(job: Any, *, base_dir: str | os.PathLike[str] | None = None) -> Job:
-    """A :class:`~autotune.spec.Job` from a path to a job file, a dict with the file's content, or
+    """A :class:`~autotune.job.spec.Job` from a path to a job file, a dict with the file's content, or
     a Job (returned as is).
 
     For a dict, modules named by ``module:function`` and relative paths (``runs/<name>``, an ONNX
@@ -133,9 +133,9 @@ def tune(job: Any, *, max_trials: int | None = None, quiet: bool = False,
     """Run (or continue) a job until its budget is used up, and return its :class:`Results`.
 
     ``job``: a path to a job file, a dict with a job file's content (see :func:`as_job` for
-    ``base_dir``), or a :class:`~autotune.spec.Job`.  ``max_trials`` overrides the budget.
+    ``base_dir``), or a :class:`~autotune.job.spec.Job`.  ``max_trials`` overrides the budget.
     Progress is printed one line per trial to stderr unless ``quiet``; pass your own
-    :class:`autotune.tuner.Progress` to draw it differently.  Bad input raises
+    :class:`autotune.tuning.tuner.Progress` to draw it differently.  Bad input raises
     :class:`~autotune.errors.SpecError`; failed trials are recorded in the results, not raised.
     """
     import multiprocessing
@@ -168,7 +168,7 @@ def trials_frame(job: Any, *, base_dir: str | os.PathLike[str] | None = None,
 
 def job_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of job files, for editor completion and checks
-    (``autotune schema``).  Generated from the :class:`~autotune.spec.Job` model; the loader's
+    (``autotune schema``).  Generated from the :class:`~autotune.job.spec.Job` model; the loader's
     own fields (``source``, ``base_dir``) are left out, and ``search_space`` parameters are
     described as in ``search_spaces/*.yaml``."""
     schema = Job.model_json_schema(mode="validation")
@@ -199,7 +199,7 @@ def job_schema() -> dict[str, Any]:
 
 def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
     """``search_space:``: a preset (+ overrides) or inline parameters, each parameter with
-    ``choices`` or ``low``/``high`` (the keys :mod:`autotune.space` accepts)."""
+    ``choices`` or ``low``/``high`` (the keys :mod:`autotune.core.space` accepts)."""
     scalar = {"type": ["string", "number", "integer", "boolean", "null"]}
     param_props: dict[str, Any] = {
         "choices": {"type": "array", "items": scalar, "minItems": 1},
@@ -224,7 +224,7 @@ def _search_space_schema(defs: dict[str, Any]) -> dict[str, Any]:
         "anyOf": [{"$ref": "#/$defs/Parameter"}, {"type": "null"}]},
         "description": "replace a preset's parameter; null removes it"}
     strings = {"type": "array", "items": {"type": "string"}}
-    portfolio = {  # autotune.portfolio: measured first where the hardware matches
+    portfolio = {  # autotune.job.portfolio: measured first where the hardware matches
         "type": "array", "items": {
             "type": "object", "required": ["name", "config"], "additionalProperties": False,
             "properties": {

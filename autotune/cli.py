@@ -12,31 +12,31 @@ from typing import Any
 
 import click
 
-from autotune import schedule as scheduling  # (module: tests patch scheduling.retune_once)
 from autotune.api import job_schema
-from autotune.check import check_job
-from autotune.confirm import confirm
-from autotune.dashboard import serve as serve_dashboard
 from autotune.deploy.bundle import read_key, require_signature
 from autotune.deploy.export import export_bundle
 from autotune.deploy.serve import Limits, serve
 from autotune.errors import AutotuneError, SpecError
-from autotune.harness.contention import flag
-from autotune.harness.hardware import detect_capabilities, fingerprint
-from autotune.harness.isolate import memory_limit
-from autotune.loop import coverage
-from autotune.machine import exclusions
-from autotune.portfolio import applicable, job_portfolio
-from autotune.report import build_report
-from autotune.review import front_row
-from autotune.spec import load_job
-from autotune.study import measurement_warnings
-from autotune.tracking import sync_job
-from autotune.tuner import Progress, WorkerOptions, open_record, run_worker
-from autotune.tuner import run as run_job
-from autotune.tuner import status as job_status
-from autotune.workloads.generation import GenerationEvaluator
-from autotune.workloads.goodput import evaluator_measure, search
+from autotune.job.check import check_job
+from autotune.job.machine import exclusions
+from autotune.job.portfolio import applicable, job_portfolio
+from autotune.job.spec import load_job
+from autotune.measure.harness.contention import flag
+from autotune.measure.harness.hardware import detect_capabilities, fingerprint
+from autotune.measure.harness.isolate import memory_limit
+from autotune.measure.workloads.generation import GenerationEvaluator
+from autotune.measure.workloads.goodput import evaluator_measure, search
+from autotune.record.study import measurement_warnings
+from autotune.retune import schedule as scheduling  # (module: tests patch scheduling.retune_once)
+from autotune.review.dashboard import serve as serve_dashboard
+from autotune.review.front import front_row
+from autotune.review.report import build_report
+from autotune.review.tracking import sync_job
+from autotune.tuning.confirm import confirm
+from autotune.tuning.loop import coverage
+from autotune.tuning.tuner import Progress, WorkerOptions, open_record, run_worker
+from autotune.tuning.tuner import run as run_job
+from autotune.tuning.tuner import status as job_status
 
 
 def _console(stderr: bool = False) -> Any:
@@ -470,7 +470,7 @@ def optimize(model: str, task: str | None, texts: str | None, objective: str, bu
 
     import yaml
 
-    from autotune.optimize import derive_job, header, model_facts, sample_texts
+    from autotune.job.optimize import derive_job, header, model_facts, sample_texts
 
     console = _console()
     local = Path(model)
@@ -610,7 +610,7 @@ def status(job_file: str) -> None:
     failed = [t for t in summary.trials if t.state == "failed"]
     for t in failed[-10:]:
         console.print(f"[yellow]failed trial {t.number}[/]: {t.reason.splitlines()[0][:200]}")
-    for note in summary.notices:  # failure causes the study learned (autotune.machine)
+    for note in summary.notices:  # failure causes the study learned (autotune.job.machine)
         console.print(f"[yellow]invalid for the rest of the study[/]: {note}")
 
 

@@ -75,7 +75,7 @@ class TrialFailed(AutotuneError):
     The tuner records the trial as failed with this reason; the study goes on.  ``cause``: the
     parameter values that determine the failure (``{"pruning_method": "gradient"}`` when the job
     has no loss), when the configuration alone decides it: every configuration sharing them then
-    fails the same way, and the study stops proposing them (:func:`autotune.machine.forbid_causes`).
+    fails the same way, and the study stops proposing them (:func:`autotune.job.machine.forbid_causes`).
     """
 
     def __init__(self, message: str = "", *, cause: Mapping[str, Any] | None = None) -> None:

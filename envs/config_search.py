@@ -23,7 +23,7 @@ Reward (only at the last step of a configuration, 0 elsewhere)::
            = -violation_penalty * sum(max(v, 0))         if it violates constraints
            = -failure_penalty                            if it failed or is an invalid combination
 
-``HV`` is :func:`autotune.pareto.hypervolume` against the fixed ``reference`` and ``box`` is the
+``HV`` is :func:`autotune.core.pareto.hypervolume` against the fixed ``reference`` and ``box`` is the
 volume of the box between ``ideal`` and ``reference``, so a perfect front scores at most 1 per
 episode in total.  Invalid combinations (the space's ``invalid:`` rules) are not evaluated and do
 not use budget.  ``truncated`` is True at the step that uses the last evaluation of the budget;
@@ -52,8 +52,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autotune.pareto import hypervolume, pareto_mask
-from autotune.space import Config, Param, SearchSpace
+from autotune.core.pareto import hypervolume, pareto_mask
+from autotune.core.space import Config, Param, SearchSpace
 
 Evaluation = tuple[Sequence[float] | None, Sequence[float]]
 Evaluate = Callable[[Config], Evaluation]

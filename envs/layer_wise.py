@@ -99,7 +99,7 @@ def describe_layers(model: nn.Module, example: Any | None = None) -> list[LayerI
     import torch
     from torch import nn
 
-    from autotune.transforms.prune import PRUNABLE
+    from autotune.measure.transforms.prune import PRUNABLE
 
     out_sizes: dict[str, int] = {}
     hooks = []

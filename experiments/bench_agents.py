@@ -57,8 +57,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from autotune.agents import AGENTS, create_agent  # noqa: E402
 from autotune.agents.base import Observation  # noqa: E402
-from autotune.metrics import Direction  # noqa: E402
-from autotune.space import SearchSpace, parse_space  # noqa: E402
+from autotune.core.metrics import Direction  # noqa: E402
+from autotune.core.space import SearchSpace, parse_space  # noqa: E402
 
 TABLE = HERE / "data" / "digits_grid.csv"
 RESULTS = HERE / "results" / "bench_agents.csv"
@@ -117,8 +117,8 @@ def _dtlz2(n: int = 7, m: int = 3) -> Problem:
 
 
 def _table() -> Problem:
-    from autotune.pareto import hypervolume
-    from autotune.spec import load_job
+    from autotune.core.pareto import hypervolume
+    from autotune.job.spec import load_job
 
     space = load_job(HERE / "digits-grid.yaml").space
     rows: dict[str, dict[str, float]] = {}
@@ -152,9 +152,9 @@ def _key(c: Mapping[str, Any]) -> str:
 
 
 #: the modules each agent's behaviour depends on besides its own (see :func:`code_hash`)
-_COMMON = ("autotune.agents.base", "autotune.space", "autotune.explore")
-_EXTRA = {"auto": ("autotune.agents.optuna", "autotune.pareto"),
-          "rl": ("autotune.envs.config_search", "autotune.pareto")}
+_COMMON = ("autotune.agents.base", "autotune.core.space", "autotune.core.explore")
+_EXTRA = {"auto": ("autotune.agents.optuna", "autotune.core.pareto"),
+          "rl": ("autotune.envs.config_search", "autotune.core.pareto")}
 _LIBS = {"autotune.agents.optuna": ("optuna",), "autotune.agents.skopt": ("scikit-optimize",),
          "autotune.agents.rl": ("stable-baselines3", "torch", "gymnasium"),
          "autotune.agents.auto": ("optuna", "torch")}
@@ -248,7 +248,7 @@ def _mixed_metrics(c: Mapping[str, Any]) -> dict[str, float]:
 def _mixed() -> Problem:
     import numpy as np
 
-    from autotune.pareto import hypervolume, pareto_mask
+    from autotune.core.pareto import hypervolume, pareto_mask
 
     space = parse_space(MIXED_SPACE, name="serving-mixed")
     objectives: list[tuple[str, Direction]] = [("latency_p95_ms", "minimize"),
@@ -277,8 +277,8 @@ def run_one(task: tuple[str, str, int, int]) -> dict[str, Any]:
     agent_name, problem_name, seed, budget = task
     from threadpoolctl import threadpool_limits
 
+    from autotune.core.pareto import hypervolume_history
     from autotune.errors import AutotuneError
-    from autotune.pareto import hypervolume_history
 
     problem = PROBLEMS[problem_name]()
     dirs = [d for _, d in problem.objectives]

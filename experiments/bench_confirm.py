@@ -80,7 +80,7 @@ _FRESH = """
 import json, sys
 import numpy as np
 from autotune.deploy import load
-from autotune.harness.stats import measure
+from autotune.measure.harness.stats import measure
 p = load(sys.argv[1], check_hardware=False)
 feeds = json.loads(sys.argv[2])
 batch = {i.name: np.asarray(feeds[i.name], dtype=np.int64) for i in p.inputs if i.name in feeds}
@@ -148,7 +148,7 @@ def main() -> None:
         _autotune("run", str(job), "--quiet", "--no-confirm", cwd=work)
     _say("autotune confirm: the torch baseline and both trials side by side")
     print(_autotune("confirm", str(job), "--candidates", "2", cwd=work)[-2500:])
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
 
     m = load_job(job).measurement
     kw = {"warmup": m.warmup, "min_repeats": m.min_repeats, "max_repeats": m.max_repeats,

@@ -4,7 +4,7 @@ bundle under ``autotune serve`` driven by the official ``openai`` client, side b
 Both serve the same requests (the prompts, tokenized once; each request's ``max_tokens``) from
 ``--clients`` closed-loop clients (each sends its next request when its previous one is
 answered).  In-process: the engine the server builds for the bundle, driven by
-``autotune.workloads.engine.ClosedLoop`` (the tuning measurement's path).  Served: ``autotune
+``autotune.measure.workloads.engine.ClosedLoop`` (the tuning measurement's path).  Served: ``autotune
 serve BUNDLE`` in a child process; ``--clients`` threads, each with its own ``openai.OpenAI``
 client calling ``completions.create`` (``--stream``: server-sent events, TTFT at the client).
 Rounds alternate which goes first; the figure is output tokens per second of wall-clock time
@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 
 def in_process(engine: Any, items: list[tuple[list[int], int]], clients: int) -> dict[str, Any]:
-    from autotune.workloads.engine import ClosedLoop
+    from autotune.measure.workloads.engine import ClosedLoop
 
     source = ClosedLoop(items, clients)
     t0 = time.perf_counter()

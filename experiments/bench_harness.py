@@ -38,7 +38,7 @@ RESULTS = HERE / "results"
 
 
 def _job(yaml_name: str, out_dir: str):  # type: ignore[no-untyped-def]
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
 
     job = load_job(HERE / yaml_name)
     return job.model_copy(update={"output_dir": out_dir})
@@ -72,16 +72,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _machine_note() -> str:
-    from autotune.harness.hardware import fingerprint
+    from autotune.measure.harness.hardware import fingerprint
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{fingerprint().short()} · load average {load:.2f}"
 
 
 def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any]]:
-    from autotune.harness import contention
-    from autotune.harness.evaluate import Evaluator
-    from autotune.harness.stats import (
+    from autotune.measure.harness import contention
+    from autotune.measure.harness.stats import (
         LatencyStats,
         alternate,
         cv,
@@ -89,6 +88,7 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
         ratio_spread,
         repeatability,
     )
+    from autotune.measure.workloads.forward import Evaluator
 
     job = _job("digits-cpu.yaml", out_dir)
     m = job.measurement
@@ -178,8 +178,8 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
     _row(rows, sec, "  rest (FLOPs, cost, memory)", total - known, "s",
          f"{100 * (total - known) / total:.0f} %")
 
-    from autotune.harness.isolate import IsolatedHarness
-    from autotune.workloads.registry import evaluator_for
+    from autotune.measure.harness.isolate import IsolatedHarness
+    from autotune.measure.workloads.registry import evaluator_for
 
     with IsolatedHarness(job, evaluator=evaluator_for) as h:
         t0 = time.perf_counter()
@@ -195,8 +195,8 @@ def bench_harness(out_dir: str, repeats: int, rounds: int) -> list[dict[str, Any
 
 
 def bench_transformer(out_dir: str, rounds: int, threads: int) -> list[dict[str, Any]]:
-    from autotune.harness.evaluate import HARNESS_PARAMS, Evaluator
-    from autotune.harness.stats import alternate, ratio_spread
+    from autotune.measure.harness.stats import alternate, ratio_spread
+    from autotune.measure.workloads.forward import HARNESS_PARAMS, Evaluator
 
     job = _job("transformer-cpu.yaml", out_dir)
     m = job.measurement

@@ -120,7 +120,7 @@ def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], co
 
 
 def inproc_pass(engine: Any, wl: Any, tok: Any, slo: tuple[float, float]) -> dict[str, Any]:
-    from autotune.workloads.generation import serve_pass
+    from autotune.measure.workloads.generation import serve_pass
 
     p = serve_pass(engine, wl)
     good = sum(1 for a, b in zip(p.ttft_s, _tpots(p), strict=True)
@@ -156,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from autotune.deploy.export import export_bundle
-    from autotune.harness.hostlock import measurement_lock
-    from autotune.spec import load_job
-    from autotune.tuner import open_record
-    from autotune.workloads.generation import GenerationEvaluator
+    from autotune.job.spec import load_job
+    from autotune.measure.harness.hostlock import measurement_lock
+    from autotune.measure.workloads.generation import GenerationEvaluator
+    from autotune.tuning.tuner import open_record
 
     job = load_job(args.job)
     views = open_record(job, create=False).trials()
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             if why:
                 notes.append(f"(e) llama.cpp server: {why}")
             else:
-                from autotune.workloads.generation import folder_digest
-                from autotune.workloads.llamacpp import to_gguf
+                from autotune.measure.workloads.generation import folder_digest
+                from autotune.measure.workloads.llamacpp import to_gguf
 
                 gguf = to_gguf(wl.model_dir, "q8_0", job.out_dir / "cache", tok,
                                folder_digest(wl.model_dir))
@@ -281,7 +281,7 @@ def llama_server_reason(folder: Path) -> str | None:
     """Why llama.cpp's server cannot serve this model here (None: it can)."""
     import importlib.util
 
-    from autotune.workloads.llamacpp import convertible, missing
+    from autotune.measure.workloads.llamacpp import convertible, missing
 
     why = missing()
     if why:
@@ -293,7 +293,7 @@ def llama_server_reason(folder: Path) -> str | None:
     why = convertible(folder)
     if why:
         return why
-    from autotune.workloads.llamacpp import bpe_merges
+    from autotune.measure.workloads.llamacpp import bpe_merges
 
     if not bpe_merges(folder):
         return ("llama.cpp's server takes text and tokenizes it with llama.cpp's own tokenizers "

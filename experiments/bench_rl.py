@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune.agents import create_agent
 from autotune.agents.base import Observation
-from autotune.pareto import hypervolume
-from autotune.space import SearchSpace, parse_space
+from autotune.core.pareto import hypervolume
+from autotune.core.space import SearchSpace, parse_space
 
 Problem = tuple[SearchSpace, list[tuple[str, str]], int, Callable[[dict[str, Any]], Any],
                 np.ndarray, float]

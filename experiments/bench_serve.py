@@ -133,8 +133,8 @@ def swaps(args: argparse.Namespace, root: Path) -> tuple[int, Path]:
 
     from autotune.deploy.export import pick_trial, register_bundle, set_alias, write_bundle
     from autotune.deploy.serve import ModelServer, load_test
-    from autotune.spec import load_job
-    from autotune.tuner import run
+    from autotune.job.spec import load_job
+    from autotune.tuning.tuner import run
 
     shutil.copy(HERE / "digits_model.py", root / "digits_model.py")
     warm = ("agent: {name: tpe, seed: 1, warm_start: ["

@@ -17,7 +17,7 @@ Steps (each printed as it runs):
    ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, the fused expert
    recipe (``onnxruntime.transformers.optimizer.optimize_model`` then the same
    ``quantize_dynamic``), and the bundle loaded by ``autotune.deploy.load``.  Each candidate is
-   timed as the tuner times a configuration (``autotune.harness.stats.alternate`` with the job's
+   timed as the tuner times a configuration (``autotune.measure.harness.stats.alternate`` with the job's
    measurement settings, the order rotating), so the five are measured alike.  Each run gives a
    p50 per candidate (median over rounds) and its ratio to the hand int8; after each run the
    bundle is also measured alone in a fresh process.
@@ -72,7 +72,7 @@ def model_folder() -> Path:
 
 def tune(work: Path, model: Path, minutes: float, seq: int, batch: int) -> Path:
     """``autotune optimize`` and nothing else; returns the bundle it exported."""
-    from autotune.optimize import sample_texts
+    from autotune.job.optimize import sample_texts
 
     (work / "texts.txt").write_text("\n".join(sample_texts(128, seed=7)) + "\n")
     _say(f"autotune optimize {model.name} for at most {minutes:g} min (sequence {seq}, batch "
@@ -128,8 +128,8 @@ def candidates(bundle: Path, model_dir: Path, seq: int, batch: int) -> dict[str,
     from onnxruntime.transformers.optimizer import optimize_model
 
     from autotune.deploy import load
-    from autotune.harness.workload import hf_encoder
-    from autotune.optimize import sample_texts
+    from autotune.job.optimize import sample_texts
+    from autotune.measure.workloads.model import hf_encoder
 
     torch.set_num_threads(THREADS)
     module, tok = hf_encoder(str(model_dir), "feature-extraction")
@@ -189,11 +189,11 @@ MEASURE = {"warmup": 5, "min_repeats": 20, "target_ci": 0.03, "max_time_s": 2.0}
 def compare(cands: dict[str, Any], rounds: int, batch: int) -> dict[str, Any]:
     """p50 (ms) per candidate over interleaved rounds (batch 1) and cosine fidelity.
 
-    Timed with the harness's own :func:`autotune.harness.stats.alternate`: every round measures
+    Timed with the harness's own :func:`autotune.measure.harness.stats.alternate`: every round measures
     each candidate once (warm-up, then timed calls until its median is stable or 2 s pass), the
     order rotating between rounds, on one fixed sentence -- as the tuner and its confirmation
     step time a configuration.  A candidate's p50 is the median of its per-round p50s."""
-    from autotune.harness.stats import alternate
+    from autotune.measure.harness.stats import alternate
 
     feeds = cands["feeds"]
     fns = {k: v for k, v in cands.items() if not k.startswith("_") and k not in ("feeds", "names")}
@@ -215,7 +215,7 @@ def compare(cands: dict[str, Any], rounds: int, batch: int) -> dict[str, Any]:
 _FRESH = """
 import json, sys, numpy as np
 from autotune.deploy import load
-from autotune.harness.stats import measure
+from autotune.measure.harness.stats import measure
 p = load(sys.argv[1], check_hardware=False)
 feeds = json.loads(sys.argv[2])
 batch = {i.name: np.asarray(feeds[i.name], dtype=np.int64) for i in p.inputs}

@@ -16,11 +16,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from autotune.harness.isolate import IsolatedHarness  # noqa: E402
-from autotune.spec import load_job  # noqa: E402
-from autotune.study import derive_metrics  # noqa: E402
-from autotune.tuner import baseline_config  # noqa: E402
-from autotune.workloads.registry import evaluator_for  # noqa: E402
+from autotune.job.spec import load_job  # noqa: E402
+from autotune.measure.harness.isolate import IsolatedHarness  # noqa: E402
+from autotune.measure.workloads.registry import evaluator_for  # noqa: E402
+from autotune.record.study import derive_metrics  # noqa: E402
+from autotune.tuning.tuner import baseline_config  # noqa: E402
 
 METRICS = ["latency_p50_ms", "latency_p95_ms", "throughput_ips", "accuracy", "accuracy_drop",
            "model_size_mb", "peak_memory_mb"]

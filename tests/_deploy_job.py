@@ -28,8 +28,8 @@ ORT_FP32, ORT_INT8, TORCH_FP32 = 0, 1, 2
 
 @functools.cache
 def tuned_job_file() -> Path:
-    from autotune.spec import load_job
-    from autotune.tuner import run
+    from autotune.job.spec import load_job
+    from autotune.tuning.tuner import run
 
     root = Path(tempfile.mkdtemp(prefix="autotune-deploy-tests-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -44,6 +44,6 @@ def tuned_job_file() -> Path:
 
 
 def tuned_job():
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
 
     return load_job(tuned_job_file())

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from autotune.pareto import hypervolume
+from autotune.core.pareto import hypervolume
 from tests.conftest import EXPERIMENTS
 
 

@@ -26,7 +26,7 @@ def partial(config):
     return {"f1": config["x1"]}
 
 def locked(config):
-    from autotune.harness.hostlock import measurement_lock
+    from autotune.measure.harness.hostlock import measurement_lock
 
     with measurement_lock():
         return zdt1(config)
@@ -125,8 +125,8 @@ def test_a_run_where_every_trial_failed_exits_1(tmp_path: Path) -> None:
 
 def test_progress_says_when_it_waits_for_the_measurement_lock(tmp_path: Path,
                                                                monkeypatch) -> None:
-    from autotune import tuner
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
+    from autotune.tuning import tuner
 
     lock = tmp_path / "measure.lock"
     monkeypatch.setenv("AUTOTUNE_MEASURE_LOCK", str(lock))
@@ -157,7 +157,7 @@ def test_progress_says_when_it_waits_for_the_measurement_lock(tmp_path: Path,
 
 
 def test_retune_json_keeps_stdout_for_the_object(tmp_path: Path, monkeypatch) -> None:
-    from autotune import schedule
+    from autotune.retune import schedule
 
     def cycle(job, log):
         log("re-measuring the champion")
@@ -195,8 +195,8 @@ def test_front_table_headers_are_not_truncated_at_160_columns() -> None:
     from rich.console import Console
 
     from autotune.cli import front_table
-    from autotune.spec import load_job
-    from autotune.study import TrialView
+    from autotune.job.spec import load_job
+    from autotune.record.study import TrialView
 
     job = load_job(Path(__file__).parent.parent / "experiments" / "digits-cpu.yaml")
     job = job.model_copy(update={"search_space": {"preset": "cpu-inference-full"}})

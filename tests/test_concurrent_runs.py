@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from autotune.liveness import Liveness
-from autotune.space import config_key
+from autotune.core.space import config_key
 from autotune.testing.agents import InProcessHarness, tiny_job
+from autotune.tuning.liveness import Liveness
 from tests.conftest import tiny_job_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def test_liveness_records(tmp_path: Path) -> None:
     c = Liveness(folder, f"{socket.gethostname()}:4")
     assert c.acquire() == 1  # the freed index is reused
     # a killed process's record reads as dead: the kernel dropped its lock
-    code = ("import sys, os; from autotune.liveness import Liveness; "
+    code = ("import sys, os; from autotune.tuning.liveness import Liveness; "
             "Liveness(sys.argv[1], 'h:' + str(os.getpid())).acquire(); os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -46,7 +46,7 @@ def test_liveness_records(tmp_path: Path) -> None:
 def test_run_fails_dead_trials_and_leaves_live_ones(tmp_path: Path) -> None:
     """A RUNNING trial of a dead process is failed as interrupted; one of a live process (here
     a liveness record held in this process under another id) is left to finish."""
-    from autotune import tuner
+    from autotune.tuning import tuner
 
     job = tiny_job("random", tmp_path / "job", 3, "accuracy >= 0.0")
     record = tuner.open_record(job)
@@ -83,7 +83,7 @@ def test_two_runs_of_one_job_at_once(write_job, tmp_path: Path) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
 
     path = write_job(tiny_job_text(
         4, constraints=None, agent={"name": "random", "seed": 1},

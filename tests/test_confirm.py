@@ -13,11 +13,11 @@ import pytest
 from _deploy_job import WARM
 from conftest import EXPERIMENTS, TINY_JOB
 
-from autotune.confirm import BASELINE, confirm
 from autotune.deploy.export import export_bundle
-from autotune.spec import load_job
-from autotune.study import CONFIRMATION, open_record
-from autotune.tuner import run, status
+from autotune.job.spec import load_job
+from autotune.record.study import CONFIRMATION, open_record
+from autotune.tuning.confirm import BASELINE, confirm
+from autotune.tuning.tuner import run, status
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_cli_confirm_then_status_and_report_show_it(tuned) -> None:
     from click.testing import CliRunner
 
     from autotune.cli import main
-    from autotune.report import build_report
+    from autotune.review.report import build_report
 
     job = tuned
     out = CliRunner().invoke(main, ["confirm", job.source])
@@ -156,7 +156,7 @@ def test_prediction_interval_covers_a_further_measurement() -> None:
     latencies have), and it widens with the noise and narrows with more rounds."""
     import numpy as np
 
-    from autotune.confirm import prediction_interval
+    from autotune.tuning.confirm import prediction_interval
 
     rng = np.random.default_rng(0)
     for n, want_range in ((3, 0.5), (5, 4 / 6)):
@@ -182,8 +182,8 @@ def test_candidates_include_trials_within_noise_of_the_leaders() -> None:
     and dominated (trial 4) is not."""
     from types import SimpleNamespace
 
-    from autotune.confirm import candidates
-    from autotune.study import TrialView
+    from autotune.record.study import TrialView
+    from autotune.tuning.confirm import candidates
 
     def view(n: int, lat: float, cos: float) -> TrialView:
         return TrialView(number=n, state="complete", config={"x": n},
@@ -202,7 +202,7 @@ def test_drift_widens_the_interval_to_what_minutes_later_sees() -> None:
     between tuning and confirmation (RMS of the log ratios) the interval widens to hold it."""
     import math
 
-    from autotune.confirm import drift_sd, prediction_interval
+    from autotune.tuning.confirm import drift_sd, prediction_interval
 
     rounds = [10.0, 10.1, 9.95, 10.05, 10.0]
     assert drift_sd([]) == 0.0
@@ -214,7 +214,7 @@ def test_drift_widens_the_interval_to_what_minutes_later_sees() -> None:
 
 
 def test_the_first_baselines_instability_warning_ends_with_its_confirmation() -> None:
-    from autotune.study import measurement_warnings
+    from autotune.record.study import measurement_warnings
 
     class Record:
         def __init__(self, attrs: dict) -> None:

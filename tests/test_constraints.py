@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from autotune.constraints import ConstraintSyntaxError, parse_constraint
+from autotune.core.constraints import ConstraintSyntaxError, parse_constraint
 
 
 @pytest.mark.parametrize(

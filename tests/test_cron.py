@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.cron import Cron, Interval, ScheduleError, parse_cron, parse_schedule
+from autotune.core.cron import Cron, Interval, ScheduleError, parse_cron, parse_schedule
 
 T0 = dt.datetime(2026, 11, 21, 18, 7, 30)  # a Saturday
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autotune import tuner
 from autotune.errors import SpecError
-from autotune.spec import load_job
+from autotune.job.spec import load_job
+from autotune.tuning import tuner
 
 OBJECTIVE_MODULE = '''
 import math, os

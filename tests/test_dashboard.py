@@ -13,10 +13,10 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 
-from autotune.constraints import parse_constraint
-from autotune.dashboard import app as dashboard_app
-from autotune.space import parse_space
-from autotune.study import StudyRecord, trial_details, trial_metrics
+from autotune.core.constraints import parse_constraint
+from autotune.core.space import parse_space
+from autotune.record.study import StudyRecord, trial_details, trial_metrics
+from autotune.review.dashboard import app as dashboard_app
 
 OBJ = [("latency_p95_ms", "minimize"), ("accuracy", "maximize")]
 SPACE = {"batch_size": {"choices": [1, 16, 64]}, "threads": {"low": 1, "high": 4}}
@@ -106,7 +106,7 @@ def test_infeasible_trial_is_never_best(tmp_path):
     # plain optuna-dashboard would have labelled the infeasible trial "Best Trial"
     from optuna.study import StudyDirection
 
-    from autotune.dashboard import _feasible_front
+    from autotune.review.dashboard import _feasible_front
 
     raw = optuna.load_study(study_name="dash", storage=url)
     dirs = [StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE]

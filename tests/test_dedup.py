@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from autotune import tuner, worker
 from autotune.agents.base import Agent, Observation
-from autotune.space import Config, config_key
+from autotune.core.space import Config, config_key
 from autotune.testing import agents as testing_agents
 from autotune.testing.agents import InProcessHarness, tiny_job
+from autotune.tuning import tuner, worker
 
 A = {"runtime": "torch", "quantization": "fp32", "batch_size": 1, "threads": 2,
      "pruning_ratio": 0.0}

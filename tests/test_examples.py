@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from autotune.spec import load_job
+from autotune.job.spec import load_job
 from tests.conftest import EXPERIMENTS
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from autotune.deploy.export import export_bundle, pick_trial, write_bundle
 from autotune.errors import AutotuneError, SpecError
-from autotune.tuner import open_record
+from autotune.tuning.tuner import open_record
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -36,8 +36,8 @@ CHILD = textwrap.dedent("""
     import numpy as np
     from autotune.deploy import load
     from autotune.deploy.bundle import benchmark
-    from autotune.runtimes.onnxruntime import OrtRunner, session
-    from autotune.harness.stats import alternate
+    from autotune.measure.runtimes.onnxruntime import OrtRunner, session
+    from autotune.measure.harness.stats import alternate
     bundle, inputs, out = sys.argv[1], sys.argv[2], sys.argv[3]
     p = load(bundle)
     x = np.load(inputs)
@@ -63,7 +63,7 @@ def test_round_trip_outputs_and_latency(tmp_path: Path) -> None:
     assert str(client.get_model_version_by_alias(job.name, "champion").version) == res.registered.version
 
     # the original model for that config, built by the harness in this process
-    from autotune.harness.evaluate import Evaluator
+    from autotune.measure.workloads.forward import Evaluator
 
     ev = Evaluator(job)
     predict, _ = ev._build(res.manifest["config"])
@@ -105,7 +105,7 @@ def test_manifest_and_deploy_yaml(tmp_path: Path) -> None:
     (c,) = manifest["constraints"]
     assert c["constraint"] == "accuracy_drop <= 5%" and c["bound"] == pytest.approx(0.05)
     assert c["value"] == manifest["metrics"]["accuracy_drop"] and c["satisfied"] is True
-    from autotune.harness.hardware import fingerprint
+    from autotune.measure.harness.hardware import fingerprint
 
     assert manifest["hardware"]["digest"] == fingerprint().digest()
     assert manifest["libraries"]["exported"]["onnxruntime"]
@@ -128,7 +128,7 @@ def test_torch_trial_ships_its_measured_program(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
         "deploy.yaml", "manifest.json", "model.safetensors"]
     from autotune.deploy import load
-    from autotune.harness.evaluate import Evaluator
+    from autotune.measure.workloads.forward import Evaluator
 
     ev = Evaluator(job)
     torch_predict, _ = ev._build(manifest["config"])  # the measured torch model

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_job_text
 
-from autotune import tuner
-from autotune.check import check_job
 from autotune.cli import main
 from autotune.errors import SpecError
-from autotune.spec import load_job
+from autotune.job.check import check_job
+from autotune.job.spec import load_job
+from autotune.tuning import tuner
 
 OBJECTIVE = '''
 from pathlib import Path

@@ -6,7 +6,7 @@ Hugging Face folder, the tests' tiny job and a custom-objective job) are generat
 their data (keys, values, types, structure), their text
 (lines, characters, YAML features such as anchors, aliases, merge keys, tags, complex keys) and
 their bytes (encodings, byte-order marks, NUL and invalid bytes).  Each goes through
-:func:`autotune.check.check_job` without the child-process import check.  Properties: no exception
+:func:`autotune.job.check.check_job` without the child-process import check.  Properties: no exception
 other than :class:`SpecError` (0 tracebacks), each within a time limit (0 hangs), every error names
 a file and a line -- and a field, whenever the document itself parsed as a mapping.  Jobs
 resolve against a folder holding what they name (a tiny BERT saved with save_pretrained and its
@@ -45,9 +45,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autotune.check import check_job
+from autotune.core.yamlsrc import load_located
 from autotune.errors import SpecError
-from autotune.yamlsrc import load_located
+from autotune.job.check import check_job
 from tests.conftest import EXPERIMENTS, TINY_JOB
 
 N_VARIANTS = int(os.environ.get("AUTOTUNE_FUZZ_VARIANTS", "330"))  # >= 300 per run
@@ -351,7 +351,7 @@ def test_fuzzed_job_files_give_located_errors_only(job_folder: Path,
                                                    record_property: Any) -> None:
     folder = job_folder
     job = folder / "job.yaml"
-    from autotune.declared import declared_parameters
+    from autotune.job.declared import declared_parameters
 
     declared_parameters()  # the one-time import of the harness vocabulary is not a variant's time
     stats = {"tried": 0, "accepted": 0, "refused": 0, "tracebacks": 0, "hangs": 0,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from autotune.core.yamlsrc import load_located
 from autotune.errors import SpecError, TrialFailed
-from autotune.spec import job_from_located, load_job
-from autotune.yamlsrc import load_located
+from autotune.job.spec import job_from_located, load_job
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -140,7 +140,7 @@ def _items(tok, n: int = 6):
     {"batching": "continuous", "max_batch": 3, "speculative": 3},
 ])
 def test_batched_engine_matches_one_request_at_a_time(tiny_dir: str, settings: dict) -> None:
-    from autotune.workloads.engine import ClosedLoop, Engine, GenSettings, load_model, load_tokenizer
+    from autotune.measure.workloads.engine import ClosedLoop, Engine, GenSettings, load_model, load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
     items = _items(tok)
@@ -165,7 +165,7 @@ def test_batched_engine_matches_one_request_at_a_time(tiny_dir: str, settings: d
 
 
 def test_offloaded_cache_without_gpu_fails_with_reason() -> None:
-    from autotune.workloads.engine import GenSettings
+    from autotune.measure.workloads.engine import GenSettings
 
     with pytest.raises(TrialFailed, match="nothing to offload"):
         GenSettings(cache_implementation="offloaded")
@@ -175,7 +175,7 @@ def test_offloaded_cache_without_gpu_fails_with_reason() -> None:
 
 # ------------------------------------------------------------------------------ evaluator
 def test_evaluator_measures_serving_and_fidelity(tmp_path: Path) -> None:
-    from autotune.workloads.generation import GenerationEvaluator
+    from autotune.measure.workloads.generation import GenerationEvaluator
 
     job = load_job(write_job(tmp_path))
     ev = GenerationEvaluator(job)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autotune.confirm import BASELINE, confirm
-from autotune.spec import load_job
-from autotune.study import CONFIRMATION, open_record
-from autotune.tuner import run
+from autotune.job.spec import load_job
+from autotune.record.study import CONFIRMATION, open_record
+from autotune.tuning.confirm import BASELINE, confirm
+from autotune.tuning.tuner import run
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

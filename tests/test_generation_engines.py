@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import TrialFailed
-from autotune.workloads.goodput import search
+from autotune.measure.workloads.goodput import search
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -59,7 +59,7 @@ def test_goodput_search_reports_no_rate_when_even_a_trickle_misses() -> None:
 
 # ------------------------------------------------------------------------------ engines
 def test_openvino_genai_fails_with_the_reason() -> None:
-    from autotune.workloads.generation import check_config
+    from autotune.measure.workloads.generation import check_config
 
     with pytest.raises(TrialFailed, match="optimum-intel") as err:
         check_config({"runtime": "openvino_genai"})
@@ -99,9 +99,9 @@ def _reference(folder: str, prompts: list[list[int]], n: int) -> list[list[int]]
 def test_llama_cpp_greedy_tokens_equal_transformers(tiny_model: str, tmp_path: Path) -> None:
     """f32 GGUF converted here, served by llama.cpp with 3 sequences batched: the greedy tokens
     of every request equal transformers' own generate (GLM-4 and Qwen2)."""
-    from autotune.workloads.engine import ClosedLoop, load_tokenizer
-    from autotune.workloads.generation import folder_digest, kv_per_token_of
-    from autotune.workloads.llamacpp import LlamaCppEngine, LlamaCppSettings, to_gguf
+    from autotune.measure.workloads.engine import ClosedLoop, load_tokenizer
+    from autotune.measure.workloads.generation import folder_digest, kv_per_token_of
+    from autotune.measure.workloads.llamacpp import LlamaCppEngine, LlamaCppSettings, to_gguf
 
     folder = Path(tiny_model)
     tok = load_tokenizer(folder)

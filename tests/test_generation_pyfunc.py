@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.spec import load_job
+from autotune.job.spec import load_job
 from tests.test_generation import one_thread, write_job
 
 __all__ = ["one_thread"]
@@ -20,8 +20,8 @@ def test_pyfunc_loads_a_generation_bundle(tmp_path: Path) -> None:
 
     from autotune.deploy.export import export_bundle, register_bundle
     from autotune.deploy.genserve import GenerationService
-    from autotune.tuner import run
-    from autotune.workloads.generation import GenerationEvaluator
+    from autotune.measure.workloads.generation import GenerationEvaluator
+    from autotune.tuning.tuner import run
 
     job = load_job(write_job(tmp_path))
     job = job.model_copy(update={"tracking": job.tracking.model_copy(update={"enabled": False}),

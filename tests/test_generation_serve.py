@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autotune.spec import load_job
+from autotune.job.spec import load_job
 from tests.test_generation import one_thread, write_job
 
 TOKEN = "generation-admin-token"  # autotune serve --admin-token
@@ -23,8 +23,8 @@ __all__ = ["one_thread"]  # the module-wide fixture: one intra-op thread
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
     from autotune.deploy.export import export_bundle
-    from autotune.tuner import run
-    from autotune.workloads.generation import GenerationEvaluator
+    from autotune.measure.workloads.generation import GenerationEvaluator
+    from autotune.tuning.tuner import run
 
     tmp = tmp_path_factory.mktemp("genjob")
     job = load_job(write_job(tmp))
@@ -58,7 +58,7 @@ def test_bundle_holds_weights_tokenizer_settings_and_no_pickles(bundles: tuple) 
     with pytest.raises(BundleError, match="SHA-256"):
         verified_bundle(a)
     from autotune.deploy.export import write_bundle
-    from autotune.tuner import open_record
+    from autotune.tuning.tuner import open_record
 
     rec = open_record(job, create=False)
     write_bundle(job, rec.trials()[0], a, record=rec)  # restore for the other tests

@@ -13,7 +13,7 @@ import pytest
 from _tiny_bert import texts, tiny_bert
 
 from autotune.errors import SpecError
-from autotune.spec import load_job
+from autotune.job.spec import load_job
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -92,7 +92,7 @@ def test_spec_defaults_and_errors(tmp_path):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from autotune.harness.workload import load_workload
+    from autotune.measure.workloads.model import load_workload
 
     (tmp_path / "texts.txt").write_text("a b c\n")
     job = load_job(_write(tmp_path, """
@@ -108,7 +108,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_classification_workload_keeps_names(tmp_path):
-    from autotune.harness.evaluate import Evaluator
+    from autotune.measure.workloads.forward import Evaluator
 
     job = load_job(_job_dir(tmp_path, "text-classification"))
     ev = Evaluator(job)
@@ -128,7 +128,7 @@ def test_classification_workload_keeps_names(tmp_path):
 def test_huggingface_job_tunes_and_exports_named_io(tmp_path):
     from autotune.deploy import load
     from autotune.deploy.export import export_bundle
-    from autotune.tuner import run
+    from autotune.tuning.tuner import run
 
     job = load_job(_job_dir(tmp_path))
     summary = run(job)
@@ -149,7 +149,7 @@ def test_huggingface_job_tunes_and_exports_named_io(tmp_path):
     assert [o["name"] for o in manifest["outputs"]] == ["sentence_embedding"]
     p = load(res.bundle, check_hardware=False)
     assert [i.name for i in p.inputs] == NAMES
-    from autotune.harness.evaluate import Evaluator
+    from autotune.measure.workloads.forward import Evaluator
 
     wl = Evaluator(job).workload
     got = np.asarray(p.predict({n: x[:4] for n, x in zip(NAMES, wl.inputs, strict=True)}))
@@ -157,7 +157,7 @@ def test_huggingface_job_tunes_and_exports_named_io(tmp_path):
 
 
 def test_selection_rule_parameter_filters():
-    from autotune.pareto import Record, parse_rule
+    from autotune.core.pareto import Record, parse_rule
 
     recs = [Record(1, {"latency_p50_ms": 1.0}, True, {"runtime": "torch", "threads": 2}),
             Record(2, {"latency_p50_ms": 3.0}, True, {"runtime": "onnxruntime", "threads": 2}),

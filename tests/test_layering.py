@@ -1,7 +1,7 @@
 """The package's layering: the stages in order (no module imports a later stage, nor the package
 root, nor another module's private names), no import cycles (function-local imports count),
 function-local imports of autotune's own modules only where they keep a heavy dependency out,
-Optuna's private API only in ``autotune/study.py``, and ``import autotune`` light.
+Optuna's private API only in ``autotune/record/study.py``, and ``import autotune`` light.
 
 Everything here reads the source with :mod:`ast` (no imports), so it is fast and independent of
 what is installed.
@@ -34,20 +34,15 @@ HEAVY = frozenset({
 #: one (an import for type checkers only does not count: ``measure`` takes a job, it does not load
 #: the job stage).  The longest matching prefix places a module; every module has a stage.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("vocabulary", ("autotune._version", "autotune.errors", "autotune.metrics", "autotune.constraints",
-                    "autotune.space", "autotune.pareto", "autotune.yamlsrc", "autotune.cron",
-                    "autotune.files", "autotune.refs", "autotune.explore")),
-    ("measure", ("autotune.runtimes", "autotune.transforms", "autotune.harness", "autotune.workloads")),
+    ("vocabulary", ("autotune._version", "autotune.errors", "autotune.core")),
+    ("measure", ("autotune.measure",)),
     ("agents", ("autotune.agents", "autotune.envs")),
-    ("job", ("autotune.spec", "autotune.declared", "autotune.check", "autotune.machine",
-             "autotune.portfolio", "autotune.optimize")),
-    ("record", ("autotune.study",)),
-    ("review", ("autotune.review", "autotune.plots", "autotune.report", "autotune.dashboard",
-                "autotune.tracking")),
-    ("tune", ("autotune.tuner", "autotune.worker", "autotune.loop", "autotune.callbacks",
-              "autotune.liveness", "autotune.warmstart", "autotune.confirm")),
+    ("job", ("autotune.job",)),
+    ("record", ("autotune.record",)),
+    ("review", ("autotune.review",)),
+    ("tuning", ("autotune.tuning",)),
     ("deploy", ("autotune.deploy",)),
-    ("retune", ("autotune.schedule",)),
+    ("retune", ("autotune.retune",)),
     ("top", ("autotune", "autotune.cli", "autotune.api", "autotune.testing")),
 )
 # STAGES-END
@@ -55,7 +50,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: imports from an earlier stage to a later one that are tolerated, as (importing module, imported
 #: module); at most one: `validate` lists the failure causes an existing study learned (read only
 #: when a study file is there, through a function-local import)
-ALLOWED_UPWARD: frozenset[tuple[str, str]] = frozenset({("autotune.check", "autotune.study")})
+ALLOWED_UPWARD: frozenset[tuple[str, str]] = frozenset({("autotune.job.check", "autotune.record.study")})
 
 
 @dataclass(frozen=True)
@@ -374,7 +369,7 @@ def test_no_module_imports_another_modules_private_names(graph) -> None:
 
 def test_no_import_cycle_in_autotune(graph) -> None:
     mods, edges, _ = graph
-    assert len(mods) > 40 and "autotune.tuner" in mods
+    assert len(mods) > 40 and "autotune.tuning.tuner" in mods
     found = cycles(mods, edges)
     lines = []
     for comp in found:
@@ -403,7 +398,7 @@ def test_optuna_private_api_only_in_the_study_adapter(graph) -> None:
     private_attrs = {"_trial_id", "_study_id", "_storage", "_heartbeat", "_backend", "_cached"}
     bad = []
     for mod, path in mods.items():
-        if mod == "autotune.study":
+        if mod == "autotune.record.study":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -417,11 +412,11 @@ def test_optuna_private_api_only_in_the_study_adapter(graph) -> None:
             elif isinstance(node, ast.Attribute) and (node.attr in private_attrs or (
                     ast.unparse(node).startswith("optuna.") and "._" in ast.unparse(node))):
                 bad.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
-    assert not bad, "Optuna internals outside autotune/study.py:\n" + "\n".join(bad)
+    assert not bad, "Optuna internals outside autotune/record/study.py:\n" + "\n".join(bad)
 
 
 def test_import_autotune_is_light() -> None:
-    code = ("import sys, autotune, autotune.spec, autotune.agents; "
+    code = ("import sys, autotune, autotune.job.spec, autotune.agents; "
             f"print(sorted(set({sorted(HEAVY)!r}) & {{m.split('.')[0] for m in sys.modules}}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)
@@ -447,10 +442,10 @@ class _Recorder:
 
 
 def test_the_loop_reports_to_its_callbacks_and_knows_no_mlflow(tmp_path: Path) -> None:
-    from autotune import tuner
-    from autotune.loop import LoopCallback
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
     from autotune.testing.agents import InProcessHarness, tiny_job
+    from autotune.tuning import tuner
+    from autotune.tuning.loop import LoopCallback
 
     path = Path(tiny_job("random", tmp_path, 3, "accuracy >= 0").source)
     path.write_text(path.read_text().replace("enabled: false", "enabled: true"))

@@ -1,5 +1,5 @@
 """One declaration per metric: the vocabularies, the ratios to the baseline and a plugin's metric
-all come from :class:`autotune.metrics.MetricInfo`."""
+all come from :class:`autotune.core.metrics.MetricInfo`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from autotune import metrics
-from autotune.metrics import FORWARD, GENERATION, MetricInfo
-from autotune.study import derive_metrics
+from autotune.core import metrics
+from autotune.core.metrics import FORWARD, GENERATION, MetricInfo
+from autotune.record.study import derive_metrics
 
 
 @pytest.fixture

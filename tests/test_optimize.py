@@ -10,18 +10,18 @@ import yaml
 from _tiny_bert import texts, tiny_bert
 from click.testing import CliRunner
 
+from autotune.core.metrics import REFERENCE_SOURCE
 from autotune.errors import SpecError
-from autotune.metrics import REFERENCE_SOURCE
-from autotune.optimize import ModelFacts, derive_job, model_facts, sample_texts
-from autotune.portfolio import parse_portfolio
-from autotune.spec import load_job
-from autotune.study import TrialView, with_reference_speedups
+from autotune.job.optimize import ModelFacts, derive_job, model_facts, sample_texts
+from autotune.job.portfolio import parse_portfolio
+from autotune.job.spec import load_job
+from autotune.record.study import TrialView, with_reference_speedups
 
 FAST = {"warmup": 1, "min_repeats": 5, "max_repeats": 30, "max_time_s": 0.1}
 
 
 def _facts(model_type: str = "bert", task: str = "feature-extraction") -> ModelFacts:
-    from autotune.transforms.fusion import fusion_type
+    from autotune.measure.transforms.fusion import fusion_type
 
     return ModelFacts(source="m", name="m", model_type=model_type, task=task, layers=2,
                       hidden_size=32, heads=4, vocab_size=32, max_positions=64,
@@ -115,7 +115,7 @@ def test_optimize_writes_a_job_that_validates_and_reruns(tmp_path, monkeypatch):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     _run(["validate", "job.yaml", "--import-timeout", "0"], tmp_path)
     _run(["run", "job.yaml", "--quiet", "--no-confirm"], tmp_path)
-    from autotune.tuner import status
+    from autotune.tuning.tuner import status
 
     summary = status(load_job(tmp_path / "job.yaml"))
     sources = [t.user_attrs.get("source") for t in summary.trials]
@@ -156,7 +156,7 @@ def test_sensitivity_pass_finds_the_layer_with_outlier_activations(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from autotune.transforms.quantize import ort_int8_dynamic, sensitive_nodes
+    from autotune.measure.transforms.quantize import ort_int8_dynamic, sensitive_nodes
 
     rng = np.random.default_rng(0)
     scale = np.ones(16, np.float32)

@@ -106,8 +106,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 RESOURCES = textwrap.dedent("""
     import autotune, autotune.envs, gymnasium
-    from autotune.space import PRESET_DIR
-    from autotune.report import TEMPLATE
+    from autotune.core.space import PRESET_DIR
+    from autotune.review.report import TEMPLATE
     print(autotune.__file__)
     print(sorted(p.name for p in PRESET_DIR.glob('*.yaml')))
     print(TEMPLATE.is_file(), autotune.envs.CONFIG_SEARCH_ID in gymnasium.registry)

@@ -1,4 +1,4 @@
-"""Tests for autotune.pareto: hand-computed examples, brute-force oracles and property tests."""
+"""Tests for autotune.core.pareto: hand-computed examples, brute-force oracles and property tests."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.errors import SpecError
-from autotune.pareto import (
+from autotune.core.pareto import (
     GOALS,
     Record,
     SelectionRule,
@@ -26,6 +25,7 @@ from autotune.pareto import (
     parse_rule,
     to_minimization,
 )
+from autotune.errors import SpecError
 
 MIN2 = ["minimize", "minimize"]
 MIN3 = ["minimize"] * 3

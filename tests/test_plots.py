@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.pareto import hypervolume
-from autotune.plots import (
+from autotune.core.pareto import hypervolume
+from autotune.record.study import TrialView
+from autotune.review.front import compute_reference, hypervolume_series, pareto_ranks, trial_table
+from autotune.review.plots import (
     _get_hypervolume_history_info,
     _get_parallel_coordinate_info,
     _get_pareto_front_info,
@@ -20,8 +22,6 @@ from autotune.plots import (
     plot_pareto_front,
     study_figures,
 )
-from autotune.review import compute_reference, hypervolume_series, pareto_ranks, trial_table
-from autotune.study import TrialView
 
 OBJ2 = [("latency_p95_ms", "minimize"), ("accuracy", "maximize")]
 
@@ -198,7 +198,7 @@ def test_reference_point_rule():
 
 
 def test_latency_spanning_decades_gets_a_log_axis():
-    from autotune.plots import log_axis
+    from autotune.review.plots import log_axis
 
     assert log_axis([0.02, 0.05, 170.0]) == "log"
     assert log_axis([1.0, 2.0, 30.0]) == "linear"

@@ -7,13 +7,13 @@ from click.testing import CliRunner
 from conftest import tiny_job_text
 
 from autotune.cli import main
+from autotune.core.space import parse_space
 from autotune.errors import SpecError
-from autotune.harness.cpu import RELEVANT_CPU_FLAGS
-from autotune.harness.hardware import fingerprint
-from autotune.portfolio import Entry, applicable, complete, parse_portfolio
-from autotune.space import parse_space
-from autotune.spec import load_job
-from autotune.tuner import run
+from autotune.job.portfolio import Entry, applicable, complete, parse_portfolio
+from autotune.job.spec import load_job
+from autotune.measure.harness.cpu import RELEVANT_CPU_FLAGS
+from autotune.measure.harness.hardware import fingerprint
+from autotune.tuning.tuner import run
 
 SPACE = {"parameters": {
     "runtime": {"choices": ["onnxruntime", "torch"]},

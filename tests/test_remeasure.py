@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from conftest import EXPERIMENTS, TINY_JOB
 
-from autotune.confirm import BASELINE, candidates, confirm
 from autotune.errors import TrialFailed
-from autotune.harness.contention import Contention, flag, only_contended
-from autotune.harness.evaluate import CONTENTION_KEY, Evaluator
-from autotune.spec import load_job
-from autotune.tuner import run, status
+from autotune.job.spec import load_job
+from autotune.measure.harness.contention import Contention, flag, only_contended
+from autotune.measure.workloads.forward import CONTENTION_KEY, Evaluator
+from autotune.tuning.confirm import BASELINE, candidates, confirm
+from autotune.tuning.tuner import run, status
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_a_contended_trial_is_remeasured_on_quiet_cores_before_it_ranks(tmp_path
     job = _job(tmp_path)
     seam = Seam(job)
     messages: list[str] = []
-    from autotune.loop import Progress
+    from autotune.tuning.loop import Progress
 
     summary = run(job, harness=seam, callbacks=[], progress=Progress(on_message=messages.append))
     t = _busy_trial(summary)
@@ -137,7 +137,7 @@ def test_a_contended_trial_is_remeasured_on_quiet_cores_before_it_ranks(tmp_path
 def test_cores_never_quiet_rank_by_the_interleaved_ratio(tmp_path: Path) -> None:
     job = _job(tmp_path)
     messages: list[str] = []
-    from autotune.loop import Progress
+    from autotune.tuning.loop import Progress
 
     seam = Seam(job, rounds_contended=True)
     summary = run(job, harness=seam, callbacks=[], progress=Progress(on_message=messages.append))
@@ -181,7 +181,7 @@ def test_candidates_take_every_trial_whose_only_figure_is_contended() -> None:
     figure once re-measured (or a quiet one) is left out like any dominated trial."""
     from types import SimpleNamespace
 
-    from autotune.study import TrialView
+    from autotune.record.study import TrialView
 
     def view(n: int, lat: float, cos: float, details: dict[str, Any] | None = None) -> TrialView:
         return TrialView(number=n, state="complete", config={"x": n},

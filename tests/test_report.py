@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from autotune.cli import main
 from autotune.errors import SpecError
-from autotune.report import build_report, default_rules, winners
-from autotune.review import REFERENCE_ATTR
-from autotune.spec import load_job
-from autotune.tuner import open_record
+from autotune.job.spec import load_job
+from autotune.review.front import REFERENCE_ATTR
+from autotune.review.report import build_report, default_rules, winners
+from autotune.tuning.tuner import open_record
 
 BASELINE = {"latency_p95_ms": 4.0, "accuracy": 0.90, "quality": 0.90, "model_size_mb": 2.0}
 #            latency, accuracy, size, config
@@ -110,7 +110,7 @@ def test_bad_rule_in_the_job_file_is_located(tiny_job):
 def test_tied_max_accuracy_never_recommends_a_dominated_trial(tiny_job):
     """Two trials share the best accuracy; the slower one came first.  'max accuracy' picks the
     faster one, and no recommendation is dominated by another."""
-    from autotune.report import dominated_recommendations
+    from autotune.review.report import dominated_recommendations
 
     job = load_job(tiny_job(10))
     record = open_record(job)
@@ -126,7 +126,7 @@ def test_tied_max_accuracy_never_recommends_a_dominated_trial(tiny_job):
     assert got[1].trial.number == 1  # not trial 0: same accuracy, 2.4x slower
     assert dominated_recommendations(got, job) == {}
     rec = [w.trial for w in got if w.trial is not None]
-    from autotune.review import dominates
+    from autotune.review.front import dominates
 
     for a in rec:
         assert not any(dominates(b.metrics, a.metrics, job.objective_pairs) for b in rec)
@@ -136,7 +136,7 @@ def test_report_says_why_flags_unstable_and_formats_as_written(tiny_job):
     """Each recommendation gets a sentence against the baseline; a latency whose CI is wider than
     the job's target is flagged; accuracy_drop reads as a percentage (the constraint says 5 %),
     memory with thousands separators."""
-    from autotune.review import format_value, percent_metrics, unstable, why_line
+    from autotune.review.front import format_value, percent_metrics, unstable, why_line
 
     job = load_job(tiny_job(10))
     record = open_record(job)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autotune.harness.hostlock import file_lock
-from autotune.schedule import BundleDeployer, Cycle, run_schedule
-from autotune.spec import load_job
+from autotune.job.spec import load_job
+from autotune.measure.harness.hostlock import file_lock
+from autotune.retune.schedule import BundleDeployer, Cycle, run_schedule
 
 # The model pair: one network whose extra work (a chain of 512x512 matmuls) exists in only one
 # runtime's graph.  torch.export traces with ``is_in_onnx_export()`` False, the ONNX export with it
@@ -249,7 +249,7 @@ def test_concurrent_cycle_is_skipped_and_lock_survives_sigkill(tmp_path: Path) -
     lock = job.out_dir / "retune.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from autotune.harness.hostlock import file_lock\n"
+         "import sys, time; from autotune.measure.harness.hostlock import file_lock\n"
          "with file_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(600)",
          str(lock)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())},

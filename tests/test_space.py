@@ -5,8 +5,8 @@ import re
 import optuna
 import pytest
 
+from autotune.core.space import parse_space
 from autotune.errors import SpecError
-from autotune.space import parse_space
 
 SPACE = {
     "parameters": {
@@ -88,7 +88,7 @@ PRESET = {"parameters": {
 
 
 def test_merge_overrides_keeps_rules_unless_replaced():
-    from autotune.space import merge_overrides
+    from autotune.core.space import merge_overrides
 
     merged = merge_overrides(PRESET, {"quantization": {"choices": ["fp32"]},
                                       "graph_optimization": ["all"]})
@@ -112,7 +112,7 @@ def test_merge_overrides_keeps_rules_unless_replaced():
     ({1: [1]}, "search_space.overrides", "must be text"),
 ])
 def test_merge_overrides_refuses_malformed_overrides(overrides, path, words):
-    from autotune.space import merge_overrides
+    from autotune.core.space import merge_overrides
 
     with pytest.raises(SpecError, match=words) as e:
         merge_overrides(PRESET, overrides)
@@ -163,8 +163,8 @@ def test_parameter_names_must_be_text():
 
 
 def test_declared_parameters_check_names_values_ranges_and_rule_values():
-    from autotune.declared import declared_parameters
-    from autotune.space import check_declared
+    from autotune.core.space import check_declared
+    from autotune.job.declared import declared_parameters
 
     declared = declared_parameters()
     ok = parse_space({"parameters": {
@@ -197,8 +197,8 @@ def test_declared_parameters_check_names_values_ranges_and_rule_values():
 def test_every_bundled_preset_uses_declared_parameters_only():
     import yaml
 
-    from autotune.declared import declared_generation_parameters, declared_parameters
-    from autotune.space import PRESET_DIR, check_declared
+    from autotune.core.space import PRESET_DIR, check_declared
+    from autotune.job.declared import declared_generation_parameters, declared_parameters
 
     presets = sorted(PRESET_DIR.glob("*.yaml"))
     assert len(presets) >= 3

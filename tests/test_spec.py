@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from autotune.errors import SpecError
-from autotune.spec import load_job
+from autotune.job.spec import load_job
 from tests.conftest import EXPERIMENTS, TINY_JOB
 
 
@@ -276,7 +276,7 @@ def test_alias_bombs_and_deep_nesting_fail_fast(write_job):
 
 
 def test_a_file_too_large_or_not_a_file_is_refused(write_job, tmp_path):
-    from autotune.yamlsrc import MAX_BYTES
+    from autotune.core.yamlsrc import MAX_BYTES
 
     _refused(write_job, QUICKSTART + "#" * MAX_BYTES, None, "larger than")
     with pytest.raises(SpecError, match="not a regular file") as e:
@@ -319,7 +319,7 @@ def test_validate_prints_the_effective_rules(write_job):
             "Runtime)   [preset (kept by the override)]") in out
     assert "when runtime=onnxruntime   [override]" in out
     assert "when quantization=int8_static   [preset]" in out
-    from autotune.check import check_job
+    from autotune.job.check import check_job
 
     added = check_job(write_job(QUICKSTART.replace(OVERRIDE, "execution_mode: [sequential]")),
                       import_timeout=0)
@@ -352,7 +352,7 @@ def test_validate_imports_references_in_a_child_with_a_time_limit(tmp_path, modu
                                                                    words):
     import time
 
-    from autotune.check import check_job
+    from autotune.job.check import check_job
 
     path = _custom_job(tmp_path, ref, module, body)
     t0 = time.monotonic()
@@ -367,7 +367,7 @@ def test_validate_imports_references_in_a_child_with_a_time_limit(tmp_path, modu
 
 
 def test_validate_import_check_passes_and_reports_each_reference(tmp_path):
-    from autotune.check import check_job
+    from autotune.job.check import check_job
 
     path = _custom_job(tmp_path, "fine:f", "fine",
                        "import threading, time\n"
@@ -403,7 +403,7 @@ def test_reference_point_names_the_objectives(write_job):
 
 
 def test_validate_checks_that_named_files_exist(write_job):
-    from autotune.check import check_job
+    from autotune.job.check import check_job
 
     text = QUICKSTART.replace("factory: digits_model:build", "onnx: missing.onnx")
     p = write_job(text)

@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from autotune.cli import main
-from autotune.review import REFERENCE_ATTR, pareto_ranks
-from autotune.spec import load_job
-from autotune.tracking import TRIAL_TAG
-from autotune.tuner import open_record
-from autotune.tuner import run as run_job
+from autotune.job.spec import load_job
+from autotune.review.front import REFERENCE_ATTR, pareto_ranks
+from autotune.review.tracking import TRIAL_TAG
+from autotune.tuning.tuner import open_record
+from autotune.tuning.tuner import run as run_job
 
 EXPECTED_ARTIFACTS = {
     "job.yaml", "hardware.json", "trials.csv", "trials.parquet", "pareto_front.csv", "plots.html",
@@ -212,7 +212,7 @@ def test_server_down_then_sync_writes_each_run_once(mlflow_server, tiny_job):
 def test_sync_writes_measured_trials_once_and_keeps_rank_tags_current(tiny_job):
     """Local SQLite store, study written by hand: invalid proposals get no run, a trial that
     pushes another off the front changes that run's (numeric) rank."""
-    from autotune.tracking import Tracker
+    from autotune.review.tracking import Tracker
 
     job = load_job(tiny_job(10))
     record = open_record(job)
@@ -265,8 +265,8 @@ def test_artifacts_of_a_tiny_job_stay_small_and_plots_work_offline(tiny_job, tmp
 
     import plotly.offline
 
-    from autotune.plots import decode_7bit
-    from autotune.tracking import Tracker
+    from autotune.review.plots import decode_7bit
+    from autotune.review.tracking import Tracker
 
     job = load_job(tiny_job(10))
     record = open_record(job)
@@ -344,9 +344,9 @@ def _tracked_toy_job(folder: Path, budget: int):
 
 
 def test_rerun_repairs_a_parent_run_killed_during_the_write_up(tmp_path, monkeypatch):
-    import autotune.tracking as tracking
+    import autotune.review.tracking as tracking
+    from autotune.review.tracking import Tracker
     from autotune.testing.agents import InProcessHarness
-    from autotune.tracking import Tracker
 
     job = _tracked_toy_job(tmp_path / "toy", 3)
 
@@ -372,11 +372,11 @@ def test_rerun_repairs_a_parent_run_killed_during_the_write_up(tmp_path, monkeyp
 
 
 def test_a_trial_failed_by_the_heartbeat_check_reaches_mlflow(tmp_path):
-    from autotune.study import STALE
+    from autotune.record.study import STALE
+    from autotune.review.tracking import Tracker
     from autotune.testing.agents import InProcessHarness
-    from autotune.tracking import Tracker
-    from autotune.tuner import run_worker
-    from autotune.worker import WorkerOptions, open_shared_record
+    from autotune.tuning.tuner import run_worker
+    from autotune.tuning.worker import WorkerOptions, open_shared_record
 
     job = _tracked_toy_job(tmp_path / "toy", 2)
     opts = WorkerOptions(heartbeat_s=1, grace_s=2)

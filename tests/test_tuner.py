@@ -13,8 +13,8 @@ import optuna
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
 
-from autotune.spec import load_job
-from autotune.tuner import run, status
+from autotune.job.spec import load_job
+from autotune.tuning.tuner import run, status
 from tests.conftest import ROOT
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from autotune import tuner
+from autotune.core.space import config_key
 from autotune.errors import SpecError
-from autotune.space import config_key
-from autotune.spec import load_job
-from autotune.warmstart import from_study
+from autotune.job.spec import load_job
+from autotune.tuning import tuner
+from autotune.tuning.warmstart import from_study
 
 OBJ = '''
 import os

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.harness.hostlock import file_lock, measurement_lock
+from autotune.measure.harness.hostlock import file_lock, measurement_lock
 from tests.conftest import tiny_job_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def _spawn(job: Path, n: int, tmp: Path) -> list[subprocess.Popen]:
 def _study(job: Path):
     import optuna
 
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
 
     j = load_job(job)
     return optuna.load_study(study_name=j.name, storage=j.storage_url)
@@ -131,8 +131,8 @@ def test_killed_worker_trial_is_failed_and_retried(write_job, tmp_path: Path) ->
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == dead.params
     # the budget counts the retry, not the dead trial: exactly 5 measured trials
-    from autotune.spec import load_job
-    from autotune.tuner import open_record
+    from autotune.job.spec import load_job
+    from autotune.tuning.tuner import open_record
 
     assert open_record(load_job(job), create=False).counted() == 5
 

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autotune.errors import DependencyError, SpecError
-from autotune.runtimes import entry_points
+from autotune.measure.runtimes import entry_points
 
 if TYPE_CHECKING:
     from autotune.agents.base import Agent

@@ -4,7 +4,7 @@ where the benchmark showed it needs help, never proposing a configuration it has
 Each suggestion is one of:
 
 1. **space-filling** (the first ``n_initial``): the unmeasured valid configuration farthest from
-   everything observed (:func:`autotune.explore.spread_pick`), a design that covers the space;
+   everything observed (:func:`autotune.core.explore.spread_pick`), a design that covers the space;
 2. **model**: a proposal of an inner Optuna sampler that sees every observation (``inner``:
    ``gp``, Optuna's Gaussian process with log-EHVI, or ``tpe``, multivariate TPE; by default, as
    AutoSampler chooses, ``gp`` when every parameter is numeric and unconditional, else ``tpe``).
@@ -33,11 +33,11 @@ import numpy as np
 
 from autotune.agents.base import Agent, Observation, finite
 from autotune.agents.optuna import OptunaAgent
+from autotune.core.explore import Encoder, finite_configs, random_value, spread_pick
+from autotune.core.metrics import Direction
+from autotune.core.pareto import pareto_mask
+from autotune.core.space import Config, Param, SearchSpace, config_key
 from autotune.errors import SpecError
-from autotune.explore import Encoder, finite_configs, random_value, spread_pick
-from autotune.metrics import Direction
-from autotune.pareto import pareto_mask
-from autotune.space import Config, Param, SearchSpace, config_key
 
 _DEFAULTS: dict[str, Any] = {
     "inner": "choose",

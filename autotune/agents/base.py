@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from autotune.metrics import Direction
-from autotune.space import Config, SearchSpace
+from autotune.core.metrics import Direction
+from autotune.core.space import Config, SearchSpace
 
 State = Literal["complete", "failed", "invalid"]
 

@@ -18,9 +18,9 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from autotune.agents.base import Agent, Observation, finite
+from autotune.core.metrics import Direction
+from autotune.core.space import Config, SearchSpace, config_key
 from autotune.errors import SpecError
-from autotune.metrics import Direction
-from autotune.space import Config, SearchSpace, config_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -6,7 +6,7 @@ Names: ``rl-ppo``, ``rl-a2c``, ``rl-dqn`` (or ``options.algorithm: ppo|a2c|dqn``
 Real measurements are expensive, so by default (``surrogate: true``) the agent is model-based:
 
 1. the first ``n_initial`` suggestions fill the space: each is the unmeasured valid configuration
-   farthest from everything observed (:func:`autotune.explore.spread_pick`);
+   farthest from everything observed (:func:`autotune.core.explore.spread_pick`);
 2. then, before each suggestion, a Gaussian-kernel ridge regression (:class:`KernelRidge`, a GP
    posterior mean; one output per objective and constraint) is fitted on the features of the
    configurations observed so far, the policy is trained for ``train_steps`` environment steps
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from autotune.agents.base import Agent, Observation, finite
+from autotune.core.explore import finite_configs, spread_pick
+from autotune.core.metrics import Direction
+from autotune.core.space import Config, SearchSpace, config_key
 from autotune.errors import SpecError
-from autotune.explore import finite_configs, spread_pick
-from autotune.metrics import Direction
-from autotune.space import Config, SearchSpace, config_key
 
 ALGORITHMS = ("ppo", "a2c", "dqn")
 

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from autotune.agents.base import Agent, Observation, finite
+from autotune.core.metrics import Direction
+from autotune.core.space import Config, Param, SearchSpace, config_key, same_value
 from autotune.errors import SpecError
-from autotune.metrics import Direction
-from autotune.space import Config, Param, SearchSpace, config_key, same_value
 
 ESTIMATORS = {"skopt-gp": "GP", "skopt-rf": "RF", "skopt-et": "ET", "skopt-gbrt": "GBRT"}
 ACQ_FUNCS = ("EI", "PI", "LCB", "gp_hedge")

@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from autotune.core.files import write_atomic
 from autotune.errors import AutotuneError
-from autotune.files import write_atomic
-from autotune.harness.hardware import fingerprint
-from autotune.harness.ortsession import session_options as options
-from autotune.harness.stats import measure
-from autotune.runtimes import get_runtime
-from autotune.runtimes.base import IOSpec
-from autotune.spec import Job
+from autotune.job.spec import Job
+from autotune.measure.harness.hardware import fingerprint
+from autotune.measure.harness.stats import measure
+from autotune.measure.runtimes import get_runtime
+from autotune.measure.runtimes.base import IOSpec
+from autotune.measure.runtimes.ortsession import session_options as options
 
 FORMAT = "autotune-bundle/1"
 #: a language model's bundle (safetensors + tokenizer + generation settings; autotune.deploy.genserve)
@@ -369,7 +369,7 @@ class Predictor:
     ``batch`` is one array (single-input models), a sequence of arrays (one per input) or a
     mapping input name → array; the first axis is the batch.  :meth:`predict` returns the model's
     first output; :meth:`predict_all` every output by name (``outputs`` lists them).
-    ``_session`` is the runtime's :class:`~autotune.runtimes.base.Runner`.
+    ``_session`` is the runtime's :class:`~autotune.measure.runtimes.base.Runner`.
     """
 
     path: Path
@@ -463,7 +463,7 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
     Verifies the manifest's digest and every file's size and SHA-256 first
     (:class:`TamperedBundleError` names the file that does not match; no path outside the folder
     is ever opened), then hands the files to the bundle's runtime (deploy.yaml ``runtime``;
-    :meth:`~autotune.runtimes.base.Runtime.load_bundle`), which runs them with the measured
+    :meth:`~autotune.measure.runtimes.base.Runtime.load_bundle`), which runs them with the measured
     settings.  With ``key`` (the key's bytes, or the path of a key file) the bundle must carry a
     valid signature by that key.  When the hardware differs from the recorded fingerprint a
     :class:`HardwareMismatchWarning` is issued.
@@ -508,7 +508,7 @@ def load(bundle: str | Path, *, check_hardware: bool = True,
 
 
 def benchmark(predictor: Predictor, batch: Any = None, **measure_kwargs: Any) -> Any:
-    """Latency of ``predictor`` at its tuned batch size (``autotune.harness.stats.measure``).
+    """Latency of ``predictor`` at its tuned batch size (``autotune.measure.harness.stats.measure``).
 
     Without ``batch``, random inputs of the recorded input shapes are used.
     """
@@ -541,7 +541,7 @@ def library_versions() -> dict[str, str | None]:
 def constraint_report(job: Job, view: Any, baseline: Mapping[str, float] | None
                  ) -> list[dict[str, Any]]:
     """Each of ``job``'s constraints against the trial ``view`` (an
-    :class:`autotune.study.TrialView`, not imported here: it would load Optuna)."""
+    :class:`autotune.record.study.TrialView`, not imported here: it would load Optuna)."""
     out = []
     for c in job.parsed_constraints:
         try:

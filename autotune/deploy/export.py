@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.confirm import manifest_latency
+from autotune.core.files import write_atomic
+from autotune.core.metrics import REFERENCE_PREFIX, REFERENCE_SOURCE
+from autotune.core.pareto import Record, knee_point, parse_rule
 from autotune.deploy.bundle import (
     DEPLOY,
     FORMAT,
@@ -38,17 +40,15 @@ from autotune.deploy.bundle import (
 )
 from autotune.deploy.genserve import write_generation_bundle
 from autotune.errors import AutotuneError
-from autotune.files import write_atomic
-from autotune.harness.evaluate import Evaluator
-from autotune.harness.hardware import Fingerprint
-from autotune.metrics import REFERENCE_PREFIX, REFERENCE_SOURCE
-from autotune.pareto import Record, knee_point, parse_rule
-from autotune.review import pareto_views
-from autotune.runtimes import get_runtime, job_default_runtime
-from autotune.runtimes.base import Built
-from autotune.spec import Job
-from autotune.study import CONFIRMATION, StudyRecord, TrialView, open_record
-from autotune.tracking import experiment_id
+from autotune.job.spec import Job
+from autotune.measure.harness.hardware import Fingerprint
+from autotune.measure.runtimes import get_runtime, job_default_runtime
+from autotune.measure.runtimes.base import Built
+from autotune.measure.workloads.forward import Evaluator
+from autotune.record.study import CONFIRMATION, StudyRecord, TrialView, open_record
+from autotune.review.front import pareto_views
+from autotune.review.tracking import experiment_id
+from autotune.tuning.confirm import manifest_latency
 
 #: the MLflow "model from code" file: a PythonModel that loads the bundle with autotune.deploy.load
 MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -115,7 +115,7 @@ def pick_trial(job: Job, pick: str | int, record: StudyRecord | None = None) -> 
 # ------------------------------------------------------------------------------------ model file
 def _model_file(job: Job, view: TrialView) -> tuple[Any, dict[str, Any]]:
     """The trial's artifact and settings, generated through its runtime
-    (:meth:`~autotune.runtimes.base.Runtime.write_bundle`), and how they relate to what was
+    (:meth:`~autotune.measure.runtimes.base.Runtime.write_bundle`), and how they relate to what was
     measured: ``latency_applies`` only when the artifact's bytes are the measured ones and no
     setting differs.
 
@@ -186,7 +186,7 @@ def _io_specs(runner: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def deploy_settings(job: Job, view: TrialView, runtime_info: Mapping[str, Any]) -> dict[str, Any]:
     """``deploy.yaml``: the runtime's settings for this trial (generated from the trial's
-    configuration by :meth:`~autotune.runtimes.base.Runtime.write_bundle`), and how they relate
+    configuration by :meth:`~autotune.measure.runtimes.base.Runtime.write_bundle`), and how they relate
     to what was measured."""
     c = dict(view.config)
     settings = dict(runtime_info["settings"])

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from autotune.core.files import write_atomic
 from autotune.deploy.bundle import (
     GENERATION_FORMAT,
     MANIFEST,
@@ -42,16 +43,15 @@ from autotune.deploy.bundle import (
 )
 from autotune.deploy.serve.swap import open_source
 from autotune.errors import AutotuneError
-from autotune.files import write_atomic
-from autotune.tuner import open_record
-from autotune.workloads.engine import Live, Request, load_tokenizer
-from autotune.workloads.generation import (
+from autotune.measure.workloads.engine import Live, Request, load_tokenizer
+from autotune.measure.workloads.generation import (
     bundle_engine,
     engine_settings,
     model_folder,
     runtime_files,
     settings_from_dict,
 )
+from autotune.tuning.tuner import open_record
 
 GEN_FORMAT = GENERATION_FORMAT
 GENERATION_YAML = "generation.yaml"
@@ -156,10 +156,10 @@ def verified_bundle(path: str | Path) -> tuple[Path, dict[str, Any], Any]:
 # ------------------------------------------------------------------------------ the served model
 #: how a bundle's engine is built, by the runtime that measured it (``manifest.runtime.measured``):
 #: ``build(bundle folder, settings, manifest) -> (engine, tokenizer)``.  The engine is anything with
-#: ``run(source, *, stop)`` serving :class:`~autotune.workloads.engine.Request` objects from a
-#: :class:`~autotune.workloads.engine.Source` (tokens through ``Request.emit``, the end through the
+#: ``run(source, *, stop)`` serving :class:`~autotune.measure.workloads.engine.Request` objects from a
+#: :class:`~autotune.measure.workloads.engine.Source` (tokens through ``Request.emit``, the end through the
 #: engine calling ``source.on_done`` and ``Request.on_finish``), as
-#: :class:`~autotune.workloads.engine.Engine` does; the tokenizer is a transformers tokenizer
+#: :class:`~autotune.measure.workloads.engine.Engine` does; the tokenizer is a transformers tokenizer
 #: (``__call__`` → ``input_ids``, ``decode``, optional chat template).  Any such engine is served
 #: behind the same OpenAI-compatible routes (:mod:`autotune.deploy.serve.completions`).
 EngineBuilder = Callable[[Path, Any, Mapping[str, Any]], tuple[Any, Any]]
@@ -197,7 +197,7 @@ def _max_positions(root: Path, manifest: Mapping[str, Any]) -> int | None:
 
 class GenerationService:
     """A loaded generation bundle, served (model kind ``generation``): its engine runs in its own
-    thread on a :class:`~autotune.workloads.engine.Live` source; requests are submitted from the
+    thread on a :class:`~autotune.measure.workloads.engine.Live` source; requests are submitted from the
     event loop and stream their tokens back through callbacks."""
 
     kind = "generation"

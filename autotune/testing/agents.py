@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autotune import tuner
 from autotune.agents import create_agent
 from autotune.agents.base import Agent, Observation
-from autotune.harness.custom import ObjectiveEvaluator
-from autotune.space import Config, SearchSpace, parse_space
-from autotune.spec import load_job
+from autotune.core.space import Config, SearchSpace, parse_space
+from autotune.job.spec import load_job
+from autotune.measure.workloads.objective import ObjectiveEvaluator
+from autotune.tuning import tuner
 
 SPACE_YAML = {
     "parameters": {

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from autotune.errors import TrialFailed
-from autotune.harness.evaluate import check_config
-from autotune.runtimes import declared_parameters, get_runtime
-from autotune.runtimes.base import BuildContext
-from autotune.transforms.base import Context, ModelRef, apply, data_digest
+from autotune.measure.runtimes import declared_parameters, get_runtime
+from autotune.measure.runtimes.base import BuildContext
+from autotune.measure.transforms.base import Context, ModelRef, apply, data_digest
+from autotune.measure.workloads.forward import check_config
 
 INPUT, OUTPUT = "features", "logits"
 

@@ -9,9 +9,9 @@ import pytest
 
 from autotune.agents import DEFAULT_AGENT, create_agent
 from autotune.agents.auto import AutoAgent
+from autotune.core.explore import Encoder, finite_configs
+from autotune.core.space import config_key, parse_space
 from autotune.errors import SpecError
-from autotune.explore import Encoder, finite_configs
-from autotune.space import config_key, parse_space
 from autotune.testing.agents import OBJECTIVES, _steps, space
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from autotune.agents import AGENTS, create_agent
 from autotune.agents.base import Observation
+from autotune.core.space import parse_space
 from autotune.errors import SpecError
-from autotune.space import parse_space
 
 SPACE = parse_space({"parameters": {
     "runtime": ["torch", "onnxruntime"],
@@ -136,8 +136,8 @@ def test_bad_options_are_spec_errors():
 
 @pytest.mark.slow
 def test_tuner_run_end_to_end(tiny_job):
-    from autotune.spec import load_job
-    from autotune.tuner import run
+    from autotune.job.spec import load_job
+    from autotune.tuning.tuner import run
 
     path = tiny_job(15, **{"{name: tpe, seed: 1}":
                            "{name: rl-ppo, seed: 1, options: {train_steps: 32, n_steps: 16, "

@@ -8,8 +8,8 @@ import pytest
 from autotune.agents import create_agent
 from autotune.agents.base import Observation
 from autotune.agents.skopt import ESTIMATORS, SkoptAgent, dimensions, normalize, tchebycheff
+from autotune.core.space import parse_space
 from autotune.errors import SpecError
-from autotune.space import parse_space
 
 SPACE = parse_space({"parameters": {
     "runtime": ["onnxruntime", "torch"],

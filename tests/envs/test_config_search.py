@@ -10,8 +10,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from autotune import envs
+from autotune.core.space import parse_space
 from autotune.envs.config_search import ConfigSearchEnv, SpaceCodec
-from autotune.space import parse_space
 
 SPACE = parse_space({"parameters": {
     "quantization": ["fp32", "int8"],

@@ -17,14 +17,14 @@ from typing import Any
 import psutil
 import pytest
 
-from autotune.harness import contention
+from autotune.measure.harness import contention
 
 _Times = namedtuple("_Times", "user nice system idle iowait irq softirq steal guest guest_nice")
 _Own = namedtuple("_Own", "user system")
 
 
 class FakePsutil:
-    """The psutil surface :mod:`autotune.harness.contention` reads, with known counters.
+    """The psutil surface :mod:`autotune.measure.harness.contention` reads, with known counters.
 
     Each ``cpu_times(percpu=True)`` call (one per snapshot) first adds ``tick_s`` seconds to
     every core: idle time, or, while ``busy_samples`` is positive, time another process used.

@@ -1,4 +1,4 @@
-"""Tests of autotune.harness.hardware: fingerprint, capabilities, peak FLOP/s, cost."""
+"""Tests of autotune.measure.harness.hardware: fingerprint, capabilities, peak FLOP/s, cost."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 import pytest
 
 from autotune.errors import DependencyError
-from autotune.harness import cpu, gpu, hardware, peak
-from autotune.harness.hardware import (
+from autotune.measure.harness import cpu, gpu, hardware, peak
+from autotune.measure.harness.hardware import (
     DEFAULT_PRICES_USD_PER_HOUR,
     Fingerprint,
     cost_usd_per_million,
@@ -153,7 +153,7 @@ def test_cpu_flags_from_py_cpuinfo_where_the_kernel_has_no_file(monkeypatch):
 
 
 class _FakeNVML:
-    """pynvml's calls used by autotune.harness.gpu, over two GPUs."""
+    """pynvml's calls used by autotune.measure.harness.gpu, over two GPUs."""
 
     class _Mem:
         total = 150_754_820_096  # bytes (143771 MiB)
@@ -365,8 +365,8 @@ def test_default_price_per_hour():
 
 @pytest.mark.skipif(detect_capabilities().cuda, reason="this machine has a CUDA device")
 def test_job_asking_cuda_without_a_gpu_gets_a_notice_and_no_cuda_trials(tiny_job):
-    from autotune import tuner
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
+    from autotune.tuning import tuner
 
     path = tiny_job(
         3,

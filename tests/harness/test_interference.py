@@ -32,9 +32,9 @@ ROUNDS = 6
 
 
 def test_identical_sessions_compare_equal_in_every_creation_order(tmp_path: Path) -> None:
-    from autotune.confirm import prediction_interval
-    from autotune.harness.evaluate import Evaluator
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
+    from autotune.measure.workloads.forward import Evaluator
+    from autotune.tuning.confirm import prediction_interval
 
     shutil.copy(EXPERIMENTS / "digits_model.py", tmp_path)
     path = tmp_path / "job.yaml"
@@ -60,8 +60,8 @@ def test_identical_sessions_compare_equal_in_every_creation_order(tmp_path: Path
 def test_spinning_is_a_declared_session_knob_the_bundle_keeps() -> None:
     """Spinning stays ONNX Runtime's default for a deployed session (fastest alone); a job may
     search ``intra_op_spinning`` like the other session settings, and its bundle keeps it."""
-    from autotune.harness.ortsession import session_options
-    from autotune.runtimes import declared_parameters
+    from autotune.measure.runtimes import declared_parameters
+    from autotune.measure.runtimes.ortsession import session_options
 
     p = declared_parameters()["intra_op_spinning"]
     assert p.default is True and p.choices == (True, False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.harness.hostlock import measurement_lock
+from autotune.measure.harness.hostlock import measurement_lock
 
 FAULTY_MODEL = '''
 """A tiny classifier that misbehaves at chosen batch sizes (measured batches only)."""
@@ -100,8 +100,8 @@ def private_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_crash_hang_and_oom_fail_their_trials_and_the_study_goes_on(tmp_path, private_lock):
-    from autotune import tuner
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
+    from autotune.tuning import tuner
 
     (tmp_path / "faulty_model.py").write_text(FAULTY_MODEL)
     (tmp_path / "job.yaml").write_text(textwrap.dedent(FAULTS_JOB).lstrip())
@@ -196,8 +196,8 @@ def test_lock_of_a_killed_holder_is_released(tmp_path):
 
 def test_evaluate_times_under_the_host_lock(tiny_job, private_lock):
     """Evaluator.evaluate waits for the lock before timing (and reports how long it waited)."""
-    from autotune.harness.evaluate import Evaluator
-    from autotune.spec import load_job
+    from autotune.job.spec import load_job
+    from autotune.measure.workloads.forward import Evaluator
 
     ev = Evaluator(load_job(tiny_job()))
     config = {"runtime": "torch", "quantization": "fp32", "batch_size": 8, "threads": 1}
@@ -229,9 +229,9 @@ def test_evaluate_times_under_the_host_lock(tiny_job, private_lock):
 def test_model_loading_is_bounded_by_the_startup_limit_not_the_trial_timeout(tiny_job, tmp_path,
                                                                              private_lock):
     from autotune.errors import TrialFailed
-    from autotune.harness.isolate import IsolatedHarness
-    from autotune.spec import load_job
-    from autotune.workloads.registry import evaluator_for
+    from autotune.job.spec import load_job
+    from autotune.measure.harness.isolate import IsolatedHarness
+    from autotune.measure.workloads.registry import evaluator_for
 
     (tmp_path / "slow_model.py").write_text(
         "import time\nimport digits_model\n\n\ndef build(**kw):\n"
@@ -254,9 +254,9 @@ def test_default_memory_limit_is_a_share_of_the_machine_and_validate_states_it(t
     from click.testing import CliRunner
 
     from autotune.cli import main
-    from autotune.harness.isolate import IsolatedHarness, machine_memory_mb, memory_limit
-    from autotune.spec import load_job
-    from autotune.workloads.registry import evaluator_for
+    from autotune.job.spec import load_job
+    from autotune.measure.harness.isolate import IsolatedHarness, machine_memory_mb, memory_limit
+    from autotune.measure.workloads.registry import evaluator_for
 
     path = tiny_job()
     job = load_job(path)

@@ -8,13 +8,13 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+from autotune.core.space import PRESET_DIR, parse_space
 from autotune.errors import TrialFailed
-from autotune.harness.evaluate import HARNESS_PARAMS, Evaluator, ort_providers
-from autotune.harness.hardware import detect_capabilities
-from autotune.harness.workload import split_calibration
-from autotune.space import PRESET_DIR, parse_space
-from autotune.spec import load_job
-from autotune.tuner import restrict_to_machine
+from autotune.job.spec import load_job
+from autotune.measure.harness.hardware import detect_capabilities
+from autotune.measure.workloads.forward import HARNESS_PARAMS, Evaluator, ort_providers
+from autotune.measure.workloads.model import split_calibration
+from autotune.tuning.tuner import restrict_to_machine
 
 JOB = """
 name: runtimes

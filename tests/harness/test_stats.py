@@ -1,4 +1,4 @@
-"""Tests of autotune.harness.stats: summaries, the timing loop, interleaved comparisons."""
+"""Tests of autotune.measure.harness.stats: summaries, the timing loop, interleaved comparisons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from autotune.harness.stats import (
+from autotune.measure.harness.stats import (
     LatencyStats,
     alternate,
     cv,
@@ -317,7 +317,7 @@ def test_alternate_and_ratio_spread_exact():
 def test_alternate_settles_before_every_block(monkeypatch: pytest.MonkeyPatch):
     """A pause before each block, so that no contender's spinning pool still runs while the
     next is timed (tests/harness/test_interference.py shows what it is for)."""
-    import autotune.harness.stats as stats
+    import autotune.measure.harness.stats as stats
 
     clock = FakeClock()
     events: list[object] = []

@@ -54,7 +54,7 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         [str(target), *filter(None, [os.environ.get("PYTHONPATH")])]))  # the measuring process
     importlib.invalidate_caches()
     yield target
-    from autotune.runtimes import _load
+    from autotune.measure.runtimes import _load
 
     _load.cache_clear()
 
@@ -62,9 +62,9 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_plugin_runtime_and_metric_from_a_real_job(installed: Path, tmp_path: Path) -> None:
     from autotune.deploy import load
     from autotune.deploy.export import write_bundle
-    from autotune.runtimes import declared_parameters, get_runtime, registered
-    from autotune.spec import load_job
-    from autotune.tuner import run
+    from autotune.job.spec import load_job
+    from autotune.measure.runtimes import declared_parameters, get_runtime, registered
+    from autotune.tuning.tuner import run
 
     assert "onnx-reference" in registered()
     assert get_runtime("onnx-reference").description.startswith("onnx.reference")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.runtimes import registered
+from autotune.measure.runtimes import registered
 from autotune.testing.runtimes import CHECKS
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("runtime", list(registered()))
 def test_runtime_conformance(runtime, check, tmp_path):
-    from autotune.runtimes import get_runtime
+    from autotune.measure.runtimes import get_runtime
 
     why = get_runtime(runtime).available({})
     if why:

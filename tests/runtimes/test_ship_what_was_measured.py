@@ -63,9 +63,9 @@ CHILD = textwrap.dedent("""
 
 def test_every_trial_ships_as_measured(tmp_path: Path) -> None:
     from autotune.deploy.export import write_bundle
-    from autotune.harness.evaluate import Evaluator
-    from autotune.spec import load_job
-    from autotune.tuner import open_record, pareto_views, run
+    from autotune.job.spec import load_job
+    from autotune.measure.workloads.forward import Evaluator
+    from autotune.tuning.tuner import open_record, pareto_views, run
 
     shutil.copy(ROOT / "experiments" / "digits_model.py", tmp_path / "digits_model.py")
     (tmp_path / "job.yaml").write_text(JOB.lstrip())

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from autotune.errors import TrialFailed
-from autotune.runtimes import get_runtime
-from autotune.runtimes.base import BuildContext
-from autotune.runtimes.torch import load_program
-from autotune.transforms.base import Context, ModelRef, data_digest
+from autotune.measure.runtimes import get_runtime
+from autotune.measure.runtimes.base import BuildContext
+from autotune.measure.runtimes.torch import load_program
+from autotune.measure.transforms.base import Context, ModelRef, data_digest
 
 
 class Branchy(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from tinymodels import TokenClassifier, make_mlp
 from torch import nn
 
-from autotune.transforms.base import Context, ModelRef, apply, data_digest
+from autotune.measure.transforms.base import Context, ModelRef, apply, data_digest
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from autotune.transforms import base
-from autotune.transforms.base import ModelRef, apply, digest, get_transform
+from autotune.measure.transforms import base
+from autotune.measure.transforms.base import ModelRef, apply, digest, get_transform
 
 ROOT = Path(__file__).resolve().parents[2] / "autotune"
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from autotune.transforms.base import Context, ModelRef, apply
-from autotune.transforms.convert import default_axes
+from autotune.measure.transforms.base import Context, ModelRef, apply
+from autotune.measure.transforms.convert import default_axes
 
 
 def session(path) -> ort.InferenceSession:

@@ -9,8 +9,8 @@ from tinymodels import TokenClassifier, make_mlp
 from torch import nn
 
 from autotune.errors import TrialFailed
-from autotune.transforms.base import Context, ModelRef, apply
-from autotune.transforms.prune import gradient_prune, magnitude_prune, sparsity, structured_prune
+from autotune.measure.transforms.base import Context, ModelRef, apply
+from autotune.measure.transforms.prune import gradient_prune, magnitude_prune, sparsity, structured_prune
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])

@@ -12,9 +12,9 @@ import torch
 from onnx import TensorProto
 
 from autotune.errors import TrialFailed
-from autotune.transforms import base
-from autotune.transforms.base import Context, ModelRef, apply, get_transform
-from autotune.transforms.quantize import resolve_exclude
+from autotune.measure.transforms import base
+from autotune.measure.transforms.base import Context, ModelRef, apply, get_transform
+from autotune.measure.transforms.quantize import resolve_exclude
 
 INT_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 
@@ -204,7 +204,7 @@ def test_parameters_are_declared_and_checked():
                                "weight_type", "activation_type", "op_types", "exclude_nodes"}
     defaults = cls.search_defaults()
     assert defaults["calibration"]["choices"] == ["minmax", "entropy", "percentile"]
-    from autotune.space import parse_space
+    from autotune.core.space import parse_space
 
     space = parse_space({"parameters": defaults})
     assert "per_channel" in space
@@ -236,7 +236,7 @@ def test_entropy_threshold_matches_onnx_runtimes_search() -> None:
     """Our array version of the KL threshold search picks what ONNX Runtime's loop picks."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from autotune.transforms.quantize import entropy_threshold
+    from autotune.measure.transforms.quantize import entropy_threshold
 
     rng = np.random.default_rng(0)
     samples = {"normal": rng.normal(0, 1, 20000),

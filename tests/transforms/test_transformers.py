@@ -12,9 +12,9 @@ import pytest
 import torch
 from _tiny_bert import texts, tiny_bert
 
-from autotune.harness.workload import hf_encoder
-from autotune.transforms.base import Context, ModelRef, apply, data_digest
-from autotune.transforms.fusion import fusion_params
+from autotune.measure.transforms.base import Context, ModelRef, apply, data_digest
+from autotune.measure.transforms.fusion import fusion_params
+from autotune.measure.workloads.model import hf_encoder
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -117,7 +117,7 @@ def test_fusion_refuses_a_graph_without_transformer_blocks(mlp_onnx, mlp_context
 def test_structured_pruning_of_hugging_face_blocks(encoder, tmp_path):
     """Attention heads and FFN intermediate units of BertLayer blocks are removed (the weights
     really shrink), the pruned model still runs, exports with its names, and stays close."""
-    from autotune.transforms.prune import n_parameters
+    from autotune.measure.transforms.prune import n_parameters
 
     module, ev, cal = encoder
     ctx = _ctx(ev, cal)

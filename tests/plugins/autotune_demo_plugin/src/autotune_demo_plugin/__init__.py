@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from autotune.runtimes.base import (
+from autotune.measure.runtimes.base import (
     BuildContext,
     Built,
     BundleFiles,

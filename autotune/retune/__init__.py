@@ -1,0 +1,1 @@
+"""Re-tuning on a schedule: challenger against champion, then promotion (:mod:`.schedule`)."""
