@@ -43,12 +43,6 @@ def finite_configs(space: SearchSpace, limit: int = ENUMERATE_LIMIT) -> list[Con
     return space.grid()
 
 
-def space_size(space: SearchSpace, limit: int = ENUMERATE_LIMIT) -> int | None:
-    """How many valid configurations ``space`` holds; None when continuous or too many."""
-    configs = finite_configs(space, limit)
-    return None if configs is None else len(configs)
-
-
 def random_value(p: Param, rng: random.Random) -> Any:
     """One value of ``p``: uniform over a discrete parameter's values, uniform (log-uniform where
     the parameter is log) over a continuous one's range."""
