@@ -73,8 +73,11 @@ def test_every_trial_ships_as_measured(tmp_path: Path) -> None:
     summary = run(job)
     done = [t for t in summary.trials if t.state == "complete"]
     kinds = {(t.config["runtime"], t.config["quantization"]) for t in done}
-    assert kinds == {("torch", "fp32"), ("torch", "bf16"), ("torch", "int8_dynamic"),
-                     ("onnxruntime", "fp32"), ("onnxruntime", "int8_dynamic")}, summary.notices
+    expected = {("torch", "fp32"), ("torch", "bf16"), ("torch", "int8_dynamic"),
+                ("onnxruntime", "fp32"), ("onnxruntime", "int8_dynamic")}
+    if any("quantization = bf16 with runtime=torch" in n for n in summary.notices):
+        expected.discard(("torch", "bf16"))  # a CPU without native bf16: left out, and said so
+    assert kinds == expected, summary.notices
     front = {t.number for t in pareto_views(list(summary.trials), job)}
     assert front
     record = open_record(job, create=False)
