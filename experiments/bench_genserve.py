@@ -113,6 +113,28 @@ def served(url: str, model: str, prompts: list[str], limits: list[int], clients:
             "ttft": ttft, "texts": [texts.get(i, "") for i in range(len(prompts))]}
 
 
+def _start(bundle: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from autotune.cli import main; main()", "serve", bundle,
+         "--port", str(port), "--poll-interval", "0"], env={**os.environ, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait(proc: subprocess.Popen, url: str) -> str:
+    import httpx
+
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            return str(httpx.get(f"{url}/v1/models", timeout=2).json()["data"][0]["id"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(proc.stderr.read() if proc.stderr else "") from None
+            time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle")
@@ -123,64 +145,67 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", action="store_true", help="stream (SSE) through the client")
     ap.add_argument("--prompts", default="glm", help="'glm' (experiments/glm_model.py's prompts) "
                     "or a text file, one prompt a line")
+    ap.add_argument("--thread", action="store_true", help="also serve with the engine in a "
+                    "thread of the server's process (AUTOTUNE_ENGINE_PROCESS=0), side by side")
     args = ap.parse_args(argv)
 
-    from autotune.deploy.genserve import GenerationService
+    from autotune.deploy.genserve import ENGINE_PROCESS_ENV, GenerationService
 
     prompts = _prompts(args.prompts, args.requests)
     limits = [args.max_tokens] * len(prompts)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from autotune.cli import main; main()", "serve", args.bundle,
-         "--port", str(port), "--poll-interval", "0"], env={**os.environ}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    service = GenerationService(args.bundle)  # the engine the server runs, built the same way
-    service.close(drain_s=0)  # its serving thread is not needed: the engine is driven here
+    servers = {"served": _start(args.bundle, {ENGINE_PROCESS_ENV: "1"})}
+    if args.thread:
+        servers["served-thread"] = _start(args.bundle, {ENGINE_PROCESS_ENV: "0"})
+    # the engine the server runs, built the same way, driven here (its thread is not needed)
+    service = GenerationService(args.bundle, process=False)
+    service.close(drain_s=0)
     engine, tok = service.engine, service.tokenizer
     items = [(list(tok(p)["input_ids"]), n) for p, n in zip(prompts, limits, strict=True)]
-    import httpx
-
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            model = httpx.get(f"{url}/v1/models", timeout=2).json()["data"][0]["id"]
-            break
-        except (httpx.HTTPError, KeyError, ValueError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print(proc.stderr.read() if proc.stderr else "", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-    print(f"bundle {args.bundle}: {service.settings}; {len(items)} requests x {args.max_tokens} "
-          f"tokens, {args.clients} clients{', streamed' if args.stream else ''}; torch threads "
-          f"here {__import__('torch').get_num_threads()}")
     try:
-        in_process(engine, items[: args.clients], args.clients)  # warm-up, both sides
-        served(url, model, prompts[: args.clients], limits[: args.clients], args.clients,
-               args.stream)
-        rows = []
+        model = ""
+        for proc, url in servers.values():
+            model = _wait(proc, url)
+        print(f"bundle {args.bundle}: {service.settings}; {len(items)} requests x "
+              f"{args.max_tokens} tokens, {args.clients} clients"
+              f"{', streamed' if args.stream else ''}; torch threads here "
+              f"{__import__('torch').get_num_threads()}; load average {os.getloadavg()}")
+
+        def run(which: str) -> dict[str, Any]:
+            if which == "in":
+                return in_process(engine, items, args.clients)
+            return served(servers[which][1], model, prompts, limits, args.clients, args.stream)
+
+        names = ["in", *servers]
+        in_process(engine, items[: args.clients], args.clients)  # warm-up, all sides
+        for name in servers:
+            served(servers[name][1], model, prompts[: args.clients], limits[: args.clients],
+                   args.clients, args.stream)
+        ratios: dict[str, list[float]] = {n: [] for n in servers}
         for r in range(args.rounds):
-            order = ("in", "served") if r % 2 == 0 else ("served", "in")
-            got: dict[str, dict[str, Any]] = {}
-            for which in order:
-                got[which] = (in_process(engine, items, args.clients) if which == "in" else
-                              served(url, model, prompts, limits, args.clients, args.stream))
+            order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+            got = {which: run(which) for which in order}
             text_in = [tok.decode(list(t), skip_special_tokens=True) for t in got["in"]["out"]]
-            same = sum(a == b for a, b in zip(text_in, got["served"]["texts"], strict=True))
-            ratio = got["served"]["tps"] / got["in"]["tps"]
-            rows.append(ratio)
-            ttft = (f"; client TTFT p50 {statistics.median(got['served']['ttft']) * 1e3:.0f} ms"
-                    if got["served"]["ttft"] else "")
-            print(f"round {r + 1} ({order[0]} first): in-process {got['in']['tps']:.0f} tok/s, "
-                  f"served {got['served']['tps']:.0f} tok/s, ratio {ratio:.3f}; identical text "
-                  f"{same}/{len(items)}; errors {len(got['served']['errors'])}{ttft}")
-            if got["served"]["errors"]:
-                print("  ", got["served"]["errors"][:3])
-        print(f"served / in-process tokens/s: median {statistics.median(rows):.3f} "
-              f"(rounds {min(rows):.3f}-{max(rows):.3f})")
+            parts = [f"in-process {got['in']['tps']:.0f} tok/s"]
+            for name in servers:
+                g = got[name]
+                same = sum(a == b for a, b in zip(text_in, g["texts"], strict=True))
+                ratio = g["tps"] / got["in"]["tps"]
+                ratios[name].append(ratio)
+                ttft = (f", client TTFT p50 {statistics.median(g['ttft']) * 1e3:.0f} ms"
+                        if g["ttft"] else "")
+                parts.append(f"{name} {g['tps']:.0f} tok/s ({ratio:.3f}x; identical text "
+                             f"{same}/{len(items)}; errors {len(g['errors'])}{ttft})")
+                if g["errors"]:
+                    parts.append(f"errors: {g['errors'][:2]}")
+            print(f"round {r + 1} ({order[0]} first): " + "; ".join(parts))
+        for name, rows in ratios.items():
+            print(f"{name} / in-process tokens/s: median {statistics.median(rows):.3f} "
+                  f"(rounds {min(rows):.3f}-{max(rows):.3f})")
+        print(f"load average {os.getloadavg()}")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
     return 0
 
 

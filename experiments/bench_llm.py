@@ -64,9 +64,11 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None
 
 
 def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], concurrency: int,
-                slo: tuple[float, float]) -> dict[str, Any]:
+                slo: tuple[float, float], usage: bool = True) -> dict[str, Any]:
     """Serve the workload through an OpenAI-compatible server with the official client:
-    ``concurrency`` closed-loop client threads, streaming; timings at the client."""
+    ``concurrency`` closed-loop client threads, streaming; timings at the client.  A chunk may
+    carry several tokens (a speculative step's), so tokens are counted from the usage the stream
+    ends with (``usage``), else one per chunk."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
@@ -75,6 +77,7 @@ def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], co
         todo.put(it)
     out: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
+    extra = {"stream_options": {"include_usage": True}} if usage else {}
 
     def worker() -> None:
         while True:
@@ -85,20 +88,24 @@ def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], co
             t0 = time.perf_counter()
             times: list[float] = []
             text = []
+            count = None
             try:
                 stream = client.completions.create(model=model, prompt=prompt, max_tokens=n,
-                                                   temperature=0, stream=True)
+                                                   temperature=0, stream=True, **extra)
                 for chunk in stream:
+                    if chunk.usage is not None:
+                        count = chunk.usage.completion_tokens
                     if not chunk.choices:
                         continue
                     c = chunk.choices[0]
-                    if c.finish_reason is None or c.text:
+                    if c.text:
                         times.append(time.perf_counter())
-                        text.append(c.text or "")
+                        text.append(c.text)
             except Exception as exc:  # counted, shown
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
-            out[i] = {"start": t0, "times": times, "text": "".join(text)}
+            out[i] = {"start": t0, "times": times, "text": "".join(text),
+                      "n": count if count is not None else len(times)}
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     start = time.perf_counter()
@@ -107,15 +114,18 @@ def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], co
     for t in threads:
         t.join()
     end = max((r["times"][-1] for r in out.values() if r["times"]), default=time.perf_counter())
-    tokens = sum(len(r["times"]) for r in out.values())
+    tokens = sum(r["n"] for r in out.values())
     ttft = [r["times"][0] - r["start"] for r in out.values() if r["times"]]
-    tpot = [(r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1)
-            for r in out.values() if len(r["times"]) > 1]
+
+    def tpot(r: dict[str, Any]) -> float | None:
+        return (r["times"][-1] - r["times"][0]) / (r["n"] - 1) if r["n"] > 1 and r["times"] \
+            else None
+
+    tpots = [t for r in out.values() if (t := tpot(r)) is not None]
     good = sum(1 for r in out.values() if r["times"] and r["times"][0] - r["start"] <= slo[0]
-               and (len(r["times"]) < 2 or (r["times"][-1] - r["times"][0])
-                    / (len(r["times"]) - 1) <= slo[1]))
+               and ((t := tpot(r)) is None or t <= slo[1]))
     wall = end - start
-    return {"tokens_per_s": tokens / wall, "ttft": ttft, "tpot": tpot, "goodput": good / wall,
+    return {"tokens_per_s": tokens / wall, "ttft": ttft, "tpot": tpots, "goodput": good / wall,
             "texts": {i: r["text"] for i, r in out.items()}, "errors": errors}
 
 
@@ -222,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_http(f"http://127.0.0.1:{lport}/v1/models", llama)
                 lurl = f"http://127.0.0.1:{lport}/v1"
                 contenders["(e) llama.cpp server, defaults, GGUF Q8_0 + openai"] = \
-                    lambda: client_pass(lurl, str(gguf), prompts, wl.concurrency, slo)
+                    lambda: client_pass(lurl, str(gguf), prompts, wl.concurrency, slo,
+                                        usage=False)
         per: dict[str, list[dict[str, Any]]] = {n: [] for n in contenders}
+        load = os.getloadavg()
         t0 = time.perf_counter()
         for fn in contenders.values():  # warm-up
             fn()
@@ -244,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"job {job.name} ({Path(args.job).name}): {len(wl.items)} requests, concurrency "
           f"{wl.concurrency}, {sum(n for _, n in wl.items)} output tokens per pass; "
           f"{args.rounds} interleaved rounds ({wall:.0f} s); medians over rounds; SLO TTFT <= "
-          f"{slo[0] * 1000:g} ms, TPOT <= {slo[1] * 1000:g} ms\n")
+          f"{slo[0] * 1000:g} ms, TPOT <= {slo[1] * 1000:g} ms; load average before "
+          f"{load[0]:.2f}, after {os.getloadavg()[0]:.2f} (1 min)\n")
     head = (f"{'contender':54s} {'tokens/s':>9s} {'vs (b)':>7s} {'TTFT p50':>9s} "
             f"{'TTFT p95':>9s} {'TPOT p50':>9s} {'goodput':>8s} {'same text':>9s} {'errors':>6s}")
     print(head)

@@ -295,12 +295,16 @@ class Answer:
 
         try:
             finished, tokens = self._pending
+            times = self.running.req.token_times
             while True:
-                # one event per token (as OpenAI streams), written together when several arrived
-                # in one wakeup; the loop is not woken per token
-                upto = len(tokens)
-                out = [event(d, None) for k in range(detok.read + 1, upto + 1)
-                       if (d := detok.step(tokens[:k]))]
+                # one event per engine step (one token, or the tokens a speculative step
+                # accepted together, as vLLM streams), written together when several steps
+                # arrived in one wakeup; the loop is not woken per token.  The tokens of a step
+                # share their time stamp; a token whose time is not there yet comes next wakeup.
+                upto = min(len(tokens), len(times))
+                ends = [k for k in range(detok.read + 1, upto + 1)
+                        if k == upto or times[k] != times[k - 1]]
+                out = [event(d, None) for k in ends if (d := detok.step(tokens[:k]))]
                 if finished:
                     req = self.running.req
                     if req.error:

@@ -229,6 +229,10 @@ class Source:
     def on_done(self, req: Request, now: float) -> None:
         pass
 
+    def stepped(self) -> None:
+        """Called after each engine step's tokens (and ends) were emitted: a source that relays
+        them elsewhere (another process) sends the step's together."""
+
     @property
     def exhausted(self) -> bool:
         return False
@@ -285,6 +289,7 @@ class Engine:
                         self._continuous_step(source)
                 except Exception as exc:  # fail the requests in flight
                     self._fail_all(source, f"{type(exc).__name__}: {exc}")
+                    source.stepped()
                     if not source.resilient:  # a measurement: the configuration failed
                         raise
                     # a server: report to those clients and keep serving the others
@@ -343,6 +348,7 @@ class Engine:
                         r.emit(t, now)
                         if r.done:
                             engine._finish(r, source, now)
+                source.stepped()
                 return limits <= step
 
         longest = int(limits.max())
@@ -470,6 +476,7 @@ class Engine:
             else:
                 keep.append(i)
         self._current = []
+        source.stepped()
         if not keep:
             return
         if len(keep) < len(reqs):
@@ -579,6 +586,7 @@ class Engine:
                 self._finish(r, source, now)
             else:
                 keep.append(i)
+        source.stepped()
         self._track_kv()
         if len(keep) == len(self._rows):
             return

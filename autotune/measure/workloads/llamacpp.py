@@ -373,6 +373,7 @@ class LlamaCppEngine:
                 self._step(source)
             except Exception as exc:
                 self._fail_all(source, f"{type(exc).__name__}: {exc}")
+                source.stepped()
                 if not source.resilient:
                     raise
 
@@ -419,6 +420,7 @@ class LlamaCppEngine:
             owners.append((seq, False))
             self._pos[seq] = n  # the position of the first generated token
         if not entries:
+            source.stepped()  # requests refused above
             return
         logits = self._decode(entries)
         now = time.perf_counter()
@@ -435,4 +437,5 @@ class LlamaCppEngine:
                 self._release(seq)
             else:
                 cached += self._pos[seq]
+        source.stepped()
         self.peak_kv_bytes = max(self.peak_kv_bytes, cached * self.kv_per_token)
