@@ -9,10 +9,11 @@ serve BUNDLE`` in a child process; ``--clients`` threads, each with its own ``op
 client calling ``completions.create`` (``--stream``: server-sent events, TTFT at the client).
 Rounds alternate which goes first; the figure is output tokens per second of wall-clock time
 (first request sent → last answer), its median over rounds, and served / in-process per round.
-Greedy text must be identical.
+Greedy text must be identical.  ``--process`` adds the same bundle served with the engine in a
+process of its own (``AUTOTUNE_ENGINE_PROCESS=1``) as a third contender.
 
     python experiments/bench_genserve.py BUNDLE [--rounds 5] [--clients 8] [--requests 32]
-        [--max-tokens 32] [--stream] [--prompts glm]
+        [--max-tokens 32] [--stream] [--process] [--prompts glm]
 """
 
 from __future__ import annotations
@@ -145,17 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", action="store_true", help="stream (SSE) through the client")
     ap.add_argument("--prompts", default="glm", help="'glm' (experiments/glm_model.py's prompts) "
                     "or a text file, one prompt a line")
-    ap.add_argument("--thread", action="store_true", help="also serve with the engine in a "
-                    "thread of the server's process (AUTOTUNE_ENGINE_PROCESS=0), side by side")
+    ap.add_argument("--process", action="store_true", help="also serve with the engine in a "
+                    "process of its own (AUTOTUNE_ENGINE_PROCESS=1), side by side")
     args = ap.parse_args(argv)
 
     from autotune.deploy.genserve import ENGINE_PROCESS_ENV, GenerationService
 
     prompts = _prompts(args.prompts, args.requests)
     limits = [args.max_tokens] * len(prompts)
-    servers = {"served": _start(args.bundle, {ENGINE_PROCESS_ENV: "1"})}
-    if args.thread:
-        servers["served-thread"] = _start(args.bundle, {ENGINE_PROCESS_ENV: "0"})
+    servers = {"served": _start(args.bundle, {ENGINE_PROCESS_ENV: "0"})}
+    if args.process:
+        servers["served-process"] = _start(args.bundle, {ENGINE_PROCESS_ENV: "1"})
     # the engine the server runs, built the same way, driven here (its thread is not needed)
     service = GenerationService(args.bundle, process=False)
     service.close(drain_s=0)

@@ -281,3 +281,34 @@ def test_the_generation_routes_answer_503_with_retry_after_past_the_limit(bundle
         ok = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "the", "max_tokens": 2},
                         timeout=60)
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_the_engine_in_its_own_process_streams_the_same_tokens(bundles: tuple) -> None:
+    """``process=True`` (AUTOTUNE_ENGINE_PROCESS=1): the engine runs in a child process; tokens
+    come back through the same callbacks, equal to the engine in a thread; if the child dies the
+    requests fail with that reason instead of hanging."""
+    from autotune.deploy.genserve import GenerationService
+
+    def tokens(service: GenerationService, ids: list[int]) -> tuple[list[int], list[int]]:
+        seen: list[int] = []
+        req = service.submit(ids, 5, lambda r, t: seen.append(t), lambda r: None)
+        assert req.finished.wait(120) and req.error is None, req.error
+        return seen, list(req.tokens)
+
+    threaded = GenerationService(bundles[0], process=False)
+    isolated = GenerationService(bundles[0], process=True)
+    try:
+        assert isolated.isolated and isolated.engine is None
+        ids = list(threaded.tokenizer("the cats see")["input_ids"])
+        streamed, whole = tokens(isolated, ids)
+        assert streamed == whole == tokens(threaded, ids)[1] and len(whole) == 5
+        isolated.source.proc.kill()  # the engine process dies: nothing hangs
+        isolated.source.proc.join(10)
+        deadline = time.monotonic() + 10
+        while isolated.source.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        req = isolated.submit(ids, 3, None, lambda r: None)
+        assert req.finished.wait(5) and "engine process" in (req.error or ""), req.error
+    finally:
+        threaded.close(drain_s=0)
+        isolated.close(drain_s=0)

@@ -195,21 +195,23 @@ def _max_positions(root: Path, manifest: Mapping[str, Any]) -> int | None:
     return None
 
 
-#: ``AUTOTUNE_ENGINE_PROCESS=0`` runs the engine in a thread of the server's process instead
+#: ``AUTOTUNE_ENGINE_PROCESS=1`` runs the engine in a process of its own (default: a thread)
 ENGINE_PROCESS_ENV = "AUTOTUNE_ENGINE_PROCESS"
 
 
 class GenerationService:
     """A loaded generation bundle, served (model kind ``generation``).
 
-    The engine runs in a process of its own (:class:`EngineProcess`): the server's event loop,
-    HTTP parsing and JSON then never hold the GIL the engine's Python needs between kernels (in
-    one process they cost the engine a fifth of its tokens/s at 8 streaming clients on a tiny
-    model).  ``process=False`` (or ``AUTOTUNE_ENGINE_PROCESS=0``, and engines registered by
-    plugins) runs it in a thread of this process on a
-    :class:`~autotune.measure.workloads.engine.Live` source.  Either way requests are submitted
-    from the event loop and stream their tokens back through callbacks (on a thread that is not
-    the event loop's)."""
+    The engine runs in a thread of this process on a
+    :class:`~autotune.measure.workloads.engine.Live` source, or (``process=True``, or
+    ``AUTOTUNE_ENGINE_PROCESS=1``; our own engines only) in a process of its own
+    (:class:`EngineProcess`), where the server's event loop, HTTP parsing and JSON never hold the
+    GIL the engine's Python needs between kernels.  On the shared 2-core machine (load ~10) the
+    thread served more tokens/s (0.56x vs 0.43x of the engine in-process,
+    experiments/bench_genserve.py --process): the process adds a hop (engine -> pipe -> reader
+    thread -> event loop) and every hop waits for a core there; with cores to spare the process
+    keeps the GIL to the engine.  Either way requests are submitted from the event loop and
+    stream their tokens back through callbacks (on a thread that is not the event loop's)."""
 
     kind = "generation"
 
@@ -223,8 +225,8 @@ class GenerationService:
                               f"which this installation cannot serve (known: {sorted(_ENGINES)}).")
         self.runtime = runtime
         if process is None:
-            process = os.environ.get(ENGINE_PROCESS_ENV, "1").strip().lower() not in (
-                "0", "false", "no", "off")
+            process = os.environ.get(ENGINE_PROCESS_ENV, "0").strip().lower() in (
+                "1", "true", "yes", "on")
         # only our own builder is rebuilt in the child (a plugin's may hold state of this process)
         self.isolated = bool(process) and _ENGINES[runtime] is _measured_engine
         self.max_positions = _max_positions(self.root, self.manifest)
