@@ -6,6 +6,7 @@ with every contender, in turn:
 
 (b)  ``generate`` batched by hand at the workload's concurrency, in this process (left padding,
      default cache and attention, torch's default threads): the baseline a careful user writes;
+(b1) the same with one intra-op thread (on a busy 2-core machine, two threads can be 10x slower);
 (c)  the tuned configuration in this process (``--trial N``, else the feasible trial of the
      job's study with the most output tokens/s);
 (d)  the same trial exported (``autotune export``) and served by ``autotune serve`` in another
@@ -131,9 +132,13 @@ def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], co
             "texts": {i: r["text"] for i, r in out.items()}, "errors": errors}
 
 
-def inproc_pass(engine: Any, wl: Any, tok: Any, slo: tuple[float, float]) -> dict[str, Any]:
+def inproc_pass(engine: Any, wl: Any, tok: Any, slo: tuple[float, float],
+                threads: int) -> dict[str, Any]:
+    import torch
+
     from autotune.measure.workloads.generation import serve_pass
 
+    torch.set_num_threads(threads)  # process-wide: each contender runs with its own
     p = serve_pass(engine, wl)
     good = sum(1 for a, b in zip(p.ttft_s, _tpots(p), strict=True)
                if a <= slo[0] and (b is None or b <= slo[1]))
@@ -167,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-llama-server", action="store_true", help="leave out (e)")
     args = ap.parse_args(argv)
 
+    import torch
+
+    default_threads = torch.get_num_threads()  # before anything sets it
     from autotune.deploy.export import export_bundle
     from autotune.job.spec import load_job
     from autotune.measure.harness.hostlock import measurement_lock
@@ -200,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         engine_b = ev.build({})[0]
+        engine_b1 = ev.build({"threads": 1})[0]
         engine_c = ev.build({k: v for k, v in tuned.config.items()})[0]
+        tuned_threads = int(tuned.config.get("threads") or default_threads)
         contenders[f"(b) generate, hand-batched x{wl.concurrency} (in-process)"] = \
-            lambda: inproc_pass(engine_b, wl, tok, slo)
+            lambda: inproc_pass(engine_b, wl, tok, slo, default_threads)
+        contenders["(b1) (b) with 1 thread"] = lambda: inproc_pass(engine_b1, wl, tok, slo, 1)
         contenders[f"(c) tuned trial {tuned.number}, in-process"] = \
-            lambda: inproc_pass(engine_c, wl, tok, slo)
+            lambda: inproc_pass(engine_c, wl, tok, slo, tuned_threads)
         port = _free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         serve = subprocess.Popen([sys.executable, "-m", "autotune.cli", "serve", str(bundle),
@@ -281,20 +292,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{med(pct(r['tpot'], 50) for r in rounds) * 1000:7.2f}ms "
               f"{med(r['goodput'] for r in rounds):8.2f} "
               f"{sum(same) / max(1, len(same)):9.3f} {sum(len(r['errors']) for r in rounds):6d}")
+    b1 = list(per)[1]
     for name, rounds in per.items():
-        if name != b:
+        for base in (b, b1):
+            if name in (b, b1):
+                continue
             ratios = [x["tokens_per_s"] / y["tokens_per_s"]
-                      for x, y in zip(rounds, per[b], strict=True)]
-            print(f"{name[:4]}/(b) tokens/s per round: {', '.join(f'{r:.2f}' for r in ratios)}")
+                      for x, y in zip(rounds, per[base], strict=True)]
+            print(f"{name.split()[0]}/{base.split()[0]} tokens/s per round: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)} (median "
+                  f"{statistics.median(ratios):.2f})")
         differ = [(i, t) for i, t in rounds[-1]["texts"].items()
                   if t.strip() != reference[i].strip()]
         if differ:
             i, t = differ[0]
-            print(f"{name[:4]} first text differing from the reference (request {i}): {t!r} "
+            print(f"{name.split()[0]} first text differing from the reference (request {i}): {t!r} "
                   f"vs {reference[i]!r}")
         errs = [e for r in rounds for e in r["errors"]]
         if errs:
-            print(f"{name[:4]} errors: {errs[0]}")
+            print(f"{name.split()[0]} errors: {errs[0]}")
     print(f"tuned configuration (trial {tuned.number}): {dict(tuned.config)}")
     for n in notes:
         print(n)
