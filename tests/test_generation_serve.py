@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -312,3 +313,55 @@ def test_the_engine_in_its_own_process_streams_the_same_tokens(bundles: tuple) -
     finally:
         threaded.close(drain_s=0)
         isolated.close(drain_s=0)
+
+
+def test_a_stream_sends_one_event_per_engine_step() -> None:
+    """Tokens of one engine step (a speculative step accepts several; they share their time
+    stamp) go out in one server-sent event, each step in its own: fewer chunks for the client to
+    parse, still streamed as produced."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from autotune.deploy.serve.completions import Answer, Completion, Wakeups
+    from autotune.measure.workloads.engine import Request
+
+    class Tok:
+        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+            return "".join(f" t{i}" for i in ids)
+
+    steps = [[1, 2, 3], [4], [5, 6]]  # three engine steps
+
+    class Service:
+        tokenizer, name = Tok(), "m"
+
+        def submit(self, ids: list[int], n: int, on_token: Any, on_finish: Any) -> Request:
+            req = Request(list(ids), n, time.perf_counter(), on_token=on_token,
+                          on_finish=on_finish)
+
+            def engine() -> None:
+                for k, step in enumerate(steps):
+                    req.emit_all(step, float(k))  # as the engine emits a step
+                    time.sleep(0.05)
+                req.done = True
+                req.finished.set()
+                on_finish(req)
+
+            threading.Thread(target=engine, daemon=True).start()
+            return req
+
+        def cancel(self, req: Request) -> None:
+            req.done = True
+
+    async def main() -> list[str]:
+        server = SimpleNamespace(limits=SimpleNamespace(request_timeout_s=30))
+        served = SimpleNamespace(predictor=Service(), version="v")
+        answer = Answer(server, served, Completion(False, (7,), 6, True, False),
+                        Wakeups(asyncio.get_running_loop()), lambda s: None)
+        await answer.start()
+        return [e async for e in answer.events()]
+
+    body = b"".join(asyncio.run(main())).decode()
+    texts = [json.loads(line[6:])["choices"][0]["text"] for line in body.split("\n\n")
+             if line.startswith("data: {")]
+    assert [t for t in texts if t] == [" t1 t2 t3", " t4", " t5 t6"], texts
+    assert body.rstrip().endswith("data: [DONE]")

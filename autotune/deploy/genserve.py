@@ -442,8 +442,7 @@ class EngineProcess:
             for rid, tokens in msg["t"].items():
                 req = self._reqs.get(int(rid))
                 if req is not None:
-                    for t in tokens:
-                        req.emit(t, now)
+                    req.emit_all(tokens, now)
             for rid, error in msg["e"]:
                 with self._lock:
                     req = self._reqs.pop(int(rid), None)

@@ -193,14 +193,23 @@ class Request:
     finished: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, token: int, now: float) -> None:
+        self.emit_all((token,), now)
+
+    def emit_all(self, tokens: Iterable[int], now: float) -> None:
+        """One engine step's tokens for this request (several when speculation accepted
+        drafts): appended in one ``extend`` each (a reader on another thread sees the whole
+        step or none of it: ``min(len(tokens), len(token_times))``), with the step's time stamp,
+        before ``on_token`` is called for any."""
         if self.done:
             return
-        self.tokens.append(int(token))
-        self.token_times.append(now)
-        if self.on_token is not None:
-            self.on_token(self, int(token))
+        new = [int(t) for t in tokens][:max(0, self.max_new_tokens - len(self.tokens))]
+        self.tokens.extend(new)
+        self.token_times.extend([now] * len(new))
         if len(self.tokens) >= self.max_new_tokens:
             self.done = True
+        if self.on_token is not None:
+            for token in new:
+                self.on_token(self, token)
 
     @property
     def ttft(self) -> float:
@@ -580,8 +589,7 @@ class Engine:
         keep = []
         per_row = tokens if tokens is not None else [[t] for t in nxt.tolist()]
         for i, (r, ts) in enumerate(zip(self._rows, per_row, strict=True)):
-            for t in ts:
-                r.emit(t, now)
+            r.emit_all(ts, now)
             if r.done:
                 self._finish(r, source, now)
             else:
