@@ -48,6 +48,9 @@ def test_derived_job_has_the_hand_recipes_and_follows_the_model():
                                  "per_channel": True, "reduce_range": False,
                                  "quant_op_types": "all", "ort_fusion": "none"}
     assert refs["fused int8"]["ort_fusion"] == "bert"
+    assert refs["fused int8"]["ort_attention"] == "fused"
+    mha = next(e.config for e in entries if e.name == "fused int8, multi-head attention")
+    assert mha == {**refs["fused int8"], "ort_attention": "multihead"}
     params = job["search_space"]["parameters"]
     assert params["runtime"]["choices"] == ["onnxruntime", "torch"]  # only what is installed
     assert "ov_quant_preset" not in params
@@ -57,6 +60,7 @@ def test_derived_job_has_the_hand_recipes_and_follows_the_model():
     other = derive_job(_facts("gpt_bigcode"), texts="t.txt", threads=2,
                        runtimes=["onnxruntime", "openvino", "torch"], n_texts=40)
     assert "ort_fusion" not in other["search_space"]["parameters"]
+    assert "ort_attention" not in other["search_space"]["parameters"]
     names = [e["name"] for e in other["search_space"]["portfolio"]]
     assert "fused int8" not in names and "OpenVINO int8 (NNCF, calibrated)" in names
     thr = derive_job(_facts(task="text-classification"), texts="t.txt", threads=1,
