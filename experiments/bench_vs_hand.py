@@ -175,7 +175,7 @@ def study_counters(work: Path) -> dict[str, Any]:
                 and not t.user_attrs.get("interrupted")]
     keys = [json.dumps(t.params, sort_keys=True) for t in measured]
     sources = [str(t.user_attrs.get("source", "?")) for t in trials]
-    n_portfolio = sum(s.startswith("portfolio") for s in sources)
+    n_portfolio = sum(s.startswith(("portfolio", "reference")) for s in sources)
     return {"trials": len(trials), "measured": len(measured),
             "duplicate_measurements": len(keys) - len(set(keys)),
             # invalid proposals are recorded as PRUNED trials, outside the budget
@@ -184,7 +184,7 @@ def study_counters(work: Path) -> dict[str, Any]:
                                    if t.state != optuna.trial.TrialState.PRUNED),
             "reproposals_answered": sum((study.user_attrs.get("reproposed") or {}).values()),
             "portfolio_first": n_portfolio > 0 and all(
-                s.startswith("portfolio") for s in sources[:n_portfolio]),
+                s.startswith(("portfolio", "reference")) for s in sources[:n_portfolio]),
             "first_trials": [f"{t.number}: {t.params.get('runtime')} "
                              f"{t.params.get('quantization')} ({sources[i]})"
                              for i, t in enumerate(trials[:4])]}
