@@ -27,6 +27,16 @@ fused recipe and torch fp32, cosine fidelity against torch fp32, and whether the
 re-measured p50 lies inside the spread its manifest states.
 
 ``--skip-tune DIR`` reuses a finished work folder (job, study and bundle) to repeat step 2.
+
+``--preset cpu-inference-full`` tunes a job holding only the model, its texts, the objectives,
+the fidelity constraint and ``search_space: {preset: ...}`` (``autotune run``, then ``autotune
+export`` of the rule ``min latency_p50_ms with cosine >= 0.99``) instead of ``autotune optimize``.
+``--load F`` keeps one core busy with another process (a tight loop) for the first ``F`` share of
+the tuning budget, as on a shared machine; the comparison then runs on the quiet machine.  Either
+way it prints what issue 21 asks of the decisions: measured trials whose figure ran contended and
+how each was re-measured, whether the pick or any domination rested on a contended figure, whether
+the run stopped early while valid configurations were unmeasured, and how often a deterministic
+failure cause repeated.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,23 +81,82 @@ def model_folder() -> Path:
     return Path(all_minilm_l6_v2.get_model_path())
 
 
-def tune(work: Path, model: Path, minutes: float, seq: int, batch: int) -> Path:
-    """``autotune optimize`` and nothing else; returns the bundle it exported."""
+PRESET_JOB = """\
+name: minilm-preset
+model: {{huggingface: {model}, task: feature-extraction}}
+evaluation: {{texts: texts.txt, sequence_length: {seq}, padding: max_length, max_samples: 48,
+             calibration_samples: 64}}
+search_space: {{preset: {preset}}}
+objectives: [latency_p50_ms, cosine]
+constraints: [cosine >= 0.99]
+budget: {{max_trials: 60, timeout: {seconds}s}}
+measurement: {{trial_timeout_s: 900}}
+report: {{rules: [min latency_p50_ms with cosine >= 0.99]}}
+"""
+
+
+def _busy_core(seconds: float) -> threading.Thread | None:
+    """Another process keeping one core busy (a tight loop) for ``seconds``, as on a shared
+    machine; returns the thread that stops it."""
+    if seconds <= 0:
+        return None
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    _say(f"load: one core kept busy by pid {hog.pid} for the first {seconds:.0f} s of the tuning")
+
+    def stop() -> None:
+        try:
+            hog.wait(seconds)
+        except subprocess.TimeoutExpired:
+            hog.kill()
+            hog.wait()
+            _say("load stopped: the cores are left to the tuning")
+
+    t = threading.Thread(target=stop, daemon=True)
+    t.start()
+    return t
+
+
+def tune(work: Path, model: Path, minutes: float, seq: int, batch: int, preset: str | None = None,
+         load: float = 0.0) -> Path:
+    """``autotune optimize`` and nothing else (or, with ``preset``, a preset-only job through
+    ``autotune run`` + ``export``); returns the bundle it exported."""
     from autotune.job.optimize import sample_texts
 
     (work / "texts.txt").write_text("\n".join(sample_texts(128, seed=7)) + "\n")
-    _say(f"autotune optimize {model.name} for at most {minutes:g} min (sequence {seq}, batch "
-         f"{batch}, {THREADS} threads)")
+    seconds = int(minutes * 60)
+    stopper = _busy_core(load * seconds)
     t0 = time.perf_counter()
-    res = _autotune("optimize", str(model), "--texts", "texts.txt", "--budget",
-                    f"{int(minutes * 60)}s", "--sequence-length", str(seq), "--batch-size",
-                    str(batch), "--threads", str(THREADS), "--job", "job.yaml", "--out", "bundle",
-                    "--no-register", "--quiet", cwd=work)
-    _say(f"optimize finished in {time.perf_counter() - t0:.0f} s (exit {res.returncode})")
+    try:
+        if preset:
+            (work / "job.yaml").write_text(PRESET_JOB.format(model=model, seq=seq, preset=preset,
+                                                             seconds=seconds))
+            _say(f"autotune run job.yaml (search_space: {{preset: {preset}}}) for at most "
+                 f"{minutes:g} min, then autotune export")
+            res = _autotune("run", "job.yaml", "--quiet", cwd=work)
+            if res.returncode == 0:
+                print(res.stdout[-6000:])
+                (work / "tune.out").write_text(res.stdout)
+                res = _autotune("export", "job.yaml", "--out", "bundle", "--no-register",
+                                cwd=work)
+        else:
+            _say(f"autotune optimize {model.name} for at most {minutes:g} min (sequence {seq}, "
+                 f"batch {batch}, {THREADS} threads)")
+            res = _autotune("optimize", str(model), "--texts", "texts.txt", "--budget",
+                            f"{seconds}s", "--sequence-length", str(seq), "--batch-size",
+                            str(batch), "--threads", str(THREADS), "--job", "job.yaml", "--out",
+                            "bundle", "--no-register", "--quiet", cwd=work)
+    finally:
+        if stopper is not None:
+            stopper.join(0)
+    _say(f"tuning finished in {time.perf_counter() - t0:.0f} s (exit {res.returncode})")
+    with (work / "tune.out").open("a") as f:  # read again for the run's notices (early stop)
+        f.write(res.stdout)
     print(res.stdout[-6000:])
     if res.returncode != 0:
         print(res.stderr[-3000:])
-        raise SystemExit("optimize failed")
+        raise SystemExit("tuning failed")
+    if stopper is not None:
+        stopper.join()  # the comparison runs on the quiet machine
     return work / "bundle"
 
 
@@ -105,7 +175,7 @@ def study_counters(work: Path) -> dict[str, Any]:
                 and not t.user_attrs.get("interrupted")]
     keys = [json.dumps(t.params, sort_keys=True) for t in measured]
     sources = [str(t.user_attrs.get("source", "?")) for t in trials]
-    n_portfolio = sum(s.startswith("portfolio") for s in sources)
+    n_portfolio = sum(s.startswith(("portfolio", "reference")) for s in sources)
     return {"trials": len(trials), "measured": len(measured),
             "duplicate_measurements": len(keys) - len(set(keys)),
             # invalid proposals are recorded as PRUNED trials, outside the budget
@@ -114,10 +184,69 @@ def study_counters(work: Path) -> dict[str, Any]:
                                    if t.state != optuna.trial.TrialState.PRUNED),
             "reproposals_answered": sum((study.user_attrs.get("reproposed") or {}).values()),
             "portfolio_first": n_portfolio > 0 and all(
-                s.startswith("portfolio") for s in sources[:n_portfolio]),
+                s.startswith(("portfolio", "reference")) for s in sources[:n_portfolio]),
             "first_trials": [f"{t.number}: {t.params.get('runtime')} "
                              f"{t.params.get('quantization')} ({sources[i]})"
                              for i, t in enumerate(trials[:4])]}
+
+
+def decision_counts(work: Path, bundle: Path) -> dict[str, Any]:
+    """Issue 21's counts from the study and the bundle: measured trials whose own figure ran
+    contended, how they were re-measured (quiet | ratio | failed), those left ranking on a
+    contended figure (neither re-measured nor confirmed), whether the pick or a domination rested
+    on one, the space size against the configurations measured and whether the run stopped early,
+    and deterministic failure causes with how many trials failed for each."""
+    import optuna
+
+    from autotune.record.study import trial_details
+
+    db = next(work.rglob("study.db"))
+    storage = f"sqlite:///{db}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    confirmed = {int(k) for k in ((study.user_attrs.get("confirmation") or {}).get("trials")
+                                  or {})}
+    contended, how = [], {}
+    for t in done:
+        d = trial_details(t.user_attrs)
+        if (d.get("contention") or {}).get("contended"):
+            contended.append(t.number)
+            how[t.number] = (d.get("remeasured") or {}).get("how", "none")
+    resting = [n for n in contended if how[n] in ("none", "failed") and n not in confirmed]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    pick = (manifest.get("source") or {}).get("trial")
+    signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
+    vals = {t.number: [s * x for s, x in zip(signs, t.values, strict=True)]
+            for t in done if t.values}
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    dominated_by_contended = sum(any(m != n and dominates(vals[m], v) for m in resting
+                                     if m in vals) for n, v in vals.items())
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL
+              and not t.user_attrs.get("interrupted")]
+    causes = study.user_attrs.get("invalid_causes") or []
+    per_cause = []
+    for c in causes:
+        when = c.get("when") or {}
+        n = sum(all(t.params.get(k) == v for k, v in when.items()) for t in failed)
+        per_cause.append({"cause": when, "failed_trials": n})
+    measured = {json.dumps(t.params, sort_keys=True) for t in trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)}
+    log = (work / "tune.out").read_text(errors="replace") if (work / "tune.out").exists() else ""
+    return {"measured": len(done), "contended": len(contended),
+            "remeasured": {h: sum(v == h for v in how.values()) for h in set(how.values())},
+            "ranking_on_contended_figure": resting,
+            "pick_rested_on_contended": pick in resting,
+            "dominations_by_contended_figures": dominated_by_contended,
+            "space_size": study.user_attrs.get("space_size"),
+            "configurations_measured": len(measured),
+            "stopped_early": "stopped early" in log,
+            "failed": len(failed), "causes": per_cause,
+            "repeated_deterministic_failures": sum(max(0, c["failed_trials"] - 1)
+                                                   for c in per_cause)}
 
 
 def candidates(bundle: Path, model_dir: Path, seq: int, batch: int) -> dict[str, Any]:
@@ -243,6 +372,10 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128, help="sequence length (padded)")
     ap.add_argument("--batch", type=int, default=1, help="texts per call")
     ap.add_argument("--skip-tune", type=Path, help="reuse this finished work folder")
+    ap.add_argument("--preset", help="tune a preset-only job (e.g. cpu-inference-full) instead "
+                    "of 'autotune optimize'")
+    ap.add_argument("--load", type=float, default=0.0, metavar="F",
+                    help="keep one core busy for the first F share of the tuning (0-1)")
     args = ap.parse_args()
 
     model_dir = model_folder()
@@ -252,9 +385,11 @@ def main() -> None:
         bundle = work / "bundle"
     else:
         work = Path(tempfile.mkdtemp(prefix="bench-vs-hand-work-"))
-        bundle = tune(work, model_dir, args.minutes, args.seq, args.batch)
+        bundle = tune(work, model_dir, args.minutes, args.seq, args.batch, args.preset,
+                      args.load)
     counters = study_counters(work)
     _say(f"tuning study: {json.dumps(counters)}")
+    _say(f"decisions (issue 21): {json.dumps(decision_counts(work, bundle))}")
     manifest = json.loads((bundle / "manifest.json").read_text())
     _say(f"bundle: {json.dumps(manifest.get('config'))}")
     expected = manifest.get("expected_latency") or {}

@@ -228,3 +228,45 @@ def test_the_first_baselines_instability_warning_ends_with_its_confirmation() ->
     confirmed = {CONFIRMATION: {"baseline": {"p50_ms": 20.0}, "warnings": ["ran contended"]}}
     assert measurement_warnings(Record({"baseline_unstable": loose, **confirmed})) == \
         ["ran contended"]
+
+
+def test_each_contender_is_measured_in_its_own_process_taking_turns() -> None:
+    """SeparateProcesses: one measuring process per contender, kept across rounds, blocks rotated
+    as stats.alternate rotates them; the worst contention of the rounds is reported; a failure
+    names its contender (so the confirmation drops only that one)."""
+    from autotune.errors import TrialFailed
+    from autotune.measure.workloads.forward import CONTENTION_KEY
+    from autotune.tuning.confirm import SeparateProcesses
+
+    made: list[FakeProc] = []
+    order: list[str] = []
+
+    class FakeProc:
+        def __init__(self) -> None:
+            self.seen: set[str] = set()
+            self.closed = False
+            made.append(self)
+
+        def compare(self, configs, rounds):
+            (name, cfg), = configs.items()
+            assert rounds == 1
+            self.seen.add(name)
+            order.append(name)
+            if cfg.get("broken"):
+                raise TrialFailed("cannot build")
+            busy = {"contended": name == "b", "other_cpu_pct": 40.0 if name == "b" else 1.0}
+            return {name: [{"p50_ms": float(len(order))}], CONTENTION_KEY: busy}
+
+        def close(self) -> None:
+            self.closed = True
+
+    sep = SeparateProcesses(job=None, factory=lambda job: FakeProc())  # type: ignore[arg-type]
+    out = sep.compare({"baseline": {}, "a": {}, "b": {}}, 3)
+    assert order == ["baseline", "a", "b", "a", "b", "baseline", "b", "baseline", "a"]
+    assert len(made) == 3 and all(len(p.seen) == 1 for p in made)  # one process each, reused
+    assert [len(out[n]) for n in ("baseline", "a", "b")] == [3, 3, 3]
+    assert out[CONTENTION_KEY]["contended"] is True
+    with pytest.raises(TrialFailed, match=r"^c: cannot build"):
+        sep.compare({"baseline": {}, "c": {"broken": True}}, 1)
+    sep.close()
+    assert all(p.closed for p in made)

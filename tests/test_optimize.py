@@ -48,6 +48,9 @@ def test_derived_job_has_the_hand_recipes_and_follows_the_model():
                                  "per_channel": True, "reduce_range": False,
                                  "quant_op_types": "all", "ort_fusion": "none"}
     assert refs["fused int8"]["ort_fusion"] == "bert"
+    assert refs["fused int8"]["ort_attention"] == "fused"
+    mha = next(e.config for e in entries if e.name == "fused int8, multi-head attention")
+    assert mha == {**refs["fused int8"], "ort_attention": "multihead"}
     params = job["search_space"]["parameters"]
     assert params["runtime"]["choices"] == ["onnxruntime", "torch"]  # only what is installed
     assert "ov_quant_preset" not in params
@@ -57,6 +60,7 @@ def test_derived_job_has_the_hand_recipes_and_follows_the_model():
     other = derive_job(_facts("gpt_bigcode"), texts="t.txt", threads=2,
                        runtimes=["onnxruntime", "openvino", "torch"], n_texts=40)
     assert "ort_fusion" not in other["search_space"]["parameters"]
+    assert "ort_attention" not in other["search_space"]["parameters"]
     names = [e["name"] for e in other["search_space"]["portfolio"]]
     assert "fused int8" not in names and "OpenVINO int8 (NNCF, calibrated)" in names
     thr = derive_job(_facts(task="text-classification"), texts="t.txt", threads=1,
@@ -132,7 +136,14 @@ def test_optimize_one_command_tunes_confirms_exports(tmp_path, monkeypatch, task
     """The whole command on a tiny classifier: tunes (few trials), confirms, exports a bundle
     that loads; the export names the hand recipe it beat or the one it is."""
     from autotune.deploy import load
+    from autotune.job import optimize as opt
 
+    # the command as typed, with the test's tiny measurement budget written into the job it
+    # derives (the defaults time each of ~4 trials and 5+ confirmation rounds for seconds, and
+    # wait up to 30 s for quiet cores per contended figure)
+    derive = opt.derive_job
+    monkeypatch.setattr(opt, "derive_job", lambda *a, **k: {
+        **derive(*a, **k), "measurement": {**FAST, "quiet_wait_s": 0, "trial_timeout_s": 300}})
     monkeypatch.chdir(tmp_path)
     tiny_bert(tmp_path / "cls", task=task)
     (tmp_path / "texts.txt").write_text("\n".join(sample_texts(40)) + "\n")
@@ -146,6 +157,7 @@ def test_optimize_one_command_tunes_confirms_exports(tmp_path, monkeypatch, task
     p = load(bundle, check_hardware=False)
     assert [o.name for o in p.outputs] == ["logits"]
     assert job.model.task == "text-classification" and job.constraints == ["top1_agreement >= 0.99"]
+    assert job.measurement.max_time_s == FAST["max_time_s"]  # the written job is what ran
 
 
 def test_sensitivity_pass_finds_the_layer_with_outlier_activations(tmp_path):

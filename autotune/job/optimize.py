@@ -156,6 +156,10 @@ def derive_job(facts: ModelFacts, *, texts: str, objective: str = "latency",
     }
     if facts.fusion != "none":
         params["ort_fusion"] = {"choices": ["none", facts.fusion], "when": {"runtime": "onnxruntime"}}
+        # the fused graph's attention: packed Q/K/V in one Attention (QAttention under int8) or
+        # separate projections quantized like every MatMul + a float MultiHeadAttention
+        params["ort_attention"] = {"choices": ["fused", "multihead"],
+                                   "when": {"runtime": "onnxruntime", "ort_fusion": facts.fusion}}
     params.update({
         "per_channel": {"choices": [False, True], "when": ort_int8},
         "reduce_range": {"choices": [False, True], "when": ort_int8},
@@ -166,7 +170,8 @@ def derive_job(facts: ModelFacts, *, texts: str, objective: str = "latency",
     if ov_int8:
         params["ov_quant_preset"] = {"choices": ["performance", "mixed"],
                                      "when": {"quantization": "int8_static", "runtime": "openvino"}}
-    fused = {"ort_fusion": facts.fusion} if facts.fusion != "none" else {}
+    fused = {"ort_fusion": facts.fusion, "ort_attention": "fused"} \
+        if facts.fusion != "none" else {}
     plain = {"ort_fusion": "none"} if facts.fusion != "none" else {}
     portfolio: list[dict[str, Any]] = [
         {"name": "ORT fp32", "reference": True,
@@ -184,6 +189,12 @@ def derive_job(facts: ModelFacts, *, texts: str, objective: str = "latency",
              "config": {"runtime": "onnxruntime", "quantization": "int8_dynamic",
                         "per_channel": True, "reduce_range": False, "quant_op_types": "all",
                         **fused}})
+    if fused:
+        portfolio.append(
+            {"name": "fused int8, multi-head attention",
+             "note": "the fused recipe with separate int8 Q/K/V projections and a float "
+                     "MultiHeadAttention instead of QAttention",
+             "config": {**portfolio[-1]["config"], "ort_attention": "multihead"}})
     if ov_int8:
         portfolio.append({"name": "OpenVINO int8 (NNCF, calibrated)",
                           "config": {"runtime": "openvino", "quantization": "int8_static",

@@ -102,6 +102,15 @@ def test_fusion_then_int8(encoder, tmp_path):
     cos = _cosine(_run(q.path, ev), ref)
     print(f"fused + dynamic int8: cosine {cos:.4f}")
     assert cos >= 0.98
+    # multi-head attention: separate Q/K/V MatMuls (int8 like the others), a float
+    # MultiHeadAttention, no QAttention
+    mha = apply("ort_fusion", onnx_ref, ctx, cache_dir=tmp_path, attention="multihead",
+                **fusion_params(module))
+    assert mha.lineage[-1].info["fused"].get("MultiHeadAttention") == 2
+    qm = apply("ort_int8_dynamic", mha, ctx, cache_dir=tmp_path, per_channel=True)
+    ops = [n.op_type for n in onnx.load(str(qm.path)).graph.node]
+    assert "MultiHeadAttention" in ops and "QAttention" not in ops
+    assert _cosine(_run(qm.path, ev), ref) >= 0.98
     # excluding the first quantizable node (a fused Attention here) keeps it float
     q2 = apply("ort_int8_dynamic", fused, ctx, cache_dir=tmp_path, exclude_nodes="first")
     assert sum(n.op_type == "Attention" for n in onnx.load(str(q2.path)).graph.node) >= 1

@@ -148,6 +148,11 @@ class OnnxRuntime(Runtime):
                       "(attention, layer norm, GELU) before quantization: none | bert (applied "
                       "by the pipeline to the TorchScript export)", ("none", "bert"),
                       search={"choices": ["none", "bert"]}, when=when, owner=self.name),
+            Parameter("ort_attention", "categorical", "fused", "the fused graph's attention: one "
+                      "Attention operator with packed Q/K/V (QAttention under int8) or separate "
+                      "Q/K/V MatMuls and a float MultiHeadAttention", ("fused", "multihead"),
+                      search={"choices": ["fused", "multihead"]},
+                      when={**when, "ort_fusion": ("bert",)}, owner=self.name),
             Parameter("intra_op_spinning", "categorical", True, "ONNX Runtime's thread pools "
                       "spin-wait for work between operators and runs (ORT's default: a little "
                       "faster alone; keeps a core busy while idle, which slows other work on it)",

@@ -153,6 +153,7 @@ class Evaluator:
             from autotune.measure.transforms.fusion import fusion_params
 
             ref = apply("ort_fusion", ref, ctx, cache_dir=cache, model_type=fusion,
+                        attention=str(config.get("ort_attention") or "fused"),
                         **fusion_params(wl.module))
         built = runtime.build(ref, config, BuildContext(ctx, cache))
         final = built.model_ref
