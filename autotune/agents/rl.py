@@ -52,12 +52,12 @@ ALGORITHMS = ("ppo", "a2c", "dqn")
 _DEFAULTS: dict[str, Any] = {
     "surrogate": True,
     "n_initial": 8,
-    "train_steps": 512,
+    "train_steps": 256,
     "n_steps": 64,
     "bins": 8,
     "episode_configs": 4,
-    "max_retries": 20,
-    "n_candidates": 8,
+    "max_retries": 96,
+    "n_candidates": 64,
     "learning_rate": 3e-4,
     "ent_coef": 0.01,
 }
