@@ -38,6 +38,8 @@ soon as it ends, and a run already in the log is not repeated: an interrupted be
 where it stopped, and agents can be run separately (``--agents skopt-gp``) and then tabled together
 (``--table-only``).  ``--fresh`` starts a new log.
 
+The tables are printed and written next to the CSV as Markdown (``bench_agents.md``).
+
 Each run records ``code``: a hash of the source of the agent's modules (and of the versions of the
 libraries it wraps) and of this problem's definition.  A logged run whose hash differs from the
 current code's is stale: it is run again (``--table-only`` tables the log as it is, and says how
@@ -626,8 +628,9 @@ def main(argv: list[str] | None = None) -> None:
     stale = [t for t in wanted if have(t, current=False) and not have(t)]
     missing = [t for t in wanted if not have(t)]
     tasks = [] if args.table_only else missing
-    # slowest first, so the pool does not end on one long run
-    tasks.sort(key=lambda t: ("gp" not in t[0], "rl" not in t[0], "skopt" not in t[0]))
+    # seed by seed (an interrupted benchmark has every agent on the same seeds), the slowest first
+    # within a seed, so the pool does not end on one long run
+    tasks.sort(key=lambda t: (t[2], "gp" not in t[0], "rl" not in t[0], "skopt" not in t[0]))
     print(f"{len(wanted)} runs ({len(agents)} agents x {len(problems)} problems x {seeds} seeds), "
           f"budgets {budgets}: {len(wanted) - len(missing)} in {args.runs}, {len(tasks)} to run "
           f"({len(stale)} of them because the code changed) on {args.workers} workers", flush=True)
@@ -668,6 +671,10 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.markdown and rows:
         print("\n" + markdown(rows, budgets))
+    if rows:  # the same tables next to the CSV, for reading without running anything
+        md = args.out.with_suffix(".md")
+        md.write_text(f"# {Path(__file__).name}: {len(results)} runs, {seeds} seeds\n\n"
+                      f"{markdown(rows, budgets)}\n\n```\n{table}\n```\n")
     print(f"\nwrote {args.out} ({time.monotonic() - t0:.0f}s)")
 
 
