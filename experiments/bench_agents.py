@@ -522,14 +522,14 @@ def _targets(by: Mapping[tuple[str, str, int], list[float]], problems: list[str]
 
     def cell(a: str, p: str, b: int) -> str:
         v = by.get((p, a, b))
-        return f"{statistics.median(v):.3f} (min {min(v):.3f})" if v else "-"
+        return f"{statistics.median(v):.3f} (min {min(v):.3f}, n={len(v)})" if v else "-"
 
     def med(a: str, p: str, b: int) -> float | None:
         v = by.get((p, a, b))
         return statistics.median(v) if v else None
 
-    out = [f"\ndefault agent ({DEFAULT_AGENT}) vs Optuna GP and TPE: median (min) over seeds"]
-    out.append(f"{'problem':<14} {'B':>4} {DEFAULT_AGENT:>18} {'gp':>18} {'tpe':>18}  verdict")
+    out = [f"\ndefault agent ({DEFAULT_AGENT}) vs Optuna GP and TPE: median (min, n seeds)"]
+    out.append(f"{'problem':<18} {'B':>4} {DEFAULT_AGENT:>24} {'gp':>24} {'tpe':>24}  verdict")
     wins = total = 0
     for p in problems:
         for b in budgets:
@@ -537,28 +537,29 @@ def _targets(by: Mapping[tuple[str, str, int], list[float]], problems: list[str]
             if d is None or (g is None and t is None):
                 continue
             rivals = [x for x in (g, t) if x is not None]
-            ok = all(d > x for x in rivals)
+            ok = all(round(d, 3) > round(x, 3) for x in rivals)  # a tie at 3 digits is no win
             wins, total = wins + ok, total + 1
-            out.append(f"{p:<14} {b:>4} {cell(DEFAULT_AGENT, p, b):>18} {cell('gp', p, b):>18} "
-                       f"{cell('tpe', p, b):>18}  {'beats both' if ok else 'DOES NOT beat both'}")
-    out.append(f"  the default beats GP and TPE in {wins} of {total} (problem, budget) cells")
+            out.append(f"{p:<18} {b:>4} {cell(DEFAULT_AGENT, p, b):>24} {cell('gp', p, b):>24} "
+                       f"{cell('tpe', p, b):>24}  {'beats both' if ok else 'DOES NOT beat both'}")
+    out.append(f"  the default beats GP and TPE in {wins} of {total} (problem, budget) cells (a cell "
+               f"missing a rival's runs is judged against the rival that has them)")
     rl = sorted({a for _, a, _ in by if a.startswith("rl-")})
     if rl and any((p, "random", b) in by for p in problems for b in budgets):
-        out.append("\nRL agents vs random search at the same budget: median (min) over seeds")
-        out.append(f"{'problem':<14} {'B':>4} {'random':>18}" + "".join(f" {a:>18}" for a in rl))
+        out.append("\nRL agents vs random search at the same budget: median (min, n seeds)")
+        out.append(f"{'problem':<18} {'B':>4} {'random':>24}" + "".join(f" {a:>24}" for a in rl))
         verdict = {a: [0, 0] for a in rl}
         for p in problems:
             for b in budgets:
                 r = med("random", p, b)
                 if r is None:
                     continue
-                row = f"{p:<14} {b:>4} {cell('random', p, b):>18}"
+                row = f"{p:<18} {b:>4} {cell('random', p, b):>24}"
                 for a in rl:
                     m = med(a, p, b)
                     if m is not None:
-                        verdict[a][0] += m > r
+                        verdict[a][0] += round(m, 3) > round(r, 3)
                         verdict[a][1] += 1
-                    row += f" {cell(a, p, b) + ('' if m is None or m > r else ' !'):>18}"
+                    row += f" {cell(a, p, b) + ('' if m is None or round(m, 3) > round(r, 3) else ' !'):>24}"
                 out.append(row)
         for a, (w, n) in verdict.items():
             out.append(f"  {a} beats random in {w} of {n} (problem, budget) cells"

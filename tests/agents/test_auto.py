@@ -109,8 +109,8 @@ def test_the_pool_learns_from_what_it_observes() -> None:
     """A degenerate default (one that ignores its observations, or proposes at random) fails this:
     after the space-filling start, the model's picks on a 96-configuration space are near the
     front: at least 8 of 12 model picks have a latency in the best quarter of their accuracy class
-    (a uniform pick is there a quarter of the time: 3 of 12 expected, 8 or more has odds < 0.1 %).  Told the opposite (latency negated), the
-    same agent goes the other way."""
+    (a uniform pick is there a quarter of the time: 3 of 12 expected, 8 or more has odds of 0.3 %).
+    Told the opposite (latency negated), the same agent goes the other way."""
     sp = parse_space({"parameters": {"runtime": {"choices": ["onnxruntime", "torch"]},
                                      "quantization": {"choices": ["fp32", "int8_dynamic"]},
                                      "batch_size": {"choices": [1, 4, 16]},
