@@ -1,25 +1,37 @@
-"""The default agent (``auto``): the sampler Optuna's AutoSampler would pick, started and helped
-where the benchmark showed it needs help, never proposing a configuration it has seen.
+"""The default agent (``auto``): a space-filling start, then a model that sees every
+observation, never proposing a configuration it has seen.
 
 Each suggestion is one of:
 
 1. **space-filling** (the first ``n_initial``): the unmeasured valid configuration farthest from
    everything observed (:func:`autotune.core.explore.spread_pick`), a design that covers the space;
-2. **model**: a proposal of an inner Optuna sampler that sees every observation (``inner``:
-   ``gp``, Optuna's Gaussian process with log-EHVI, or ``tpe``, multivariate TPE; by default, as
-   AutoSampler chooses, ``gp`` when every parameter is numeric and unconditional, else ``tpe``).
-   A proposal of a configuration observed already is answered from the record (the sampler is
-   told the known result) and asked again; after ``max_retries`` the pick is space-filling;
-3. **local** (every ``local_every``-th suggestion): a random front configuration (feasible and
-   non-dominated; the least-violating one while nothing is feasible) with one or two parameters
-   moved (a numeric one by a step drawn around 15 % of its range, a categorical one to another
-   choice), unmeasured and valid.  This fills the front between the points the model found: GP
-   with expected hypervolume improvement settles at a front's ends (ZDT2's concave front).
+2. **model**, by the ``inner`` model; by default ``pool`` when the space can be enumerated (every
+   parameter discrete, at most 20,000 valid configurations: the tuning spaces of quantization,
+   runtime, threads, batch...), else as Optuna's AutoSampler chooses: ``gp`` (Optuna's Gaussian
+   process with log-EHVI) when every parameter is numeric and unconditional, ``tpe`` (multivariate
+   TPE) otherwise.
 
-Defaults per inner sampler (:data:`_PER_INNER`): with ``gp`` 10 space-filling picks and a local
-move every third suggestion; with ``tpe`` neither (TPE's own random start; on the categorical
-``serving-mixed`` problem both cost TPE hypervolume), so there ``auto`` is TPE that never spends
-a trial on a configuration it has seen.  Deterministic for a fixed seed and the same observations.
+   * ``pool`` (:class:`PoolGP`): Gaussian processes with a per-parameter kernel (categorical and
+     conditional parameters included) predict every objective and constraint at *every*
+     unmeasured configuration, and the pick is the one whose optimistic prediction (mean minus
+     ``beta`` standard deviations) adds the most hypervolume to the observed feasible front,
+     weighted by its probability of satisfying the constraints.  Scoring the whole enumerated
+     space replaces the acquisition optimizers of GP/TPE, which search a continuous relaxation
+     and re-propose measured points on small discrete spaces.
+   * ``gp`` / ``tpe``: a proposal of the inner Optuna sampler.  A proposal of a configuration
+     observed already is answered from the record (the sampler is told the known result) and
+     asked again; after ``max_retries`` the pick is space-filling;
+3. **local** (every ``local_every``-th suggestion, ``gp`` only by default): a random front
+   configuration (feasible and non-dominated; the least-violating one while nothing is feasible)
+   with one or two parameters moved (a numeric one by a step drawn around 15 % of its range, a
+   categorical one to another choice), unmeasured and valid.  This fills the front between the
+   points the model found: GP with expected hypervolume improvement settles at a front's ends
+   (ZDT2's concave front).
+
+Defaults per inner model (:data:`_PER_INNER`): 10 space-filling picks with ``pool`` and ``gp``,
+local moves every third suggestion with ``gp``; with ``tpe`` neither (TPE's own random start).
+Choices and what did not work are in experiments/bench_agents.py's results.  Deterministic for a
+fixed seed and the same observations.
 """
 
 from __future__ import annotations
@@ -32,23 +44,32 @@ from typing import Any
 import numpy as np
 
 from autotune.agents.base import Agent, Observation, finite
-from autotune.agents.optuna import OptunaAgent
 from autotune.core.explore import Encoder, finite_configs, random_value, spread_pick
 from autotune.core.metrics import Direction
-from autotune.core.pareto import pareto_mask
+from autotune.core.pareto import hypervolume, pareto_mask
 from autotune.core.space import Config, Param, SearchSpace, config_key
 from autotune.errors import SpecError
 
 _DEFAULTS: dict[str, Any] = {
     "inner": "choose",
-    "n_initial": None,  # 10 with gp, 0 with tpe (its own random start)
-    "local_every": None,  # 3 with gp, 0 (never) with tpe
+    "n_initial": None,  # 10 with pool and gp, 0 with tpe (its own random start)
+    "local_every": None,  # 3 with gp, 0 (never) with pool and tpe
     "max_retries": 3,
+    "beta": 1.0,  # pool: optimism, in posterior standard deviations
 }
 #: the defaults of n_initial and local_every per inner sampler, chosen on
 #: experiments/bench_agents.py: they lift GP on ZDT2 (whose concave front GP alone covers only at
 #: its ends) and cost TPE hypervolume on the categorical serving-mixed problem
-_PER_INNER = {"gp": {"n_initial": 10, "local_every": 3}, "tpe": {"n_initial": 0, "local_every": 0}}
+_PER_INNER = {"gp": {"n_initial": 10, "local_every": 3}, "tpe": {"n_initial": 0, "local_every": 0},
+              "pool": {"n_initial": 10, "local_every": 0}}
+#: the pool model's kernel scales (a common weight per parameter tried first) and noise levels
+#: (variance, in standardized units) searched by the marginal likelihood
+_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+_NOISES = (1e-3, 1e-2, 1e-1)
+#: candidates (the closest to improving the front) whose hypervolume improvement is computed
+_HVI_TOP = 64
+#: the pool model re-chooses its kernel after this many new observations
+_REFIT = 4
 
 
 class AutoAgent(Agent):
@@ -63,12 +84,17 @@ class AutoAgent(Agent):
                             hint=f"The auto agent takes: {', '.join(_DEFAULTS)}, inner_options.")
         super().__init__(space, objectives, n_constraints, seed=seed, **options)
         cfg = {**_DEFAULTS, **{k: v for k, v in options.items() if k in _DEFAULTS}}
-        if cfg["inner"] not in ("choose", "gp", "tpe"):
-            raise SpecError(f"the 'inner' option of the auto agent must be choose, gp or tpe; "
-                            f"got {cfg['inner']!r}.", path="agent.options.inner")
-        if cfg["inner"] == "choose":  # as Optuna's AutoSampler: GP for numeric spaces only
+        if cfg["inner"] not in ("choose", "pool", "gp", "tpe"):
+            raise SpecError(f"the 'inner' option of the auto agent must be choose, pool, gp or "
+                            f"tpe; got {cfg['inner']!r}.", path="agent.options.inner")
+        self._finite: list[Config] | bool | None = False  # False: not computed yet
+        if cfg["inner"] == "pool" and self._candidates is None:
+            raise SpecError("the auto agent's 'pool' model needs a finite space (every "
+                            "parameter discrete, at most 20,000 configurations).",
+                            path="agent.options.inner", hint="Use inner: gp or tpe.")
+        if cfg["inner"] == "choose":  # an enumerable space: every candidate scored by the pool
             numeric = all(p.kind != "categorical" and not p.when for p in space)
-            cfg["inner"] = "gp" if numeric else "tpe"
+            cfg["inner"] = "pool" if self._candidates is not None else "gp" if numeric else "tpe"
         for k, v in _PER_INNER[cfg["inner"]].items():
             if cfg[k] is None:
                 cfg[k] = v
@@ -76,13 +102,20 @@ class AutoAgent(Agent):
             if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 0:
                 raise SpecError(f"the '{k}' option of the auto agent must be an int >= 0; got "
                                 f"{cfg[k]!r}.", path=f"agent.options.{k}")
+        if not isinstance(cfg["beta"], int | float) or not cfg["beta"] >= 0:
+            raise SpecError(f"the 'beta' option of the auto agent must be a number >= 0; got "
+                            f"{cfg['beta']!r}.", path="agent.options.beta")
         self.cfg = cfg
-        self.inner = OptunaAgent(space, objectives, n_constraints, sampler=cfg["inner"],
-                                 seed=seed, **dict(options.get("inner_options") or {}))
+        self.inner: Any = None
+        self._pool: PoolGP | None = None
+        if cfg["inner"] != "pool":
+            from autotune.agents.optuna import OptunaAgent
+
+            self.inner = OptunaAgent(space, objectives, n_constraints, sampler=cfg["inner"],
+                                     seed=seed, **dict(options.get("inner_options") or {}))
         self._rng = random.Random(seed)
         self._observed: dict[str, Observation] = {}
         self._proposed: dict[str, Config] = {}  # suggested, not observed yet
-        self._finite: list[Config] | bool | None = False  # False: not computed yet
         self._encoder: Encoder | None = None
         self._n = 0
         #: how each suggestion was made ("spread", "model", "local"), in order
@@ -157,6 +190,14 @@ class AutoAgent(Agent):
         return None
 
     def _model(self) -> Config | None:
+        if self.inner is None:
+            if self._pool is None:
+                if self._encoder is None:
+                    self._encoder = Encoder(self.space)
+                self._pool = PoolGP(self._encoder, self._candidates or [], float(self.cfg["beta"]))
+            seen = set(self._observed) | set(self._proposed)
+            return self._pool.pick(list(self._observed.values()), seen, self.directions,
+                                   self.n_constraints, self._rng)
         for _ in range(self.cfg["max_retries"] + 1):
             config = self.inner.suggest()
             known = self._observed.get(config_key(config))
@@ -187,7 +228,11 @@ class AutoAgent(Agent):
         if config is None:
             config, kind = self._spread(), "spread"
         if config is None:  # every valid configuration has been observed: let the model choose
-            config, kind = self.inner.suggest(), "model"
+            if self.inner is not None:
+                config, kind = self.inner.suggest(), "model"
+            else:  # measure a front configuration again
+                config, kind = dict(self._rng.choice(self._front() or
+                                                     list(self._observed.values())).config), "model"
         self.kinds.append(kind)
         self._proposed[config_key(config)] = dict(config)
         return dict(config)
@@ -196,7 +241,160 @@ class AutoAgent(Agent):
         k = config_key(obs.config)
         self._proposed.pop(k, None)
         self._observed[k] = obs
-        self.inner.observe(obs)
+        if self.inner is not None:
+            self.inner.observe(obs)
 
     def close(self) -> None:
-        self.inner.close()
+        if self.inner is not None:
+            self.inner.close()
+
+
+class PoolGP:
+    """Gaussian processes over an enumerated space, one per objective and constraint, and the
+    pick of the unmeasured candidate with the largest optimistic hypervolume improvement.
+
+    Kernel: a product over parameters of ``exp(-w_p * d_p)``, ``d_p`` the parameter's distance in
+    :class:`~autotune.core.explore.Encoder` (categorical: 1 when the choices differ; numeric: the
+    difference on the unit range; active vs inactive: at least 1).  The weights (which knobs
+    matter) and the noise are chosen by the marginal likelihood: a common weight first, then one
+    sweep that scales each parameter's by 0.2 and 5; both are re-chosen every ``_REFIT`` new
+    observations.  Objectives are modelled standardized, in log where their values keep one sign
+    (a warp that keeps the order, so dominance is unchanged, and keeps heavy-tailed metrics such as
+    throughput from swamping the fit); constraints standardized, their threshold kept.
+
+    The pick: each candidate's optimistic point (mean minus ``beta`` standard deviations, in the
+    minimization view of the warped objectives) is scored by its hypervolume improvement over the
+    feasible observed front, times its probability of satisfying every constraint; while nothing
+    is feasible, the most probably feasible candidate; while no optimistic point improves the
+    front, the one closest to improving it.
+    """
+
+    def __init__(self, encoder: Encoder, candidates: Sequence[Config], beta: float) -> None:
+        self.encoder = encoder
+        self.candidates = list(candidates)
+        self.keys = [config_key(c) for c in self.candidates]
+        self.x = encoder.encode(self.candidates)
+        self.slots: list[tuple[int, int]] = []  # each parameter's columns in the encoding
+        for p in encoder.space:
+            start = self.slots[-1][1] if self.slots else 0
+            self.slots.append((start, start + 1 + (len(p.choices) if p.kind == "categorical"
+                                                   else 1)))
+        assert self.slots[-1][1] == encoder.width
+        self.beta = beta
+        #: per observed configuration, its per-parameter distances to every candidate
+        self._cols: dict[str, np.ndarray] = {}
+        #: per model (objective j, constraint m + j): kernel weights, noise, observations then
+        self._hyper: dict[int, tuple[np.ndarray, float, int]] = {}
+
+    def _dist(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(len(a), len(b), n_params) per-parameter distances."""
+        return np.stack([np.abs(a[:, None, s:e] - b[None, :, s:e]).sum(-1) for s, e in self.slots],
+                        axis=-1)
+
+    @staticmethod
+    def _fit(d: np.ndarray, y: np.ndarray, prior: tuple[np.ndarray, float] | None
+             ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        """Kernel weights and noise of the best marginal likelihood (only ``prior``'s when
+        given), with the Cholesky factor and the weights of the targets."""
+        eye = np.eye(len(y))
+        best: tuple[float, np.ndarray, float, Any] = (-np.inf, np.ones(d.shape[-1]), 1e-2, None)
+
+        def consider(w: np.ndarray, noises: Sequence[float]) -> None:
+            nonlocal best
+            k = np.exp(-(d @ w))
+            for noise in noises:
+                try:
+                    chol = np.linalg.cholesky(k + noise * eye)
+                except np.linalg.LinAlgError:
+                    continue
+                a = np.linalg.solve(chol, y)
+                lml = float(-0.5 * a @ a - np.log(np.diag(chol)).sum())
+                if lml > best[0]:
+                    best = (lml, w.copy(), noise, chol)
+
+        if prior is not None:
+            consider(*((prior[0], (prior[1],))))
+        if best[3] is None:
+            for scale in _SCALES:
+                consider(np.full(d.shape[-1], scale), _NOISES)
+            for j in range(d.shape[-1]):
+                base = best[1]
+                for f in (0.2, 5.0):
+                    w = base.copy()
+                    w[j] *= f
+                    consider(w, _NOISES)
+        chol = best[3]
+        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y))
+        return best[1], best[2], chol, alpha
+
+    def _predict(self, model: int, d: np.ndarray, dc: np.ndarray, y: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of ``y`` at the candidates; the kernel is
+        re-chosen every ``_REFIT`` observations, kept in between."""
+        import scipy.linalg
+
+        mean = float(y.mean())
+        prior = self._hyper.get(model)
+        refit = prior is None or len(y) >= prior[2] + _REFIT
+        w, noise, chol, alpha = self._fit(d, y - mean, None if refit else prior[:2])
+        if refit:
+            self._hyper[model] = (w, noise, len(y))
+        kc = np.exp(-(dc @ w.astype(np.float32)))
+        mu = kc @ alpha.astype(np.float32) + mean
+        v = scipy.linalg.solve_triangular(chol.astype(np.float32), kc.T, lower=True)
+        var = 1.0 - np.einsum("ij,ij->j", v, v)
+        return mu, np.sqrt(np.maximum(var, 1e-12))
+
+    def pick(self, observed: Sequence[Observation], seen: set[str],
+             directions: Sequence[Direction], n_constraints: int,
+             rng: random.Random) -> Config | None:
+        from scipy.special import ndtr
+
+        done = [o for o in observed if o.state == "complete" and finite(o.values)]
+        left = [i for i, k in enumerate(self.keys) if k not in seen]
+        if len(done) < 2 or not left:
+            return None
+        x = self.encoder.encode([o.config for o in done])
+        for o, row in zip(done, x, strict=True):
+            k = config_key(o.config)
+            if k not in self._cols:
+                self._cols[k] = self._dist(self.x, row[None, :])[:, 0, :].astype(np.float32)
+        dc = np.stack([self._cols[config_key(o.config)] for o in done], axis=1)[left]
+        d = self._dist(x, x)
+        m = len(directions)
+        sign = np.array([1.0 if dr == "minimize" else -1.0 for dr in directions])
+        raw = np.array([o.values for o in done], dtype=float) * sign
+        # log of an objective whose observed values keep one sign (throughput, latency), then
+        # standardized: heavy-tailed metrics do not swamp the fit
+        one_sign = (raw > 0).all(axis=0) | (raw < 0).all(axis=0)
+        raw = np.where(one_sign, np.sign(raw) * np.log(np.abs(np.where(raw == 0, 1, raw))), raw)
+        z = (raw - raw.mean(0)) / np.where(raw.std(0) > 0, raw.std(0), 1.0)
+        opt = np.empty((len(left), m))
+        for j in range(m):
+            mu, sd = self._predict(j, d, dc, z[:, j])
+            opt[:, j] = mu - self.beta * sd
+        pof = np.ones(len(left))
+        for j in range(n_constraints):
+            g = np.array([o.violations[j] if j < len(o.violations) and math.isfinite(
+                o.violations[j]) else 1e6 for o in done], dtype=float)
+            scale = float(g.std()) or 1.0
+            mu, sd = self._predict(m + j, d, dc, (g - g.mean()) / scale)
+            pof *= ndtr((-g.mean() / scale - mu) / sd)
+        feasible = np.array([o.feasible for o in done])
+        jitter = np.array([rng.random() for _ in left]) * 1e-9
+        if not feasible.any():
+            return dict(self.candidates[left[int(np.argmax(pof + jitter))]])
+        front = z[feasible]
+        front = front[pareto_mask(front, ["minimize"] * m)]
+        ref = z.max(axis=0) + 0.1 * (z.max(axis=0) - z.min(axis=0)) + 1e-6
+        # how far each optimistic point is from being dominated (> 0: it would improve the front)
+        margin = (front[None, :, :] - opt[:, None, :]).max(axis=2).min(axis=1)
+        improving = np.flatnonzero((margin > 0) & (pof > 1e-3))
+        if not len(improving):
+            return dict(self.candidates[left[int(np.argmax(margin + np.log(pof + 1e-12) + jitter))]])
+        top = improving[np.argsort(-(margin[improving] * pof[improving]))[:_HVI_TOP]]
+        base = hypervolume(front, ["minimize"] * m, ref)
+        score = [(hypervolume(np.vstack([front, np.minimum(opt[i], ref - 1e-9)]),
+                              ["minimize"] * m, ref) - base) * pof[i] + jitter[i] for i in top]
+        return dict(self.candidates[left[int(top[int(np.argmax(score))])]])
+

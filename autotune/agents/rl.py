@@ -9,7 +9,8 @@ Real measurements are expensive, so by default (``surrogate: true``) the agent i
    farthest from everything observed (:func:`autotune.core.explore.spread_pick`);
 2. then, before each suggestion, a Gaussian-kernel ridge regression (:class:`KernelRidge`, a GP
    posterior mean; one output per objective and constraint) is fitted on the features of the
-   configurations observed so far, the policy is trained for ``train_steps`` environment steps
+   configurations observed so far; every ``train_every``-th suggestion the policy is trained for
+   ``train_steps`` environment steps
    on a ConfigSearchEnv whose ``evaluate`` is that surrogate (measured configurations answer
    with their real values) and whose episodes start from the *real* front, so the reward is the
    predicted hypervolume gain over what is known;
@@ -24,7 +25,9 @@ a ConfigSearchEnv whose ``evaluate`` hands the configuration to :meth:`RLAgent.s
 for :meth:`RLAgent.observe` (a strict hand-off, so runs stay deterministic).  Already measured
 configurations are answered from the table without a measurement.
 
-The work per suggestion is bounded by ``train_steps`` (plus the proposal rollouts); the time each
+The work per suggestion is bounded by ``train_steps`` (plus the proposal rollouts; with 32
+rollouts and training every 4th suggestion the policy ranks more of its own proposals by the
+surrogate than it trains on, which keeps a suggestion cheap); the time each
 suggestion took is kept in :attr:`RLAgent.overhead_s`.  Determinism: the SB3 model gets the
 agent's seed, torch is re-seeded before each training/proposal and torch runs on one thread
 while the agent trains.
@@ -52,12 +55,13 @@ ALGORITHMS = ("ppo", "a2c", "dqn")
 _DEFAULTS: dict[str, Any] = {
     "surrogate": True,
     "n_initial": 8,
-    "train_steps": 512,
+    "train_steps": 256,
     "n_steps": 64,
     "bins": 8,
     "episode_configs": 4,
-    "max_retries": 20,
-    "n_candidates": 8,
+    "max_retries": 96,
+    "n_candidates": 32,
+    "train_every": 4,
     "learning_rate": 3e-4,
     "ent_coef": 0.01,
 }
@@ -96,7 +100,8 @@ class RLAgent(Agent):
         self.algorithm = algo
         self.name = f"rl-{algo}"
         self.cfg = {**_DEFAULTS, **options}
-        for k in ("n_initial", "train_steps", "n_steps", "bins", "episode_configs", "max_retries"):
+        for k in ("n_initial", "train_steps", "n_steps", "bins", "episode_configs", "max_retries",
+                  "n_candidates", "train_every"):
             if not isinstance(self.cfg[k], int) or self.cfg[k] < (2 if k == "bins" else 1):
                 raise SpecError(f"The '{k}' option of the RL agent must be a positive int. "
                                 f"Got {self.cfg[k]!r}.", path=f"agent.options.{k}")
@@ -270,11 +275,14 @@ class RLAgent(Agent):
         torch.set_num_threads(1)
         try:
             torch.manual_seed(self._seed + self._n_suggested)
-            if self._model is None:
-                self._model = self._new_model(env)
-            else:
-                self._model.set_env(env)
-            self._model.learn(self.cfg["train_steps"], reset_num_timesteps=False)
+            steps = 0
+            if self._model is None or self._n_suggested % self.cfg["train_every"] == 0:
+                if self._model is None:
+                    self._model = self._new_model(env)
+                else:
+                    self._model.set_env(env)
+                self._model.learn(self.cfg["train_steps"], reset_num_timesteps=False)
+                steps = self.cfg["train_steps"]
             best: tuple[float, Config] | None = None
             probe = self._make_env(evaluate, reference, ideal, front, 1)
             tries = 0
@@ -293,10 +301,10 @@ class RLAgent(Agent):
                 if best is None or reward > best[0]:
                     best = (reward, dict(info["config"]))
             if best is not None and best[0] > 0:
-                return best[1], self.cfg["train_steps"]
+                return best[1], steps
         finally:
             torch.set_num_threads(before)
-        return self._spread(), self.cfg["train_steps"]
+        return self._spread(), steps
 
     # ------------------------------------------------------------------ real-evaluation mode
     def _suggest_real(self) -> Config:

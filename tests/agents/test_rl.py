@@ -19,7 +19,8 @@ SPACE = parse_space({"parameters": {
     "batch": {"low": 1, "high": 64, "log": True, "type": "int"},
 }})
 OBJ = [("latency", "minimize"), ("accuracy", "maximize")]
-FAST = {"train_steps": 32, "n_steps": 16, "n_initial": 3, "max_retries": 4, "n_candidates": 2}
+FAST = {"train_steps": 32, "n_steps": 16, "n_initial": 3, "max_retries": 4, "n_candidates": 2,
+        "train_every": 1}
 
 
 def measure(c):
@@ -123,6 +124,13 @@ def test_policy_takes_over_after_the_random_phase():
     configs = drive(agent, 12)
     assert agent.train_steps_done[:3] == [0, 0, 0] and all(s == 64 for s in agent.train_steps_done[3:])
     assert len({repr(sorted(c.items())) for c in configs}) == 12
+
+
+def test_the_policy_trains_every_train_every_th_suggestion():
+    # trained at its first policy suggestion, then at every third; ranks rollouts in between
+    agent = create_agent("rl-ppo", SPACE, OBJ, 1, seed=0, **{**FAST, "train_every": 3})
+    drive(agent, 10)
+    assert agent.train_steps_done == [0, 0, 0, 32, 0, 0, 32, 0, 0, 32]
 
 
 def test_bad_options_are_spec_errors():
