@@ -299,4 +299,5 @@ def test_schedule_errors_are_located(tmp_path: Path) -> None:
         textwrap.dedent(JOB).lstrip().replace('"1s"', '"0 25 * * *"'))
     with pytest.raises(SpecError) as e:
         load_job(tmp_path / "job.yaml")
-    assert e.value.path == "schedule" and e.value.line == 15 and "hour: 25" in str(e.value)
+    line = textwrap.dedent(JOB).lstrip().splitlines().index('schedule: "1s"') + 1
+    assert e.value.path == "schedule" and e.value.line == line and "hour: 25" in str(e.value)
