@@ -26,6 +26,13 @@ def write_job(tmp_path: Path):
     return _write
 
 
+#: measurement settings of a test whose claim does not rest on contention: a measurement is never
+#: flagged contended, so none waits for quiet cores or is measured again beside the baseline.  On a
+#: busy machine (AUTOTUNE_CI_LOAD=1, or a test's own processes) those waits and re-measurements
+#: took minutes and made such a test take another path than on a quiet one.  Contention itself is
+#: tested where it is made: tests/harness/test_contention.py, tests/test_remeasure.py.
+UNCONTENDED = {"contention_threshold_pct": 100, "contention_wait_s": 0, "quiet_wait_s": 0}
+
 TINY_JOB = """
 name: tiny
 model:
@@ -48,7 +55,7 @@ constraints:
 agent: {name: tpe, seed: 1}
 budget: {max_trials: MAXTRIALS}
 measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2, contention_wait_s: 0,
-              quiet_wait_s: 0}
+              quiet_wait_s: 0, contention_threshold_pct: 100}
 """
 
 

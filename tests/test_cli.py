@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from autotune.cli import main
+from tests.conftest import UNCONTENDED
 
 OBJECTIVE = '''
 import math, time
@@ -269,7 +270,8 @@ def test_quickstart_front_shows_a_trade_off(tmp_path: Path) -> None:
     root = Path(__file__).parent.parent / "experiments"
     shutil.copy(root / "digits_model.py", tmp_path)
     job = yaml.safe_load((root / "digits-cpu.yaml").read_text())
-    job["measurement"] = {"warmup": 2, "min_repeats": 10, "target_ci": 0.05, "max_time_s": 0.3}
+    job["measurement"] = {"warmup": 2, "min_repeats": 10, "target_ci": 0.05, "max_time_s": 0.3,
+                          **UNCONTENDED}
     job["tracking"] = {"enabled": False}
     path = tmp_path / "digits-cpu.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))

@@ -15,7 +15,7 @@ import pytest
 from autotune.core.space import config_key
 from autotune.testing.agents import InProcessHarness, tiny_job
 from autotune.tuning.liveness import Liveness
-from tests.conftest import tiny_job_text
+from tests.conftest import UNCONTENDED, tiny_job_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +88,7 @@ def test_two_runs_of_one_job_at_once(write_job, tmp_path: Path) -> None:
     path = write_job(tiny_job_text(
         4, constraints=None, agent={"name": "random", "seed": 1},
         measurement={"warmup": 1, "min_repeats": 10, "max_repeats": 2000, "max_time_s": 0.3,
-                     "target_ci": 0.001}))
+                     "target_ci": 0.001, **UNCONTENDED}))
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "AUTOTUNE_MEASURE_LOCK": str(tmp_path / "host.lock")}  # not shared with other tests
     cmd = [sys.executable, "-m", "autotune.cli", "run", str(path), "--quiet",

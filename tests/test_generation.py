@@ -35,7 +35,8 @@ objectives: [ttft_p95_ms, output_tokens_per_s, token_agreement]
 constraints: [ttft_p95_ms <= 5000, token_agreement >= 0.5]
 agent: {name: random, seed: 0}
 budget: {max_trials: 3}
-measurement: {warmup: 1, min_repeats: 1, max_time_s: 0.5}
+measurement: {warmup: 1, min_repeats: 1, max_time_s: 0.5,
+              contention_threshold_pct: 100, contention_wait_s: 0, quiet_wait_s: 0}
 """
 
 

@@ -171,10 +171,21 @@ def test_hot_swap_under_concurrent_requests_has_no_failures(server: str,
                 except Exception as exc:  # any failure counts
                     failures.append(f"client {i}: {type(exc).__name__}: {exc}")
 
+    def answered(version: str) -> bool:  # a liveness bound, not a timing
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with lock:
+                if versions.get(version, 0) >= 2:
+                    return True
+            if failures or not any(t.is_alive() for t in threads):
+                return False
+            time.sleep(0.02)
+        return False
+
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    assert answered(first), (failures, versions)  # the first model answers before the swap
     with httpx.Client(timeout=60) as c:
         # the admin route swaps to any path: refused without the server's token
         r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])})
@@ -185,7 +196,8 @@ def test_hot_swap_under_concurrent_requests_has_no_failures(server: str,
         r = c.post(f"{url}/admin/reload", json={"bundle": str(bundles[1])},
                    headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["reloaded"], r.text
-    time.sleep(1.0)
+        swapped = r.json()["model_version"]
+    answered(swapped)  # requests keep arriving until the new model has answered some too
     stop.set()
     for t in threads:
         t.join(60)

@@ -37,7 +37,8 @@ agent:
     - {runtime: onnxruntime, quantization: int8_static, ort_fusion: bert, threads: 1}
     - {runtime: torch, quantization: fp32, threads: 1}
 budget: {max_trials: 4}
-measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2, quiet_wait_s: 0}
+measurement: {warmup: 2, min_repeats: 5, max_repeats: 50, max_time_s: 0.2,
+              contention_threshold_pct: 100, contention_wait_s: 0, quiet_wait_s: 0}
 """
 
 

@@ -16,8 +16,9 @@ from autotune.job.optimize import ModelFacts, derive_job, model_facts, sample_te
 from autotune.job.portfolio import parse_portfolio
 from autotune.job.spec import load_job
 from autotune.record.study import TrialView, with_reference_speedups
+from tests.conftest import UNCONTENDED
 
-FAST = {"warmup": 1, "min_repeats": 5, "max_repeats": 30, "max_time_s": 0.1}
+FAST = {"warmup": 1, "min_repeats": 5, "max_repeats": 30, "max_time_s": 0.1, **UNCONTENDED}
 
 
 def _facts(model_type: str = "bert", task: str = "feature-extraction") -> ModelFacts:

@@ -165,14 +165,17 @@ def test_connection_limit_answers_503_json(bundles: dict[int, Path]) -> None:
         port = int(srv.url.rsplit(":", 1)[1])
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
         try:
-            time.sleep(0.2)
+            # the server accepts connections in the order they arrived, so the idle ones are
+            # open before this request is read; the wait is for its event loop to run at all
             code, body = _post(srv.url + "/predict", BODY)
             assert code == 503 and "too many open connections" in json.loads(body)["error"]
         finally:
             for s in idle:
                 s.close()
-        time.sleep(0.2)
-        assert _post(srv.url + "/predict", BODY)[0] == 200
+        deadline = time.monotonic() + 30  # until the server has seen the closes (liveness)
+        while (code := _post(srv.url + "/predict", BODY)[0]) != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code == 200
 
 
 def _recv_all(s: socket.socket, timeout: float) -> bytes:
@@ -277,8 +280,10 @@ def test_symlink_flip_is_followed_under_concurrent_requests(bundles: dict[int, P
     with ModelServer(link, port=0, poll_interval=0.1) as srv:
         v0 = srv.served.version
 
-        def flip() -> None:
-            time.sleep(0.7)
+        def flip() -> None:  # once the load is being answered: the swap happens under it
+            deadline = time.monotonic() + 30
+            while srv.batcher.items == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
             tmp = tmp_path / "current.tmp"
             tmp.symlink_to(bundles[ORT_INT8])
             os.replace(tmp, link)  # atomic: ln -sfn
@@ -335,11 +340,16 @@ def test_sigterm_drains_in_flight_requests_then_exits(bundles: dict[int, Path]) 
         head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(BODY)}\r\n\r\n").encode()
         s.sendall(head + BODY[:100])  # in flight: half its body sent
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # until the server holds it in flight (liveness)
+        while "autotune_serve_inflight_requests 1" not in _text(f"http://127.0.0.1:{port}/metrics") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30  # until it stops accepting (liveness)
         with pytest.raises(ConnectionRefusedError):  # no longer accepting
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            while time.monotonic() < deadline:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                time.sleep(0.05)
         s.sendall(BODY[100:])
         data = _recv_all(s, 10.0)
         s.close()

@@ -86,7 +86,8 @@ agent:
     - {runtime: torch, batch_size: 1}
 budget: {max_trials: 5}
 measurement: {warmup: 1, min_repeats: 5, max_repeats: 20, max_time_s: 0.1,
-              trial_timeout_s: 12, memory_limit_mb: 900}
+              trial_timeout_s: 12, memory_limit_mb: 900,
+              contention_threshold_pct: 100, contention_wait_s: 0, quiet_wait_s: 0}
 tracking: {enabled: false}
 """
 

@@ -30,7 +30,8 @@ search_space:
   parameters:
     runtime: [onnxruntime, torch]
 objectives: [latency_p95_ms, accuracy]
-measurement: {warmup: 1, min_repeats: 3, max_repeats: 10, max_time_s: 0.1}
+measurement: {warmup: 1, min_repeats: 3, max_repeats: 10, max_time_s: 0.1,
+              contention_threshold_pct: 100, contention_wait_s: 0, quiet_wait_s: 0}
 """
 
 

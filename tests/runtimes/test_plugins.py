@@ -34,7 +34,8 @@ search_space:
 objectives: [latency_p95_ms, top2_accuracy]
 agent: {name: grid, seed: 0}
 budget: {max_trials: 2}
-measurement: {warmup: 1, min_repeats: 3, max_repeats: 5, max_time_s: 0.05}
+measurement: {warmup: 1, min_repeats: 3, max_repeats: 5, max_time_s: 0.05,
+              contention_threshold_pct: 100, contention_wait_s: 0, quiet_wait_s: 0}
 """
 
 

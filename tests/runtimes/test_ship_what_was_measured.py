@@ -43,7 +43,8 @@ search_space:
 objectives: [latency_p95_ms, accuracy]
 agent: {name: grid, seed: 0}
 budget: {max_trials: 5}
-measurement: {warmup: 1, min_repeats: 3, max_repeats: 10, max_time_s: 0.05}
+measurement: {warmup: 1, min_repeats: 3, max_repeats: 10, max_time_s: 0.05,
+              contention_threshold_pct: 100, contention_wait_s: 0, quiet_wait_s: 0}
 """
 
 CHILD = textwrap.dedent("""
