@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+# The suite runs in parallel workers (pytest-xdist, `-n auto` in pyproject.toml).  Each worker
+# process measures under its own host lock, inherited by the processes its tests start: with the
+# host-wide /tmp/autotune-measure.lock the workers (and any tuning run of the user's on this
+# machine) would queue behind each other's measurements.  No test's claim rests on measuring
+# alone on the host (tests that check the lock itself point it at their own file).
+_LOCK_DIR = tempfile.TemporaryDirectory(prefix="autotune-test-lock-")
+os.environ["AUTOTUNE_MEASURE_LOCK"] = str(Path(_LOCK_DIR.name) / "measure.lock")
 
 
 @pytest.fixture
