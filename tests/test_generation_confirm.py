@@ -58,7 +58,9 @@ def test_huggingface_generation_job_is_confirmed(tiny_dir: str, tmp_path: Path) 
     run(job, callbacks=[])
     res = confirm(job, k=1, min_rounds=2, max_rounds=2, tolerance=10.0)
     assert res.baseline.name == BASELINE and res.baseline.rounds == 2
-    assert len(res.trials) == 1 and res.trials[0].p50_ms > 0
+    # the leader, and the other trial too when its figure lies within noise of the leader's (on a
+    # busy machine it does): at most 2 * k
+    assert 1 <= len(res.trials) <= 2 and all(t.p50_ms > 0 for t in res.trials)
     attr = open_record(job, create=False).attr(CONFIRMATION)
     assert attr["rounds"] == 2 and attr["trials"]
     assert attr["baseline"]["metrics"]["output_tokens_per_s"] > 0
