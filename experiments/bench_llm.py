@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rounds in per.items():
         # the served contenders (and the client alone) also against the engine in-process
         bases = [] if name in (b, b1) else [b, b1, *([c] if name[1] in "ds" else [])]
+        if name.startswith("(d0"):  # before/after: this code's server against the other's
+            bases.append(next(n for n in per if n.startswith("(d)")))
         for base in bases:
             ratios = [x["tokens_per_s"] / y["tokens_per_s"]
                       for x, y in zip(rounds, per[base], strict=True)]

@@ -421,3 +421,34 @@ def test_streamed_text_equals_the_whole_decode_with_a_byte_level_tokenizer() -> 
                 sent += delta
             sent += detok.finish(ids)
             assert sent == tok.decode(ids, skip_special_tokens=True), (ids, sent)
+
+
+def test_the_server_gil_switch_interval_is_lowered_or_set_by_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from autotune.deploy.bundle import BundleError
+    from autotune.deploy.genserve import (
+        GIL_SWITCH_ENV,
+        SERVER_SWITCH_INTERVAL_S,
+        share_gil_with_engine,
+    )
+
+    old = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        monkeypatch.delenv(GIL_SWITCH_ENV, raising=False)
+        share_gil_with_engine()
+        assert sys.getswitchinterval() == pytest.approx(SERVER_SWITCH_INTERVAL_S)
+        sys.setswitchinterval(0.0001)  # already lower: left as it is
+        share_gil_with_engine()
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+        monkeypatch.setenv(GIL_SWITCH_ENV, "0.005")  # Python's default, for an A/B
+        share_gil_with_engine()
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        for bad in ("fast", "0", "-1"):
+            monkeypatch.setenv(GIL_SWITCH_ENV, bad)
+            with pytest.raises(BundleError, match=f"{GIL_SWITCH_ENV}=.*positive number"):
+                share_gil_with_engine()
+    finally:
+        sys.setswitchinterval(old)
