@@ -10,13 +10,10 @@ client calling ``completions.create`` (``--stream``: server-sent events, TTFT at
 Rounds alternate which goes first; the figure is output tokens per second of wall-clock time
 (first request sent → last answer), its median over rounds, and served / in-process per round.
 Greedy text must be identical.  ``--process`` adds the same bundle served with the engine in a
-process of its own (``AUTOTUNE_ENGINE_PROCESS=1``) as a third contender; ``--switch-default``
-adds it served with Python's default GIL switch interval (``AUTOTUNE_GIL_SWITCH_S=0.005``; the
-server's own is 0.5 ms).
+process of its own (``AUTOTUNE_ENGINE_PROCESS=1``) as a third contender.
 
     python experiments/bench_genserve.py BUNDLE [--rounds 5] [--clients 8] [--requests 32]
-        [--max-tokens 32] [--stream] [--process] [--switch-default]
-        [--prompts glm]
+        [--max-tokens 32] [--stream] [--process] [--prompts glm]
 """
 
 from __future__ import annotations
@@ -151,20 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                     "or a text file, one prompt a line")
     ap.add_argument("--process", action="store_true", help="also serve with the engine in a "
                     "process of its own (AUTOTUNE_ENGINE_PROCESS=1), side by side")
-    ap.add_argument("--switch-default", action="store_true", help="also serve with Python's "
-                    "default GIL switch interval (5 ms), side by side")
     args = ap.parse_args(argv)
 
-    from autotune.deploy.genserve import ENGINE_PROCESS_ENV, GIL_SWITCH_ENV, GenerationService
+    from autotune.deploy.genserve import ENGINE_PROCESS_ENV, GenerationService
 
     prompts = _prompts(args.prompts, args.requests)
     limits = [args.max_tokens] * len(prompts)
     servers = {"served": _start(args.bundle, {ENGINE_PROCESS_ENV: "0"})}
     if args.process:
         servers["served-process"] = _start(args.bundle, {ENGINE_PROCESS_ENV: "1"})
-    if args.switch_default:
-        servers["served-switch-5ms"] = _start(args.bundle, {ENGINE_PROCESS_ENV: "0",
-                                                             GIL_SWITCH_ENV: "0.005"})
     # the engine the server runs, built the same way, driven here (its thread is not needed)
     service = GenerationService(args.bundle, process=False)
     service.close(drain_s=0)

@@ -273,17 +273,10 @@ def test_an_oversized_body_is_answered_413_to_every_client(server: str) -> None:
 def test_the_generation_routes_answer_503_with_retry_after_past_the_limit(bundles: tuple) -> None:
     """The generation routes share the predict server's admission: a request whose body is
     still arriving holds the only place, the next one is answered 503 + Retry-After."""
-    import sys
-
-    from autotune.deploy.genserve import SERVER_SWITCH_INTERVAL_S
     from autotune.deploy.serve import Limits, ModelServer
 
-    interval = sys.getswitchinterval()
     with ModelServer(bundles[0], port=0, poll_interval=0,
                      limits=Limits(max_inflight=1, retry_after_s=2)) as srv:
-        # the engine runs in a thread of this process: the loop's GIL wait is bounded lower
-        assert sys.getswitchinterval() <= SERVER_SWITCH_INTERVAL_S < interval
-        sys.setswitchinterval(interval)  # (this test process goes on with its own)
         host, port = srv.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as held:
             held.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
@@ -421,34 +414,3 @@ def test_streamed_text_equals_the_whole_decode_with_a_byte_level_tokenizer() -> 
                 sent += delta
             sent += detok.finish(ids)
             assert sent == tok.decode(ids, skip_special_tokens=True), (ids, sent)
-
-
-def test_the_server_gil_switch_interval_is_lowered_or_set_by_the_environment(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    from autotune.deploy.bundle import BundleError
-    from autotune.deploy.genserve import (
-        GIL_SWITCH_ENV,
-        SERVER_SWITCH_INTERVAL_S,
-        share_gil_with_engine,
-    )
-
-    old = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)
-        monkeypatch.delenv(GIL_SWITCH_ENV, raising=False)
-        share_gil_with_engine()
-        assert sys.getswitchinterval() == pytest.approx(SERVER_SWITCH_INTERVAL_S)
-        sys.setswitchinterval(0.0001)  # already lower: left as it is
-        share_gil_with_engine()
-        assert sys.getswitchinterval() == pytest.approx(0.0001)
-        monkeypatch.setenv(GIL_SWITCH_ENV, "0.005")  # Python's default, for an A/B
-        share_gil_with_engine()
-        assert sys.getswitchinterval() == pytest.approx(0.005)
-        for bad in ("fast", "0", "-1"):
-            monkeypatch.setenv(GIL_SWITCH_ENV, bad)
-            with pytest.raises(BundleError, match=f"{GIL_SWITCH_ENV}=.*positive number"):
-                share_gil_with_engine()
-    finally:
-        sys.setswitchinterval(old)

@@ -198,38 +198,6 @@ def _max_positions(root: Path, manifest: Mapping[str, Any]) -> int | None:
 #: ``AUTOTUNE_ENGINE_PROCESS=1`` runs the engine in a process of its own (default: a thread)
 ENGINE_PROCESS_ENV = "AUTOTUNE_ENGINE_PROCESS"
 
-#: the GIL switch interval of a server whose engine runs in one of its threads (Python's default
-#: is 5 ms); ``AUTOTUNE_GIL_SWITCH_S`` sets another (``0.005``: Python's default)
-SERVER_SWITCH_INTERVAL_S = 0.0005
-GIL_SWITCH_ENV = "AUTOTUNE_GIL_SWITCH_S"
-
-
-def share_gil_with_engine() -> None:
-    """Lower this process's GIL switch interval to :data:`SERVER_SWITCH_INTERVAL_S` (never raise
-    it).  The engine thread runs Python between its kernels and holds the GIL nearly all the
-    time; the event loop, woken for a step's tokens or a new request, gets the GIL only when the
-    engine is made to drop it, after the switch interval: 5 ms by default, about as long as a
-    whole decode step of a small model.  At 0.5 ms the loop's wakeup latency falls to about that,
-    so streamed tokens and new requests reach their destination sooner (GLM example, 8 streaming
-    openai clients, 18 interleaved rounds at load 8-12: median 1.25x served tokens/s, 12 of 18
-    rounds faster; experiments/results/bench_llm.md).  ``AUTOTUNE_GIL_SWITCH_S`` sets the
-    interval instead (a positive number of seconds)."""
-    import os
-    import sys
-
-    given = os.environ.get(GIL_SWITCH_ENV, "").strip()
-    if given:
-        try:
-            seconds = float(given)
-            if not seconds > 0:
-                raise ValueError
-        except ValueError:
-            raise BundleError(f"{GIL_SWITCH_ENV}={given!r}: give the GIL switch interval in "
-                              "seconds, a positive number such as 0.0005.") from None
-        sys.setswitchinterval(seconds)
-    elif sys.getswitchinterval() > SERVER_SWITCH_INTERVAL_S:
-        sys.setswitchinterval(SERVER_SWITCH_INTERVAL_S)
-
 
 class GenerationService:
     """A loaded generation bundle, served (model kind ``generation``).

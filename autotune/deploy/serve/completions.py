@@ -196,7 +196,7 @@ class Detokenizer:
         self.prefix = 0  # window start (window decoding)
         self.read = 0  # tokens already turned into text
         self.sent = ""
-        self._backend, self._stream = _decode_stream(tok)
+        self._fast, self._stream = _decode_stream(tok)
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tok.decode(ids, skip_special_tokens=True))
@@ -206,7 +206,7 @@ class Detokenizer:
             return ""
         if self._stream is not None:
             new, self.read = tokens[self.read:], len(tokens)
-            delta = self._stream.step(self._backend, new) or ""
+            delta = self._stream.step(self._fast, new) or ""
             self.sent += delta
             return delta
         before = self._decode(tokens[self.prefix:self.read])

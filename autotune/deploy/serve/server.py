@@ -286,18 +286,12 @@ class ModelServer:
 
     def _load(self, ident: str, given: Path | None = None) -> Served:
         # here, not at the top: generation bundles bring the tuner's record (optuna) with them
-        from autotune.deploy.genserve import (
-            GenerationService,
-            is_generation_bundle,
-            share_gil_with_engine,
-        )
+        from autotune.deploy.genserve import GenerationService, is_generation_bundle
 
         path = given or self.source.fetch(ident)
         try:
             # a language model: its engine in its own thread, served on the OpenAI-compatible routes
             model = GenerationService(path) if is_generation_bundle(path) else load(path)
-            if isinstance(model, GenerationService) and not model.isolated:
-                share_gil_with_engine()  # the event loop shares the GIL with the engine thread
             # warm up beside the old model, so the first request after the swap is not slow
             if hasattr(model, "warmup"):  # another kind of model warms itself up
                 model.warmup()
