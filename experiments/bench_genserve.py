@@ -202,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, rows in ratios.items():
             print(f"{name} / in-process tokens/s: median {statistics.median(rows):.3f} "
                   f"(rounds {min(rows):.3f}-{max(rows):.3f})")
+        for name in list(servers)[1:]:  # the default server against each variant, per round
+            rows = [a / b for a, b in zip(ratios["served"], ratios[name], strict=True)]
+            print(f"served / {name} tokens/s per round: {', '.join(f'{x:.2f}' for x in rows)} "
+                  f"(median {statistics.median(rows):.2f}, {sum(x > 1 for x in rows)} of "
+                  f"{len(rows)} rounds above 1)")
         print(f"load average {os.getloadavg()}")
     finally:
         for proc, _ in servers.values():

@@ -13,6 +13,12 @@ with every contender, in turn:
      process, driven by the official ``openai`` client: ``concurrency`` client threads, each
      streaming ``completions.create(..., temperature=0, stream=True)`` and sending its next
      request when served; TTFT and TPOT are measured at the client;
+(d0) with ``--baseline-src DIR``: the same bundle served by ``autotune serve`` from the code in
+     DIR (``PYTHONPATH=DIR``; e.g. ``git archive COMMIT | tar -x -C DIR``), for a before/after of
+     the server side by side in the same rounds;
+(s)  the ``openai`` client alone: the same client threads against a stub server that answers
+     each request at once with the bytes (d) streamed for it (recorded before the rounds): what
+     the client itself costs on this machine, the ceiling of any served figure here;
 (e)  llama.cpp's own server (``python -m llama_cpp.server``, its default settings: one sequence at
      a time, n_ctx 2048, n_batch 512, its default threads; but ``--interrupt_requests false``:
      by default a new request cuts the streamed one short, so 8 concurrent clients got 1-2
@@ -24,7 +30,11 @@ Figures: output tokens/s (tokens / wall time of the round), TTFT p50/p95, TPOT p
 text agreement (share of requests whose text equals the unmodified model's greedy text, one
 request at a time, fp32).
 
+Ratios per round are printed against (b), (b1) and, for the served contenders, against (c):
+what the server keeps of the engine it serves.
+
     python experiments/bench_llm.py experiments/glm-cpu.yaml [--rounds 5] [--trial N]
+        [--baseline-src DIR] [--no-llama-server]
 """
 
 from __future__ import annotations
@@ -64,6 +74,16 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
 def client_pass(base_url: str, model: str, items: list[tuple[int, str, int]], concurrency: int,
@@ -163,6 +183,50 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
+#: a stub OpenAI server: answers each completion at once with the bytes recorded for its
+#: (prompt, max_tokens), in one chunked write (argv: port, the recordings' JSON file)
+_STUB = r"""
+import asyncio, json, sys
+rec = json.load(open(sys.argv[2]))
+async def handle(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            body = json.loads(await r.readexactly(n))
+            data = rec[json.dumps([body["prompt"], body["max_tokens"]])].encode()
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        w.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def record_streams(base_url: str, model: str, items: list[tuple[int, str, int]],
+                   path: Path) -> None:
+    """The server-sent event bytes the server streams for each (prompt, max_tokens)."""
+    import json
+
+    import httpx
+
+    rec = {}
+    for _, prompt, n in items:
+        r = httpx.post(f"{base_url}/completions", timeout=600, json={
+            "model": model, "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}})
+        r.raise_for_status()
+        rec[json.dumps([prompt, n])] = r.text
+    path.write_text(json.dumps(rec))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("job", nargs="?", default=str(Path(__file__).with_name("glm-cpu.yaml")))
@@ -170,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trial", type=int, default=None, help="the tuned trial (default: the "
                     "feasible trial with the most output tokens/s)")
     ap.add_argument("--no-llama-server", action="store_true", help="leave out (e)")
+    ap.add_argument("--baseline-src", default=None, help="(d0): also serve the bundle with "
+                    "the autotune package in this folder (another checkout), side by side")
     args = ap.parse_args(argv)
 
     import torch
@@ -226,6 +292,26 @@ def main(argv: list[str] | None = None) -> int:
         served_url = f"http://127.0.0.1:{port}/v1"
         contenders[f"(d) trial {tuned.number} via autotune serve + openai"] = \
             lambda: client_pass(served_url, job.name, prompts, wl.concurrency, slo)
+        if args.baseline_src:
+            bport = _free_port()
+            base = subprocess.Popen([sys.executable, "-m", "autotune.cli", "serve", str(bundle),
+                                     "--port", str(bport)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, cwd=args.baseline_src,
+                                    env={**env, "PYTHONPATH": str(Path(args.baseline_src)
+                                                                   .resolve())})
+            procs.append(base)
+            _wait_http(f"http://127.0.0.1:{bport}/health", base)
+            base_url = f"http://127.0.0.1:{bport}/v1"
+            contenders[f"(d0) (d) served by {Path(args.baseline_src).name}/"] = \
+                lambda: client_pass(base_url, job.name, prompts, wl.concurrency, slo)
+        record_streams(served_url, job.name, prompts, tmp / "streams.json")
+        sport = _free_port()
+        procs.append(subprocess.Popen([sys.executable, "-c", _STUB, str(sport),
+                                       str(tmp / "streams.json")], env=env))
+        _wait_port(sport)
+        stub_url = f"http://127.0.0.1:{sport}/v1"
+        contenders["(s) the openai client alone (stub server)"] = \
+            lambda: client_pass(stub_url, job.name, prompts, wl.concurrency, slo)
         if not args.no_llama_server:
             why = llama_server_reason(wl.model_dir)
             if why:
@@ -292,11 +378,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{med(pct(r['tpot'], 50) for r in rounds) * 1000:7.2f}ms "
               f"{med(r['goodput'] for r in rounds):8.2f} "
               f"{sum(same) / max(1, len(same)):9.3f} {sum(len(r['errors']) for r in rounds):6d}")
-    b1 = list(per)[1]
+    b1, c = list(per)[1], list(per)[2]
     for name, rounds in per.items():
-        for base in (b, b1):
-            if name in (b, b1):
-                continue
+        # the served contenders (and the client alone) also against the engine in-process
+        bases = [] if name in (b, b1) else [b, b1, *([c] if name[1] in "ds" else [])]
+        if name.startswith("(d0"):  # before/after: this code's server against the other's
+            bases.append(next(n for n in per if n.startswith("(d)")))
+        for base in bases:
             ratios = [x["tokens_per_s"] / y["tokens_per_s"]
                       for x, y in zip(rounds, per[base], strict=True)]
             print(f"{name.split()[0]}/{base.split()[0]} tokens/s per round: "

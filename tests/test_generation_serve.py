@@ -377,3 +377,40 @@ def test_a_stream_sends_one_event_per_engine_step() -> None:
              if line.startswith("data: {")]
     assert [t for t in texts if t] == [" t1 t2 t3", " t4", " t5 t6"], texts
     assert body.rstrip().endswith("data: [DONE]")
+
+
+def test_streamed_text_equals_the_whole_decode_with_a_byte_level_tokenizer() -> None:
+    """Incremental detokenization (the tokenizers library's stream decoder on a fast tokenizer,
+    the window decoder otherwise) streams exactly the text the whole output decodes to, for any
+    way the tokens are split into engine steps, with characters of several bytes split across
+    byte-level tokens (held back until complete, never sent as a replacement character)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from autotune.deploy.serve.completions import Detokenizer
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    text = ["héllo wörld, the cats see 日本語 and ünïcode ✓ " * 3, "the dog sees the cat"]
+    backend.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<eos>"]))
+    rng = random.Random(0)
+    for cleanup in (False, True):  # True: a stream cannot clean up spaces: the window decoder
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
+                                      clean_up_tokenization_spaces=cleanup)
+        assert (Detokenizer(tok)._stream is None) is cleanup
+        for _ in range(200):
+            ids = tok(rng.choice(text)[rng.randrange(40):])["input_ids"][:rng.randint(1, 30)]
+            ids = [rng.randrange(len(tok)) if rng.random() < 0.2 else t for t in ids]
+            detok, sent, k = Detokenizer(tok), "", 0
+            while k < len(ids):
+                k = min(len(ids), k + rng.randint(1, 3))  # an engine step's tokens
+                delta = detok.step(ids[:k])
+                assert "\ufffd" not in delta or "\ufffd" in tok.decode(ids[:k]), delta
+                sent += delta
+            sent += detok.finish(ids)
+            assert sent == tok.decode(ids, skip_special_tokens=True), (ids, sent)

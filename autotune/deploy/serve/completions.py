@@ -3,8 +3,9 @@ served generation engine, answer it whole or stream its text as server-sent even
 
 The engine runs in its own thread and calls back for every token.  The event loop is woken at most
 once per engine step for all requests together (:class:`Wakeups`), a request that is not streamed
-is woken only for its first token (its deadline) and its end, and text is detokenized
-incrementally (a few tokens per step, not the whole output again), so serving adds little to what
+is woken only for its first token (its deadline) and its end, a stream sends one event per
+engine step (its last event carries the finish reason and usage too), and text is detokenized
+incrementally (the new tokens only, not the whole output again), so serving adds little to what
 the engine measured in-process.
 """
 
@@ -183,16 +184,19 @@ class Running:
 
 
 class Detokenizer:
-    """Incremental detokenization: each step decodes a short window of tokens (the few before the
-    new ones, for context) instead of the whole output; text ending in an incomplete character
-    waits for the next token.  ``finish`` makes the streamed text equal the whole output decoded
-    at once."""
+    """Incremental detokenization of one request's tokens, called once per loop wakeup with all
+    the tokens so far.  With a fast tokenizer that needs no clean-up of spaces, the tokenizers
+    library's ``DecodeStream`` turns the new ids into text in one call (it holds back bytes of an
+    incomplete character); otherwise a short window is decoded twice (the few tokens before the
+    new ones, for context, with and without them).  ``finish`` makes the streamed text equal the
+    whole output decoded at once."""
 
     def __init__(self, tok: Any) -> None:
         self.tok = tok
-        self.prefix = 0  # window start
+        self.prefix = 0  # window start (window decoding)
         self.read = 0  # tokens already turned into text
         self.sent = ""
+        self._fast, self._stream = _decode_stream(tok)
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tok.decode(ids, skip_special_tokens=True))
@@ -200,6 +204,11 @@ class Detokenizer:
     def step(self, tokens: list[int]) -> str:
         if len(tokens) <= self.read:
             return ""
+        if self._stream is not None:
+            new, self.read = tokens[self.read:], len(tokens)
+            delta = self._stream.step(self._fast, new) or ""
+            self.sent += delta
+            return delta
         before = self._decode(tokens[self.prefix:self.read])
         now = self._decode(tokens[self.prefix:])
         if len(now) <= len(before) or now.endswith("\ufffd") or not now.startswith(before):
@@ -214,6 +223,23 @@ class Detokenizer:
         delta = full[len(self.sent):] if full.startswith(self.sent) else ""
         self.sent += delta
         return delta
+
+
+def _decode_stream(tok: Any) -> tuple[Any, Any]:
+    """(the tokenizers backend, a fresh ``DecodeStream``) where streaming decoding gives the
+    same text as ``tok.decode``; (None, None) where it may not (a slow tokenizer, or one that
+    cleans up spaces after decoding, which a stream cannot do)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or getattr(tok, "clean_up_tokenization_spaces", False):
+        return None, None
+    try:
+        from tokenizers import Tokenizer
+        from tokenizers.decoders import DecodeStream
+    except ImportError:
+        return None, None
+    if not isinstance(backend, Tokenizer):
+        return None, None
+    return backend, DecodeStream(skip_special_tokens=True)
 
 
 # ------------------------------------------------------------------------------- answers
@@ -304,17 +330,18 @@ class Answer:
                 upto = min(len(tokens), len(times))
                 ends = [k for k in range(detok.read + 1, upto + 1)
                         if k == upto or times[k] != times[k - 1]]
-                out = [event(d, None) for k in ends if (d := detok.step(tokens[:k]))]
+                deltas = [d for k in ends if (d := detok.step(tokens[:k]))]
+                if finished and not self.running.req.error:
+                    # the last step's text, the finish reason and the usage in one event
+                    last = (deltas.pop() if deltas else "") + detok.finish(self.running.req.tokens)
+                out = [event(d, None) for d in deltas]
                 if finished:
                     req = self.running.req
                     if req.error:
                         out.append(f"data: {json.dumps({'error': {'message': req.error}})}\n\n"
                                    .encode())
                     else:
-                        tail = detok.finish(req.tokens)
-                        if tail:
-                            out.append(event(tail, None))
-                        out.append(event("", "length", usage=self.c.include_usage))
+                        out.append(event(last, "length", usage=self.c.include_usage))
                     out.append(b"data: [DONE]\n\n")
                     yield b"".join(out)
                     return
