@@ -41,6 +41,7 @@ __all__ = [
     "median_ci_ranks",
     "ratio_spread",
     "repeatability",
+    "rotation",
     "summarize",
 ]
 
@@ -487,6 +488,14 @@ def measure(
 SETTLE_S = 0.3
 
 
+def rotation(names: Sequence[str], r: int) -> list[str]:
+    """The order in which round ``r`` of interleaved rounds times ``names``: rotated by ``r``
+    (A B, B A, A B, ... for two; A B C, B C A, C A B, ... for three), so that slow drift of the
+    machine and the position within a round affect every contender alike."""
+    k = r % len(names)
+    return [*names[k:], *names[:k]]
+
+
 def alternate(
     fns: Mapping[str, Callable[[], object]], rounds: int, *, settle_s: float = SETTLE_S,
     **measure_kwargs: Any
@@ -513,8 +522,7 @@ def alternate(
     names = list(fns)
     out: dict[str, list[LatencyStats]] = {name: [] for name in names}
     for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotation(names, r):
             if settle_s > 0:
                 time.sleep(settle_s)
             out[name].append(measure(fns[name], **measure_kwargs))
