@@ -13,8 +13,10 @@ One *cycle* (``autotune retune JOB``; ``autotune schedule JOB`` runs cycles on t
 4. if the environment or the model changed, or an objective drifted by more than
    ``retune.drift_threshold`` (relative), re-tune in a new study warm-started from the earlier
    study's best configurations (re-measured) with ``retune.budget`` trials;
-5. measure champion and challenger side by side (``stats.alternate``); promote only when the
-   challenger wins by more than both ``retune.margin`` and the spread of the per-round ratios;
+5. measure champion and challenger side by side, in interleaved rounds, each in a measuring
+   process of its own (:class:`autotune.tuning.confirm.SeparateProcesses`, as the confirmation
+   step); promote only when the challenger wins by more than both ``retune.margin`` and the
+   spread of the per-round ratios;
    then export it and move the alias (a running server watching the alias swaps to it);
 6. record the cycle: an MLflow run tagged with what changed, what was measured and the decision,
    and a line in ``<out_dir>/retune/history.jsonl``.
@@ -57,6 +59,7 @@ from autotune.measure.workloads.generation import folder_digest, model_folder
 from autotune.measure.workloads.registry import evaluator_for
 from autotune.record.study import TrialView, open_record
 from autotune.review.tracking import JOB_TAG, experiment_id
+from autotune.tuning.confirm import SeparateProcesses
 from autotune.tuning.tuner import run as run_job
 
 _LIBS = ("torch", "onnxruntime", "onnx", "numpy")
@@ -334,13 +337,15 @@ class Cycle:
     # ------------------------------------------------------------------ steps
     def _cycle(self, started: str) -> CycleResult:
         job, policy = self.job, self.policy
+        # one measuring process for the cycle's own measurements (the champion again, the
+        # re-tune's trials); the side-by-side comparison runs each contender in its own
         harness = self.harness_factory(job)
         try:
             env = environment(harness.fingerprint())
             mhash = model_hash(job)
             bundle = self.deployer.resolve(job, policy.alias)
             if bundle is None:
-                return self._initial(started, env, mhash)
+                return self._initial(started, env, mhash, harness)
             self.deployer.load(bundle)  # the champion's artifact is intact
             man = self.deployer.manifest(bundle)
             champ_cfg = dict(man["config"])
@@ -373,46 +378,43 @@ class Cycle:
                     f"nothing changed: same environment and model, largest drift {worst:.1%} "
                     f"<= {policy.drift_threshold:.1%}",
                     champion=champion, measured=measured, bundle=str(bundle), started=started)
-        finally:
-            harness.close()
 
-        # ---- re-tune, warm-started from the champion's study
-        self.log(f"re-tuning: {'; '.join(changed)}")
-        old = open_record(_job_for_study(job, man["study"]), create=False)
-        warm = [champ_cfg] + [dict(t.config) for t in _best(old.trials(), job, policy.warm_start)]
-        space = job.space
-        seen, warm_ok = set(), []
-        for c in warm:
-            c = {k: v for k, v in c.items() if k in space}
-            key = config_key(c)
-            if key not in seen and not space.validate(c):
-                seen.add(key)
-                warm_ok.append(c)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-        sub = _job_for_study(job, f"{job.name}.r{stamp}").model_copy(update={
-            "agent": job.agent.model_copy(update={"warm_start": warm_ok}),
-            "budget": BudgetSpec(max_trials=max(policy.budget, len(warm_ok))),
-        })
-        harness = self.harness_factory(job)
-        try:
+            # ---- re-tune, warm-started from the champion's study, in the same process (it
+            # loaded the model and libraries now on disk)
+            self.log(f"re-tuning: {'; '.join(changed)}")
+            old = open_record(_job_for_study(job, man["study"]), create=False)
+            warm = [champ_cfg] + [dict(t.config)
+                                  for t in _best(old.trials(), job, policy.warm_start)]
+            space = job.space
+            seen, warm_ok = set(), []
+            for c in warm:
+                c = {k: v for k, v in c.items() if k in space}
+                key = config_key(c)
+                if key not in seen and not space.validate(c):
+                    seen.add(key)
+                    warm_ok.append(c)
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+            sub = _job_for_study(job, f"{job.name}.r{stamp}").model_copy(update={
+                "agent": job.agent.model_copy(update={"warm_start": warm_ok}),
+                "budget": BudgetSpec(max_trials=max(policy.budget, len(warm_ok))),
+            })
             summary = run_job(sub, harness=harness)
-            rec = open_record(sub, create=False)
-            rec.set_attr("model_hash", mhash)
-            rec.set_attr("environment", env)
-            best = _best(summary.trials, sub, 1)
-            if not best:
-                return CycleResult(job.name, "keep", "the re-tune found no feasible configuration",
-                                   changed=tuple(changed), champion=champion, measured=measured,
-                                   bundle=str(bundle), started=started)
-            ch = best[0]
-            challenger = {"study": sub.name, "trial": ch.number, "config": dict(ch.config)}
-            same = config_key(ch.config) == config_key(champ_cfg)
-            if same:
-                decision, why = "keep", "the re-tune found no better configuration than the champion"
-            else:
-                decision, why = self._compare(harness, champ_cfg, dict(ch.config), ch, measured)
         finally:
             harness.close()
+        rec = open_record(sub, create=False)
+        rec.set_attr("model_hash", mhash)
+        rec.set_attr("environment", env)
+        best = _best(summary.trials, sub, 1)
+        if not best:
+            return CycleResult(job.name, "keep", "the re-tune found no feasible configuration",
+                               changed=tuple(changed), champion=champion, measured=measured,
+                               bundle=str(bundle), started=started)
+        ch = best[0]
+        challenger = {"study": sub.name, "trial": ch.number, "config": dict(ch.config)}
+        if config_key(ch.config) == config_key(champ_cfg):
+            decision, why = "keep", "the re-tune found no better configuration than the champion"
+        else:
+            decision, why = self._compare(champ_cfg, dict(ch.config), ch, measured)
         model_changed = any(c.startswith("model ") for c in changed) or any(
             c.split(" ")[0] in _LIBS for c in changed)
         if decision == "promote":
@@ -436,12 +438,23 @@ class Cycle:
                            challenger=challenger, measured=measured, bundle=str(bundle),
                            started=started)
 
-    def _compare(self, harness: Any, champ: dict[str, Any], chall: dict[str, Any],
-                 ch: TrialView, measured: dict[str, Any]) -> tuple[str, str]:
-        """Side by side, same cycle, same constraints: promote only on a clear win."""
+    def _compare(self, champ: dict[str, Any], chall: dict[str, Any], ch: TrialView,
+                 measured: dict[str, Any]) -> tuple[str, str]:
+        """Side by side, same cycle, same constraints: promote only on a clear win.
+
+        Champion and challenger are timed in interleaved rounds, each in a measuring process of
+        its own (:class:`autotune.tuning.confirm.SeparateProcesses`, as the confirmation step
+        does): in one process, one contender's thread pools and allocator bias the other's
+        figure (issue 25), and each is deployed as a lone process."""
         policy = self.policy
         metric, direction = self.job.objective_pairs[0]
-        out = harness.compare({"champion": champ, "challenger": chall}, policy.rounds)
+        self.log(f"measuring champion and challenger side by side, {policy.rounds} rounds, each "
+                 "in its own process")
+        apart = SeparateProcesses(self.job, self.harness_factory)
+        try:
+            out = apart.compare({"champion": champ, "challenger": chall}, policy.rounds)
+        finally:
+            apart.close()
         key = {"latency_p90_ms": "p90_ms", "latency_p95_ms": "p95_ms",
                "latency_p99_ms": "p99_ms", "latency_mean_ms": "mean_ms"}.get(metric, "p50_ms")
         ratios = [b[key] / a[key] for a, b in zip(out["champion"], out["challenger"],
@@ -471,8 +484,10 @@ class Cycle:
         return "keep", (f"the challenger's gain on {metric} ({gain:.1%}) is not larger than the "
                         f"margin {policy.margin:.1%} / spread {spread:.1%}")
 
-    def _initial(self, started: str, env: dict[str, Any], mhash: str) -> CycleResult:
-        """No champion yet: finish the job's own study if needed and deploy its best trial."""
+    def _initial(self, started: str, env: dict[str, Any], mhash: str, harness: Any
+                 ) -> CycleResult:
+        """No champion yet: finish the job's own study if needed (measured by ``harness``, the
+        cycle's measuring process) and deploy its best trial."""
         job = self.job
         try:
             rec = open_record(job, create=False)
@@ -481,11 +496,7 @@ class Cycle:
             rec, views = None, []
         if rec is None or rec.counted() < job.budget.max_trials:
             self.log("no champion yet: running the job first")
-            harness = self.harness_factory(job)
-            try:
-                views = list(run_job(job, harness=harness).trials)
-            finally:
-                harness.close()
+            views = list(run_job(job, harness=harness).trials)
             rec = open_record(job, create=False)
         rec.set_attr("model_hash", mhash)
         rec.set_attr("environment", env)

@@ -30,10 +30,12 @@ export``'s manifest use them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +46,7 @@ from autotune.job.spec import Job
 from autotune.measure.harness.contention import QUIET, RATIO, Contention, only_contended, wait_quiet
 from autotune.measure.harness.isolate import IsolatedHarness
 from autotune.measure.harness.result import TrialResult
+from autotune.measure.harness.stats import rotation
 from autotune.measure.runtimes import job_default_runtime
 from autotune.measure.workloads.forward import CONTENTION_KEY
 from autotune.measure.workloads.registry import evaluator_for
@@ -346,15 +349,17 @@ class SeparateProcesses:
     """Each contender in its own measuring process, the processes taking turns.
 
     ``compare(configs, rounds)`` has the shape of the harness's own (one list of per-round
-    summaries per name, plus the contention of the rounds) but measures every contender in an
-    :class:`IsolatedHarness` of its own, kept for the whole confirmation: round ``r`` times one
-    block of each contender, one process after the other, the order rotating as in
-    :func:`autotune.measure.harness.stats.alternate`.  No contender shares a process (its thread
-    pools, allocator, OpenMP runtime) with another one, so each runs with its deployed settings as
-    a lone deployed process does (issue 25: in ONE process, beside a torch baseline, the same
-    ONNX bundle measured 8.8 ms against 4.9 ms for a plain session of that file; each alone in its
-    own process, 4.8 ms).  The processes not measuring wait on their pipe (blocked, not spinning);
-    each block starts after the harness's settle pause."""
+    summaries per name, plus the contention of the rounds) but measures every contender in a
+    measuring process of its own (``factory(job)``, an :class:`IsolatedHarness` by default), kept
+    until :meth:`close`: round ``r`` times one block of each contender, one process after the
+    other, in the order :func:`autotune.measure.harness.stats.rotation` gives (as
+    ``stats.alternate`` does in one process).  No contender shares a process (its thread pools,
+    allocator, OpenMP runtime) with another one, so each runs with its deployed settings as a lone
+    deployed process does (issue 25: in ONE process, beside a torch baseline, the same ONNX
+    bundle measured 8.8 ms against 4.9 ms for a plain session of that file; each alone in its own
+    process, 4.8 ms).  The processes not measuring wait on their pipe (blocked, not spinning);
+    each block starts after the harness's settle pause.  The confirmation step and re-tuning's
+    champion/challenger comparison (:mod:`autotune.retune.schedule`) measure through it."""
 
     def __init__(self, job: Job, factory: Callable[[Job], Any] | None = None) -> None:
         self.job = job
@@ -365,10 +370,9 @@ class SeparateProcesses:
         names = list(configs)
         out: dict[str, Any] = {n: [] for n in names}
         busy: list[Mapping[str, Any]] = []
+        self._start([n for n in names if n not in self._procs])
         for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                if name not in self._procs:
-                    self._procs[name] = self._factory(self.job)
+            for name in rotation(names, r):
                 try:
                     got = self._procs[name].compare({name: dict(configs[name])}, 1)
                 except TrialFailed as exc:
@@ -383,10 +387,25 @@ class SeparateProcesses:
         out[CONTENTION_KEY] = dict(worst) if worst else None
         return out
 
+    def _start(self, names: Sequence[str]) -> None:
+        """Start the processes of ``names`` at the same time (each imports the libraries and
+        loads the model: seconds), before any round measures, so no start-up overlaps a block."""
+        for name in names:
+            self._procs[name] = self._factory(self.job)
+        ready = [self._procs[n] for n in names if hasattr(self._procs[n], "fingerprint")]
+        if len(ready) > 1:
+            with ThreadPoolExecutor(len(ready)) as pool:  # a failed start shows on its 1st block
+                list(pool.map(_started, ready))
+
     def close(self) -> None:
         for h in self._procs.values():
             h.close()
         self._procs.clear()
+
+
+def _started(harness: Any) -> None:
+    with contextlib.suppress(Exception):
+        harness.fingerprint()
 
 
 def _scaled(c: Confirmed, f: float) -> Confirmed:
