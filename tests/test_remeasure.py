@@ -194,3 +194,104 @@ def test_candidates_take_every_trial_whose_only_figure_is_contended() -> None:
              view(2, 30.0, 0.998, {**busy, "remeasured": {"how": "quiet"}}),
              view(3, 30.0, 0.998)]
     assert [t.number for t in candidates(views, job, k=1)] == [0, 1]
+
+
+class BusyBaseline(Seam):
+    """The seam, with the baseline's own measurements contended too (SLOWER x) until the first
+    trial has been measured (``always``: throughout): the study flags its baseline contended
+    (``loop.prepare`` measures it again and it is still contended)."""
+
+    def __init__(self, job: Any, *, always: bool = False, **kw: Any) -> None:
+        super().__init__(job, **kw)
+        from autotune.measure.runtimes import job_default_runtime
+        from autotune.tuning.loop import baseline_config
+
+        self.base = baseline_config(job.space, job_default_runtime(job))
+        self.always = always
+        self.trials_measured = 0
+        self.baseline_evaluations = 0
+
+    def evaluate(self, config: dict[str, Any]) -> Any:
+        if dict(config) != self.base:
+            self.trials_measured += 1
+            return super().evaluate(config)
+        self.baseline_evaluations += 1
+        res = self.ev.evaluate(config)
+        if self.trials_measured and not self.always:
+            return replace(res, details={**res.details, "contention": _contention(False)})
+        metrics = {k: v * SLOWER if k.startswith("latency_p") or k in (
+            "latency_mean_ms", "latency_per_item_ms") else v for k, v in res.metrics.items()}
+        metrics["throughput_ips"] = res.metrics["throughput_ips"] / SLOWER
+        return replace(res, metrics=metrics, details={**res.details,
+                                                      "contention": _contention(True)})
+
+
+def test_a_contended_baseline_never_inflates_a_ratio_ranked_figure(tmp_path: Path) -> None:
+    """The baseline's figure ran contended (10x) and the busy trial's re-measurement never got
+    quiet cores: its figure is its interleaved ratio times a QUIET baseline figure -- the
+    baseline is measured again at the first quiet trial (trial 0) and replaces the study's --
+    never times the contended one (the old code recorded ratio x the 10x baseline)."""
+    job = _job(tmp_path)
+    seam = BusyBaseline(job, rounds_contended=True)
+    messages: list[str] = []
+    from autotune.record.study import measurement_warnings, open_record
+    from autotune.tuning.loop import Progress
+
+    summary = run(job, harness=seam, callbacks=[], progress=Progress(on_message=messages.append))
+    t = _busy_trial(summary)
+    busy = t.user_attrs["details"]["remeasured"]
+    assert busy["how"] == "ratio" and busy["rounds_contended"]
+    # not inflated: its ratio times the baseline as it runs on quiet cores, not times the 10x
+    # contended figure (what the old code recorded)
+    quiet_now = seam.ev.evaluate(dict(seam.base)).metrics["latency_per_item_ms"]
+    assert t.metrics["latency_p50_ms"] < 3 * busy["ratio"] * quiet_now * BUSY["batch_size"]
+    record = open_record(job, create=False)
+    again = record.attr("baseline_remeasured")
+    assert again["how"] == "quiet" and "contended" in again["why"] and again["before_trial"] == 0
+    assert not record.attr("baseline_contended")
+    contended_base = again["contended"]["latency_per_item_ms"]
+    quiet_base = summary.baseline["latency_per_item_ms"]
+    assert quiet_base < contended_base / 3  # the study's baseline is the quiet figure now
+    assert busy["baseline_p50_ms"] == pytest.approx(quiet_base * BUSY["batch_size"])
+    assert t.metrics["latency_p50_ms"] == pytest.approx(busy["ratio"] * quiet_base)
+    assert t.metrics["latency_p50_ms"] < busy["ratio"] * contended_base / 3  # not inflated
+    assert t.metrics["latency_ratio"] == pytest.approx(busy["ratio"])
+    assert any("baseline: re-measured on quiet cores" in m for m in messages), messages
+    # status and the report say which baseline figure was re-measured and why; so does the
+    # manifest of an export
+    assert any("baseline was re-measured on quiet cores" in w
+               for w in measurement_warnings(record))
+    from autotune.deploy.export import export_bundle
+
+    bundle = export_bundle(job, t.number, out=tmp_path / "bundle", register=False).bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["baseline_remeasured"]["how"] == "quiet"
+    assert manifest["expected_latency"]["remeasured"]["baseline_p50_ms"] == pytest.approx(
+        quiet_base * BUSY["batch_size"])
+
+
+def test_a_ratio_is_not_scaled_by_a_baseline_figure_that_ran_contended(tmp_path: Path) -> None:
+    """Never a quiet moment (the baseline contended throughout, every trial contended): the busy
+    trial's ratio is not turned into a figure by the contended baseline; its contended figure
+    stays flagged, so the confirmation step takes it, and status says the baseline is still
+    contended."""
+    job = _job(tmp_path)
+    seam = BusyBaseline(job, rounds_contended=True, always=True)
+    global BUSY
+    keep = BUSY
+    BUSY = {"runtime": "onnxruntime", "threads": 1}  # every trial of the warm start: contended
+    try:
+        summary = run(job, harness=seam, callbacks=[])
+    finally:
+        BUSY = keep
+    from autotune.record.study import measurement_warnings, open_record
+
+    record = open_record(job, create=False)
+    assert record.attr("baseline_contended") and not record.attr("baseline_remeasured")
+    for t in summary.trials:
+        again = t.user_attrs["details"]["remeasured"]
+        assert again["how"] == "failed" and "ran contended too" in again["error"]
+        assert again["ratio"] > 0 and only_contended(t.user_attrs["details"])
+    views = status(job).trials
+    assert {t.number for t in summary.trials} <= {c.number for c in candidates(views, job, k=1)}
+    assert any("never quiet" in w for w in measurement_warnings(record))

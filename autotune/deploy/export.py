@@ -233,6 +233,10 @@ def build_manifest(job: Job, record: StudyRecord, view: TrialView, *, pick: str,
         # the p50 to expect and its spread (between confirmation rounds when confirmed)
         "expected_latency": manifest_latency(view),
         "baseline": baseline,
+        # the baseline's first figure ran contended: re-measured on quiet cores during tuning
+        # (why, and the contended figure), or still flagged (autotune.tuning.loop.requiet_baseline)
+        "baseline_remeasured": record.attr("baseline_remeasured"),
+        "baseline_contended": record.attr("baseline_contended"),
         "constraints": constraint_report(job, view, baseline),
         "hardware": {"digest": digest, "summary": hw_summary, "fingerprint": fp},
         "libraries": {"measured": fp.get("libraries", {}), "exported": library_versions()},

@@ -164,6 +164,17 @@ def measurement_warnings(record: StudyRecord) -> list[str]:
     conf = record.attr(CONFIRMATION) or {}
     if record.attr("baseline_unstable") and not conf.get("baseline"):
         out.append(str(record.attr("baseline_unstable")))
+    again = record.attr("baseline_remeasured")
+    if isinstance(again, Mapping):  # which baseline figure was re-measured, and why
+        was = (again.get("contended") or {}).get("latency_p50_ms")
+        out.append(f"the baseline was re-measured on quiet cores (before trial "
+                   f"{again.get('before_trial')}): {again.get('why')}"
+                   + (f", p50 {was:.3g} ms" if isinstance(was, int | float) else "")
+                   + "; trials recorded before it were ranked against the contended figure")
+    elif record.attr("baseline_contended") and not conf.get("baseline"):
+        out.append(f"the baseline's figure was {record.attr('baseline_contended')}; the cores were "
+                   "never quiet since: trials' ratios rest on it until 'autotune confirm' "
+                   "re-measures it side by side")
     out += [str(w) for w in conf.get("warnings", [])]
     return out
 

@@ -483,9 +483,18 @@ _REPLACED = (*_LATENCY_KEYS.values(), "latency_per_item_ms", "throughput_ips",
              "cost_usd_per_million")
 
 
+def ran_quiet(details: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's latency figures come from a measurement known to have run on quiet cores
+    (its own, or its re-measurement beside the baseline)."""
+    busy = (details or {}).get("contention")
+    again = (details or {}).get("remeasured")
+    return (isinstance(busy, Mapping) and not busy.get("contended")) or (
+        isinstance(again, Mapping) and again.get("how") == QUIET)
+
+
 def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], result: TrialResult,
                         base_config: Mapping[str, Any], baseline: Mapping[str, float] | None, *,
-                        rounds: int = REMEASURE_ROUNDS,
+                        baseline_quiet: bool = True, rounds: int = REMEASURE_ROUNDS,
                         log: Callable[[str], None] = lambda m: None) -> TrialResult:
     """A trial whose measurement ran contended, measured again before it may rank anything.
 
@@ -494,10 +503,14 @@ def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], resul
     quiet cores, their medians replace the contended figures (``how: quiet``); if the cores never
     became quiet, the figures are the trial's median per-round ratio to the baseline (which load
     hits alike, so it survives it) times the study's baseline p50 (``how: ratio``), and the run
-    says so.  The contended figures and why it was re-measured stay in
-    ``details["remeasured"]``; a re-measurement that fails leaves the result as it was (flagged
-    contended, so the confirmation step takes it).  A result that did not run contended is
-    returned as it is."""
+    says so -- but only when that baseline figure ran quiet (``baseline_quiet``): a contended
+    baseline figure would inflate the trial's by as much as the load slowed the baseline, so then
+    the trial keeps its contended figure, flagged (``how: failed``, with the ratio; the loop
+    re-measures the baseline at the first quiet moment, :func:`autotune.tuning.loop.requiet_baseline`,
+    and the confirmation step measures the trial).  The contended figures and why it was
+    re-measured stay in ``details["remeasured"]``; a re-measurement that fails leaves the result
+    as it was (flagged contended, so the confirmation step takes it).  A result that did not run
+    contended is returned as it is."""
     details = dict(result.details or {})
     busy = details.get("contention") or {}
     if not busy.get("contended") or job.is_custom or not baseline:
@@ -522,10 +535,15 @@ def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], resul
                      [ran_busy] * rounds, result.metrics)
     figures = {k: v for k, v in got.metrics.items() if k in _REPLACED}
     base_p50 = float(baseline.get("latency_per_item_ms") or 0.0) * batch
-    if ran_busy and not base_p50 > 0:
-        details["remeasured"] = {"why": why, "how": "failed",
-                                 "error": "its rounds ran contended and the study's baseline has "
-                                          "no latency to scale its ratio by"}
+    if ran_busy and not (base_p50 > 0 and baseline_quiet):
+        error = ("its rounds ran contended and the study's baseline has no latency to scale its "
+                 "ratio by") if not base_p50 > 0 else (
+            f"its rounds ran contended and the study's baseline figure ran contended too: no "
+            f"quiet figure to scale its interleaved ratio (x{got.ratio:.3f}) by; its contended "
+            "figure stays flagged until the confirmation step measures it")
+        log(error)
+        details["remeasured"] = {"why": why, "how": "failed", "error": error, "ratio": got.ratio,
+                                 "rounds": rounds, "rounds_contended": ran_busy}
         return replace(result, details=details)
     if ran_busy:  # never quiet: the ratio, which load hits alike, decides
         scale = got.ratio * base_p50 / got.p50_ms
@@ -551,6 +569,8 @@ def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], resul
         "ratio_low": got.ratio_low, "ratio_high": got.ratio_high, "spread_rel": got.spread_rel,
         "waited_s": waited, "rounds_contended": ran_busy,
         "contended": {k: result.metrics[k] for k in _REPLACED if k in result.metrics}}
+    if how == RATIO:  # the quiet baseline figure its ratio was scaled by
+        details["remeasured"]["baseline_p50_ms"] = base_p50
     return replace(result, metrics=metrics, details=details)
 
 
@@ -567,7 +587,7 @@ def manifest_latency(view: TrialView) -> dict[str, Any] | None:
     again = (view.user_attrs.get("details") or {}).get("remeasured")
     if out is not None and isinstance(again, Mapping):  # which figures were re-measured, and why
         out["remeasured"] = {k: again[k] for k in ("why", "how", "rounds", "ratio", "contended",
-                                                   "error") if k in again}
+                                                   "baseline_p50_ms", "error") if k in again}
     return out
 
 

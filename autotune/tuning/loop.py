@@ -176,6 +176,47 @@ def prepare(job: Job, record: StudyRecord, harness: Any, full_space: SearchSpace
     return space, notices, baseline
 
 
+#: the baseline's latency figures a quiet re-measurement replaces (what ratios rest on)
+_BASELINE_LATENCY = ("latency_p50_ms", "latency_p95_ms", "latency_per_item_ms", "throughput_ips")
+
+
+def requiet_baseline(job: Job, record: StudyRecord, harness: Any, base_config: Mapping[str, Any],
+                     progress: Progress, *, trial: int | None = None) -> dict[str, float] | None:
+    """A study baseline whose figure ran contended (study attr ``baseline_contended``, set by
+    :func:`prepare` when the cores stayed busy), measured again now that the cores are quiet (the
+    caller knows: the trial it just measured ran quiet).  Every trial's ratio rests on that
+    figure, and a trial ranked by its interleaved ratio is that ratio times it, so a contended
+    baseline would inflate them all.  On quiet cores the new figure replaces the study's baseline
+    (from ``trial`` on), ``baseline_contended`` is cleared and ``baseline_remeasured`` says why,
+    how, and what the contended figure was; returns the new baseline.  None (nothing changed):
+    the baseline was not contended, or this measurement ran contended too, or it failed."""
+    busy = record.attr("baseline_contended")
+    if not busy or job.is_custom or job.evaluation is None:
+        return None
+    try:
+        result = harness.evaluate(dict(base_config))
+    except TrialFailed as exc:
+        progress.on_message(f"baseline: re-measuring it on quiet cores failed ({exc}); its figure "
+                            "stays flagged contended")
+        return None
+    if contention_note(result.details) is not None:
+        return None
+    ev = job.evaluation
+    old = record.baseline or {}
+    new = derive_metrics(result.metrics, None, ev.quality_name, ev.quality_higher_is_better)
+    record.set_attr("baseline", new)
+    record.set_attr("baseline_contended", None)
+    record.set_attr("baseline_remeasured", {
+        "why": "its first figure was " + str(busy).removesuffix(
+            "; it is measured again before it ranks"), "how": "quiet", "before_trial": trial,
+        "contended": {k: old[k] for k in _BASELINE_LATENCY if k in old}})
+    progress.on_message(
+        f"baseline: re-measured on quiet cores: {new.get('latency_p50_ms', math.nan):.3g} ms "
+        f"instead of the contended {old.get('latency_p50_ms', math.nan):.3g} ms; trials from "
+        f"{'now' if trial is None else f'trial {trial}'} on are ranked against it")
+    return new
+
+
 def loose_baseline(metrics: Mapping[str, float], target_ci: float) -> str | None:
     """Why the baseline's latency cannot be trusted (its median's 95 % CI is wider than the job's
     ``measurement.target_ci``), or None."""

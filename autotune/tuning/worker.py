@@ -65,7 +65,7 @@ from autotune.measure.runtimes import job_default_runtime
 from autotune.measure.workloads.registry import evaluator_for
 from autotune.record.study import INTERRUPTED, StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
 from autotune.review.front import pareto_views
-from autotune.tuning.confirm import remeasure_contended
+from autotune.tuning.confirm import ran_quiet, remeasure_contended
 from autotune.tuning.liveness import Liveness
 from autotune.tuning.loop import (
     MAX_INVALID_IN_A_ROW,
@@ -76,6 +76,7 @@ from autotune.tuning.loop import (
     baseline_config,
     check_space,
     prepare,
+    requiet_baseline,
     summarize,
 )
 from autotune.tuning.warmstart import WarmStart, from_study
@@ -356,10 +357,16 @@ class Worker:
                 record.fail(claim.number, str(exc))
                 self._learn(claim, exc)
                 return self._view(claim.number)
+            # the study's baseline as it is now (another worker may have re-measured it)
+            baseline = record.baseline or baseline
             # a contended figure may not rank the trial: measured again before it is recorded
             result = remeasure_contended(
                 self.job, harness, claim.config, result, self._base_config, baseline,
+                baseline_quiet=not record.attr("baseline_contended"),
                 log=lambda m: self.progress.on_message(f"trial {claim.number}: {m}"))
+            if ran_quiet(result.details):  # the cores are quiet: a contended baseline is re-measured
+                baseline = requiet_baseline(self.job, record, harness, self._base_config,
+                                            self.progress, trial=claim.number) or baseline
         metrics = dict(result.metrics) if ev is None else derive_metrics(  # None: custom objective
             result.metrics, baseline, ev.quality_name, ev.quality_higher_is_better)
         return record.complete(claim.number, metrics, result.details)
