@@ -8,9 +8,9 @@ cosine of mean-pooled embeddings against the unmodified model.
 1. A job (written into a work folder beside ``texts.txt``) whose two trials are warm-started: ONNX
    Runtime fp32 and ONNX Runtime int8 dynamic per-channel; the baseline is the unmodified model
    on torch.  ``autotune run --no-confirm`` measures them.
-2. ``autotune confirm`` re-measures the torch baseline and both trials side by side in one
-   measuring process (interleaved rounds, a settle pause before each block so that no
-   contender's spinning thread pool runs into the next one's timing).
+2. ``autotune confirm`` re-measures the torch baseline and both trials side by side, each in a
+   measuring process of its own (``SeparateProcesses``: interleaved rounds, the processes taking
+   turns, a settle pause before each block), so no contender shares thread pools with another.
 3. Each trial is exported (``autotune export --pick N``) and its bundle is loaded by
    ``autotune.deploy.load`` alone in ``--fresh`` fresh processes, one measurement each with the
    job's measurement settings.

@@ -12,15 +12,19 @@ Steps (each printed as it runs):
 1. ``autotune optimize <model> --texts texts.txt --budget ...`` and nothing else: it writes the
    job it derived from the model's config and this machine (kept in the work folder), tunes it
    (hand recipes measured as reference contenders), confirms and exports the bundle;
-2. in ONE process, interleaved rounds, ``--runs`` times (3): torch fp32 eager, ONNX Runtime fp32
-   of a plain ``torch.onnx.export``, the hand one-liner
+2. interleaved rounds, ``--runs`` times (3), each contender in a measuring process of its own
+   (the processes taking turns, as the confirmation step and re-tuning compare:
+   :class:`autotune.tuning.confirm.SeparateProcesses`): torch fp32 eager, ONNX Runtime fp32 of a
+   plain ``torch.onnx.export``, the hand one-liner
    ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` on that export, the fused expert
    recipe (``onnxruntime.transformers.optimizer.optimize_model`` then the same
-   ``quantize_dynamic``), and the bundle loaded by ``autotune.deploy.load``.  Each candidate is
-   timed as the tuner times a configuration (``autotune.measure.harness.stats.alternate`` with the job's
-   measurement settings, the order rotating), so the five are measured alike.  Each run gives a
-   p50 per candidate (median over rounds) and its ratio to the hand int8; after each run the
-   bundle is also measured alone in a fresh process.
+   ``quantize_dynamic``), and the bundle loaded by ``autotune.deploy.load``.  Each block is timed
+   as the tuner times a configuration (``autotune.measure.harness.stats.alternate`` with the
+   job's measurement settings: settle pause, warm-up, timed calls), the order rotating, so the
+   five are measured alike and none shares a process (thread pools, allocator) with another
+   (issue 25: in one process beside torch the same ONNX file measured far slower than alone).
+   Each run gives a p50 per candidate (median over rounds) and its ratio to the hand int8; after
+   each run the bundle is also measured alone in a fresh process.
 
 It prints per run and as the median over runs: p50 latency, speed-up over the hand int8, the
 fused recipe and torch fp32, cosine fidelity against torch fp32, and whether the bundle's
@@ -250,13 +254,12 @@ def decision_counts(work: Path, bundle: Path) -> dict[str, Any]:
 
 
 def candidates(bundle: Path, model_dir: Path, seq: int, batch: int) -> dict[str, Any]:
-    """name -> (predict(feeds) -> np.ndarray) for the five contenders, plus the feeds."""
-    import onnxruntime as ort
+    """The five contenders, each as a spec its own measuring process builds (:func:`_build`),
+    plus the feeds: the hand and expert ONNX files are written here."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from autotune.deploy import load
     from autotune.job.optimize import sample_texts
     from autotune.measure.workloads.model import hf_encoder
 
@@ -284,30 +287,108 @@ def candidates(bundle: Path, model_dir: Path, seq: int, batch: int) -> dict[str,
     # option says their outputs are float)
     quantize_dynamic(str(fused), str(fused_int8), per_channel=True, weight_type=QuantType.QInt8,
                      extra_options={"DefaultTensorType": 1})
-
-    def ort_session(path: Path) -> Any:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = THREADS
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return lambda feeds: sess.run(None, dict(zip(names, feeds, strict=True)))[0]
-
-    def torch_fp32(feeds: list[np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return module(*[torch.from_numpy(x) for x in feeds]).numpy()
-
-    predictor = load(bundle, check_hardware=False)
-    bundle_names = [i.name for i in predictor.inputs]
     return {
         "feeds": inputs,
         "names": names,
-        "torch fp32": torch_fp32,
-        "ORT fp32": ort_session(fp32),
-        "hand int8": ort_session(hand),
-        "fused int8 (expert)": ort_session(fused_int8),
-        "autotune bundle": lambda feeds: np.asarray(predictor.predict(
-            {n: feeds[names.index(n)] for n in bundle_names})),
-        "_predictor": predictor,
+        "specs": {
+            "torch fp32": {"kind": "torch", "path": str(model_dir)},
+            "ORT fp32": {"kind": "ort", "path": str(fp32)},
+            "hand int8": {"kind": "ort", "path": str(hand)},
+            "fused int8 (expert)": {"kind": "ort", "path": str(fused_int8)},
+            "autotune bundle": {"kind": "bundle", "path": str(bundle)},
+        },
     }
+
+
+def _build(spec: dict[str, str], names: list[str]) -> Any:
+    """``predict(feeds) -> np.ndarray`` of one contender, in the process that measures it."""
+    if spec["kind"] == "torch":
+        import torch
+
+        from autotune.measure.workloads.model import hf_encoder
+
+        torch.set_num_threads(THREADS)
+        module, _ = hf_encoder(spec["path"], "feature-extraction")
+
+        def torch_fp32(feeds: list[np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                return module(*[torch.from_numpy(x) for x in feeds]).numpy()
+        return torch_fp32
+    if spec["kind"] == "ort":  # ONNX Runtime's defaults (spinning on), as a user runs it
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = THREADS
+        sess = ort.InferenceSession(spec["path"], so, providers=["CPUExecutionProvider"])
+        return lambda feeds: sess.run(None, dict(zip(names, feeds, strict=True)))[0]
+    from autotune.deploy import load
+
+    predictor = load(Path(spec["path"]), check_hardware=False)  # the bundle, as deployed
+    bundle_names = [i.name for i in predictor.inputs]
+    return lambda feeds: np.asarray(predictor.predict(
+        {n: feeds[names.index(n)] for n in bundle_names}))
+
+
+def _serve(conn: Any, feeds: list[np.ndarray], names: list[str], batch: int) -> None:
+    """One contender's measuring process: builds the contender its first request names, then
+    times one block per ``measure`` request as the tuner times a configuration
+    (:func:`autotune.measure.harness.stats.alternate`: settle pause, warm-up, timed calls until
+    the median is stable) and answers ``outputs`` with its outputs on every feed, one by one."""
+    from autotune.measure.harness.stats import alternate
+
+    fn: Any = None
+    one = [x[:batch] for x in feeds]
+    while True:
+        method, spec = conn.recv()
+        if method == "close":
+            return
+        if fn is None:
+            fn = _build(spec, names)
+        if method == "measure":
+            stats = alternate({"x": (lambda f: lambda: f(one))(fn)}, 1, **MEASURE)["x"]
+            conn.send([s.to_dict() for s in stats])
+        else:
+            conn.send(np.concatenate([np.asarray(fn([x[i:i + 1] for x in feeds]),
+                                                 dtype=np.float32)
+                                      for i in range(len(feeds[0]))]))
+
+
+class Alone:
+    """A contender in a process of its own, as :class:`autotune.tuning.confirm.SeparateProcesses`
+    takes a measuring process: ``compare({name: spec}, rounds)`` times ``rounds`` blocks of it."""
+
+    def __init__(self, feeds: list[np.ndarray], names: list[str], batch: int) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, feeds, names, batch), daemon=True)
+        self.proc.start()
+        child.close()
+        self.name: str = ""
+        self.spec: dict[str, str] | None = None
+
+    def compare(self, configs: dict[str, dict[str, str]], rounds: int) -> dict[str, Any]:
+        from autotune.measure.workloads.forward import CONTENTION_KEY
+
+        (self.name, self.spec), = configs.items()
+        out: list[dict[str, Any]] = []
+        for _ in range(rounds):
+            self.conn.send(("measure", self.spec))
+            out += self.conn.recv()
+        return {self.name: out, CONTENTION_KEY: None}
+
+    def outputs(self) -> np.ndarray:
+        self.conn.send(("outputs", self.spec))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close", None))
+            self.proc.join(10)
+        finally:
+            if self.proc.is_alive():
+                self.proc.kill()
 
 
 #: how each candidate is timed: the settings of the job ``autotune optimize`` writes (the
@@ -316,26 +397,36 @@ MEASURE = {"warmup": 5, "min_repeats": 20, "target_ci": 0.03, "max_time_s": 2.0}
 
 
 def compare(cands: dict[str, Any], rounds: int, batch: int) -> dict[str, Any]:
-    """p50 (ms) per candidate over interleaved rounds (batch 1) and cosine fidelity.
+    """p50 (ms) per candidate over interleaved rounds and cosine fidelity against torch fp32.
 
-    Timed with the harness's own :func:`autotune.measure.harness.stats.alternate`: every round measures
-    each candidate once (warm-up, then timed calls until its median is stable or 2 s pass), the
-    order rotating between rounds, on one fixed sentence -- as the tuner and its confirmation
-    step time a configuration.  A candidate's p50 is the median of its per-round p50s."""
-    from autotune.measure.harness.stats import alternate
+    Each candidate runs in a measuring process of its own, the processes taking turns
+    (:class:`autotune.tuning.confirm.SeparateProcesses`, as the confirmation step and re-tuning
+    compare): every round times one block of each (warm-up, then timed calls until its median is
+    stable or 2 s pass), the order rotating between rounds, on one fixed input.  No candidate
+    shares a process -- its thread pools, allocator, OpenMP runtime -- with another (issue 25: in
+    one process beside torch, the same ONNX file measured up to 1.8x slower than alone), so each
+    figure is what it runs at as a lone deployed process.  A candidate's p50 is the median of its
+    per-round p50s."""
+    from autotune.tuning.confirm import SeparateProcesses
 
-    feeds = cands["feeds"]
-    fns = {k: v for k, v in cands.items() if not k.startswith("_") and k not in ("feeds", "names")}
-    one = [x[:batch] for x in feeds]
-    per_round = alternate({k: (lambda f: lambda: f(one))(fn) for k, fn in fns.items()}, rounds,
-                          **MEASURE)
-    ref = np.concatenate([fns["torch fp32"]([x[i:i + 1] for x in feeds]) for i in range(len(feeds[0]))])
+    made: list[Alone] = []
+
+    def alone(_job: Any) -> Alone:
+        made.append(Alone(cands["feeds"], cands["names"], batch))
+        return made[-1]
+
+    apart = SeparateProcesses(job=None, factory=alone)  # type: ignore[arg-type]
+    try:
+        per_round = apart.compare(cands["specs"], rounds)
+        got = {a.name: a.outputs() for a in made}  # (the fidelity: no timing involved)
+    finally:
+        apart.close()
+    ref = got["torch fp32"]
     out: dict[str, Any] = {}
-    for name, fn in fns.items():
-        got = np.concatenate([np.asarray(fn([x[i:i + 1] for x in feeds]), dtype=np.float32)
-                              for i in range(len(feeds[0]))])
-        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-        p50s = [s.p50_ms for s in per_round[name]]
+    for name in cands["specs"]:
+        cos = (got[name] * ref).sum(1) / (np.linalg.norm(got[name], axis=1)
+                                          * np.linalg.norm(ref, axis=1))
+        p50s = [s["p50_ms"] for s in per_round[name]]
         out[name] = {"p50_ms": float(np.median(p50s)), "cosine": float(cos.mean()),
                      "cosine_min": float(cos.min()), "round_p50s": p50s}
     return out
@@ -429,7 +520,7 @@ def main() -> None:
 
     side = [r["autotune bundle"]["p50_ms"] for r in runs]
     print(f"manifest p50 {stated} ms, stated spread [{lo}, {hi}] ms:")
-    print(f"  re-measured side by side (this process): {', '.join(f'{x:.2f}' for x in side)} ms, "
+    print(f"  re-measured side by side (own process):  {', '.join(f'{x:.2f}' for x in side)} ms, "
           f"inside in {sum(map(within, side))}/{len(side)} runs")
     print(f"  re-measured alone in a fresh process:    {', '.join(f'{x:.2f}' for x in fresh)} ms, "
           f"inside in {sum(map(within, fresh))}/{len(fresh)} runs")

@@ -1,7 +1,8 @@
-"""Side by side without interference: identical configurations measured in one process by the
-confirmation's own machinery (``Evaluator.compare``: interleaved rounds, ``stats.alternate``)
-compare equal within the spread the confirmation states, whichever was created first, with a
-torch contender in the rotation.
+"""Side by side without interference: identical configurations compare equal within the spread
+the confirmation states, whichever was created first, with a torch contender in the rotation --
+measured in one process (``Evaluator.compare``: interleaved rounds, ``stats.alternate``, what a
+trial's re-measurement beside the baseline uses) and through the confirmation's and re-tuning's
+own machinery (``SeparateProcesses``: each contender in a measuring process of its own).
 
 Without the settle pause between blocks (``stats.SETTLE_S``) an ONNX Runtime session's spinning
 intra-op pool keeps a core busy after its own block and takes it from the next contender: the
@@ -55,6 +56,36 @@ def test_identical_sessions_compare_equal_in_every_creation_order(tmp_path: Path
             assert lo <= 1.0 <= hi, (
                 f"created in the order {order}: {a}/{b} per round {np.round(ratios, 3)}, "
                 f"stated spread [{lo:.3f}, {hi:.3f}] excludes 1; p50s {p50s}")
+
+
+def test_identical_configurations_compare_equal_through_the_confirmations_processes(
+        tmp_path: Path) -> None:
+    """The confirmation's (and re-tuning's) own machinery, :class:`SeparateProcesses`: each
+    contender in a measuring process of its own, the processes taking turns.  Two identical ONNX
+    Runtime configurations (spinning on, ONNX Runtime's default) and a torch one, every contender
+    first in one of the calls: the two identical ones compare equal within the stated spread."""
+    from autotune.job.spec import load_job
+    from autotune.tuning.confirm import SeparateProcesses, prediction_interval
+
+    shutil.copy(EXPERIMENTS / "digits_model.py", tmp_path)
+    path = tmp_path / "job.yaml"
+    text = TINY_JOB.replace("MAXTRIALS", "1").replace("max_time_s: 0.2", "max_time_s: 0.1")
+    path.write_text(textwrap.dedent(text).lstrip())
+    names = [f"ort{i}" for i in range(SESSIONS)] + ["torch"]
+    configs = {n: (TORCH if n == "torch" else ORT) for n in names}
+    apart = SeparateProcesses(load_job(path))
+    try:
+        for start in range(len(names)):  # each contender first (its process created first once)
+            order = names[start:] + names[:start]
+            out = apart.compare({n: configs[n] for n in order}, 4)
+            p50s = {n: [r["p50_ms"] for r in out[n]] for n in order}
+            ratios = [x / y for x, y in zip(p50s["ort0"], p50s["ort1"], strict=True)]
+            lo, hi = prediction_interval(ratios)
+            assert lo <= 1.0 <= hi, (
+                f"order {order}: ort0/ort1 per round {np.round(ratios, 3)}, stated spread "
+                f"[{lo:.3f}, {hi:.3f}] excludes 1; p50s {p50s}")
+    finally:
+        apart.close()
 
 
 def test_spinning_is_a_declared_session_knob_the_bundle_keeps() -> None:
