@@ -22,8 +22,11 @@ from autotune.tuning.tuner import open_record
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-# The loaded bundle and the harness's own predictor for the same config are timed in alternating
-# rounds in one fresh process (so machine noise hits both alike): they must agree within 1.5x.
+# The loaded bundle and the harness's own predictor for the same config are timed in 61 short
+# alternating rounds in one fresh process: the median of the per-round ratios must be within 1.5x.
+# On a busy machine single rounds of this ~15 us call swing 0.5x-2.5x (a parallel test worker or
+# another process on the other core); 100 ms rounds, 5 of them, failed once in a loaded run
+# (ratio of medians 2.8x); the median of 61 paired 20 ms rounds stayed at 1.25-1.27x.
 # The figure recorded during tuning was taken by another process at another moment, under
 # whatever load the machine had then: against it the check is only that the manifest states the
 # right figure (units, configuration), so the recorded 95% CI of the median is widened by 10x
@@ -46,7 +49,7 @@ CHILD = textwrap.dedent("""
     original = OrtRunner(session(p.manifest["source"]["model_cache_path"], p.deploy["config"])).positional()
     xb = np.ascontiguousarray(x[:p.batch_size])
     rounds = alternate({"bundle": lambda: p.predict(xb), "original": lambda: original([xb])},
-                       rounds=5, warmup=20, min_repeats=30, max_repeats=2000, max_time_s=0.3)
+                       rounds=61, warmup=20, min_repeats=30, max_repeats=2000, max_time_s=0.02)
     print(json.dumps({k: [s.p50_ms for s in v] for k, v in rounds.items()}
                      | {"options": p.session_options}))
 """)
@@ -83,10 +86,13 @@ def test_round_trip_outputs_and_latency(tmp_path: Path) -> None:
     assert "ORT_ENABLE_ALL" in report["options"]["graph_optimization_level"]
     bundle_p50 = float(np.median(report["bundle"]))
     original_p50 = float(np.median(report["original"]))
+    # paired: each round's bundle block against the original's block beside it in time
+    per_round = np.divide(report["bundle"], report["original"])
     rec = res.manifest["latency"]
     print(f"bundle p50 {bundle_p50:.4f} ms, original p50 {original_p50:.4f} ms, recorded p50 "
           f"{rec['p50_ms']:.4f} ms (95% CI {rec['ci95_low_ms']:.4f}..{rec['ci95_high_ms']:.4f})")
-    assert 1 / SAME_PROCESS_RATIO <= bundle_p50 / original_p50 <= SAME_PROCESS_RATIO
+    print("bundle/original per round", np.round(per_round, 2))
+    assert 1 / SAME_PROCESS_RATIO <= float(np.median(per_round)) <= SAME_PROCESS_RATIO
     assert rec["ci95_low_ms"] / RECORDED_NOISE_FACTOR <= bundle_p50 \
         <= rec["ci95_high_ms"] * RECORDED_NOISE_FACTOR
 
