@@ -483,15 +483,6 @@ _REPLACED = (*_LATENCY_KEYS.values(), "latency_per_item_ms", "throughput_ips",
              "cost_usd_per_million")
 
 
-def ran_quiet(details: Mapping[str, Any] | None) -> bool:
-    """Whether a trial's latency figures come from a measurement known to have run on quiet cores
-    (its own, or its re-measurement beside the baseline)."""
-    busy = (details or {}).get("contention")
-    again = (details or {}).get("remeasured")
-    return (isinstance(busy, Mapping) and not busy.get("contended")) or (
-        isinstance(again, Mapping) and again.get("how") == QUIET)
-
-
 def remeasure_contended(job: Job, harness: Any, config: Mapping[str, Any], result: TrialResult,
                         base_config: Mapping[str, Any], baseline: Mapping[str, float] | None, *,
                         baseline_quiet: bool = True, rounds: int = REMEASURE_ROUNDS,

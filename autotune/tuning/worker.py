@@ -59,13 +59,14 @@ from autotune.errors import AutotuneError, TrialFailed
 from autotune.job.machine import CAUSES_ATTR, forbid_causes, learned_causes
 from autotune.job.portfolio import portfolio_seeds
 from autotune.job.spec import Job
+from autotune.measure.harness.contention import ran_quiet
 from autotune.measure.harness.hostlock import file_lock
 from autotune.measure.harness.isolate import IsolatedHarness
 from autotune.measure.runtimes import job_default_runtime
 from autotune.measure.workloads.registry import evaluator_for
 from autotune.record.study import INTERRUPTED, StudyRecord, TrialView, derive_metrics, heartbeat, trial_id
 from autotune.review.front import pareto_views
-from autotune.tuning.confirm import ran_quiet, remeasure_contended
+from autotune.tuning.confirm import remeasure_contended
 from autotune.tuning.liveness import Liveness
 from autotune.tuning.loop import (
     MAX_INVALID_IN_A_ROW,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -190,6 +190,18 @@ def only_contended(details: Any) -> bool:
     again = details.get("remeasured")
     return isinstance(busy, dict) and bool(busy.get("contended")) and not (
         isinstance(again, dict) and again.get("how") in (QUIET, RATIO))
+
+
+def ran_quiet(details: Any) -> bool:
+    """Whether a trial's latency figures come from a measurement known to have run on quiet cores
+    (its own, or its re-measurement beside the baseline): the counterpart of
+    :func:`only_contended`, which a ratio-scaled re-measurement also clears."""
+    if not hasattr(details, "get"):
+        return False
+    busy = details.get("contention")
+    again = details.get("remeasured")
+    return (isinstance(busy, Mapping) and not busy.get("contended")) or (
+        isinstance(again, Mapping) and again.get("how") == QUIET)
 
 
 def note(details: Any) -> str | None:
