@@ -197,7 +197,8 @@ def study_counters(work: Path) -> dict[str, Any]:
 def decision_counts(work: Path, bundle: Path) -> dict[str, Any]:
     """Issue 21's counts from the study and the bundle: measured trials whose own figure ran
     contended, how they were re-measured (quiet | ratio | failed), those left ranking on a
-    contended figure (neither re-measured nor confirmed), whether the pick or a domination rested
+    contended figure (neither re-measured nor confirmed, and feasible: a trial failing the cosine
+    constraint cannot be on the front whatever its latency), whether the pick or a domination rested
     on one, the space size against the configurations measured and whether the run stopped early,
     and deterministic failure causes with how many trials failed for each."""
     import optuna
@@ -217,7 +218,13 @@ def decision_counts(work: Path, bundle: Path) -> dict[str, Any]:
         if (d.get("contention") or {}).get("contended"):
             contended.append(t.number)
             how[t.number] = (d.get("remeasured") or {}).get("how", "none")
-    resting = [n for n in contended if how[n] in ("none", "failed") and n not in confirmed]
+    # The job's one constraint is on cosine, which contention does not move: a trial that fails
+    # it cannot be on the feasible front whatever its latency, so the confirmation rightly leaves
+    # it out; it is counted apart from the contended figures that could have ranked something.
+    violating = {t.number for t in done
+                 if any(float(v) > 0 for v in t.system_attrs.get("constraints") or [])}
+    unconfirmed = [n for n in contended if how[n] in ("none", "failed") and n not in confirmed]
+    resting = [n for n in unconfirmed if n not in violating]
     manifest = json.loads((bundle / "manifest.json").read_text())
     pick = (manifest.get("source") or {}).get("trial")
     signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
@@ -243,6 +250,8 @@ def decision_counts(work: Path, bundle: Path) -> dict[str, Any]:
     return {"measured": len(done), "contended": len(contended),
             "remeasured": {h: sum(v == h for v in how.values()) for h in set(how.values())},
             "ranking_on_contended_figure": resting,
+            "contended_unconfirmed_but_infeasible_on_cosine":
+                [n for n in unconfirmed if n in violating],
             "pick_rested_on_contended": pick in resting,
             "dominations_by_contended_figures": dominated_by_contended,
             "space_size": study.user_attrs.get("space_size"),
