@@ -191,11 +191,14 @@ def test_closed_loop_arrivals_follow_the_turnaround() -> None:
     assert len(instant.poll(instant._pending[-1].arrival)) == 4
 
 
-@pytest.mark.parametrize("turnaround, first_batch", [(0.0, 3), (1.0, 1)])
+@pytest.mark.parametrize("turnaround, wait_ms, first_batch", [
+    (0.0, 0.0, 3), (1.0, 0.0, 1), (1.0, 1000.0, 3), (1.0, 400.0, 2)])
 def test_static_batch_starts_with_what_has_arrived(tiny_dir: str, monkeypatch: pytest.MonkeyPatch,
-                                                   turnaround: float, first_batch: int) -> None:
-    """With a client turnaround the measurement's first static batch is no longer full (the
-    engine's clock is a fake that moves 1 ms per read and by what it sleeps: no timing luck)."""
+                                                   turnaround: float, wait_ms: float,
+                                                   first_batch: int) -> None:
+    """With a client turnaround the measurement's first static batch is no longer full, unless
+    ``batch_wait_ms`` gathers the clients' requests (they arrive 1/3 s apart here; the engine's
+    clock is a fake that moves 1 ms per read and by what it sleeps: no timing luck)."""
     from autotune.measure.workloads import engine as eng
 
     class Clock:
@@ -210,7 +213,7 @@ def test_static_batch_starts_with_what_has_arrived(tiny_dir: str, monkeypatch: p
 
     monkeypatch.setattr(eng, "time", Clock())
     tok = eng.load_tokenizer(tiny_dir)
-    s = eng.GenSettings(batching="static", max_batch=3)
+    s = eng.GenSettings(batching="static", max_batch=3, batch_wait_ms=wait_ms)
     engine = eng.Engine(eng.load_model(tiny_dir, s), tok, s)
     sizes: list[int] = []
     take = engine._take
@@ -233,6 +236,8 @@ def test_offloaded_cache_without_gpu_fails_with_reason() -> None:
         GenSettings(cache_implementation="offloaded")
     with pytest.raises(TrialFailed, match="continuous batching"):
         GenSettings(batching="continuous", cache_implementation="static")
+    with pytest.raises(TrialFailed, match="admits each request as it arrives"):
+        GenSettings(batching="continuous", batch_wait_ms=5)
 
 
 # ------------------------------------------------------------------------------ evaluator

@@ -5,9 +5,10 @@ and the server (:mod:`autotune.deploy.genserve`), so what is served is what was 
 
 Two ways of batching concurrent requests (``batching``):
 
-* ``static``: take up to ``max_batch`` waiting requests, left-pad them and run transformers'
-  ``generate`` (greedy) on the batch to the end; requests arriving meanwhile wait for the next
-  batch.  Tokens are streamed from a stopping criterion that sees every step; a request whose own
+* ``static``: take up to ``max_batch`` waiting requests (``batch_wait_ms``: after waiting up to
+  that long from the oldest one's arrival for ``max_batch`` of them), left-pad them and run
+  transformers' ``generate`` (greedy) on the batch to the end; requests arriving meanwhile wait
+  for the next batch.  Tokens are streamed from a stopping criterion that sees every step; a request whose own
   ``max_new_tokens`` is reached is marked done in the batch.  ``cache_implementation`` is passed to
   ``generate`` (``dynamic``, ``static``, ``offloaded``, ``quantized``).
 * ``continuous``: an iteration-level scheduler over the model's forward with one batched
@@ -54,6 +55,7 @@ class GenSettings:
     threads: int | None = None
     prefill_chunk: int = 0  # 0: the whole prompt in one forward
     speculative: int = 0  # continuous: draft tokens per step from n-gram lookup (0: off)
+    batch_wait_ms: float = 0.0  # static: wait this long for max_batch requests (0: start at once)
 
     def __post_init__(self) -> None:
         for name, allowed in (("quantization", QUANTIZATIONS), ("cache_implementation", CACHES),
@@ -74,6 +76,11 @@ class GenSettings:
                               "batching; use batching 'continuous'")
         if self.speculative < 0:
             raise TrialFailed(f"speculative must be >= 0, got {self.speculative}")
+        if self.batch_wait_ms < 0:
+            raise TrialFailed(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.batch_wait_ms and self.batching != "static":
+            raise TrialFailed("batch_wait_ms gathers requests for a static batch; continuous "
+                              "batching admits each request as it arrives")
         if self.batching == "continuous" and self.cache_implementation != "dynamic":
             raise TrialFailed("continuous batching keeps one growing cache per batch: it needs "
                               "cache_implementation 'dynamic'")
@@ -90,6 +97,8 @@ class GenSettings:
         for key in ("prefill_chunk", "speculative"):
             if key in kw:
                 kw[key] = int(kw[key])
+        if "batch_wait_ms" in kw:
+            kw["batch_wait_ms"] = float(kw["batch_wait_ms"])
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,6 +303,8 @@ class Engine:
                     continue
                 try:
                     if self.settings.batching == "static":
+                        if self._gathering(source, now):
+                            continue
                         self._static_batch(source)
                     else:
                         self._continuous_step(source)
@@ -338,6 +349,16 @@ class Engine:
         return ids, mask
 
     # ------------------------------------------------------------------ static batches
+    def _gathering(self, source: Source, now: float) -> bool:
+        """``batch_wait_ms``: while fewer than ``max_batch`` requests wait and the oldest arrived
+        less than that long ago, wait for more (Triton's ``max_queue_delay``); True if it
+        waited."""
+        left = self.settings.batch_wait_ms / 1000.0 - (now - self._queue[0].arrival)
+        if left <= 0 or len(self._queue) >= self.settings.max_batch:
+            return False
+        source.wait(left)
+        return True
+
     def _static_batch(self, source: Source) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
