@@ -7,8 +7,8 @@ rotates every round).  ``BUNDLE:key=value,...`` serves a copy of BUNDLE whose en
 (generation.yaml and the manifest, re-sealed) have those values, e.g. ``qwen20:batch_wait_ms=10``.
 
 For each way of serving it prints each bundle's output tokens/s (median over rounds) and, per
-round, the first bundle's tokens/s over each other's: the ranking the tuner would see against
-the ranking a client gets.
+round, each bundle's tokens/s over each later one's: the ranking the tuner would see against the
+ranking a client gets.
 
     python experiments/bench_arrivals.py experiments/qwen-cpu.yaml BUNDLE BUNDLE... [--rounds 5]
 """
@@ -125,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         print(f"{mode}: " + "; ".join(f"{n} {statistics.median(got[n, mode]):.0f} tokens/s"
                                       for n in names))
-        for other in names[1:]:
-            rows = [a / b for a, b in zip(got[names[0], mode], got[other, mode], strict=True)]
-            print(f"  {names[0]} / {other} per round: {', '.join(f'{x:.2f}' for x in rows)} "
-                  f"(median {statistics.median(rows):.2f}, {sum(x > 1 for x in rows)} of "
-                  f"{len(rows)} above 1)")
+        for i, one in enumerate(names):
+            for other in names[i + 1:]:
+                rows = [a / b for a, b in zip(got[one, mode], got[other, mode], strict=True)]
+                print(f"  {one} / {other} per round: {', '.join(f'{x:.2f}' for x in rows)} "
+                      f"(median {statistics.median(rows):.2f}, {sum(x > 1 for x in rows)} of "
+                      f"{len(rows)} above 1)")
     return 0
 
 
