@@ -229,6 +229,37 @@ def test_static_batch_starts_with_what_has_arrived(tiny_dir: str, monkeypatch: p
     assert sizes[0] == first_batch and sum(sizes) == 3 and len(src.done) == 3
 
 
+def test_server_source_gathers_a_static_batch(tiny_dir: str, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """Served (a :class:`Live` source, requests submitted from another thread), ``batch_wait_ms``
+    holds the first request until the second one arrives, and the batch starts as soon as
+    ``max_batch`` requests are there (the window, 10 minutes, is never waited out)."""
+    import threading
+    import time
+
+    from autotune.measure.workloads import engine as eng
+
+    tok = eng.load_tokenizer(tiny_dir)
+    s = eng.GenSettings(batching="static", max_batch=2, batch_wait_ms=600_000)
+    engine = eng.Engine(eng.load_model(tiny_dir, s), tok, s)
+    sizes: list[int] = []
+    take = engine._take
+    monkeypatch.setattr(engine, "_take", lambda n: sizes.append(len(out := take(n))) or out)
+    live, stop = eng.Live(), threading.Event()
+    worker = threading.Thread(target=engine.run, args=(live,), kwargs={"stop": stop})
+    worker.start()
+    try:
+        (a, n), (b, m) = _items(tok, 2)
+        first = live.submit(eng.Request(a, n, time.perf_counter(), id=0))
+        assert not first.finished.wait(0.2)  # held for a batch of two
+        second = live.submit(eng.Request(b, m, time.perf_counter(), id=1))
+        assert first.finished.wait(300) and second.finished.wait(300)
+        assert sizes == [2] and first.error is None and len(first.tokens) == n
+    finally:
+        stop.set()
+        worker.join(60)
+
+
 def test_offloaded_cache_without_gpu_fails_with_reason() -> None:
     from autotune.measure.workloads.engine import GenSettings
 
