@@ -4,7 +4,8 @@ bundle under ``autotune serve`` driven by the official ``openai`` client, side b
 Both serve the same requests (the prompts, tokenized once; each request's ``max_tokens``) from
 ``--clients`` closed-loop clients (each sends its next request when its previous one is
 answered).  In-process: the engine the server builds for the bundle, driven by
-``autotune.measure.workloads.engine.ClosedLoop`` (the tuning measurement's path).  Served: ``autotune
+``autotune.measure.workloads.engine.ClosedLoop`` with no turnaround (the engine alone; the tuning
+measurement adds the workload's ``turnaround_ms``).  Served: ``autotune
 serve BUNDLE`` in a child process; ``--clients`` threads, each with its own ``openai.OpenAI``
 client calling ``completions.create`` (``--stream``: server-sent events, TTFT at the client).
 Rounds alternate which goes first; the figure is output tokens per second of wall-clock time

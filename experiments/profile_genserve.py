@@ -5,7 +5,8 @@ The bundle is served by ``autotune serve``'s server in this process (the engine 
 by default), driven by the official ``openai`` client in a child process: ``--clients`` threads
 sharing one client (built before the clock starts), each streaming its next request when the
 previous one ended.  Then the same engine serves the same requests in-process
-(``ClosedLoop``, the tuning measurement's path).  Per pass it prints:
+(``ClosedLoop`` with no turnaround: the engine alone, each next request there at once;
+the tuning measurement adds the workload's ``turnaround_ms``).  Per pass it prints:
 
 - engine steps: how many, wall and CPU time (``time.thread_time``) per step, rows per step, and
   the share of the pass the engine was stepping (the rest it waited for requests);

@@ -95,6 +95,10 @@ def test_generation_job_validates_with_generation_metrics(tmp_path: Path) -> Non
     (("  max_new_tokens: {min: 2, max: 6}\n", "  max_new_tokens: {min: 9, max: 6}\n"),
      "workload.max_new_tokens", "above max"),
     (("  concurrency: 3\n", "  concurrency: 0\n"), "workload.concurrency", "greater than"),
+    (("  concurrency: 3\n", "  concurrency: 3\n  turnaround_ms: -1\n"),
+     "workload.turnaround_ms", "greater than or equal"),
+    (("  concurrency: 3\n", "  turnaround_ms: 5\n  request_rate: 4\n"), "workload",
+     "'turnaround_ms' (a closed loop"),
     (("  requests: 6\n", "  requets: 6\n"), "workload.requets", "unknown key 'requets'"),
     (("constraints: [ttft_p95_ms", "constraints: [latency_p95_ms"), "constraints[0]",
      "unknown metric 'latency_p95_ms'"),
@@ -165,6 +169,97 @@ def test_batched_engine_matches_one_request_at_a_time(tiny_dir: str, settings: d
         assert engine.counts["fused"] > 0
 
 
+def test_closed_loop_arrivals_follow_the_turnaround() -> None:
+    """The clients' first requests are spread over one turnaround; a client's next request
+    arrives a turnaround after its previous one ended (times given, no clock read)."""
+    from autotune.measure.workloads.engine import ClosedLoop
+
+    src = ClosedLoop([([1], 2)] * 5, 4, turnaround=1.0)
+    t0 = min(r.arrival for r in src._pending)
+    assert src.poll(t0 - 0.001) == []  # nothing is due before the pass began
+    first = src.poll(t0)
+    assert [r.id for r in first] == [0]  # alone: the other clients' requests are not there yet
+    assert [r.id for r in src.poll(t0 + 0.26)] == [1]
+    rest = src.poll(t0 + 10)
+    assert [r.id for r in rest] == [2, 3]
+    assert [r.arrival - t0 for r in rest] == pytest.approx([0.5, 0.75])
+    src.on_done(first[0], t0 + 20)
+    assert src.poll(t0 + 20.99) == [] and not src.exhausted
+    nxt = src.poll(t0 + 21)
+    assert [r.id for r in nxt] == [4] and nxt[0].arrival == pytest.approx(t0 + 21)
+    instant = ClosedLoop([([1], 2)] * 5, 4)  # turnaround 0: all four clients at once
+    assert len(instant.poll(instant._pending[-1].arrival)) == 4
+
+
+@pytest.mark.parametrize("turnaround, wait_ms, first_batch", [
+    (0.0, 0.0, 3), (1.0, 0.0, 1), (1.0, 1000.0, 3), (1.0, 400.0, 2)])
+def test_static_batch_starts_with_what_has_arrived(tiny_dir: str, monkeypatch: pytest.MonkeyPatch,
+                                                   turnaround: float, wait_ms: float,
+                                                   first_batch: int) -> None:
+    """With a client turnaround the measurement's first static batch is no longer full, unless
+    ``batch_wait_ms`` gathers the clients' requests (they arrive 1/3 s apart here; the engine's
+    clock is a fake that moves 1 ms per read and by what it sleeps: no timing luck)."""
+    from autotune.measure.workloads import engine as eng
+
+    class Clock:
+        t = 1000.0
+
+        def perf_counter(self) -> float:
+            self.t += 0.001
+            return self.t
+
+        def sleep(self, s: float) -> None:
+            self.t += max(s, 0.0)
+
+    monkeypatch.setattr(eng, "time", Clock())
+    tok = eng.load_tokenizer(tiny_dir)
+    s = eng.GenSettings(batching="static", max_batch=3, batch_wait_ms=wait_ms)
+    engine = eng.Engine(eng.load_model(tiny_dir, s), tok, s)
+    sizes: list[int] = []
+    take = engine._take
+
+    def recorded(n: int) -> list:
+        out = take(n)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(engine, "_take", recorded)
+    src = eng.ClosedLoop(_items(tok, 3), 3, turnaround)
+    engine.run(src)
+    assert sizes[0] == first_batch and sum(sizes) == 3 and len(src.done) == 3
+
+
+def test_server_source_gathers_a_static_batch(tiny_dir: str, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """Served (a :class:`Live` source, requests submitted from another thread), ``batch_wait_ms``
+    holds the first request until the second one arrives, and the batch starts as soon as
+    ``max_batch`` requests are there (the window, 10 minutes, is never waited out)."""
+    import threading
+    import time
+
+    from autotune.measure.workloads import engine as eng
+
+    tok = eng.load_tokenizer(tiny_dir)
+    s = eng.GenSettings(batching="static", max_batch=2, batch_wait_ms=600_000)
+    engine = eng.Engine(eng.load_model(tiny_dir, s), tok, s)
+    sizes: list[int] = []
+    take = engine._take
+    monkeypatch.setattr(engine, "_take", lambda n: sizes.append(len(out := take(n))) or out)
+    live, stop = eng.Live(), threading.Event()
+    worker = threading.Thread(target=engine.run, args=(live,), kwargs={"stop": stop})
+    worker.start()
+    try:
+        (a, n), (b, m) = _items(tok, 2)
+        first = live.submit(eng.Request(a, n, time.perf_counter(), id=0))
+        assert not first.finished.wait(0.2)  # held for a batch of two
+        second = live.submit(eng.Request(b, m, time.perf_counter(), id=1))
+        assert first.finished.wait(300) and second.finished.wait(300)
+        assert sizes == [2] and first.error is None and len(first.tokens) == n
+    finally:
+        stop.set()
+        worker.join(60)
+
+
 def test_offloaded_cache_without_gpu_fails_with_reason() -> None:
     from autotune.measure.workloads.engine import GenSettings
 
@@ -172,6 +267,8 @@ def test_offloaded_cache_without_gpu_fails_with_reason() -> None:
         GenSettings(cache_implementation="offloaded")
     with pytest.raises(TrialFailed, match="continuous batching"):
         GenSettings(batching="continuous", cache_implementation="static")
+    with pytest.raises(TrialFailed, match="admits each request as it arrives"):
+        GenSettings(batching="continuous", batch_wait_ms=5)
 
 
 # ------------------------------------------------------------------------------ evaluator

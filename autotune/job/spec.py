@@ -398,8 +398,9 @@ class GenerationWorkloadSpec(_Strict):
     ``prompts``: a list of strings, a text file (one prompt per line, relative to the job file),
     ``module:function`` returning a list of strings, or windows cut from a text
     (:class:`PromptWindowsSpec`).  ``requests`` requests are served (prompts reused in order), by
-    ``concurrency`` clients that each send the next request when the previous one finished, or
-    (``request_rate``, requests/s) arriving as a Poisson process.  ``held_out``: text for the
+    ``concurrency`` clients that each send the next request ``turnaround_ms`` after the previous
+    one finished (their first requests spread over one turnaround), or (``request_rate``,
+    requests/s) arriving as a Poisson process.  ``held_out``: text for the
     perplexity check (a file or ``module:function`` returning a string; default: the prompts).
     ``slo``: the limits ``goodput_rps`` counts requests against (default TTFT 200 ms, TPOT 50 ms).
     """
@@ -408,6 +409,10 @@ class GenerationWorkloadSpec(_Strict):
     max_new_tokens: int | LengthRangeSpec = 32
     concurrency: int = Field(default=1, ge=1)
     request_rate: float | None = Field(default=None, gt=0)
+    #: a closed-loop client's time from one request's end to the engine's receiving its next
+    #: (HTTP, JSON, tokenization): 10 ms, the median of the p50s profiled through `autotune
+    #: serve` and the openai client (experiments/profile_genserve.py: 13.0, 10.0, 8.2 ms)
+    turnaround_ms: float = Field(default=10.0, ge=0)
     requests: int | None = Field(default=None, ge=1)  # default: one per prompt
     held_out: str | None = None
     seed: int = 0
@@ -443,11 +448,12 @@ class GenerationWorkloadSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_arrival_process(self) -> GenerationWorkloadSpec:
-        if self.request_rate is not None and "concurrency" in self.model_fields_set:
+        closed = {"concurrency", "turnaround_ms"} & self.model_fields_set
+        if self.request_rate is not None and closed:
             raise ValueError(
-                "give either 'concurrency' (a closed loop: that many clients, each sending its "
-                "next request when served) or 'request_rate' (open loop: Poisson arrivals at "
-                "that many requests/s), not both")
+                f"give either '{sorted(closed)[0]}' (a closed loop: 'concurrency' clients, each "
+                "sending its next request 'turnaround_ms' after the previous one was served) or "
+                "'request_rate' (open loop: Poisson arrivals at that many requests/s), not both")
         return self
 
     @property

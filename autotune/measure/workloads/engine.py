@@ -5,9 +5,10 @@ and the server (:mod:`autotune.deploy.genserve`), so what is served is what was 
 
 Two ways of batching concurrent requests (``batching``):
 
-* ``static``: take up to ``max_batch`` waiting requests, left-pad them and run transformers'
-  ``generate`` (greedy) on the batch to the end; requests arriving meanwhile wait for the next
-  batch.  Tokens are streamed from a stopping criterion that sees every step; a request whose own
+* ``static``: take up to ``max_batch`` waiting requests (``batch_wait_ms``: after waiting up to
+  that long from the oldest one's arrival for ``max_batch`` of them), left-pad them and run
+  transformers' ``generate`` (greedy) on the batch to the end; requests arriving meanwhile wait
+  for the next batch.  Tokens are streamed from a stopping criterion that sees every step; a request whose own
   ``max_new_tokens`` is reached is marked done in the batch.  ``cache_implementation`` is passed to
   ``generate`` (``dynamic``, ``static``, ``offloaded``, ``quantized``).
 * ``continuous``: an iteration-level scheduler over the model's forward with one batched
@@ -21,6 +22,7 @@ Import is light; torch and transformers are imported when an engine is built.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -53,6 +55,7 @@ class GenSettings:
     threads: int | None = None
     prefill_chunk: int = 0  # 0: the whole prompt in one forward
     speculative: int = 0  # continuous: draft tokens per step from n-gram lookup (0: off)
+    batch_wait_ms: float = 0.0  # static: wait this long for max_batch requests (0: start at once)
 
     def __post_init__(self) -> None:
         for name, allowed in (("quantization", QUANTIZATIONS), ("cache_implementation", CACHES),
@@ -73,6 +76,11 @@ class GenSettings:
                               "batching; use batching 'continuous'")
         if self.speculative < 0:
             raise TrialFailed(f"speculative must be >= 0, got {self.speculative}")
+        if self.batch_wait_ms < 0:
+            raise TrialFailed(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.batch_wait_ms and self.batching != "static":
+            raise TrialFailed("batch_wait_ms gathers requests for a static batch; continuous "
+                              "batching admits each request as it arrives")
         if self.batching == "continuous" and self.cache_implementation != "dynamic":
             raise TrialFailed("continuous batching keeps one growing cache per batch: it needs "
                               "cache_implementation 'dynamic'")
@@ -89,6 +97,8 @@ class GenSettings:
         for key in ("prefill_chunk", "speculative"):
             if key in kw:
                 kw[key] = int(kw[key])
+        if "batch_wait_ms" in kw:
+            kw["batch_wait_ms"] = float(kw["batch_wait_ms"])
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +303,8 @@ class Engine:
                     continue
                 try:
                     if self.settings.batching == "static":
+                        if self._gathering(source, now):
+                            continue
                         self._static_batch(source)
                     else:
                         self._continuous_step(source)
@@ -337,6 +349,16 @@ class Engine:
         return ids, mask
 
     # ------------------------------------------------------------------ static batches
+    def _gathering(self, source: Source, now: float) -> bool:
+        """``batch_wait_ms``: while fewer than ``max_batch`` requests wait and the oldest arrived
+        less than that long ago, wait for more (Triton's ``max_queue_delay``); True if it
+        waited."""
+        left = self.settings.batch_wait_ms / 1000.0 - (now - self._queue[0].arrival)
+        if left <= 0 or len(self._queue) >= self.settings.max_batch:
+            return False
+        source.wait(left)
+        return True
+
     def _static_batch(self, source: Source) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -622,42 +644,71 @@ class Engine:
 
 
 # ------------------------------------------------------------------------------ sources
-class ClosedLoop(Source):
-    """``concurrency`` clients; each sends its next request when the previous one finished.
-    Requests are ``(prompt_ids, max_new_tokens)`` taken in order."""
+class Scheduled(Source):
+    """Requests with known arrival times: ``poll`` hands out those due, ``wait`` sleeps until
+    the next one is."""
 
-    def __init__(self, items: Iterable[tuple[list[int], int]], concurrency: int) -> None:
-        self._items = deque(items)
-        self.total = len(self._items)
+    def __init__(self, total: int) -> None:
+        self.total = total
         self.done: list[Request] = []
-        self._ready: list[Request] = []
+        self._pending: list[Request] = []  # by arrival
         self._lock = threading.Lock()
-        now = time.perf_counter()
-        for _ in range(min(concurrency, len(self._items))):
-            self._next(now)
 
-    def _next(self, now: float) -> None:
-        if self._items:
-            ids, n = self._items.popleft()
-            self._ready.append(Request(list(ids), int(n), now,
-                                       id=self.total - len(self._items) - 1))
+    def _schedule(self, req: Request) -> None:
+        with self._lock:
+            bisect.insort(self._pending, req, key=lambda r: r.arrival)
 
     def poll(self, now: float) -> list[Request]:
         with self._lock:
-            out, self._ready = self._ready, []
+            k = bisect.bisect_right(self._pending, now, key=lambda r: r.arrival)
+            out, self._pending = self._pending[:k], self._pending[k:]
         return out
 
     def on_done(self, req: Request, now: float) -> None:
         with self._lock:
             self.done.append(req)
-            self._next(now)
 
     @property
     def exhausted(self) -> bool:
         return len(self.done) >= self.total
 
+    def wait(self, timeout: float) -> None:
+        with self._lock:
+            nxt = self._pending[0].arrival if self._pending else None
+        if nxt is None:
+            super().wait(timeout)
+        else:
+            time.sleep(max(0.0, min(timeout, nxt - time.perf_counter())))
 
-class Poisson(Source):
+
+class ClosedLoop(Scheduled):
+    """``concurrency`` clients; each sends its next request ``turnaround`` seconds after its
+    previous one finished (a served client's HTTP, JSON and tokenization between the engine's
+    end of one request and its receiving the next), and the clients' first requests arrive
+    spread evenly over one turnaround, not at one instant.  Requests are ``(prompt_ids,
+    max_new_tokens)`` taken in order; a request's arrival is when it reaches the engine."""
+
+    def __init__(self, items: Iterable[tuple[list[int], int]], concurrency: int,
+                 turnaround: float = 0.0) -> None:
+        self._items = deque(items)
+        super().__init__(len(self._items))
+        self.turnaround = turnaround
+        now = time.perf_counter()
+        clients = min(concurrency, len(self._items))
+        for i in range(clients):
+            self._next(now + turnaround * i / clients)
+
+    def _next(self, at: float) -> None:
+        if self._items:
+            ids, n = self._items.popleft()
+            self._schedule(Request(list(ids), int(n), at, id=self.total - len(self._items) - 1))
+
+    def on_done(self, req: Request, now: float) -> None:
+        super().on_done(req, now)
+        self._next(now + self.turnaround)
+
+
+class Poisson(Scheduled):
     """Requests arriving at ``rate`` per second (seeded exponential gaps); the arrival time of a
     request is its scheduled time, so waiting in the queue counts towards its TTFT."""
 
@@ -665,30 +716,12 @@ class Poisson(Source):
         import numpy as np
 
         items = list(items)
+        super().__init__(len(items))
         gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(items))
         start = time.perf_counter()
         times = start + np.cumsum(gaps) - gaps[0]
-        self._pending = deque(Request(list(ids), int(n), float(t), id=i)
-                              for i, ((ids, n), t) in enumerate(zip(items, times, strict=True)))
-        self.total = len(items)
-        self.done: list[Request] = []
-
-    def poll(self, now: float) -> list[Request]:
-        out = []
-        while self._pending and self._pending[0].arrival <= now:
-            out.append(self._pending.popleft())
-        return out
-
-    def on_done(self, req: Request, now: float) -> None:
-        self.done.append(req)
-
-    @property
-    def exhausted(self) -> bool:
-        return len(self.done) >= self.total
-
-    def wait(self, timeout: float) -> None:
-        if self._pending:
-            time.sleep(max(0.0, min(timeout, self._pending[0].arrival - time.perf_counter())))
+        self._pending = [Request(list(ids), int(n), float(t), id=i)
+                         for i, ((ids, n), t) in enumerate(zip(items, times, strict=True))]
 
 
 class Live(Source):

@@ -13,8 +13,9 @@ One measurement (``evaluate``):
    quantization and compilation;
 2. quality: perplexity of the held-out text (``perplexity_ratio`` against the unmodified model);
 3. under the host's measurement lock: a warm-up pass over the first requests, then passes of the
-   whole workload (``workload.requests`` requests, by ``concurrency`` closed-loop clients or
-   arriving at ``request_rate``), served by the engine as configured, until
+   whole workload (``workload.requests`` requests, by ``concurrency`` closed-loop clients, each
+   next request arriving ``turnaround_ms`` after the client's previous one ended, or arriving at
+   ``request_rate``), served by the engine as configured, until
    ``measurement.min_repeats`` passes or ``measurement.max_time_s`` (at least one);
 4. metrics: TTFT (arrival → first token), TPOT (time per output token after the first), request
    latency (percentiles over every request of every pass), output tokens/s (median over passes),
@@ -183,6 +184,7 @@ class GenerationWorkload:
     seed: int
     slo_ttft_s: float = 0.2  # a request meets the SLO: TTFT and TPOT within these
     slo_tpot_s: float = 0.05
+    turnaround_s: float = 0.0  # closed loop: a client's end of one request -> its next arrives
 
 
 def _resolve_text(ref: str, base: Path, field: str) -> Any:
@@ -311,7 +313,7 @@ def load_generation_workload(job: Job, tokenizer: Any | None = None) -> Generati
     held_ids = tuple(tok(str(held))["input_ids"])
     return GenerationWorkload(folder, tuple(items), tuple(prompts), held_ids, wl.concurrency,
                               wl.request_rate, wl.seed, wl.slo.ttft_ms / 1000.0,
-                              wl.slo.tpot_ms / 1000.0)
+                              wl.slo.tpot_ms / 1000.0, wl.turnaround_ms / 1000.0)
 
 
 def folder_digest(folder: Path) -> str:
@@ -393,7 +395,7 @@ def serve_pass(engine: Any, wl: GenerationWorkload, n: int | None = None) -> Pas
     items = [(list(ids), m) for ids, m in wl.items[:n or len(wl.items)]]
     t0 = time.perf_counter()
     source = (Poisson(items, wl.request_rate, wl.seed) if wl.request_rate
-              else ClosedLoop(items, wl.concurrency))
+              else ClosedLoop(items, wl.concurrency, wl.turnaround_s))
     engine.run(source)
     end = time.perf_counter()
     done = sorted(source.done, key=lambda r: r.id)

@@ -54,6 +54,10 @@ GENERATION_PARAMS: tuple[Knob, ...] = (
          "(to CPU; for GPUs) | quantized (needs optimum-quanto or hqq)", "dynamic",
          choices=("dynamic", "static", "offloaded", "quantized"),
          when={"batching": ("static",)}),
+    Knob("batch_wait_ms", "static batching: wait up to this long after the oldest waiting "
+         "request arrived for max_batch requests before starting a batch (Triton's "
+         "max_queue_delay; 0: start with what has arrived)", 0.0, choices=(0.0, 5.0, 10.0, 20.0),
+         when={"batching": ("static",)}),
     Knob("attention", "attention kernel: sdpa (torch scaled_dot_product_attention) | eager",
          "sdpa", choices=("sdpa", "eager")),
     Knob("compile", "torch.compile the model's forward (dynamic shapes)", False,
