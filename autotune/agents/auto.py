@@ -5,6 +5,8 @@ Each suggestion is one of:
 
 1. **space-filling** (the first ``n_initial``): the unmeasured valid configuration farthest from
    everything observed (:func:`autotune.core.explore.spread_pick`), a design that covers the space;
+   with the ``gp`` model (a numeric space too large to enumerate) a Latin hypercube of
+   ``n_initial`` points instead: the farthest of random candidates in a box are its corners;
 2. **model**, by the ``inner`` model; by default ``pool`` when the space can be enumerated (every
    parameter discrete, at most 20,000 valid configurations: the tuning spaces of quantization,
    runtime, threads, batch...), else as Optuna's AutoSampler chooses: ``gp`` (Optuna's Gaussian
@@ -20,16 +22,20 @@ Each suggestion is one of:
      and re-propose measured points on small discrete spaces.
    * ``gp`` / ``tpe``: a proposal of the inner Optuna sampler.  A proposal of a configuration
      observed already is answered from the record (the sampler is told the known result) and
-     asked again; after ``max_retries`` the pick is space-filling;
-3. **local** (every ``local_every``-th suggestion, ``gp`` only by default): a random front
+     asked again; after ``max_retries`` the pick is space-filling.  The inner GPSampler searches
+     its acquisition with 1,024 random points and 5 local searches (Optuna's 2,048 and 10 cost
+     up to 1 s per suggestion on a 3-objective problem at 100 trials);
+3. **local** (a share of the suggestions, ``gp`` only by default): a random front
    configuration (feasible and non-dominated; the least-violating one while nothing is feasible)
    with one or two parameters moved (a numeric one by a step drawn around 15 % of its range, a
    categorical one to another choice), unmeasured and valid.  This fills the front between the
    points the model found: GP with expected hypervolume improvement settles at a front's ends
-   (ZDT2's concave front).
+   (ZDT2's concave front).  The share switches on evidence: ``1 / local_every`` at first, then
+   moved towards the kind of suggestion (local or model) whose picks joined the feasible front
+   more often (success rates smoothed by one success in two picks), within 10-75 %.
 
 Defaults per inner model (:data:`_PER_INNER`): 10 space-filling picks with ``pool`` and ``gp``,
-local moves every third suggestion with ``gp``; with ``tpe`` neither (TPE's own random start).
+local moves on a third of the suggestions at first with ``gp``; with ``tpe`` neither (TPE's own random start).
 Choices and what did not work are in experiments/bench_agents.py's results.  Deterministic for a
 fixed seed and the same observations.
 """
@@ -70,6 +76,11 @@ _NOISES = (1e-3, 1e-2, 1e-1)
 _HVI_TOP = 64
 #: the pool model re-chooses its kernel after this many new observations
 _REFIT = 4
+#: the inner GPSampler's acquisition search: random preliminary points and local searches (Optuna's
+#: defaults 2048 and 10 cost up to 1 s per suggestion on a 3-objective problem at 100 trials)
+_GP_ACQF_SEARCH = (1024, 5)
+#: bounds of the share of local moves, whatever the evidence
+_LOCAL_SHARE = (0.1, 0.75)
 
 
 class AutoAgent(Agent):
@@ -113,6 +124,12 @@ class AutoAgent(Agent):
 
             self.inner = OptunaAgent(space, objectives, n_constraints, sampler=cfg["inner"],
                                      seed=seed, **dict(options.get("inner_options") or {}))
+            if cfg["inner"] == "gp":  # private attributes of GPSampler: set only where present
+                smp = self.inner.study.sampler
+                for attr, v in zip(("_n_preliminary_samples", "_n_local_search"), _GP_ACQF_SEARCH,
+                                   strict=True):
+                    if isinstance(getattr(smp, attr, None), int):
+                        setattr(smp, attr, v)
         self._rng = random.Random(seed)
         self._observed: dict[str, Observation] = {}
         self._proposed: dict[str, Config] = {}  # suggested, not observed yet
@@ -120,6 +137,10 @@ class AutoAgent(Agent):
         self._n = 0
         #: how each suggestion was made ("spread", "model", "local"), in order
         self.kinds: list[str] = []
+        self._lhs: list[Config] | None = None  # the gp model's start, not proposed yet
+        self._kind_of: dict[str, str] = {}  # proposed, not observed yet: how
+        #: per kind of suggestion: (picks that joined the feasible front, picks)
+        self._record: dict[str, list[int]] = {"model": [0, 0], "local": [0, 0]}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -132,7 +153,37 @@ class AutoAgent(Agent):
         k = config_key(config)
         return k in self._observed or k in self._proposed
 
+    def _design(self) -> Config | None:
+        """The next point of a Latin hypercube of ``n_initial`` points (numeric spaces)."""
+        if self._lhs is None:
+            from scipy.stats import qmc
+
+            n = max(1, int(self.cfg["n_initial"]))
+            u = qmc.LatinHypercube(d=len(self.space), optimization="random-cd",
+                                   seed=self.seed).random(n)
+            self._lhs = []
+            for row in u:
+                c: Config = {}
+                for p, x in zip(self.space, row, strict=True):
+                    if p.discrete:
+                        vals = p.values()
+                        c[p.name] = vals[min(len(vals) - 1, int(x * len(vals)))]
+                    else:
+                        lo, hi = float(p.low), float(p.high)  # type: ignore[arg-type]
+                        c[p.name] = math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo))) \
+                            if p.log and lo > 0 else lo + x * (hi - lo)
+                self._lhs.append(c)
+        while self._lhs:
+            c = self._lhs.pop(0)
+            if self.space.invalid_reason(c) is None and not self._seen(c):
+                return c
+        return None
+
     def _spread(self) -> Config | None:
+        if self.cfg["inner"] == "gp" and len(self._observed) < self.cfg["n_initial"]:
+            c = self._design()
+            if c is not None:
+                return c
         if self._encoder is None:
             self._encoder = Encoder(self.space)
         seen = [o.config for o in self._observed.values()] + list(self._proposed.values())
@@ -146,6 +197,26 @@ class AutoAgent(Agent):
             return sorted(done, key=lambda o: o.total_violation)[:1]
         mask = pareto_mask(np.array([o.values for o in feasible], dtype=float), self.directions)
         return [o for o, on in zip(feasible, mask, strict=True) if on]
+
+    def _local_share(self) -> float:
+        """The chance that the next suggestion is a local move: ``1 / local_every`` while the
+        two kinds have the same record, shifted towards the kind whose picks join the feasible
+        front more often (rates smoothed by one success in two picks), within ``_LOCAL_SHARE``."""
+        (sl, nl), (sm, nm) = self._record["local"], self._record["model"]
+        rl, rm = (sl + 1) / (nl + 2), (sm + 1) / (nm + 2)
+        share = rl / (rl + (self.cfg["local_every"] - 1) * rm)
+        return min(_LOCAL_SHARE[1], max(_LOCAL_SHARE[0], share))
+
+    def _joins_front(self, obs: Observation) -> bool:
+        """Whether ``obs`` is feasible and no feasible observation so far dominates it."""
+        if not (obs.feasible and obs.values is not None and finite(obs.values)):
+            return False
+        new = np.array(obs.scalarized(self.directions), dtype=float)
+        old = np.array([o.scalarized(self.directions) for o in self._observed.values()
+                        if o.feasible and o.values is not None and finite(o.values)], dtype=float)
+        if not len(old):
+            return True
+        return not bool(((old <= new).all(axis=1) & (old < new).any(axis=1)).any())
 
     def _move(self, p: Param, value: Any) -> Any:
         if p.kind == "categorical":
@@ -220,7 +291,7 @@ class AutoAgent(Agent):
         config: Config | None = None
         kind = "spread"
         if n_obs >= self.cfg["n_initial"]:
-            local = self.cfg["local_every"] and self._n % self.cfg["local_every"] == 0
+            local = bool(self.cfg["local_every"]) and self._rng.random() < self._local_share()
             if local:
                 config, kind = self._local(), "local"
             if config is None:
@@ -235,11 +306,16 @@ class AutoAgent(Agent):
                                                      list(self._observed.values())).config), "model"
         self.kinds.append(kind)
         self._proposed[config_key(config)] = dict(config)
+        self._kind_of[config_key(config)] = kind
         return dict(config)
 
     def observe(self, obs: Observation) -> None:
         k = config_key(obs.config)
         self._proposed.pop(k, None)
+        kind = self._kind_of.pop(k, None)
+        if kind in self._record:
+            self._record[kind][0] += self._joins_front(obs)
+            self._record[kind][1] += 1
         self._observed[k] = obs
         if self.inner is not None:
             self.inner.observe(obs)

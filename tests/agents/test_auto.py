@@ -60,12 +60,34 @@ def test_the_start_fills_the_space() -> None:
     assert closest(first) > draws[10]
 
 
-def test_local_moves_and_the_model_take_turns() -> None:
+def test_the_start_of_a_numeric_space_is_a_latin_hypercube() -> None:
+    """With the GP model (a continuous space) the 10 first suggestions put one point in each tenth
+    of every parameter's range (the farthest of random candidates in a box would be corners)."""
+    sp = parse_space({"parameters": {f"x{i}": {"low": 0.0, "high": 1.0} for i in range(4)}})
+    agent: Any = create_agent("auto", sp, OBJECTIVES, 0, seed=0)
+    first = [agent.suggest() for _ in range(10)]
+    assert agent.kinds == ["spread"] * 10
+    for i in range(4):
+        assert sorted(int(c[f"x{i}"] * 10) for c in first) == list(range(10))
+
+
+def test_local_moves_and_the_model_share_the_suggestions() -> None:
     agent: Any = create_agent("auto", space(), OBJECTIVES, 1, seed=1, n_initial=10,
                               local_every=3)
-    _steps(agent, 22)
+    _steps(agent, 40)
     later = agent.kinds[10:]
-    assert later.count("local") >= 3 and later.count("model") >= 5, agent.kinds
+    assert later.count("local") >= 4 and later.count("model") >= 8, agent.kinds
+
+
+def test_the_share_of_local_moves_follows_the_evidence() -> None:
+    """1 / local_every while local moves and model picks have the same record; more local moves
+    when theirs join the front more often, fewer (down to 10 %) when the model's do."""
+    agent: Any = create_agent("auto", space(), OBJECTIVES, 1, seed=1, local_every=3)
+    assert agent._local_share() == pytest.approx(1 / 3)
+    agent._record = {"local": [8, 10], "model": [2, 20]}
+    assert agent._local_share() > 0.6
+    agent._record = {"local": [0, 20], "model": [15, 20]}
+    assert agent._local_share() == pytest.approx(0.1)
 
 
 def test_the_inner_sampler_follows_the_space() -> None:
