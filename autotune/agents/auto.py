@@ -17,7 +17,12 @@ Each suggestion is one of:
      conditional parameters included) predict every objective and constraint at *every*
      unmeasured configuration, and the pick is the one whose optimistic prediction (mean minus
      ``beta`` standard deviations) adds the most hypervolume to the observed feasible front,
-     weighted by its probability of satisfying the constraints.  Scoring the whole enumerated
+     weighted by its probability of satisfying the constraints.  The models fit log-scaled
+     throughput and latency; the hypervolume is measured in throughput's own units (on a log
+     scale a configuration at a twentieth of the best throughput that might tie the front's
+     accuracy looks almost as good as a top one, and the search spent dozens of picks on such
+     ties) and on latency's log scale (in its units the slow tail stretches the range, and the
+     same happens the other way round).  Scoring the whole enumerated
      space replaces the acquisition optimizers of GP/TPE, which search a continuous relaxation
      and re-propose measured points on small discrete spaces.
    * ``gp`` / ``tpe``: a proposal of the inner Optuna sampler.  A proposal of a configuration
@@ -339,10 +344,13 @@ class PoolGP:
     throughput from swamping the fit); constraints standardized, their threshold kept.
 
     The pick: each candidate's optimistic point (mean minus ``beta`` standard deviations, in the
-    minimization view of the warped objectives) is scored by its hypervolume improvement over the
-    feasible observed front, times its probability of satisfying every constraint; while nothing
-    is feasible, the most probably feasible candidate; while no optimistic point improves the
-    front, the one closest to improving it.
+    minimization view of the warped objectives), mapped back to its own units for a positive
+    objective to maximize (the log kept for one to minimize: the scale on which an objective's
+    good end is spread out) and scaled to the observed ranges, is scored by its hypervolume
+    improvement over the feasible observed front (reference: beyond every observation by a tenth
+    of the range), times its probability of satisfying every constraint; while nothing is
+    feasible, the most probably feasible candidate; while no optimistic point improves the front,
+    the one closest to improving it.
     """
 
     def __init__(self, encoder: Encoder, candidates: Sequence[Config], beta: float) -> None:
@@ -439,16 +447,31 @@ class PoolGP:
         d = self._dist(x, x)
         m = len(directions)
         sign = np.array([1.0 if dr == "minimize" else -1.0 for dr in directions])
-        raw = np.array([o.values for o in done], dtype=float) * sign
-        # log of an objective whose observed values keep one sign (throughput, latency), then
-        # standardized: heavy-tailed metrics do not swamp the fit
-        one_sign = (raw > 0).all(axis=0) | (raw < 0).all(axis=0)
-        raw = np.where(one_sign, np.sign(raw) * np.log(np.abs(np.where(raw == 0, 1, raw))), raw)
-        z = (raw - raw.mean(0)) / np.where(raw.std(0) > 0, raw.std(0), 1.0)
+        raw = np.array([o.values for o in done], dtype=float) * sign  # minimization view
+        # the models fit the log of an objective whose observed values keep one sign (throughput,
+        # latency), standardized: heavy-tailed metrics do not swamp the fit
+        positive = (raw > 0).all(axis=0)
+        one_sign = positive | (raw < 0).all(axis=0)
+        warped = np.where(one_sign, np.sign(raw) * np.log(np.abs(np.where(raw == 0, 1, raw))), raw)
+        center, spread = warped.mean(0), np.where(warped.std(0) > 0, warped.std(0), 1.0)
+        z = (warped - center) / spread
         opt = np.empty((len(left), m))
         for j in range(m):
             mu, sd = self._predict(j, d, dc, z[:, j])
             opt[:, j] = mu - self.beta * sd
+        # ... but the hypervolume is measured on the scale that spreads out each objective's
+        # good end: a positive quantity to maximize (throughput) in its own units, whose tail is
+        # its good end (on the log scale a configuration at a twentieth of the best throughput,
+        # whose accuracy might tie the front's, looks almost as good as a top one), one to
+        # minimize (latency) on the log scale (in its units the slow tail stretches the range and
+        # a twenty times slower configuration looks close to the best); scaled to the observed
+        # ranges
+        maximized = one_sign & ~positive
+        opt = opt * spread + center
+        opt = np.where(maximized, -np.exp(np.clip(-opt, -700.0, 700.0)), opt)
+        scale = np.where(maximized, raw, warped)
+        low, span = scale.min(0), np.where(np.ptp(scale, 0) > 0, np.ptp(scale, 0), 1.0)
+        opt, y = (opt - low) / span, (scale - low) / span
         pof = np.ones(len(left))
         for j in range(n_constraints):
             g = np.array([o.violations[j] if j < len(o.violations) and math.isfinite(
@@ -460,9 +483,9 @@ class PoolGP:
         jitter = np.array([rng.random() for _ in left]) * 1e-9
         if not feasible.any():
             return dict(self.candidates[left[int(np.argmax(pof + jitter))]])
-        front = z[feasible]
+        front = y[feasible]
         front = front[pareto_mask(front, ["minimize"] * m)]
-        ref = z.max(axis=0) + 0.1 * (z.max(axis=0) - z.min(axis=0)) + 1e-6
+        ref = np.full(m, 1.1 + 1e-6)  # beyond every observation by a tenth of the range
         # how far each optimistic point is from being dominated (> 0: it would improve the front)
         margin = (front[None, :, :] - opt[:, None, :]).max(axis=2).min(axis=1)
         improving = np.flatnonzero((margin > 0) & (pof > 1e-3))
