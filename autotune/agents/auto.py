@@ -24,30 +24,18 @@ Each suggestion is one of:
      observed already is answered from the record (the sampler is told the known result) and
      asked again; after ``max_retries`` the pick is space-filling.  The inner GPSampler searches
      its acquisition with 1,024 random points and 5 local searches (Optuna's 2,048 and 10 cost
-     up to 1 s per suggestion on a 3-objective problem at 100 trials) and, with 3 or more
-     objectives, estimates log-EHVI from 32 QMC samples instead of 128 (1.3 s per suggestion at
-     70 trials of DTLZ2 with 128, 0.5 s with 32);
-3. **local** (a share of the suggestions, ``gp`` only by default), unmeasured and valid: half of
-   them a configuration a random fraction of the way between two front configurations (feasible
-   and non-dominated; every numeric parameter moved by that fraction, so what the two share stays
-   as it is: the parameters a front has converged on), the others a random front configuration
-   (the least-violating one while nothing is feasible) with one or two parameters moved (a
-   numeric one by a step drawn around 15 % of its range, a categorical one to another choice).
-   This fills the front between the points the model found: GP with expected hypervolume
-   improvement settles at a front's ends (ZDT2's concave front).  The share switches on
-   evidence: ``1 / local_every`` at first, then moved towards the kind of suggestion (local or
-   model) whose last 10 picks added more hypervolume (means smoothed by one pick at the mean of
-   both), within 10-75 %.  The hypervolume is measured against a reference point fixed after the
-   start, as the tuner fixes its study's: just beyond the start's worst feasible values, so a
-   pick far out on one objective adds nothing.  (Counting the picks that joined the front instead
-   favoured local moves wherever the front is sparse: on a 3-objective front nearly every pick
-   joins it.)
+     up to 1 s per suggestion on a 3-objective problem at 100 trials);
+3. **local** (a share of the suggestions, ``gp`` only by default): a random front
+   configuration (feasible and non-dominated; the least-violating one while nothing is feasible)
+   with one or two parameters moved (a numeric one by a step drawn around 15 % of its range, a
+   categorical one to another choice), unmeasured and valid.  This fills the front between the
+   points the model found: GP with expected hypervolume improvement settles at a front's ends
+   (ZDT2's concave front).  The share switches on evidence: ``1 / local_every`` at first, then
+   moved towards the kind of suggestion (local or model) whose picks joined the feasible front
+   more often (success rates smoothed by one success in two picks), within 10-75 %.
 
-Defaults per inner model (:data:`_PER_INNER`): 10 space-filling picks with ``pool`` and ``gp``
-(with ``gp`` 10 per objective beyond the first: 20 with 3 objectives, where log-EHVI spent its
-first picks on the axes of the objective space, points such as (0, 2.2, 0) on DTLZ2), local
-moves on a third of the suggestions at first with ``gp``; with ``tpe`` neither (TPE's own random
-start).
+Defaults per inner model (:data:`_PER_INNER`): 10 space-filling picks with ``pool`` and ``gp``,
+local moves on a third of the suggestions at first with ``gp``; with ``tpe`` neither (TPE's own random start).
 Choices and what did not work are in experiments/bench_agents.py's results.  Deterministic for a
 fixed seed and the same observations.
 """
@@ -64,7 +52,7 @@ import numpy as np
 from autotune.agents.base import Agent, Observation, finite
 from autotune.core.explore import Encoder, finite_configs, random_value, spread_pick
 from autotune.core.metrics import Direction
-from autotune.core.pareto import default_reference, hypervolume, pareto_mask
+from autotune.core.pareto import hypervolume, pareto_mask
 from autotune.core.space import Config, Param, SearchSpace, config_key
 from autotune.errors import SpecError
 
@@ -100,8 +88,6 @@ _LOCAL_SHARE = (0.1, 0.75)
 #: the share of local moves made between two front configurations (the others move one or two
 #: parameters of one)
 _BETWEEN = 0.5
-#: the evidence of each kind of suggestion: the hypervolume added by its last picks
-_GAIN_WINDOW = 10
 
 
 class AutoAgent(Agent):
@@ -163,10 +149,8 @@ class AutoAgent(Agent):
         self.kinds: list[str] = []
         self._lhs: list[Config] | None = None  # the gp model's start, not proposed yet
         self._kind_of: dict[str, str] = {}  # proposed, not observed yet: how
-        #: per kind of suggestion: the hypervolume each of its picks added, in order
-        self._gains: dict[str, list[float]] = {"model": [], "local": []}
-        #: the evidence's reference point (minimization view), fixed after the start
-        self._ref: np.ndarray | None = None
+        #: per kind of suggestion: (picks that joined the feasible front, picks)
+        self._record: dict[str, list[int]] = {"model": [0, 0], "local": [0, 0]}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -226,31 +210,23 @@ class AutoAgent(Agent):
 
     def _local_share(self) -> float:
         """The chance that the next suggestion is a local move: ``1 / local_every`` while the
-        two kinds have added the same hypervolume per pick, shifted towards the kind whose last
-        ``_GAIN_WINDOW`` picks added more on average (each mean smoothed by one pick at the mean of
-        both), within ``_LOCAL_SHARE``."""
-        local, model = (self._gains[k][-_GAIN_WINDOW:] for k in ("local", "model"))
-        prior = sum(local + model) / max(1, len(local) + len(model))
-        gl, gm = ((sum(g) + prior) / (len(g) + 1) for g in (local, model))
-        share = gl / (gl + (self.cfg["local_every"] - 1) * gm) if gl + gm > 0 else \
-            1 / self.cfg["local_every"]
+        two kinds have the same record, shifted towards the kind whose picks join the feasible
+        front more often (rates smoothed by one success in two picks), within ``_LOCAL_SHARE``."""
+        (sl, nl), (sm, nm) = self._record["local"], self._record["model"]
+        rl, rm = (sl + 1) / (nl + 2), (sm + 1) / (nm + 2)
+        share = rl / (rl + (self.cfg["local_every"] - 1) * rm)
         return min(_LOCAL_SHARE[1], max(_LOCAL_SHARE[0], share))
 
-    def _gain(self, obs: Observation) -> float:
-        """The hypervolume ``obs`` adds to the feasible observations so far, against the
-        reference point fixed after the space-filling start (0 before): points beyond it add
-        nothing."""
-        if self._ref is None or not _usable(obs):
-            return 0.0
-        mins = ["minimize"] * len(self.directions)
-        old = np.array([o.scalarized(self.directions) for o in self._observed.values()
-                        if _usable(o)], dtype=float).reshape(-1, len(mins))
-        old = old[(old < self._ref).all(axis=1)]
+    def _joins_front(self, obs: Observation) -> bool:
+        """Whether ``obs`` is feasible and no feasible observation so far dominates it."""
+        if not (obs.feasible and obs.values is not None and finite(obs.values)):
+            return False
         new = np.array(obs.scalarized(self.directions), dtype=float)
-        if not (new < self._ref).all() or (old <= new).all(axis=1).any():
-            return 0.0
-        return hypervolume(np.vstack([old, new]), mins, self._ref) - \
-            hypervolume(old, mins, self._ref)
+        old = np.array([o.scalarized(self.directions) for o in self._observed.values()
+                        if o.feasible and o.values is not None and finite(o.values)], dtype=float)
+        if not len(old):
+            return True
+        return not bool(((old <= new).all(axis=1) & (old < new).any(axis=1)).any())
 
     def _move(self, p: Param, value: Any) -> Any:
         if p.kind == "categorical":
@@ -377,27 +353,16 @@ class AutoAgent(Agent):
         k = config_key(obs.config)
         self._proposed.pop(k, None)
         kind = self._kind_of.pop(k, None)
-        if kind in self._gains and self.cfg["local_every"]:
-            self._gains[kind].append(self._gain(obs))
+        if kind in self._record:
+            self._record[kind][0] += self._joins_front(obs)
+            self._record[kind][1] += 1
         self._observed[k] = obs
-        if self.cfg["local_every"] and self._ref is None and \
-                len(self._observed) >= self.cfg["n_initial"]:
-            # as the tuner fixes its study's reference point: just beyond the worst feasible
-            # values of the start (default_reference's rule)
-            start = [o.scalarized(self.directions) for o in self._observed.values() if _usable(o)]
-            if start:
-                self._ref = default_reference(start, ["minimize"] * len(self.directions))
         if self.inner is not None:
             self.inner.observe(obs)
 
     def close(self) -> None:
         if self.inner is not None:
             self.inner.close()
-
-
-def _usable(obs: Observation) -> bool:
-    """Complete, feasible, with finite values."""
-    return obs.feasible and obs.values is not None and finite(obs.values)
 
 
 class PoolGP:

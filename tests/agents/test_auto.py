@@ -80,34 +80,14 @@ def test_local_moves_and_the_model_share_the_suggestions() -> None:
 
 
 def test_the_share_of_local_moves_follows_the_evidence() -> None:
-    """1 / local_every while local moves and model picks have added the same hypervolume per
-    pick; more local moves when theirs added more, fewer (down to 10 %) when the model's did."""
+    """1 / local_every while local moves and model picks have the same record; more local moves
+    when theirs join the front more often, fewer (down to 10 %) when the model's do."""
     agent: Any = create_agent("auto", space(), OBJECTIVES, 1, seed=1, local_every=3)
     assert agent._local_share() == pytest.approx(1 / 3)
-    agent._gains = {"local": [0.2] * 10, "model": [0.2] * 10}
-    assert agent._local_share() == pytest.approx(1 / 3)
-    agent._gains = {"local": [0.0, 0.3] * 5, "model": [0.0] * 18 + [0.01, 0.0]}
+    agent._record = {"local": [8, 10], "model": [2, 20]}
     assert agent._local_share() > 0.6
-    agent._gains = {"local": [0.0] * 10, "model": [0.0, 0.5] * 5}
+    agent._record = {"local": [0, 20], "model": [15, 20]}
     assert agent._local_share() == pytest.approx(0.1)
-
-
-def test_the_evidence_is_the_hypervolume_a_pick_added_within_the_start_reference() -> None:
-    """After the start, a pick counts by the hypervolume it adds to the front, against the
-    reference point fixed by the start (the tuner's rule: just beyond its worst values); a pick
-    that joins the front beyond that reference adds nothing, nor does a dominated one."""
-    from autotune.agents.base import Observation
-
-    agent: Any = create_agent("auto", _box(2), [("a", "minimize"), ("b", "minimize")], 0,
-                              seed=0, n_initial=3)
-    for v in ((1.0, 3.0), (2.0, 2.0), (3.0, 1.0)):
-        agent.observe(Observation(agent.suggest(), v))
-    probe = {"x0": 0.5, "x1": 0.5}
-    assert agent._gain(Observation(probe, (1.5, 1.5))) == pytest.approx(1.25)
-    assert agent._gain(Observation(probe, (0.5, 9.0))) == 0.0  # on the front, beyond
-    assert agent._gain(Observation(probe, (2.5, 2.5))) == 0.0  # dominated
-    agent.observe(Observation(agent.suggest(), (1.5, 1.5)))
-    assert sum(agent._gains["model"] + agent._gains["local"]) == pytest.approx(1.25)
 
 
 def _box(n: int) -> Any:
