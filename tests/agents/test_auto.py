@@ -90,6 +90,40 @@ def test_the_share_of_local_moves_follows_the_evidence() -> None:
     assert agent._local_share() == pytest.approx(0.1)
 
 
+def _box(n: int) -> Any:
+    return parse_space({"parameters": {f"x{i}": {"low": 0.0, "high": 1.0} for i in range(n)}})
+
+
+def test_local_moves_fill_the_front_between_its_configurations() -> None:
+    """Two front configurations that differ in two parameters: some local moves lie on the
+    segment between them (both parameters moved by the same fraction, the others kept), which a
+    move of one or two parameters of one configuration reaches with probability 0."""
+    from autotune.agents.base import Observation
+
+    objectives = [("a", "minimize"), ("b", "minimize")]
+    agent: Any = create_agent("auto", _box(4), objectives, 0, seed=4, n_initial=2, local_every=1)
+    a = {"x0": 0.1, "x1": 0.2, "x2": 0.0, "x3": 0.0}
+    b = {"x0": 0.9, "x1": 0.6, "x2": 0.0, "x3": 0.0}
+    agent.observe(Observation(a, (0.0, 1.0)))
+    agent.observe(Observation(b, (1.0, 0.0)))
+    picks = [agent.suggest() for _ in range(40)]
+    local = [c for c, k in zip(picks, agent.kinds, strict=True) if k == "local"]
+    between = [c for c in local if c["x2"] == c["x3"] == 0.0 and 0.1 < c["x0"] < 0.9
+               and c["x1"] == pytest.approx(0.2 + 0.5 * (c["x0"] - 0.1))]
+    assert len(local) >= 20 and len(between) >= len(local) // 4, local
+
+
+def test_a_three_objective_front_gets_a_larger_start() -> None:
+    """With 3 objectives the Latin hypercube start has 20 points (a front surface), unless told."""
+    three = [("a", "minimize"), ("b", "minimize"), ("c", "minimize")]
+    agent: Any = create_agent("auto", _box(4), three, 0, seed=0)
+    assert agent.cfg["n_initial"] == 20
+    first = [agent.suggest() for _ in range(20)]
+    assert agent.kinds == ["spread"] * 20
+    assert sorted(int(c["x0"] * 20) for c in first) == list(range(20))
+    assert create_agent("auto", _box(4), three, 0, n_initial=5).cfg["n_initial"] == 5  # type: ignore[attr-defined]
+
+
 def test_the_inner_sampler_follows_the_space() -> None:
     numeric = parse_space({"parameters": {"x": {"low": 0.0, "high": 1.0},
                                           "n": {"low": 1, "high": 8}}})
