@@ -8,17 +8,25 @@ Real measurements are expensive, so by default (``surrogate: true``) the agent i
 1. the first ``n_initial`` suggestions fill the space: each is the unmeasured valid configuration
    farthest from everything observed (:func:`autotune.core.explore.spread_pick`);
 2. then, before each suggestion, a Gaussian-kernel ridge regression (:class:`KernelRidge`, a GP
-   posterior mean; one output per objective and constraint) is fitted on the features of the
-   configurations observed so far; every ``train_every``-th suggestion the policy is trained for
-   ``train_steps`` environment steps
-   on a ConfigSearchEnv whose ``evaluate`` is that surrogate (measured configurations answer
-   with their real values) and whose episodes start from the *real* front, so the reward is the
-   predicted hypervolume gain over what is known;
+   posterior mean and standard deviation; one output per objective and constraint) is fitted on
+   the features of the configurations observed so far; every ``train_every``-th suggestion the
+   policy is trained for ``train_steps`` environment steps on a ConfigSearchEnv whose
+   ``evaluate`` is that surrogate (measured configurations answer with their real values) and
+   whose episodes start from the *real* front, so the reward is the predicted hypervolume gain
+   over what is known.  The surrogate is optimistic: it answers the posterior mean moved by
+   ``optimism`` (1.0) standard deviations towards "better" for every objective and constraint.
+   A bare mean predicts no gain for the unmeasured near-equal neighbours of the front (on the
+   digits table the hypervolume is decided among 10 such configurations), so no rollout
+   promised anything there; with the standard deviation (about 0 at measured points, larger away
+   from them) an unmeasured configuration next to the front is worth a trial;
 3. the proposal is the best of ``n_candidates`` stochastic rollouts of the policy by predicted
    hypervolume gain; configurations already measured (or invalid) are re-drawn up to
    ``max_retries`` times.  When no rollout promises a gain over the front (or none is new), the
-   space-filling pick of step 1 is measured instead: the policy never spends a trial on what is
-   known, and explores where the surrogate has nothing to offer.
+   agent alternates between an unmeasured valid configuration one or two parameters away from a
+   random Pareto-optimal measurement (:meth:`RLAgent._neighbour`) and the space-filling pick of
+   step 1: the policy never spends a trial on what is known, and what it cannot rank is
+   searched both around the front and where the surrogate knows nothing.  Where each suggestion
+   came from is kept in :attr:`RLAgent.sources` ("initial", "policy", "neighbour", "spread").
 
 ``surrogate: false`` trains on real evaluations only: SB3's ``learn`` runs in a worker thread on
 a ConfigSearchEnv whose ``evaluate`` hands the configuration to :meth:`RLAgent.suggest` and waits
