@@ -19,14 +19,18 @@ Real measurements are expensive, so by default (``surrogate: true``) the agent i
    digits table the hypervolume is decided among 10 such configurations), so no rollout
    promised anything there; with the standard deviation (about 0 at measured points, larger away
    from them) an unmeasured configuration next to the front is worth a trial;
-3. the proposal is the best of ``n_candidates`` stochastic rollouts of the policy by predicted
-   hypervolume gain; configurations already measured (or invalid) are re-drawn up to
-   ``max_retries`` times.  When no rollout promises a gain over the front (or none is new), the
-   agent alternates between an unmeasured valid configuration one or two parameters away from a
-   random Pareto-optimal measurement (:meth:`RLAgent._neighbour`) and the space-filling pick of
-   step 1: the policy never spends a trial on what is known, and what it cannot rank is
-   searched both around the front and where the surrogate knows nothing.  Where each suggestion
-   came from is kept in :attr:`RLAgent.sources` ("initial", "policy", "neighbour", "spread").
+3. the proposal is ranked among ``n_candidates`` new stochastic rollouts of the policy
+   (configurations already measured, or invalid, are re-drawn up to ``max_retries`` times): the
+   rollout with the largest hypervolume gain by the posterior *mean* is measured if that gain is
+   positive (source "policy").  Otherwise, if the optimistic surrogate still promises a gain, the
+   best rollout by optimistic gain (source "optimistic") takes turns with an unmeasured valid
+   configuration one or two parameters away from a random Pareto-optimal measurement
+   (:meth:`RLAgent._neighbour`, source "neighbour"): an optimistic gain is mostly uncertainty
+   where the data are thin (8 continuous dimensions of ZDT2), where a step from the front does
+   better.  When nothing promises a gain, the neighbour takes turns with the space-filling pick
+   of step 1 (source "spread").  The policy never spends a trial on what is known; where each
+   suggestion came from is kept in :attr:`RLAgent.sources` ("initial", "policy", "optimistic",
+   "neighbour", "spread").
 
 ``surrogate: false`` trains on real evaluations only: SB3's ``learn`` runs in a worker thread on
 a ConfigSearchEnv whose ``evaluate`` hands the configuration to :meth:`RLAgent.suggest` and waits
@@ -288,9 +292,10 @@ class RLAgent(Agent):
                 return (tuple(o.values) if ok else None), tuple(o.violations)  # type: ignore[arg-type]
             if k not in cache:
                 mean, sd = model.predict(self.codec.features(config)[None, :], with_sd=True)
-                pred = mean[0] + beta * better * sd[0]
-                cache[k] = (tuple(pred[:m]), tuple(pred[m:]))
-            return cache[k]
+                cache[k] = (mean[0], sd[0])
+            mean, sd = cache[k]
+            pred = mean + beta * better * sd
+            return tuple(pred[:m]), tuple(pred[m:])
 
         env = self._make_env(evaluate, reference, ideal, front, self.cfg["episode_configs"])
         before = torch.get_num_threads()
@@ -305,11 +310,11 @@ class RLAgent(Agent):
                     self._model.set_env(env)
                 self._model.learn(self.cfg["train_steps"], reset_num_timesteps=False)
                 steps = self.cfg["train_steps"]
-            best: tuple[float, Config] | None = None
+            found: dict[str, tuple[float, Config]] = {}  # new rollouts: optimistic gain, config
             probe = self._make_env(evaluate, reference, ideal, front, 1)
             tries = 0
             while tries < self.cfg["max_retries"] and (
-                    best is None or tries < self.cfg["n_candidates"]):
+                    not found or tries < self.cfg["n_candidates"]):
                 tries += 1
                 obs, _ = probe.reset(seed=int(self._rng.integers(2**31)))
                 truncated, info, reward = False, {}, 0.0
@@ -320,13 +325,37 @@ class RLAgent(Agent):
                         break
                 if "invalid" in info or self._measured(info["config"]):
                     continue
-                if best is None or reward > best[0]:
-                    best = (reward, dict(info["config"]))
-            if best is not None and best[0] > 0:
-                self.sources.append("policy")
-                return best[1], steps
+                found[config_key(info["config"])] = (reward, dict(info["config"]))
         finally:
             torch.set_num_threads(before)
+        if found:
+            # the posterior mean first: a rollout it expects to gain is measured
+            base = probe.hv(front) if len(front) else 0.0
+
+            def mean_gain(key: str) -> float:
+                mean = cache[key][0]
+                if np.any(mean[m:] > 0):
+                    return -1.0
+                return probe.hv(np.vstack([front.reshape(-1, m), mean[None, :m]])) - base
+
+            gains = {k: mean_gain(k) for k in found}
+            key = max(gains, key=lambda k: gains[k])
+            if gains[key] > 0:
+                self.sources.append("policy")
+                return found[key][1], steps
+            # else the optimism alone promises a gain: that guess takes turns with a neighbour
+            # of the front (an optimistic gain is mostly uncertainty where the data are thin,
+            # e.g. in 8 continuous dimensions, where a step from the front does better)
+            opt = max(found.values(), key=lambda t: t[0])
+            if opt[0] > 0:
+                pick = None
+                if self.sources.count("optimistic") > self.sources.count("neighbour"):
+                    pick = self._neighbour(done)
+                if pick is not None:
+                    self.sources.append("neighbour")
+                    return pick, steps
+                self.sources.append("optimistic")
+                return opt[1], steps
         # nothing new promises a gain: alternate between measuring next to the front (where
         # near-equal configurations hide) and far from everything (where the model knows nothing)
         if self.sources.count("neighbour") <= self.sources.count("spread"):
