@@ -171,7 +171,7 @@ def test_without_a_promised_gain_it_measures_neighbours_of_the_front_and_far_poi
     configs = drive_flat(agent, 12)
     assert agent.sources[:3] == ["initial"] * 3
     later = agent.sources[3:]
-    assert "policy" not in later  # a mean that promises nothing makes the policy step aside
+    assert "policy" not in later and "optimistic" not in later  # the policy steps aside
     assert later.count("neighbour") >= 4 and later.count("spread") >= 4
     assert len({repr(sorted(c.items())) for c in configs}) == 12  # nothing measured twice
     for i, (c, src) in enumerate(zip(configs, agent.sources, strict=True)):
@@ -179,11 +179,14 @@ def test_without_a_promised_gain_it_measures_neighbours_of_the_front_and_far_poi
             assert min(sum(c[k] != o[k] for k in c) for o in configs[:i]) in (1, 2)
 
 
-def test_optimism_lets_the_policy_propose_unmeasured_configurations():
-    # same flat problem: the posterior sd makes every unmeasured configuration a possible gain
+def test_optimism_lets_the_policy_propose_where_the_mean_promises_nothing():
+    # same flat problem: the posterior sd makes unmeasured configurations a possible gain, so
+    # the policy's optimistic proposals take turns with neighbours of the front (no far picks)
     agent = create_agent("rl-ppo", FLAT_SPACE, OBJ, 0, seed=0, **FAST)
     configs = drive_flat(agent, 12)
-    assert agent.sources[3:].count("policy") >= 6
+    later = agent.sources[3:]
+    assert "policy" not in later and "spread" not in later
+    assert later.count("optimistic") >= 4 and later.count("neighbour") >= 4
     assert len({repr(sorted(c.items())) for c in configs}) == 12
 
 
