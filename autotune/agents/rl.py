@@ -59,6 +59,7 @@ import numpy as np
 from autotune.agents.base import Agent, Observation, finite
 from autotune.core.explore import finite_configs, spread_pick
 from autotune.core.metrics import Direction
+from autotune.core.pareto import pareto_mask
 from autotune.core.space import Config, SearchSpace, config_key
 from autotune.errors import SpecError
 
@@ -369,8 +370,6 @@ class RLAgent(Agent):
     def _neighbour(self, done: list[Observation]) -> Config | None:
         """An unmeasured valid grid configuration one or two parameters away from a random
         feasible Pareto-optimal observation (None when there is none)."""
-        from autotune.core.pareto import pareto_mask
-
         feas = [o for o in done if o.feasible]
         if not feas:
             return None
