@@ -133,6 +133,63 @@ def test_the_policy_trains_every_train_every_th_suggestion():
     assert agent.train_steps_done == [0, 0, 0, 32, 0, 0, 32, 0, 0, 32]
 
 
+def test_surrogate_sd_is_zero_at_observations_and_grows_away_from_them():
+    from autotune.agents.rl import KernelRidge
+
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 3)) * 0.5  # observations fill one corner of the unit cube
+    y = np.c_[x.sum(1), np.sin(3 * x[:, 0])]
+    model = KernelRidge().fit(x, y)
+    mean, sd = model.predict(x, with_sd=True)
+    assert np.allclose(mean, y, atol=0.05 * y.std(0).max())
+    assert sd.shape == y.shape and np.all(sd < 0.05 * y.std(0))
+    near = x[:5] + 0.05
+    far = np.ones((1, 3))
+    _, sd_near = model.predict(near, with_sd=True)
+    _, sd_far = model.predict(far, with_sd=True)
+    assert np.all(sd_far > 3 * sd_near.max(0)) and np.all(sd_far > 0.5 * y.std(0))
+    assert np.allclose(model.predict(far), model.predict(far, with_sd=True)[0])
+
+
+FLAT_SPACE = parse_space({"parameters": {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3],
+                                         "c": ["x", "y", "z"]}})
+
+
+def drive_flat(agent, n):
+    """Every configuration measures the same: the mean surrogate can never promise a gain."""
+    out = []
+    for _ in range(n):
+        c = agent.suggest()
+        out.append(c)
+        agent.observe(Observation(c, (1.0, 1.0)))
+    agent.close()
+    return out
+
+
+def test_without_a_promised_gain_it_measures_neighbours_of_the_front_and_far_points():
+    agent = create_agent("rl-ppo", FLAT_SPACE, OBJ, 0, seed=0, optimism=0.0, **FAST)
+    configs = drive_flat(agent, 12)
+    assert agent.sources[:3] == ["initial"] * 3
+    later = agent.sources[3:]
+    assert "policy" not in later and "optimistic" not in later  # the policy steps aside
+    assert later.count("neighbour") >= 4 and later.count("spread") >= 4
+    assert len({repr(sorted(c.items())) for c in configs}) == 12  # nothing measured twice
+    for i, (c, src) in enumerate(zip(configs, agent.sources, strict=True)):
+        if src == "neighbour":  # one or two parameters away from something measured before
+            assert min(sum(c[k] != o[k] for k in c) for o in configs[:i]) in (1, 2)
+
+
+def test_optimism_lets_the_policy_propose_where_the_mean_promises_nothing():
+    # same flat problem: the posterior sd makes unmeasured configurations a possible gain, so
+    # the policy's optimistic proposals take turns with neighbours of the front (no far picks)
+    agent = create_agent("rl-ppo", FLAT_SPACE, OBJ, 0, seed=0, **FAST)
+    configs = drive_flat(agent, 12)
+    later = agent.sources[3:]
+    assert "policy" not in later and "spread" not in later
+    assert later.count("optimistic") >= 4 and later.count("neighbour") >= 4
+    assert len({repr(sorted(c.items())) for c in configs}) == 12
+
+
 def test_bad_options_are_spec_errors():
     with pytest.raises(SpecError, match="unknown option"):
         create_agent("rl-ppo", SPACE, OBJ, 1, learning_rat=0.1)
@@ -140,6 +197,8 @@ def test_bad_options_are_spec_errors():
         create_agent("rl-ppo", SPACE, OBJ, 1, algorithm="sac")
     with pytest.raises(SpecError, match="train_steps"):
         create_agent("rl-ppo", SPACE, OBJ, 1, train_steps=0)
+    with pytest.raises(SpecError, match="optimism"):
+        create_agent("rl-ppo", SPACE, OBJ, 1, optimism=-1)
 
 
 @pytest.mark.slow
