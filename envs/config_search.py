@@ -141,11 +141,16 @@ class SpaceCodec:
         """Regression features of a (possibly foreign, off-grid) configuration.
 
         Numeric parameters: position in [0, 1] of their range (log-scaled where declared), -1
-        when inactive; categorical ones: one-hot (all zero when inactive).
+        when inactive; a categorical of three or more numbers (batch sizes 1, 4, 16, 64): the
+        rank of its value in [0, 1], so batch 16 is nearer 4 than 64; other categorical ones:
+        one-hot (all zero when inactive).
         """
         out: list[float] = []
         for d, p in enumerate(self.space.params):
-            if p.kind == "categorical":
+            ranks = _ordinal(self.values[d]) if p.kind == "categorical" else None
+            if ranks is not None:
+                out.append(ranks[self.index_of(d, config[p.name])] if p.name in config else -1.0)
+            elif p.kind == "categorical":
                 row = [0.0] * len(self.values[d])
                 if p.name in config:
                     row[self.index_of(d, config[p.name])] = 1.0
@@ -161,6 +166,19 @@ class SpaceCodec:
             if self.space.is_active(p, out) and p.name in config:
                 out[p.name] = self.values[d][self.index_of(d, config[p.name])]
         return out
+
+
+def _ordinal(values: Sequence[Any]) -> list[float] | None:
+    """Each value's rank among ``values`` in [0, 1] when they are three or more numbers (not
+    booleans), else None."""
+    if len(values) < 3 or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                  for v in values):
+        return None
+    order = sorted(range(len(values)), key=lambda i: float(values[i]))
+    ranks = [0.0] * len(values)
+    for r, i in enumerate(order):
+        ranks[i] = r / (len(values) - 1)
+    return ranks
 
 
 def _unit(p: Param, value: Any) -> float:

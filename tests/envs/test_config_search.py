@@ -164,8 +164,13 @@ def test_codec_discretizes_and_snaps():
     assert codec.snap({"quantization": "fp32", "x": 0.3, "batch": 50}) == {
         "quantization": "fp32", "x": 1 / 3, "batch": 64}
     f = codec.features({"quantization": "int8", "calibration": 64, "x": 0.25, "batch": 8})
-    assert f.tolist()[:5] == [0, 1, 0, 1, 0] and f[5] == 0.25
-    assert f[6] == pytest.approx(math.log(8) / math.log(64))
+    # quantization one-hot; calibration, a choice of numbers, by rank (64 lies between 16 and 256)
+    assert f.tolist()[:3] == [0, 1, 0.5] and f[3] == 0.25
+    assert f[4] == pytest.approx(math.log(8) / math.log(64))
+    ranks = [codec.features({"quantization": "int8", "calibration": c, "x": 0.0, "batch": 1})[2]
+             for c in (16, 64, 256)]
+    assert ranks == [0.0, 0.5, 1.0]
+    assert codec.features({"quantization": "fp32", "x": 0.0, "batch": 1})[2] == -1.0  # inactive
     # every value of every dimension is reachable through some action
     for d, vals in enumerate(codec.values):
         assert {codec.value_for(d, a) for a in range(codec.n_actions)} == set(vals)
