@@ -60,11 +60,14 @@ def test_the_start_fills_the_space() -> None:
     assert closest(first) > draws[10]
 
 
+def _box(n: int) -> Any:
+    return parse_space({"parameters": {f"x{i}": {"low": 0.0, "high": 1.0} for i in range(n)}})
+
+
 def test_the_start_of_a_numeric_space_is_a_latin_hypercube() -> None:
     """With the GP model (a continuous space) the 10 first suggestions put one point in each tenth
     of every parameter's range (the farthest of random candidates in a box would be corners)."""
-    sp = parse_space({"parameters": {f"x{i}": {"low": 0.0, "high": 1.0} for i in range(4)}})
-    agent: Any = create_agent("auto", sp, OBJECTIVES, 0, seed=0)
+    agent: Any = create_agent("auto", _box(4), OBJECTIVES, 0, seed=0)
     first = [agent.suggest() for _ in range(10)]
     assert agent.kinds == ["spread"] * 10
     for i in range(4):
@@ -88,10 +91,6 @@ def test_the_share_of_local_moves_follows_the_evidence() -> None:
     assert agent._local_share() > 0.6
     agent._record = {"local": [0, 20], "model": [15, 20]}
     assert agent._local_share() == pytest.approx(0.1)
-
-
-def _box(n: int) -> Any:
-    return parse_space({"parameters": {f"x{i}": {"low": 0.0, "high": 1.0} for i in range(n)}})
 
 
 def test_local_moves_fill_the_front_between_its_configurations() -> None:
