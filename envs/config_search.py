@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import gymnasium as gym
@@ -91,6 +92,12 @@ class SpaceCodec:
         if bins < 2:
             raise ValueError(f"The 'bins' parameter of SpaceCodec must be an int >= 2. Got {bins}.")
         return cls(space, tuple(tuple(param_values(p, bins)) for p in space))
+
+    @cached_property
+    def ranks(self) -> tuple[list[float] | None, ...]:
+        """Per dimension, the ranks of a categorical of numbers (:func:`_ordinal`), else None."""
+        return tuple(_ordinal(v) if p.kind == "categorical" else None
+                     for p, v in zip(self.space.params, self.values, strict=True))
 
     @property
     def n_actions(self) -> int:
@@ -147,7 +154,7 @@ class SpaceCodec:
         """
         out: list[float] = []
         for d, p in enumerate(self.space.params):
-            ranks = _ordinal(self.values[d]) if p.kind == "categorical" else None
+            ranks = self.ranks[d]
             if ranks is not None:
                 out.append(ranks[self.index_of(d, config[p.name])] if p.name in config else -1.0)
             elif p.kind == "categorical":

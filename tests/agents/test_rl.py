@@ -199,6 +199,35 @@ def test_bad_options_are_spec_errors():
         create_agent("rl-ppo", SPACE, OBJ, 1, train_steps=0)
     with pytest.raises(SpecError, match="optimism"):
         create_agent("rl-ppo", SPACE, OBJ, 1, optimism=-1)
+    for bad in (1.5, -0.1, "0.3", True):
+        with pytest.raises(SpecError, match="proposal_epsilon"):
+            create_agent("rl-dqn", SPACE, OBJ, 1, proposal_epsilon=bad)
+
+
+def test_dqn_proposals_explore_around_its_greedy_policy():
+    agent = create_agent("rl-dqn", SPACE, OBJ, 1, seed=0, **FAST)
+    drive(agent, 4)  # the Q-network exists after the first policy suggestion
+    obs = np.zeros(agent._model.observation_space.shape, dtype=np.float32)
+    greedy = int(agent._model.predict(obs, deterministic=True)[0])
+    n = agent._model.action_space.n
+    for eps in (0.0, 0.3, 1.0):
+        agent.cfg["proposal_epsilon"] = eps
+        acts = [agent._propose(obs) for _ in range(1000)]
+        off = sum(a != greedy for a in acts)  # a random action differs with p (n - 1) / n
+        assert abs(off - 1000 * eps * (n - 1) / n) <= 50, (eps, off)  # 3.5 sd
+        assert all(0 <= a < n for a in acts)
+
+
+@pytest.mark.parametrize("name", ["rl-dqn", "rl-ppo"])
+def test_proposals_are_ranked_among_n_candidates_new_configurations(name):
+    # DQN re-draws until it has n_candidates distinct new configurations (its rollouts repeat);
+    # PPO ranks n_candidates rollouts, of which some may coincide
+    opts = {**FAST, "n_candidates": 8, "max_retries": 200}
+    agent = create_agent(name, SPACE, OBJ, 1, seed=0, **opts)
+    drive(agent, 8)
+    assert len(agent.candidates) == 5 and all(1 <= k <= 8 for k in agent.candidates)
+    if name == "rl-dqn":
+        assert agent.candidates == [8] * 5
 
 
 @pytest.mark.slow
