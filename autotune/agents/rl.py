@@ -19,23 +19,26 @@ Real measurements are expensive, so by default (``surrogate: true``) the agent i
    digits table the hypervolume is decided among 10 such configurations), so no rollout
    promised anything there; with the standard deviation (about 0 at measured points, larger away
    from them) an unmeasured configuration next to the front is worth a trial;
-3. the proposal is ranked among ``n_candidates`` new stochastic rollouts of the policy
-   (configurations already measured, or invalid, are re-drawn up to ``max_retries`` times; PPO
-   and A2C sample their stochastic policies, DQN takes a random action at each step with
-   probability ``proposal_epsilon`` (0.3), else its greedy one, and ranks ``n_candidates``
-   *distinct* rollouts: with the 0.1 it ends training on, 32 rollouts held about 9 distinct
-   configurations, against about 30 for A2C, and the best of so few was no better than chance
-   on the serving-mixed benchmark problem): the
-   rollout with the largest hypervolume gain by the posterior *mean* is measured if that gain is
-   positive (source "policy").  Otherwise, if the optimistic surrogate still promises a gain, the
-   best rollout by optimistic gain (source "optimistic") takes turns with an unmeasured valid
-   configuration one or two parameters away from a random Pareto-optimal measurement
-   (:meth:`RLAgent._neighbour`, source "neighbour"): an optimistic gain is mostly uncertainty
-   where the data are thin (8 continuous dimensions of ZDT2), where a step from the front does
-   better.  When nothing promises a gain, the neighbour takes turns with the space-filling pick
-   of step 1 (source "spread").  The policy never spends a trial on what is known; where each
-   suggestion came from is kept in :attr:`RLAgent.sources` ("initial", "policy", "optimistic",
-   "neighbour", "spread").
+3. the proposal is ranked among ``n_candidates`` *distinct* new stochastic rollouts of the
+   policy (rollouts ending in a measured, invalid or already drawn configuration are re-drawn,
+   up to ``max_retries`` rollouts in all; PPO and A2C sample their stochastic policies, DQN
+   takes a random action at each step with probability ``proposal_epsilon`` (0.3), else its
+   greedy one: with the 0.1 it ends training on, 32 rollouts held about 9 distinct
+   configurations and the best of so few was no better than chance on the serving-mixed
+   benchmark problem): the rollout with the largest hypervolume gain by the posterior *mean* is
+   measured if that gain is positive (source "policy").  Otherwise, if the optimistic surrogate
+   still promises a gain, the best rollout by optimistic gain (source "optimistic") takes turns
+   with a neighbour of the front (:meth:`RLAgent._neighbour`, source "neighbour"): of the
+   unmeasured valid configurations one parameter away from a Pareto-optimal measurement (that
+   parameter set to *any* other value of its grid), the one with the largest optimistic gain.
+   An optimistic gain of a rollout is mostly uncertainty where the data are thin (8 continuous
+   dimensions of ZDT2), where a step from the front does better; and a policy's rollouts can
+   keep missing the front's own neighbours (on the digits table rl-a2c measured neither end of
+   the top group's pruning range in 100 trials when a neighbour moved an ordered parameter one
+   grid step only).  When nothing promises a gain, the neighbour takes turns with the
+   space-filling pick of step 1 (source "spread").  The policy never spends a trial on what is
+   known; where each suggestion came from is kept in :attr:`RLAgent.sources` ("initial",
+   "policy", "optimistic", "neighbour", "spread").
 
 ``surrogate: false`` trains on real evaluations only: SB3's ``learn`` runs in a worker thread on
 a ConfigSearchEnv whose ``evaluate`` hands the configuration to :meth:`RLAgent.suggest` and waits
@@ -56,7 +59,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +88,10 @@ _DEFAULTS: dict[str, Any] = {
     "optimism": 1.0,
     "proposal_epsilon": 0.3,
 }
+
+
+#: how many one-parameter moves from the front :meth:`RLAgent._neighbour` scores at most
+_MAX_NEIGHBOURS = 256
 
 
 class _Stop(Exception):
@@ -327,10 +334,7 @@ class RLAgent(Agent):
             found: dict[str, tuple[float, Config]] = {}  # new rollouts: optimistic gain, config
             probe = self._make_env(evaluate, reference, ideal, front, 1)
             tries = 0
-            # DQN's rollouts repeat themselves: it ranks distinct ones (see the module docstring)
-            distinct = self.algorithm == "dqn"
-            while tries < self.cfg["max_retries"] and (
-                    not found or (len(found) if distinct else tries) < self.cfg["n_candidates"]):
+            while tries < self.cfg["max_retries"] and len(found) < self.cfg["n_candidates"]:
                 tries += 1
                 obs, _ = probe.reset(seed=int(self._rng.integers(2**31)))
                 truncated, info, reward = False, {}, 0.0
@@ -344,9 +348,30 @@ class RLAgent(Agent):
         finally:
             torch.set_num_threads(before)
         self.candidates.append(len(found))
+        base = probe.hv(front) if len(front) else 0.0
+
+        def optimistic_gain(configs: list[Config]) -> list[float]:
+            """The hypervolume each configuration adds to the real front by the optimistic
+            surrogate (-1 where it predicts a violated constraint)."""
+            new = [c for c in configs if config_key(c) not in cache
+                   and config_key(c) not in self._table]
+            if new:  # one batched prediction instead of one per configuration
+                mean, sd = model.predict(np.array([self.codec.features(c) for c in new]),
+                                         with_sd=True)
+                for c, mu, s in zip(new, mean, sd, strict=True):
+                    cache[config_key(c)] = (mu, s)
+            out = []
+            for c in configs:
+                values, violations = evaluate(c)
+                if values is None or any(v > 0 for v in violations):
+                    out.append(-1.0)
+                else:
+                    out.append(probe.hv(np.vstack([front.reshape(-1, m),
+                                                   np.asarray(values)[None, :]])) - base)
+            return out
+
         if found:
             # the posterior mean first: a rollout it expects to gain is measured
-            base = probe.hv(front) if len(front) else 0.0
 
             def mean_gain(key: str) -> float:
                 mean = cache[key][0]
@@ -366,7 +391,7 @@ class RLAgent(Agent):
             if opt[0] > 0:
                 pick = None
                 if self.sources.count("optimistic") > self.sources.count("neighbour"):
-                    pick = self._neighbour(done)
+                    pick = self._neighbour(done, optimistic_gain)
                 if pick is not None:
                     self.sources.append("neighbour")
                     return pick, steps
@@ -375,7 +400,7 @@ class RLAgent(Agent):
         # nothing new promises a gain: alternate between measuring next to the front (where
         # near-equal configurations hide) and far from everything (where the model knows nothing)
         if self.sources.count("neighbour") <= self.sources.count("spread"):
-            pick = self._neighbour(done)
+            pick = self._neighbour(done, optimistic_gain)
             if pick is not None:
                 self.sources.append("neighbour")
                 return pick, steps
@@ -393,39 +418,69 @@ class RLAgent(Agent):
         action, _ = self._model.predict(obs, deterministic=True)
         return int(action)
 
-    def _neighbour(self, done: list[Observation]) -> Config | None:
-        """An unmeasured valid grid configuration one or two parameters away from a random
-        feasible Pareto-optimal observation (None when there is none)."""
+    def _neighbour(self, done: list[Observation],
+                   gain: Callable[[list[Config]], list[float]]) -> Config | None:
+        """The unmeasured valid grid configuration that differs from a feasible Pareto-optimal
+        observation in one parameter (set to any other value of its grid, not only the next
+        one: the best value of a parameter is often far from the front's, e.g. its other end)
+        with the largest ``gain`` (the optimistic surrogate's); a random one of them when none
+        promises a gain.  At most ``_MAX_NEIGHBOURS`` of them, drawn at random, are scored.
+        When no such configuration is left, one two parameters away at random; None when there
+        is none."""
         feas = [o for o in done if o.feasible]
         if not feas:
             return None
         pts = np.array([o.values for o in feas], dtype=float)
-        front = [o for o, keep in zip(feas, pareto_mask(pts, self.directions), strict=True) if keep]
+        front = [self.codec.snap(o.config)
+                 for o, keep in zip(feas, pareto_mask(pts, self.directions), strict=True) if keep]
+        moves: dict[str, Config] = {}
+        for base in front:
+            for d, p in enumerate(self.space.params):
+                if p.name not in base:
+                    continue
+                for v in self.codec.values[d]:
+                    if v != base[p.name] or type(v) is not type(base[p.name]):
+                        config = self._moved(base, {d: v})
+                        if not self.space.invalid_reason(config) and not self._measured(config):
+                            moves.setdefault(config_key(config), config)
+        if moves:
+            pool = list(moves.values())
+            if len(pool) > _MAX_NEIGHBOURS:
+                pool = [pool[i] for i in self._rng.choice(len(pool), _MAX_NEIGHBOURS,
+                                                          replace=False)]
+            gains = np.array(gain(pool))
+            best = np.flatnonzero(gains >= gains.max())
+            if gains.max() <= 0:
+                best = np.arange(len(pool))
+            return pool[int(best[int(self._rng.integers(len(best)))])]
         params = self.space.params
-        for _ in range(64):
-            base = self.codec.snap(front[int(self._rng.integers(len(front)))].config)
-            dims = self._rng.choice(len(params), size=1 + int(self._rng.integers(2)),
-                                    replace=False)
-            config: Config = {}
-            for d, p in enumerate(params):
-                if not self.space.is_active(p, config):
-                    continue
-                vals = self.codec.values[d]
-                if p.name in base and d not in dims:
-                    config[p.name] = base[p.name]
-                    continue
-                i = self.codec.index_of(d, base[p.name]) if p.name in base else None
-                if i is None:
-                    j = int(self._rng.integers(len(vals)))
-                elif p.kind == "categorical":
-                    j = int(self._rng.integers(len(vals) - 1)) if len(vals) > 1 else 0
-                    j += j >= i and len(vals) > 1
-                else:  # ordinal: one step up or down
-                    j = min(max(i + (1 if self._rng.random() < 0.5 else -1), 0), len(vals) - 1)
-                config[p.name] = vals[j]
+        for _ in range(64):  # two parameters away
+            base = front[int(self._rng.integers(len(front)))]
+            dims = [d for d, p in enumerate(params) if p.name in base]
+            if len(dims) < 2:
+                return None
+            picked = self._rng.choice(dims, size=2, replace=False)
+            config = self._moved(base, {int(d): self.codec.values[d][int(self._rng.integers(
+                len(self.codec.values[d])))] for d in picked})
             if not self.space.invalid_reason(config) and not self._measured(config):
                 return config
         return None
+
+    def _moved(self, base: Config, changes: dict[int, Any]) -> Config:
+        """``base`` with the parameters of dimensions ``changes`` set to the given values; a
+        parameter the change activates takes a random value of its grid."""
+        config: Config = {}
+        for d, p in enumerate(self.space.params):
+            if not self.space.is_active(p, config):
+                continue
+            if d in changes:
+                config[p.name] = changes[d]
+            elif p.name in base:
+                config[p.name] = base[p.name]
+            else:
+                vals = self.codec.values[d]
+                config[p.name] = vals[int(self._rng.integers(len(vals)))]
+        return config
 
     # ------------------------------------------------------------------ real-evaluation mode
     def _suggest_real(self) -> Config:
@@ -489,8 +544,9 @@ class KernelRidge:
     """The surrogate: Gaussian-kernel ridge regression on standardized targets, one column per
     objective and constraint, i.e. a GP posterior mean and (``with_sd``) its posterior standard
     deviation ``sqrt(k(x, x) - k^T (K + a I)^-1 k)`` in the targets' units.  Predicting one
-    configuration costs one kernel row and one product with the cached inverse (n <= a few
-    hundred observations), which keeps thousands of surrogate steps per suggestion cheap.
+    configuration costs one kernel row and a product with the coefficients (its standard deviation
+    one triangular solve with the cached Cholesky factor; n <= a few hundred observations), which
+    keeps thousands of surrogate steps per suggestion cheap.
     Length scale: the median pairwise distance of the observed features."""
 
     def __init__(self, alpha: float = 1e-3) -> None:
@@ -504,8 +560,10 @@ class KernelRidge:
         d2 = ((self.x[:, None, :] - self.x[None, :, :]) ** 2).sum(-1)
         med = float(np.median(d2[np.triu_indices(len(self.x), 1)])) if len(self.x) > 1 else 1.0
         self.gamma = 1.0 / (med if med > 0 else 1.0)
-        self.inv = np.linalg.inv(np.exp(-self.gamma * d2) + self.alpha * np.eye(len(self.x)))
-        self.coef = self.inv @ ((y - self.mu) / self.sd)
+        from scipy.linalg import cho_solve
+
+        self.chol = np.linalg.cholesky(np.exp(-self.gamma * d2) + self.alpha * np.eye(len(self.x)))
+        self.coef = cho_solve((self.chol, True), (y - self.mu) / self.sd)
         return self
 
     def predict(self, x: np.ndarray, with_sd: bool = False) -> Any:
@@ -514,7 +572,10 @@ class KernelRidge:
         mean = k @ self.coef * self.sd + self.mu
         if not with_sd:
             return mean
-        var = np.clip(1.0 - np.einsum("ij,jk,ik->i", k, self.inv, k), 0.0, None)
+        from scipy.linalg import solve_triangular
+
+        v = solve_triangular(self.chol, k.T, lower=True)  # k^T (K + a I)^-1 k = |L^-1 k|^2
+        var = np.clip(1.0 - (v * v).sum(axis=0), 0.0, None)
         return mean, np.sqrt(var)[:, None] * self.sd
 
 

@@ -212,16 +212,49 @@ def test_dqn_proposals_explore_around_its_greedy_policy():
         assert all(0 <= a < n for a in acts)
 
 
-@pytest.mark.parametrize("name", ["rl-dqn", "rl-ppo"])
+@pytest.mark.parametrize("name", ["rl-dqn", "rl-ppo", "rl-a2c"])
 def test_proposals_are_ranked_among_n_candidates_new_configurations(name):
-    # DQN re-draws until it has n_candidates distinct new configurations (its rollouts repeat);
-    # PPO ranks n_candidates rollouts, of which some may coincide
+    # every algorithm re-draws until it has n_candidates distinct new configurations
     opts = {**FAST, "n_candidates": 8, "max_retries": 200}
     agent = create_agent(name, SPACE, OBJ, 1, seed=0, **opts)
     drive(agent, 8)
-    assert len(agent.candidates) == 5 and all(1 <= k <= 8 for k in agent.candidates)
-    if name == "rl-dqn":
-        assert agent.candidates == [8] * 5
+    assert agent.candidates == [8] * 5
+    agent = create_agent(name, SPACE, OBJ, 1, seed=0, **{**opts, "max_retries": 3})
+    drive(agent, 8)  # too few rollouts for 8: it ranks what it found
+    assert len(agent.candidates) == 5 and all(k <= 3 for k in agent.candidates)
+
+
+ORDERED = parse_space({"parameters": {"p": {"low": 0.0, "high": 0.8, "step": 0.2},
+                                      "b": [1, 8, 32, 128], "c": ["x", "y"]}})
+
+
+def _key(c):
+    return repr(sorted(c.items()))
+
+
+def test_neighbours_of_the_front_take_any_value_of_one_parameter():
+    agent = create_agent("rl-a2c", ORDERED, OBJ, 0, seed=0, **FAST)
+    front = {"p": 0.2, "b": 32, "c": "x"}
+    done = [Observation(front, (1.0, 1.0)), Observation({"p": 0.4, "b": 32, "c": "x"}, (2.0, 0.5)),
+            Observation({"p": 0.0, "b": 32, "c": "x"}, (1.5, 0.9))]
+    for o in done:
+        agent.observe(o)
+    moves = [{**front, k: v} for k, vals in (("p", [0.6, 0.8]), ("b", [1, 8, 128]), ("c", ["y"]))
+             for v in vals]
+    one_away = {_key(c) for c in moves}
+    # nothing promises a gain: a random unmeasured one-parameter move, the ordered parameter's
+    # far end included (a one-grid-step move never reaches p = 0.8 from 0.2)
+    picks = {_key(agent._neighbour(done, lambda cs: [0.0] * len(cs))) for _ in range(200)}
+    assert picks == one_away
+    # the surrogate's gain decides among them
+    for target in ({**front, "p": 0.8}, {**front, "b": 1}):
+        pick = agent._neighbour(done, lambda cs, t=target: [float(c == t) for c in cs])
+        assert pick == target
+    # every one-parameter move measured: two parameters away
+    for c in moves:
+        agent.observe(Observation(c, (3.0, 0.1)))
+    pick = agent._neighbour(done, lambda cs: [0.0] * len(cs))
+    assert sum(pick[k] != front[k] for k in front) == 2 and _key(pick) not in agent._table
 
 
 @pytest.mark.slow
