@@ -303,7 +303,11 @@ class RLAgent(Agent):
         better = np.array([-1.0 if d == "minimize" else 1.0 for d in self.directions]
                           + [-1.0] * n_c)
         beta = float(self.cfg["optimism"])
-        cache: dict[str, tuple[Any, tuple[float, ...]]] = {}
+        cache: dict[str, tuple[Any, Any]] = {}  # unmeasured configuration: posterior mean, sd
+
+        def optimistic(k: str) -> Any:
+            mean, sd = cache[k]
+            return mean + beta * better * sd
 
         def evaluate(config: Config) -> tuple[Any, tuple[float, ...]]:
             k = config_key(config)
@@ -314,8 +318,7 @@ class RLAgent(Agent):
             if k not in cache:
                 mean, sd = model.predict(self.codec.features(config)[None, :], with_sd=True)
                 cache[k] = (mean[0], sd[0])
-            mean, sd = cache[k]
-            pred = mean + beta * better * sd
+            pred = optimistic(k)
             return tuple(pred[:m]), tuple(pred[m:])
 
         env = self._make_env(evaluate, reference, ideal, front, self.cfg["episode_configs"])
@@ -350,36 +353,26 @@ class RLAgent(Agent):
         self.candidates.append(len(found))
         base = probe.hv(front) if len(front) else 0.0
 
+        def gain(pred: Any) -> float:
+            """The hypervolume a predicted point (objectives, then constraint violations) adds to
+            the real front; -1 where it violates a constraint."""
+            if np.any(pred[m:] > 0):
+                return -1.0
+            return probe.hv(np.vstack([front.reshape(-1, m), pred[None, :m]])) - base
+
         def optimistic_gain(configs: list[Config]) -> list[float]:
-            """The hypervolume each configuration adds to the real front by the optimistic
-            surrogate (-1 where it predicts a violated constraint)."""
-            new = [c for c in configs if config_key(c) not in cache
-                   and config_key(c) not in self._table]
+            """:func:`gain` of unmeasured configurations by the optimistic surrogate."""
+            new = [c for c in configs if config_key(c) not in cache]
             if new:  # one batched prediction instead of one per configuration
                 mean, sd = model.predict(np.array([self.codec.features(c) for c in new]),
                                          with_sd=True)
                 for c, mu, s in zip(new, mean, sd, strict=True):
                     cache[config_key(c)] = (mu, s)
-            out = []
-            for c in configs:
-                values, violations = evaluate(c)
-                if values is None or any(v > 0 for v in violations):
-                    out.append(-1.0)
-                else:
-                    out.append(probe.hv(np.vstack([front.reshape(-1, m),
-                                                   np.asarray(values)[None, :]])) - base)
-            return out
+            return [gain(optimistic(config_key(c))) for c in configs]
 
         if found:
             # the posterior mean first: a rollout it expects to gain is measured
-
-            def mean_gain(key: str) -> float:
-                mean = cache[key][0]
-                if np.any(mean[m:] > 0):
-                    return -1.0
-                return probe.hv(np.vstack([front.reshape(-1, m), mean[None, :m]])) - base
-
-            gains = {k: mean_gain(k) for k in found}
+            gains = {k: gain(cache[k][0]) for k in found}
             key = max(gains, key=lambda k: gains[k])
             if gains[key] > 0:
                 self.sources.append("policy")
