@@ -94,9 +94,9 @@ def test_the_share_of_local_moves_follows_the_evidence() -> None:
 
 
 def test_local_moves_fill_the_front_between_its_configurations() -> None:
-    """Two front configurations that differ in two parameters: some local moves lie on the
-    segment between them (both parameters moved by the same fraction, the others kept), which a
-    move of one or two parameters of one configuration reaches with probability 0."""
+    """Two front configurations that differ in two parameters: some of the moves around the front
+    lie on the segment between them (both parameters moved by the same fraction, the others
+    kept), which a move of one or two parameters of one configuration reaches with probability 0."""
     from autotune.agents.base import Observation
 
     objectives = [("a", "minimize"), ("b", "minimize")]
@@ -105,11 +105,47 @@ def test_local_moves_fill_the_front_between_its_configurations() -> None:
     b = {"x0": 0.9, "x1": 0.6, "x2": 0.0, "x3": 0.0}
     agent.observe(Observation(a, (0.0, 1.0)))
     agent.observe(Observation(b, (1.0, 0.0)))
-    picks = [agent.suggest() for _ in range(40)]
-    local = [c for c, k in zip(picks, agent.kinds, strict=True) if k == "local"]
-    between = [c for c in local if c["x2"] == c["x3"] == 0.0 and 0.1 < c["x0"] < 0.9
+    moves = [agent._local_move(agent._front()) for _ in range(40)]
+    between = [c for c in moves if c["x2"] == c["x3"] == 0.0 and 0.1 < c["x0"] < 0.9
                and c["x1"] == pytest.approx(0.2 + 0.5 * (c["x0"] - 0.1))]
-    assert len(local) >= 20 and len(between) >= len(local) // 4, local
+    assert len(between) >= len(moves) // 4, moves
+    picks = [agent.suggest() for _ in range(20)]
+    assert agent.kinds.count("local") >= 10 and all(0 <= c["x0"] <= 1 for c in picks)
+
+
+def _zdt1(c: dict[str, Any]) -> tuple[float, float]:
+    g = 1 + 9 * sum(c[f"x{i}"] for i in range(1, 4)) / 3
+    return c["x0"], g * (1 - (c["x0"] / g) ** 0.5)
+
+
+def test_the_model_chooses_among_the_local_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guided local suggestion is the move around the front that the model expects to add the
+    most: on a ZDT1-like problem, 12 picks add far more true hypervolume to 16 observations than
+    12 moves of the same kinds drawn at random (what the unguided share of local moves measures)."""
+    import random
+
+    from autotune.agents import auto
+    from autotune.agents.base import Observation
+    from autotune.core.pareto import hypervolume
+
+    objectives = [("f1", "minimize"), ("f2", "minimize")]
+    agent: Any = create_agent("auto", _box(4), objectives, 0, seed=0, n_initial=0, local_every=1)
+    rng = random.Random(1)
+    points = []
+    for _ in range(16):
+        c = {f"x{i}": rng.random() ** (1 if i == 0 else 2) for i in range(4)}
+        points.append(_zdt1(c))
+        agent.observe(Observation(c, points[-1]))
+
+    def gain(c: dict[str, Any]) -> float:
+        ref = (1.1, 10.0)
+        return hypervolume([*points, _zdt1(c)], ["minimize"] * 2, ref) - \
+            hypervolume(points, ["minimize"] * 2, ref)
+
+    monkeypatch.setattr(auto, "_GUIDED", 1.0)
+    picked = [gain(agent._local()) for _ in range(12)]
+    drawn = [gain(agent._local_move(agent._front())) for _ in range(12)]
+    assert sum(picked) > 2 * sum(drawn) and sum(g > 0 for g in picked) >= 9, (picked, drawn)
 
 
 def test_a_three_objective_front_gets_a_larger_start() -> None:
