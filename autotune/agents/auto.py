@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -169,7 +170,6 @@ class AutoAgent(Agent):
         self._rng = random.Random(seed)
         self._observed: dict[str, Observation] = {}
         self._proposed: dict[str, Config] = {}  # suggested, not observed yet
-        self._encoder: Encoder | None = None
         self._n = 0
         #: how each suggestion was made ("spread", "model", "local"), in order
         self.kinds: list[str] = []
@@ -184,6 +184,10 @@ class AutoAgent(Agent):
         if self._finite is False:
             self._finite = finite_configs(self.space)
         return self._finite  # type: ignore[return-value]
+
+    @cached_property
+    def _encoder(self) -> Encoder:
+        return Encoder(self.space)
 
     def _seen(self, config: Config) -> bool:
         k = config_key(config)
@@ -220,8 +224,6 @@ class AutoAgent(Agent):
             c = self._design()
             if c is not None:
                 return c
-        if self._encoder is None:
-            self._encoder = Encoder(self.space)
         seen = [o.config for o in self._observed.values()] + list(self._proposed.values())
         return spread_pick(self.space, seen, self._rng, candidates=self._candidates,
                            encoder=self._encoder)
@@ -345,8 +347,6 @@ class AutoAgent(Agent):
             moves.setdefault(config_key(child), child)
         if len(moves) < 2:
             return next(iter(moves.values()), None)
-        if self._encoder is None:
-            self._encoder = Encoder(self.space)
         if self._local_model is None:
             self._local_model = PoolGP(self._encoder, [], float(self.cfg["beta"]))
         self._local_model.reset(list(moves.values()))
@@ -357,8 +357,6 @@ class AutoAgent(Agent):
     def _model(self) -> Config | None:
         if self.inner is None:
             if self._pool is None:
-                if self._encoder is None:
-                    self._encoder = Encoder(self.space)
                 self._pool = PoolGP(self._encoder, self._candidates or [], float(self.cfg["beta"]))
             seen = set(self._observed) | set(self._proposed)
             return self._pool.pick(list(self._observed.values()), seen, self.directions,
